@@ -1,0 +1,368 @@
+//! Our own Iceberg commit: "a commit = files to remove + files to add", as one snapshot.
+//!
+//! iceberg-rust can only fast-append, so replacing rows needs this module. It follows the table
+//! spec (format v2):
+//!
+//! ```text
+//!  base snapshot ── manifest list ──┬─ manifest without removed files ───────► carried over as is
+//!                                   └─ manifest holding a removed file ──────► rewritten: that entry
+//!                                                                              DELETED, the rest EXISTING
+//!  files to add ─────────────────────────────────────────────────────────────► new manifest, ADDED
+//!                         │
+//!                         ▼
+//!  new manifest list (parent = base, sequence = last + 1) → snapshot (`append` if nothing is
+//!  removed, else `overwrite`; summary with added/deleted/total counts and our properties)
+//!  → new metadata file (snapshot, `main` ref, snapshot and metadata logs)
+//!  → compare-and-swap of the catalog pointer, expecting the base's metadata location
+//! ```
+//!
+//! Conflicts: when the swap finds another writer's commit first, the change is re-validated on the
+//! new base. It is re-applied only if every file it removes is still live and no file was added to
+//! or removed from the partitions it guards since its base; otherwise [`Error::CommitConflict`]
+//! tells the caller to recompute. Retries are bounded. Files written for a lost attempt (manifests,
+//! manifest list, metadata) are deleted; the change's data files belong to the caller.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use iceberg::spec::{
+    DataFile, FormatVersion, Literal, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
+    PrimitiveLiteral, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
+};
+use iceberg::table::Table;
+use iceberg::{MetadataLocation, TableIdent};
+
+use crate::catalog::Lakehouse;
+use crate::error::{Context, Error, Result};
+
+/// Snapshot summary property: the replay position a curated snapshot reflects.
+pub const REPLAY_CURSOR_PROPERTY: &str = "ratings-flow.replay-cursor";
+/// Snapshot summary property: the dataflow epoch that produced the snapshot.
+pub const EPOCH_PROPERTY: &str = "ratings-flow.epoch";
+
+/// What one commit does to a table.
+#[derive(Debug, Clone, Default)]
+pub struct FileChange {
+    /// Data files to remove; each must be live in the base snapshot.
+    pub remove: Vec<DataFile>,
+    /// Data files to add.
+    pub add: Vec<DataFile>,
+    /// Partitions (identity of a date column) whose content this change replaces: another writer
+    /// touching one of them in the meantime is a conflict.
+    pub guarded_partitions: BTreeSet<i32>,
+    /// Extra snapshot summary properties (positions, epoch).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The outcome of a successful commit.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub snapshot_id: i64,
+    pub operation: Operation,
+    /// Attempts made, 1 when nobody else committed in between.
+    pub attempts: u32,
+    pub table: Table,
+}
+
+/// Commit settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitOptions {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+}
+
+impl Default for CommitOptions {
+    fn default() -> Self {
+        CommitOptions { max_attempts: 8, initial_backoff: Duration::from_millis(20) }
+    }
+}
+
+/// A data file that is live in a snapshot, with the bookkeeping needed to mark it DELETED.
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    pub data_file: DataFile,
+    pub partition: Option<i32>,
+}
+
+/// The value of the first partition field, for tables partitioned by identity of a date column.
+pub fn partition_day(file: &DataFile) -> Option<i32> {
+    match file.partition().fields().first() {
+        Some(Some(Literal::Primitive(PrimitiveLiteral::Int(day)))) => Some(*day),
+        _ => None,
+    }
+}
+
+/// Every live data file of the table's current snapshot.
+pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .context(|| format!("reading the manifest list of {}", table.identifier()))?;
+    let mut files = Vec::new();
+    for manifest_file in list.entries() {
+        let manifest = manifest_file
+            .load_manifest(table.file_io())
+            .await
+            .context(|| format!("reading manifest {}", manifest_file.manifest_path))?;
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let data_file = entry.data_file().clone();
+            files.push(LiveFile { partition: partition_day(&data_file), data_file });
+        }
+    }
+    Ok(files)
+}
+
+/// Replaces the content of `partitions`: every live file in them is removed and `add` is added.
+pub async fn replace_partitions(
+    lakehouse: &Lakehouse,
+    ident: &TableIdent,
+    partitions: BTreeSet<i32>,
+    add: Vec<DataFile>,
+    properties: BTreeMap<String, String>,
+    options: CommitOptions,
+) -> Result<Committed> {
+    let table = lakehouse.load(ident).await?;
+    let remove = live_files(&table)
+        .await?
+        .into_iter()
+        .filter(|f| f.partition.is_some_and(|p| partitions.contains(&p)))
+        .map(|f| f.data_file)
+        .collect();
+    commit(lakehouse, table, FileChange { remove, add, guarded_partitions: partitions, properties }, options).await
+}
+
+/// Commits `change` on top of `base`, retrying on the newest table after a lost compare-and-swap.
+pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, options: CommitOptions) -> Result<Committed> {
+    let ident = base.identifier().clone();
+    let mut base = base;
+    let mut backoff = options.initial_backoff;
+    for attempt in 1..=options.max_attempts {
+        let prepared = prepare(&base, &change).await?;
+        if prepared.publish(lakehouse).await? {
+            let table = lakehouse.load(&ident).await?;
+            return Ok(Committed {
+                snapshot_id: prepared.snapshot_id,
+                operation: prepared.operation,
+                attempts: attempt,
+                table,
+            });
+        }
+        prepared.discard(&base).await;
+        tracing::debug!(table = %ident, attempt, "metadata pointer moved under us; re-validating on the new base");
+        let newer = lakehouse.load(&ident).await?;
+        validate_rebase(&base, &newer, &change).await?;
+        base = newer;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    Err(Error::CommitConflict {
+        table: ident.to_string(),
+        detail: format!("still losing the race after {} attempts; is another writer committing continuously?", options.max_attempts),
+    })
+}
+
+/// Checks that `change`, prepared against `old`, still means the same thing on `new`.
+async fn validate_rebase(old: &Table, new: &Table, change: &FileChange) -> Result<()> {
+    let old_files = live_files(old).await?;
+    let old_live: HashSet<&str> = old_files.iter().map(|f| f.data_file.file_path()).collect();
+    let new_files = live_files(new).await?;
+    let new_live: HashSet<&str> = new_files.iter().map(|f| f.data_file.file_path()).collect();
+    let conflict = |detail: String| Error::CommitConflict { table: new.identifier().to_string(), detail };
+    if let Some(gone) = change.remove.iter().find(|f| !new_live.contains(f.file_path())) {
+        return Err(conflict(format!("file {} was removed by another writer", gone.file_path())));
+    }
+    let touched = new_files
+        .iter()
+        .filter(|f| !old_live.contains(f.data_file.file_path()))
+        .chain(old_files.iter().filter(|f| !new_live.contains(f.data_file.file_path())))
+        .filter_map(|f| f.partition)
+        .find(|p| change.guarded_partitions.contains(p));
+    if let Some(day) = touched {
+        return Err(conflict(format!(
+            "another writer changed partition {} that this commit replaces",
+            crate::model::format_date(day)
+        )));
+    }
+    Ok(())
+}
+
+/// A commit whose files are written but not yet published.
+struct Prepared {
+    snapshot_id: i64,
+    operation: Operation,
+    written: Vec<String>,
+    metadata_location: String,
+    base_location: String,
+    ident: TableIdent,
+}
+
+impl Prepared {
+    async fn publish(&self, lakehouse: &Lakehouse) -> Result<bool> {
+        lakehouse.swap_metadata_pointer(&self.ident, &self.base_location, &self.metadata_location).await
+    }
+
+    /// Deletes what a lost attempt wrote. Best effort: leftovers are orphans, never referenced.
+    async fn discard(&self, base: &Table) {
+        for path in self.written.iter().chain([&self.metadata_location]) {
+            if let Err(error) = base.file_io().delete(path).await {
+                tracing::warn!(%path, %error, "could not delete a file of a lost commit attempt");
+            }
+        }
+    }
+}
+
+fn new_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((high ^ low) & (i64::MAX as u64)) as i64;
+        if id != 0 && table.metadata().snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
+    let metadata = base.metadata();
+    if metadata.format_version() != FormatVersion::V2 {
+        return Err(Error::User(format!(
+            "table {} has format version {:?}; ratings-flow commits format v2 tables",
+            base.identifier(),
+            metadata.format_version()
+        )));
+    }
+    let base_location = base.metadata_location_result().context(|| "base table has no metadata location".into())?.to_string();
+    let snapshot_id = new_snapshot_id(base);
+    let sequence_number = metadata.next_sequence_number();
+    let commit_id = uuid::Uuid::new_v4();
+    let metadata_dir = format!("{}/metadata", metadata.location());
+    let schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec().as_ref().clone();
+    let file_io = base.file_io();
+    let mut written = Vec::new();
+    let context = || format!("writing a snapshot of {}", base.identifier());
+
+    let remove: HashSet<&str> = change.remove.iter().map(|f| f.file_path()).collect();
+    let mut removed_found = HashSet::new();
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    if let Some(parent) = metadata.current_snapshot() {
+        let list = base.manifest_list_reader(parent).load().await.context(context)?;
+        for (index, manifest_file) in list.entries().iter().enumerate() {
+            let manifest = manifest_file.load_manifest(file_io).await.context(context)?;
+            let touched = manifest.entries().iter().any(|e| e.is_alive() && remove.contains(e.file_path()));
+            if !touched {
+                manifests.push(manifest_file.clone());
+                continue;
+            }
+            let path = format!("{metadata_dir}/{commit_id}-r{index}.avro");
+            let output = file_io.new_output(&path).context(context)?;
+            let mut writer =
+                ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone()).build_v2_data();
+            for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+                let sequence = entry.sequence_number().unwrap_or(manifest_file.sequence_number);
+                let file_sequence = entry.file_sequence_number.or(Some(sequence));
+                if remove.contains(entry.file_path()) {
+                    removed_found.insert(entry.file_path().to_string());
+                    writer.add_delete_file(entry.data_file().clone(), sequence, file_sequence).context(context)?;
+                } else {
+                    let added_by = entry.snapshot_id().unwrap_or(manifest_file.added_snapshot_id);
+                    writer.add_existing_file(entry.data_file().clone(), added_by, sequence, file_sequence).context(context)?;
+                }
+            }
+            manifests.push(writer.write_manifest_file().await.context(context)?);
+            written.push(path);
+        }
+    }
+    if let Some(missing) = change.remove.iter().find(|f| !removed_found.contains(f.file_path())) {
+        return Err(Error::CommitConflict {
+            table: base.identifier().to_string(),
+            detail: format!("file {} to remove is not live in the base snapshot", missing.file_path()),
+        });
+    }
+    if !change.add.is_empty() {
+        let path = format!("{metadata_dir}/{commit_id}-a.avro");
+        let output = file_io.new_output(&path).context(context)?;
+        let mut writer = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone()).build_v2_data();
+        for file in &change.add {
+            writer.add_file(file.clone(), sequence_number).context(context)?;
+        }
+        manifests.push(writer.write_manifest_file().await.context(context)?);
+        written.push(path);
+    }
+
+    let list_path = format!("{metadata_dir}/snap-{snapshot_id}-1-{commit_id}.avro");
+    let list_output = file_io.new_output(&list_path).context(context)?.writer().await.context(context)?;
+    let mut list_writer =
+        ManifestListWriter::v2(list_output, snapshot_id, metadata.current_snapshot_id(), sequence_number);
+    list_writer.add_manifests(manifests.into_iter()).context(context)?;
+    list_writer.close().await.context(context)?;
+    written.push(list_path.clone());
+
+    let operation = if change.remove.is_empty() { Operation::Append } else { Operation::Overwrite };
+    let summary = summarize(base, change, operation.clone());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(metadata.current_snapshot_id())
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis().max(metadata.last_updated_ms()))
+        .with_manifest_list(list_path)
+        .with_summary(summary)
+        .with_schema_id(metadata.current_schema_id())
+        .build();
+    let new_metadata = metadata
+        .clone()
+        .into_builder(Some(base_location.clone()))
+        .add_snapshot(snapshot)
+        .context(context)?
+        .set_ref(MAIN_BRANCH, SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)))
+        .context(context)?
+        .build()
+        .context(context)?
+        .metadata;
+    let location = MetadataLocation::from_str(&base_location).context(context)?.with_new_metadata(&new_metadata);
+    new_metadata.write_to(file_io, &location).await.context(context)?;
+    Ok(Prepared {
+        snapshot_id,
+        operation,
+        written,
+        metadata_location: location.to_string(),
+        base_location,
+        ident: base.identifier().clone(),
+    })
+}
+
+/// The snapshot summary: the spec's added/deleted counts, running totals and our properties.
+fn summarize(base: &Table, change: &FileChange, operation: Operation) -> Summary {
+    let metadata = base.metadata();
+    let mut collector = SnapshotSummaryCollector::default();
+    for file in &change.add {
+        collector.add_file(file, metadata.current_schema().clone(), metadata.default_partition_spec().clone());
+    }
+    for file in &change.remove {
+        collector.remove_file(file, metadata.current_schema().clone(), metadata.default_partition_spec().clone());
+    }
+    let mut properties: HashMap<String, String> = collector.build();
+    let previous = metadata.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
+    let previous_total = |key: &str| previous.get(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let added_records: u64 = change.add.iter().map(|f| f.record_count()).sum();
+    let deleted_records: u64 = change.remove.iter().map(|f| f.record_count()).sum();
+    let added_size: u64 = change.add.iter().map(|f| f.file_size_in_bytes()).sum();
+    let removed_size: u64 = change.remove.iter().map(|f| f.file_size_in_bytes()).sum();
+    let totals = [
+        ("total-records", (previous_total("total-records") + added_records).saturating_sub(deleted_records)),
+        ("total-data-files", (previous_total("total-data-files") + change.add.len() as u64).saturating_sub(change.remove.len() as u64)),
+        ("total-files-size", (previous_total("total-files-size") + added_size).saturating_sub(removed_size)),
+        ("total-delete-files", 0),
+        ("total-position-deletes", 0),
+        ("total-equality-deletes", 0),
+    ];
+    for (key, value) in totals {
+        properties.insert(key.to_string(), value.to_string());
+    }
+    properties.extend(change.properties.clone());
+    Summary { operation, additional_properties: properties }
+}

@@ -1,0 +1,129 @@
+//! The one error type of the operators crate.
+//!
+//! Every error says whose fault it is ([`Fault`]) and whether retrying the same operation can help
+//! ([`Error::retryable`]), so the runtime can decide between "fix your input", "the catalog is down,
+//! try again" and "this is a bug in ratings-flow".
+
+use std::fmt;
+
+/// Who has to act for the error to go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Bad configuration, arguments or data layout: the user must change something.
+    User,
+    /// The catalog, the object store or another system outside the engine failed.
+    External,
+    /// A broken invariant inside the engine.
+    Internal,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::User => "user error",
+            Fault::External => "external system error",
+            Fault::Internal => "internal error",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Something the user asked for or configured cannot work as given.
+    #[error("{0}")]
+    User(String),
+    /// A table, namespace or partition the user named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The catalog or storage failed while doing `context`.
+    #[error("{context}: {source}")]
+    Iceberg {
+        context: String,
+        #[source]
+        source: iceberg::Error,
+    },
+    /// Local file system trouble while doing `context`.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SQL catalog database failed while doing `context`.
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Another writer changed the table in a way that overlaps this commit.
+    #[error("commit conflict on {table}: {detail}")]
+    CommitConflict { table: String, detail: String },
+    /// Arrow or Parquet encoding failed while doing `context`.
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A broken invariant inside the engine.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::User(_) | Error::NotFound(_) => Fault::User,
+            Error::Iceberg { source, .. } => match source.kind() {
+                iceberg::ErrorKind::DataInvalid
+                | iceberg::ErrorKind::FeatureUnsupported
+                | iceberg::ErrorKind::NamespaceNotFound
+                | iceberg::ErrorKind::TableNotFound => Fault::User,
+                _ => Fault::External,
+            },
+            Error::Io { .. } | Error::Sql { .. } | Error::CommitConflict { .. } => Fault::External,
+            Error::Arrow { .. } | Error::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// Whether running the same operation again may succeed without anybody changing anything.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Iceberg { source, .. } => source.retryable(),
+            Error::Io { .. } | Error::Sql { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches "what we were doing" to errors from the libraries we call.
+pub trait Context<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, iceberg::Error> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Iceberg { context: context(), source })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, std::io::Error> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io { context: context(), source })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Sql { context: context(), source })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, arrow::error::ArrowError> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Arrow { context: context(), source })
+    }
+}

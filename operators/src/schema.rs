@@ -1,0 +1,312 @@
+//! The three tables of the ratings pipeline, and Arrow conversions for their rows.
+//!
+//! - **raw**: every event as ingested (fields nullable: bad data is kept as it came) plus its source
+//!   coordinates; partitioned by `identity(ingestion_date)`.
+//! - **curated** (`movie_ratings`): one row per `event_id`; partitioned by `identity(rating_date)`.
+//!   After the seven contract columns it carries the winning record's ingestion position
+//!   (`ingestion_ts_ms`, `source_partition`, `source_offset`): ties and re-processing are decided
+//!   by it, so a restart needs it to decide them the same way as a run that never stopped.
+//! - **rejected**: every record kept out of curated, with reason, detail, original values and
+//!   coordinates; partitioned by `identity(ingestion_date)`.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{BooleanBuilder, Date32Builder, Float32Builder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::SchemaRef as ArrowSchemaRef;
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+
+use crate::error::{Context, Error, Result};
+use crate::model::{Candidate, IngestPosition, Origin, RawEvent, Rating, Rejection, day_of_millis, format_event_id};
+
+fn field(id: i32, name: &str, ty: PrimitiveType, required: bool) -> Arc<NestedField> {
+    let ty = Type::Primitive(ty);
+    Arc::new(if required { NestedField::required(id, name, ty) } else { NestedField::optional(id, name, ty) })
+}
+
+/// A table's Iceberg schema and partition spec (identity on one date column).
+pub struct TableLayout {
+    pub schema: Schema,
+    pub partition_column: &'static str,
+}
+
+impl TableLayout {
+    pub fn partition_spec(&self) -> Result<UnboundPartitionSpec> {
+        let source = self
+            .schema
+            .field_by_name(self.partition_column)
+            .ok_or_else(|| Error::Internal(format!("no partition column {}", self.partition_column)))?;
+        UnboundPartitionSpec::builder()
+            .add_partition_field(source.id, self.partition_column, Transform::Identity)
+            .map(|b| b.build())
+            .context(|| "building partition spec".into())
+    }
+}
+
+pub fn raw_layout() -> Result<TableLayout> {
+    use PrimitiveType::*;
+    let schema = Schema::builder()
+        .with_fields(vec![
+            field(1, "event_id", String, false),
+            field(2, "user_id", String, false),
+            field(3, "movie_id", String, false),
+            field(4, "rating", Float, false),
+            field(5, "rating_timestamp", Long, false),
+            field(6, "source_topic", String, true),
+            field(7, "source_partition", Int, true),
+            field(8, "source_offset", Long, true),
+            field(9, "ingestion_ts_ms", Long, true),
+            field(10, "ingestion_date", Date, true),
+        ])
+        .build()
+        .context(|| "building raw schema".into())?;
+    Ok(TableLayout { schema, partition_column: "ingestion_date" })
+}
+
+pub fn curated_layout() -> Result<TableLayout> {
+    use PrimitiveType::*;
+    let schema = Schema::builder()
+        .with_fields(vec![
+            field(1, "event_id", String, true),
+            field(2, "user_id", String, true),
+            field(3, "movie_id", String, true),
+            field(4, "rating", Float, true),
+            field(5, "is_approved", Boolean, true),
+            field(6, "rating_timestamp", Long, true),
+            field(7, "rating_date", Date, true),
+            field(8, "ingestion_ts_ms", Long, true),
+            field(9, "source_partition", Int, true),
+            field(10, "source_offset", Long, true),
+        ])
+        .with_identifier_field_ids(vec![1])
+        .build()
+        .context(|| "building curated schema".into())?;
+    Ok(TableLayout { schema, partition_column: "rating_date" })
+}
+
+pub fn rejected_layout() -> Result<TableLayout> {
+    use PrimitiveType::*;
+    let schema = Schema::builder()
+        .with_fields(vec![
+            field(1, "reason", String, true),
+            field(2, "detail", String, true),
+            field(3, "event_id", String, false),
+            field(4, "user_id", String, false),
+            field(5, "movie_id", String, false),
+            field(6, "rating", Float, false),
+            field(7, "rating_timestamp", Long, false),
+            field(8, "source_topic", String, true),
+            field(9, "source_partition", Int, true),
+            field(10, "source_offset", Long, true),
+            field(11, "ingestion_ts_ms", Long, true),
+            field(12, "ingestion_date", Date, true),
+        ])
+        .build()
+        .context(|| "building rejected schema".into())?;
+    Ok(TableLayout { schema, partition_column: "ingestion_date" })
+}
+
+pub fn arrow_schema(schema: &Schema) -> Result<ArrowSchemaRef> {
+    iceberg::arrow::schema_to_arrow_schema(schema)
+        .map(Arc::new)
+        .context(|| "converting Iceberg schema to Arrow".into())
+}
+
+fn batch(schema: &ArrowSchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    RecordBatch::try_new(schema.clone(), columns).context(|| "assembling record batch".into())
+}
+
+/// Raw events as a batch of the raw table's schema.
+pub fn raw_to_batch(schema: &ArrowSchemaRef, events: &[RawEvent]) -> Result<RecordBatch> {
+    let strings = |f: fn(&RawEvent) -> Option<&str>| -> ArrayRef {
+        Arc::new(events.iter().map(f).collect::<StringArray>())
+    };
+    batch(
+        schema,
+        vec![
+            strings(|e| e.event_id.as_deref()),
+            strings(|e| e.user_id.as_deref()),
+            strings(|e| e.movie_id.as_deref()),
+            Arc::new(events.iter().map(|e| e.rating).collect::<Float32Array>()),
+            Arc::new(events.iter().map(|e| e.rating_timestamp).collect::<Int64Array>()),
+            strings(|e| Some(e.source_topic.as_str())),
+            Arc::new(events.iter().map(|e| Some(e.source_partition)).collect::<Int32Array>()),
+            Arc::new(events.iter().map(|e| Some(e.source_offset)).collect::<Int64Array>()),
+            Arc::new(events.iter().map(|e| Some(e.ingestion_ts_ms)).collect::<Int64Array>()),
+            Arc::new(events.iter().map(|e| Some(e.ingestion_date())).collect::<Date32Array>()),
+        ],
+    )
+}
+
+/// Typed access to a batch's columns by name, with errors that name the column.
+pub struct Columns<'a>(pub &'a RecordBatch);
+
+impl<'a> Columns<'a> {
+    pub fn get<T: Array + 'static>(&self, name: &str) -> Result<&'a T> {
+        let column = self
+            .0
+            .column_by_name(name)
+            .ok_or_else(|| Error::User(format!("column {name} is missing from the table")))?;
+        column.as_any().downcast_ref::<T>().ok_or_else(|| {
+            Error::User(format!("column {name} has type {}, which this pipeline does not read", column.data_type()))
+        })
+    }
+}
+
+fn opt_string(array: &StringArray, row: usize) -> Option<String> {
+    array.is_valid(row).then(|| array.value(row).to_owned())
+}
+
+pub fn raw_from_batch(batch: &RecordBatch, out: &mut Vec<RawEvent>) -> Result<()> {
+    let c = Columns(batch);
+    let (event_id, user_id, movie_id) =
+        (c.get::<StringArray>("event_id")?, c.get::<StringArray>("user_id")?, c.get::<StringArray>("movie_id")?);
+    let rating = c.get::<Float32Array>("rating")?;
+    let rating_timestamp = c.get::<Int64Array>("rating_timestamp")?;
+    let topic = c.get::<StringArray>("source_topic")?;
+    let partition = c.get::<Int32Array>("source_partition")?;
+    let offset = c.get::<Int64Array>("source_offset")?;
+    let ingestion = c.get::<Int64Array>("ingestion_ts_ms")?;
+    out.reserve(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        out.push(RawEvent {
+            event_id: opt_string(event_id, row),
+            user_id: opt_string(user_id, row),
+            movie_id: opt_string(movie_id, row),
+            rating: rating.is_valid(row).then(|| rating.value(row)),
+            rating_timestamp: rating_timestamp.is_valid(row).then(|| rating_timestamp.value(row)),
+            source_topic: topic.value(row).to_owned(),
+            source_partition: partition.value(row),
+            source_offset: offset.value(row),
+            ingestion_ts_ms: ingestion.value(row),
+        });
+    }
+    Ok(())
+}
+
+/// Curated rows as a batch of the curated table's schema.
+pub fn curated_to_batch<'a>(
+    schema: &ArrowSchemaRef,
+    rows: impl ExactSizeIterator<Item = (&'a u128, &'a Candidate)>,
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    let mut event_id = StringBuilder::with_capacity(n, n * 36);
+    let mut user_id = StringBuilder::with_capacity(n, n * 8);
+    let mut movie_id = StringBuilder::with_capacity(n, n * 8);
+    let mut rating = Float32Builder::with_capacity(n);
+    let mut approved = BooleanBuilder::with_capacity(n);
+    let mut rating_ts = Int64Builder::with_capacity(n);
+    let mut rating_date = Date32Builder::with_capacity(n);
+    let mut ingestion = Int64Builder::with_capacity(n);
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut uuid_text = uuid::Uuid::encode_buffer();
+    for (key, row) in rows {
+        event_id.append_value(uuid::Uuid::from_u128(*key).hyphenated().encode_lower(&mut uuid_text));
+        user_id.append_value(&row.user_id);
+        movie_id.append_value(&row.movie_id);
+        rating.append_value(row.rating.0);
+        approved.append_value(row.is_approved);
+        rating_ts.append_value(row.rating_timestamp);
+        rating_date.append_value(row.rating_date);
+        ingestion.append_value(row.position.ingestion_ts_ms);
+        partition.append_value(row.position.partition);
+        offset.append_value(row.position.offset);
+    }
+    batch(
+        schema,
+        vec![
+            Arc::new(event_id.finish()),
+            Arc::new(user_id.finish()),
+            Arc::new(movie_id.finish()),
+            Arc::new(rating.finish()),
+            Arc::new(approved.finish()),
+            Arc::new(rating_ts.finish()),
+            Arc::new(rating_date.finish()),
+            Arc::new(ingestion.finish()),
+            Arc::new(partition.finish()),
+            Arc::new(offset.finish()),
+        ],
+    )
+}
+
+/// Curated rows read back as seeds of the upsert.
+pub fn curated_from_batch(batch: &RecordBatch, out: &mut Vec<(u128, Candidate)>) -> Result<()> {
+    let c = Columns(batch);
+    let event_id = c.get::<StringArray>("event_id")?;
+    let (user_id, movie_id) = (c.get::<StringArray>("user_id")?, c.get::<StringArray>("movie_id")?);
+    let rating = c.get::<Float32Array>("rating")?;
+    let approved = c.get::<BooleanArray>("is_approved")?;
+    let rating_ts = c.get::<Int64Array>("rating_timestamp")?;
+    let rating_date = c.get::<Date32Array>("rating_date")?;
+    let ingestion = c.get::<Int64Array>("ingestion_ts_ms")?;
+    let partition = c.get::<Int32Array>("source_partition")?;
+    let offset = c.get::<Int64Array>("source_offset")?;
+    out.reserve(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let key = crate::rules::parse_event_id(event_id.value(row)).ok_or_else(|| {
+            Error::User(format!("curated table holds event_id {:?}, which is not a UUID", event_id.value(row)))
+        })?;
+        out.push((
+            key,
+            Candidate {
+                position: IngestPosition {
+                    ingestion_ts_ms: ingestion.value(row),
+                    partition: partition.value(row),
+                    offset: offset.value(row),
+                },
+                origin: Origin::Seed,
+                rating_timestamp: rating_ts.value(row),
+                rating_date: rating_date.value(row),
+                user_id: user_id.value(row).to_owned(),
+                movie_id: movie_id.value(row).to_owned(),
+                rating: Rating(rating.value(row)),
+                is_approved: approved.value(row),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Rejections as a batch of the rejected table's schema.
+pub fn rejected_to_batch(schema: &ArrowSchemaRef, rejections: &[Rejection]) -> Result<RecordBatch> {
+    let strings = |f: fn(&Rejection) -> Option<&str>| -> ArrayRef {
+        Arc::new(rejections.iter().map(f).collect::<StringArray>())
+    };
+    batch(
+        schema,
+        vec![
+            strings(|r| Some(r.reason.as_str())),
+            strings(|r| Some(r.detail.as_str())),
+            strings(|r| r.event.event_id.as_deref()),
+            strings(|r| r.event.user_id.as_deref()),
+            strings(|r| r.event.movie_id.as_deref()),
+            Arc::new(rejections.iter().map(|r| r.event.rating).collect::<Float32Array>()),
+            Arc::new(rejections.iter().map(|r| r.event.rating_timestamp).collect::<Int64Array>()),
+            strings(|r| Some(r.event.source_topic.as_str())),
+            Arc::new(rejections.iter().map(|r| Some(r.event.source_partition)).collect::<Int32Array>()),
+            Arc::new(rejections.iter().map(|r| Some(r.event.source_offset)).collect::<Int64Array>()),
+            Arc::new(rejections.iter().map(|r| Some(r.event.ingestion_ts_ms)).collect::<Int64Array>()),
+            Arc::new(rejections.iter().map(|r| Some(day_of_millis(r.event.ingestion_ts_ms))).collect::<Date32Array>()),
+        ],
+    )
+}
+
+/// A late update, as the rejected table records it: the record's values and coordinates.
+pub fn late_update_rejection(key: u128, candidate: &Candidate, topic: &str, detail: String) -> Rejection {
+    Rejection {
+        reason: crate::model::RejectReason::LateUpdate,
+        detail,
+        event: RawEvent {
+            event_id: Some(format_event_id(key)),
+            user_id: Some(candidate.user_id.clone()),
+            movie_id: Some(candidate.movie_id.clone()),
+            rating: Some(candidate.rating.0),
+            rating_timestamp: Some(candidate.rating_timestamp),
+            source_topic: topic.to_owned(),
+            source_partition: candidate.position.partition,
+            source_offset: candidate.position.offset,
+            ingestion_ts_ms: candidate.position.ingestion_ts_ms,
+        },
+    }
+}
