@@ -118,6 +118,7 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
 }
 
 /// Replaces the content of `partitions`: every live file in them is removed and `add` is added.
+/// Returns `None` without committing when there is nothing to remove and nothing to add.
 pub async fn replace_partitions(
     lakehouse: &Lakehouse,
     ident: &TableIdent,
@@ -125,15 +126,19 @@ pub async fn replace_partitions(
     add: Vec<DataFile>,
     properties: BTreeMap<String, String>,
     options: CommitOptions,
-) -> Result<Committed> {
+) -> Result<Option<Committed>> {
     let table = lakehouse.load(ident).await?;
-    let remove = live_files(&table)
+    let remove: Vec<DataFile> = live_files(&table)
         .await?
         .into_iter()
         .filter(|f| f.partition.is_some_and(|p| partitions.contains(&p)))
         .map(|f| f.data_file)
         .collect();
-    commit(lakehouse, table, FileChange { remove, add, guarded_partitions: partitions, properties }, options).await
+    if remove.is_empty() && add.is_empty() {
+        return Ok(None);
+    }
+    let change = FileChange { remove, add, guarded_partitions: partitions, properties };
+    commit(lakehouse, table, change, options).await.map(Some)
 }
 
 /// Commits `change` on top of `base`, retrying on the newest table after a lost compare-and-swap.

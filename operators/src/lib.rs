@@ -16,14 +16,14 @@
 pub mod catalog;
 pub mod commit;
 pub mod error;
-//TMP pub mod generate;
+pub mod generate;
 pub mod model;
-//TMP pub mod reader;
-//TMP pub mod replay;
+pub mod reader;
+pub mod replay;
 pub mod rules;
 pub mod schema;
-//TMP pub mod sink;
-//TMP pub mod source;
+pub mod sink;
+pub mod source;
 pub mod upsert;
 pub mod writer;
 

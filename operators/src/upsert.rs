@@ -93,9 +93,9 @@ mod tests {
     const DAY_MS: i64 = 86_400_000;
 
     fn random_candidate(rng: &mut ChaCha8Rng, seq: i64) -> Candidate {
-        // Ingestion moves forward ~1 day every 50 records; ratings land up to 4 days before it, so
+        // Ingestion moves forward ~1 day every 20 records; ratings land up to 4 days before it, so
         // late updates, ties (coarse timestamps) and partition moves all happen.
-        let ingestion_ts_ms = seq * DAY_MS / 50;
+        let ingestion_ts_ms = seq * DAY_MS / 20;
         let rating_timestamp = (ingestion_ts_ms / 1000 - rng.random_range(0..4) * 86_400) / 3600 * 3600;
         Candidate {
             position: IngestPosition { ingestion_ts_ms, partition: rng.random_range(0..3), offset: seq },

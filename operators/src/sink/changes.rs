@@ -1,0 +1,109 @@
+//! Net change per key and epoch, from the upsert's output.
+//!
+//! Per completed epoch and key: the row that left (`-1`) and the row that arrived (`+1`). Rows equal
+//! in every stored column (they differ only in `Origin`) cancel: a seed replaced by its own
+//! re-processed record with the same derived values is no change. Late updates (`+1`) become
+//! rejections. Each changed partition (the old row's and the new row's `rating_date`) is announced
+//! once per worker and epoch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+use crate::model::Candidate;
+use crate::schema::late_update_rejection;
+use crate::sink::SinkMessage;
+use crate::upsert::UpsertOutput;
+
+/// One key's change in one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyChange {
+    pub key: u128,
+    pub old: Option<Candidate>,
+    pub new: Option<Candidate>,
+}
+
+/// What this stage emits: key changes for the writer, partitions and rejections for the commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Change {
+    Key(KeyChange),
+    Sink(SinkMessage),
+}
+
+/// Counters of what the upsert did, summed over workers.
+#[derive(Debug, Default)]
+pub struct UpsertCounters {
+    pub inserted: std::sync::atomic::AtomicU64,
+    pub updated: std::sync::atomic::AtomicU64,
+    pub moved: std::sync::atomic::AtomicU64,
+}
+
+fn same_row(a: &Candidate, b: &Candidate) -> bool {
+    Candidate { origin: b.origin, ..a.clone() } == *b
+}
+
+pub fn net_changes<'scope>(
+    upserted: StreamVec<'scope, u64, ((u128, UpsertOutput), u64, isize)>,
+    topic: Arc<str>,
+    counters: Arc<UpsertCounters>,
+) -> StreamVec<'scope, u64, Change> {
+    upserted.unary_frontier(Pipeline, "NetChanges", move |_capability, _info| {
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<((u128, UpsertOutput), isize)>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each_time(|time, data| {
+                let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
+                for batch in data {
+                    entry.1.extend(batch.drain(..).map(|(record, _time, diff)| (record, diff)));
+                }
+            });
+            while let Some((&time, _)) = pending.first_key_value() {
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                let (capability, updates) = pending.pop_first().expect("first entry exists").1;
+                let mut session = output.session(&capability);
+                let mut per_key: HashMap<u128, (Option<Candidate>, Option<Candidate>)> = HashMap::new();
+                let mut days = BTreeSet::new();
+                for ((key, value), diff) in updates {
+                    match value {
+                        UpsertOutput::Current(row) if diff < 0 => per_key.entry(key).or_default().0 = Some(row),
+                        UpsertOutput::Current(row) => per_key.entry(key).or_default().1 = Some(row),
+                        UpsertOutput::LateUpdate(record) if diff > 0 => {
+                            let detail = "the event's current row is older than the lateness window of this record".to_string();
+                            session.give(Change::Sink(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, detail))));
+                        }
+                        UpsertOutput::LateUpdate(_) => {}
+                    }
+                }
+                for (key, (old, new)) in per_key {
+                    if let (Some(old), Some(new)) = (&old, &new)
+                        && same_row(old, new)
+                    {
+                        continue;
+                    }
+                    if time > 0 {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        match (&old, &new) {
+                            (None, Some(_)) => counters.inserted.fetch_add(1, Relaxed),
+                            (Some(old), Some(new)) if old.rating_date != new.rating_date => {
+                                counters.moved.fetch_add(1, Relaxed);
+                                counters.updated.fetch_add(1, Relaxed)
+                            }
+                            _ => counters.updated.fetch_add(1, Relaxed),
+                        };
+                        days.extend(old.iter().chain(new.iter()).map(|row| row.rating_date));
+                    }
+                    session.give(Change::Key(KeyChange { key, old, new }));
+                }
+                for day in days {
+                    session.give(Change::Sink(SinkMessage::ChangedPartition(day)));
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,83 @@
+//! Sinks: turning the upsert's changes into Iceberg commits.
+//!
+//! ```text
+//!  upsert output (per worker: its keys)
+//!        │
+//!        ▼
+//!  net changes per epoch ──► changed rating_date partitions ──┬─► broadcast ─┐
+//!  (old row, new row) per key,                                 │             │
+//!  late updates → rejections                                   │             ▼
+//!        │                                                     │   curated writer (every worker):
+//!        └────────────────────────────────────────────────────────►  applies changes to the live
+//!                                                              │   partitions it holds, then writes
+//!                                                              │   its rows of every changed
+//!                                                              │   partition as Parquet
+//!                                                              ▼             │
+//!  rejections (rules, late updates) ─────────────────────► commit (worker 0) ◄┘
+//!                                                          curated: replace changed partitions
+//!                                                          rejected: replace the epoch's partition
+//! ```
+//!
+//! A partition is rewritten whole: its current rows are all in memory (they are inside the
+//! lateness window, or they could not change), so nothing is read back from storage. Rows that
+//! only differ in how they were obtained (a reloaded row and its re-processed record with the same
+//! values) are not a change, so re-running a replay commits nothing to curated.
+
+pub mod changes;
+pub mod committer;
+pub mod curated;
+
+use iceberg::spec::DataFile;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Rejection;
+
+/// A data file handed from the worker that wrote it to the committing worker of the same process.
+/// Workers of one process exchange data without serialization; crossing processes is refused.
+#[derive(Debug, Clone)]
+pub struct LocalDataFile(pub DataFile);
+
+impl Serialize for LocalDataFile {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("data file descriptions are not sent between processes; run one process with -w workers"))
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalDataFile {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("data file descriptions are not sent between processes"))
+    }
+}
+
+/// Everything the committing worker gathers for an epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SinkMessage {
+    /// A curated data file written for one of the changed partitions.
+    CuratedFile(LocalDataFile),
+    /// A curated partition whose content changed in this epoch.
+    ChangedPartition(i32),
+    /// A record to write to the rejected table.
+    Rejected(Rejection),
+}
+
+/// The first error any operator hit. Operators cannot return errors, so they park it here and stop
+/// committing; the driver stops feeding input and returns it.
+#[derive(Debug, Clone, Default)]
+pub struct Failure(std::sync::Arc<std::sync::Mutex<Option<crate::Error>>>);
+
+impl Failure {
+    pub fn set(&self, error: crate::Error) {
+        let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.lock().map(|slot| slot.is_some()).unwrap_or(true)
+    }
+
+    pub fn take(&self) -> Option<crate::Error> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}

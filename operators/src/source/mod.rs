@@ -1,0 +1,3 @@
+//! Sources: where the records of each epoch come from.
+
+pub mod raw;
