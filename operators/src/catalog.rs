@@ -45,8 +45,20 @@ pub fn parse_table_ident(name: &str) -> Result<TableIdent> {
     TableIdent::from_strs(parts).context(|| format!("table name {name:?}"))
 }
 
+/// Absolute and without `.`/`..`, so table locations read cleanly in every client.
 fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).context(|| format!("resolving {}", path.display()))
+    let absolute = std::path::absolute(path).context(|| format!("resolving {}", path.display()))?;
+    let mut clean = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    Ok(clean)
 }
 
 impl Lakehouse {

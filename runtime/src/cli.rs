@@ -1,0 +1,317 @@
+//! Command line: `runtime --graph G --mode replay --from D [--to E]`, plus `init`, `generate`,
+//! `show` and `history`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use operators::catalog::{Lakehouse, parse_table_ident};
+use operators::error::{Error, Fault, Result};
+use operators::generate::GenerateSettings;
+use operators::model::{format_date, parse_date};
+use operators::replay::{ProgressSink, ReplaySettings, ReplaySummary};
+
+use crate::graph::Graph;
+
+#[derive(Debug, Parser)]
+#[command(name = "runtime", version, about = "ratings-flow: movie-rating events into an upserted, partitioned Iceberg table")]
+pub struct Cli {
+    /// The graph file naming the pipeline's catalog, tables and settings.
+    #[arg(long, global = true, default_value = "graphs/ratings.toml")]
+    pub graph: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Re-derive the curated table from raw partitions --from..--to.
+    Replay,
+    /// Consume Kafka continuously.
+    Stream,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to run: replay raw partitions, or stream from Kafka.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// First ingestion_date to replay (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last ingestion_date to replay, inclusive (default: the newest raw partition).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Timely worker threads.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    pub workers: usize,
+    /// Never draw a progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the catalog folder, the SQLite catalog and the graph's tables (idempotent).
+    Init,
+    /// Write seeded synthetic events into raw partitions, as ingestion would.
+    Generate(GenerateArgs),
+    /// Print rows of a table as an aligned table.
+    Show {
+        /// Table: role (raw, curated, rejected), full name or short name.
+        table: String,
+        /// Rows to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Equality filter column=value, e.g. rating_date=2025-05-01 (prunes partitions).
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
+    /// List a table's snapshots with operation and summary.
+    History {
+        /// Table: role (raw, curated, rejected), full name or short name.
+        table: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Events in total.
+    #[arg(long, default_value_t = 300_000)]
+    pub events: u64,
+    /// Ingestion days the events are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub days: u32,
+    /// First ingestion date (YYYY-MM-DD).
+    #[arg(long, default_value = "2025-05-01")]
+    pub start: String,
+    /// Distinct users.
+    #[arg(long, default_value_t = 50_000)]
+    pub users: u32,
+    /// Distinct movies.
+    #[arg(long, default_value_t = 5_000)]
+    pub movies: u32,
+    /// Fraction of exact re-deliveries of earlier events.
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicates: f64,
+    /// Fraction of updates (same event_id, newer rating_timestamp; may move the row to another day).
+    #[arg(long, default_value_t = 0.03)]
+    pub updates: f64,
+    /// Fraction of ties (same event_id and rating_timestamp, other rating).
+    #[arg(long, default_value_t = 0.005)]
+    pub ties: f64,
+    /// Fraction of late events (rated 6 to 20 days before ingestion).
+    #[arg(long, default_value_t = 0.004)]
+    pub late: f64,
+    /// Fraction of invalid records (rating out of range, empty event_id, future timestamp).
+    #[arg(long, default_value_t = 0.003)]
+    pub invalid: f64,
+    /// Random seed: the same seed and settings give the same rows.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Topic partitions the events are spread over by event_id.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let hint = if error.retryable() { " (retrying may help)" } else { "" };
+            eprintln!("error ({}): {}{hint}", error.fault(), one_line(&error.to_string()));
+            ExitCode::from(if error.fault() == Fault::User { 2 } else { 1 })
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn load_graph(path: &std::path::Path) -> Result<Graph> {
+    Graph::load(path).map_err(|e| Error::User(e.to_string()))
+}
+
+fn io_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))
+}
+
+fn date_arg(flag: &str, text: &str) -> Result<i32> {
+    parse_date(text).ok_or_else(|| Error::User(format!("{flag} {text:?}: expected a date YYYY-MM-DD")))
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let graph = load_graph(&cli.graph)?;
+    match cli.command {
+        Some(Command::Init) => init(&graph),
+        Some(Command::Generate(args)) => generate(&graph, args),
+        Some(Command::Show { table, limit, filter }) => show(&graph, &table, limit, filter.as_deref()),
+        Some(Command::History { table }) => history(&graph, &table),
+        None => match cli.run.mode {
+            Some(Mode::Replay) => replay(&graph, &cli.run),
+            Some(Mode::Stream) => Err(Error::User("--mode stream needs the Kafka source, which this build does not include yet; use --mode replay".into())),
+            None => Err(Error::User("nothing to do: give --mode replay --from YYYY-MM-DD, or a command (see --help)".into())),
+        },
+    }
+}
+
+fn init(graph: &Graph) -> Result<()> {
+    io_runtime()?.block_on(async {
+        let lakehouse = Lakehouse::open(&graph.catalog, true).await?;
+        let layouts = [
+            (&graph.raw, operators::schema::raw_layout()?),
+            (&graph.curated, operators::schema::curated_layout()?),
+            (&graph.rejected, operators::schema::rejected_layout()?),
+        ];
+        for (name, layout) in layouts {
+            let table = lakehouse.ensure_table(&parse_table_ident(name)?, &layout).await?;
+            println!("ready: {name} at {}", table.metadata().location());
+        }
+        Ok(())
+    })
+}
+
+fn generate(graph: &Graph, args: GenerateArgs) -> Result<()> {
+    let settings = GenerateSettings {
+        events: args.events,
+        days: args.days,
+        start_day: date_arg("--start", &args.start)?,
+        users: args.users,
+        movies: args.movies,
+        duplicates: args.duplicates,
+        updates: args.updates,
+        ties: args.ties,
+        late: args.late,
+        invalid: args.invalid,
+        seed: args.seed,
+        partitions: args.partitions,
+        topic: graph.topic.clone(),
+    };
+    settings.validate().map_err(Error::User)?;
+    let bar = progress_bar(settings.events, "generating", false);
+    let raw = parse_table_ident(&graph.raw)?;
+    let written = io_runtime()?.block_on(async {
+        let lakehouse = Lakehouse::open(&graph.catalog, false).await?;
+        operators::generate::write_generated(&lakehouse, &raw, settings, graph.target_file_size, |day, rows| {
+            bar.inc(rows as u64);
+            bar.set_message(format_date(day));
+        })
+        .await
+    })?;
+    bar.finish_and_clear();
+    println!("generated {written} raw events into {}", graph.raw);
+    Ok(())
+}
+
+fn progress_bar(total: u64, label: &str, hidden: bool) -> ProgressBar {
+    let bar = if hidden { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} events ({per_sec}, eta {eta}) {msg}")
+            .expect("progress template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+struct ReplayProgress(ProgressBar);
+
+impl ProgressSink for ReplayProgress {
+    fn start(&self, total_records: u64, epochs: usize) {
+        self.0.set_length(total_records);
+        self.0.set_message(format!("{epochs} partitions"));
+    }
+
+    fn advance(&self, records: u64) {
+        self.0.inc(records);
+    }
+
+    fn epoch_committed(&self, ingestion_date: i32) {
+        self.0.set_message(format!("committed {}", format_date(ingestion_date)));
+    }
+}
+
+fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
+    let from = date_arg("--from", args.from.as_deref().ok_or_else(|| Error::User("--mode replay needs --from YYYY-MM-DD".into()))?)?;
+    let to = args.to.as_deref().map(|to| date_arg("--to", to)).transpose()?;
+    if let Some(to) = to
+        && to < from
+    {
+        return Err(Error::User(format!("--from {} is after --to {}", format_date(from), format_date(to))));
+    }
+    if args.workers == 0 {
+        return Err(Error::User("-w must be at least 1".into()));
+    }
+    let settings = ReplaySettings {
+        catalog: graph.catalog.clone(),
+        raw: parse_table_ident(&graph.raw)?,
+        curated: parse_table_ident(&graph.curated)?,
+        rejected: parse_table_ident(&graph.rejected)?,
+        rules: graph.rules,
+        from,
+        to,
+        workers: args.workers,
+        target_file_size: graph.target_file_size,
+        commit: graph.commit,
+    };
+    let bar = progress_bar(0, "replay", args.no_progress);
+    let summary = operators::replay::replay(settings, Arc::new(ReplayProgress(bar.clone())))?;
+    bar.finish_and_clear();
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(s: &ReplaySummary) {
+    let range = match (s.first_day, s.last_day) {
+        (Some(a), Some(b)) => format!("{}..{}", format_date(a), format_date(b)),
+        _ => "no raw partitions in range".to_string(),
+    };
+    println!("replay {range}: {} partitions, {} events in {:.2}s ({:.0} events/s)", s.epochs, s.events_read, s.elapsed.as_secs_f64(), s.events_per_second());
+    println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
+    println!("  upserted:  {} new rows, {} updated rows ({} moved to another rating_date)", s.inserted, s.updated, s.moved);
+    let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
+    println!("  rejected:  {} late, {} invalid [{}]", s.late(), s.invalid(), reasons.join(" "));
+    println!(
+        "  commits:   curated {} snapshots (+{} / -{} files), rejected {} snapshots, {} retries",
+        s.curated_snapshots, s.curated_files_added, s.curated_files_removed, s.rejected_snapshots, s.commit_retries
+    );
+}
+
+fn load_named(graph: &Graph, name: &str) -> Result<(tokio::runtime::Runtime, iceberg::table::Table)> {
+    let full = graph.resolve_table(name).ok_or_else(|| {
+        let known: Vec<String> = graph.tables().iter().map(|(role, full)| format!("{role} ({full})")).collect();
+        Error::NotFound(format!("unknown table {name:?}; this graph has {}", known.join(", ")))
+    })?;
+    let runtime = io_runtime()?;
+    let table = runtime.block_on(async { Lakehouse::open(&graph.catalog, false).await?.load(&parse_table_ident(full)?).await })?;
+    Ok((runtime, table))
+}
+
+fn show(graph: &Graph, name: &str, limit: usize, filter: Option<&str>) -> Result<()> {
+    let (runtime, table) = load_named(graph, name)?;
+    let filter = filter.map(|f| crate::inspect::parse_where(&table, f)).transpose()?;
+    println!("{}", runtime.block_on(crate::inspect::show(&table, filter, limit))?);
+    Ok(())
+}
+
+fn history(graph: &Graph, name: &str) -> Result<()> {
+    let (_runtime, table) = load_named(graph, name)?;
+    println!("{}", crate::inspect::history(&table));
+    Ok(())
+}
