@@ -1,1 +1,180 @@
+//! Test support: a throwaway lakehouse with its own graph file, the `runtime` binary, readers of
+//! the tables, and the oracle.
 
+pub mod oracle;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
+use operators::model::{Candidate, RawEvent};
+
+pub const GRAPH_TEMPLATE: &str = include_str!("../../graphs/ratings.toml");
+
+/// The `runtime` binary of this checkout, built once per test process.
+pub fn runtime_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "runtime"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the runtime binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("runtime")
+    })
+    .clone()
+}
+
+/// A lakehouse in a temporary folder with a graph file pointing at it.
+pub struct Lake {
+    pub dir: tempfile::TempDir,
+    pub graph: PathBuf,
+    /// Tables keep the runtime they were loaded on for their I/O, so one runtime serves them all.
+    runtime: tokio::runtime::Runtime,
+}
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Lake {
+    /// A lake whose graph differs from the shipped one only in where the catalog lives.
+    pub fn new() -> Lake {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let graph = dir.path().join("graph.toml");
+        let text = GRAPH_TEMPLATE
+            .replace("../.lakehouse/catalog.db", "lake/catalog.db")
+            .replace("../.lakehouse/warehouse", "lake/warehouse");
+        std::fs::write(&graph, text).expect("write graph");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let lake = Lake { dir, graph, runtime };
+        lake.ok(&["init"]);
+        lake
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = Command::new(runtime_bin())
+            .arg("--graph")
+            .arg(&self.graph)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("runtime runs");
+        Run::from(output)
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.status, 0, "runtime {args:?} failed:\n{}\n{}", run.stdout, run.stderr);
+        run
+    }
+
+    pub fn catalog(&self) -> CatalogSettings {
+        CatalogSettings {
+            name: "ratings_flow".into(),
+            database: self.dir.path().join("lake/catalog.db"),
+            warehouse: self.dir.path().join("lake/warehouse"),
+        }
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("lake/catalog.db")
+    }
+
+    fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(future)
+    }
+
+    pub fn table(&self, name: &str) -> iceberg::table::Table {
+        self.block_on(async {
+            let lakehouse = Lakehouse::open(&self.catalog(), false).await.expect("open lake");
+            lakehouse.load(&parse_table_ident(name).unwrap()).await.expect("load table")
+        })
+    }
+
+    fn scan(&self, name: &str) -> Vec<arrow_array::RecordBatch> {
+        let table = self.table(name);
+        self.block_on(async { operators::reader::scan(&table, None, None).await.expect("scan") })
+    }
+
+    pub fn raw_events(&self) -> Vec<RawEvent> {
+        let mut events = Vec::new();
+        for batch in self.scan("raw.movie_ratings_raw") {
+            operators::schema::raw_from_batch(&batch, &mut events).unwrap();
+        }
+        events
+    }
+
+    /// Curated rows sorted by event_id.
+    pub fn curated_rows(&self) -> Vec<(u128, Candidate)> {
+        let mut rows = Vec::new();
+        for batch in self.scan("curated.movie_ratings") {
+            operators::schema::curated_from_batch(&batch, &mut rows).unwrap();
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Rejected records as (source partition, source offset, reason), sorted.
+    pub fn rejected(&self) -> Vec<(i32, i64, String)> {
+        use arrow_array::{Int32Array, Int64Array, StringArray};
+        let mut out = Vec::new();
+        for batch in self.scan("curated.movie_ratings_rejected") {
+            let c = operators::schema::Columns(&batch);
+            let partition = c.get::<Int32Array>("source_partition").unwrap();
+            let offset = c.get::<Int64Array>("source_offset").unwrap();
+            let reason = c.get::<StringArray>("reason").unwrap();
+            for row in 0..batch.num_rows() {
+                out.push((partition.value(row), offset.value(row), reason.value(row).to_string()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Live data file paths of a table's current snapshot.
+    pub fn live_files(&self, name: &str) -> Vec<String> {
+        let table = self.table(name);
+        let mut files: Vec<String> = self
+            .block_on(operators::commit::live_files(&table))
+            .expect("live files")
+            .into_iter()
+            .map(|f| f.data_file.file_path().to_string())
+            .collect();
+        files.sort();
+        files
+    }
+
+    pub fn snapshot_count(&self, name: &str) -> usize {
+        self.table(name).metadata().snapshots().count()
+    }
+}
+
+impl Default for Lake {
+    fn default() -> Self {
+        Lake::new()
+    }
+}
+
+/// The generator flags of a run with every edge case well represented.
+pub const EDGY: &[&str] = &[
+    "generate", "--events", "24000", "--days", "9", "--start", "2025-05-01", "--users", "500", "--movies", "50",
+    "--duplicates", "0.05", "--updates", "0.10", "--ties", "0.03", "--late", "0.02", "--invalid", "0.02", "--seed", "7",
+];
