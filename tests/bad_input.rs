@@ -1,0 +1,64 @@
+//! Bad input gives one clear line on stderr and a non-zero exit, never a panic.
+
+use ratings_tests::{GRAPH_TEMPLATE, Lake, runtime_bin};
+
+fn assert_one_line_error(run: &ratings_tests::Run, mentions: &str) {
+    assert_ne!(run.status, 0, "should fail: {}", run.stdout);
+    assert!(!run.stderr.contains("panicked"), "panic: {}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {}", run.stderr);
+    assert!(lines[0].starts_with("error"), "{}", lines[0]);
+    assert!(lines[0].contains(mentions), "{:?} should mention {mentions:?}", lines[0]);
+}
+
+#[test]
+fn malformed_graph_file_names_file_and_key() {
+    let lake = Lake::new();
+    std::fs::write(&lake.graph, GRAPH_TEMPLATE.replace("approval_threshold = 7.0", "approval_threshold = \"seven\"")).unwrap();
+    let run = lake.run(&["--mode", "replay", "--from", "2025-05-01"]);
+    assert_one_line_error(&run, "rules.approval_threshold");
+    assert!(run.stderr.contains("graph.toml"), "{}", run.stderr);
+    assert_eq!(run.status, 2);
+
+    std::fs::write(&lake.graph, "this is [not toml").unwrap();
+    assert_one_line_error(&lake.run(&["show", "curated"]), "graph.toml");
+}
+
+#[test]
+fn missing_catalog_folder_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.toml");
+    std::fs::write(&graph, GRAPH_TEMPLATE.replace("../.lakehouse/", "nowhere/")).unwrap();
+    let run = std::process::Command::new(runtime_bin())
+        .arg("--graph")
+        .arg(&graph)
+        .args(["--mode", "replay", "--from", "2025-05-01"])
+        .output()
+        .unwrap();
+    let run = ratings_tests::Run {
+        status: run.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&run.stdout).into(),
+        stderr: String::from_utf8_lossy(&run.stderr).into(),
+    };
+    assert_one_line_error(&run, "catalog folder");
+    assert!(!dir.path().join("nowhere").exists(), "a missing catalog must not be created by a replay");
+}
+
+#[test]
+fn from_after_to_and_bad_dates_are_rejected() {
+    let lake = Lake::new();
+    assert_one_line_error(&lake.run(&["--mode", "replay", "--from", "2025-05-09", "--to", "2025-05-01"]), "after --to");
+    assert_one_line_error(&lake.run(&["--mode", "replay", "--from", "May 1st"]), "YYYY-MM-DD");
+    assert_one_line_error(&lake.run(&["--mode", "replay"]), "--from");
+}
+
+#[test]
+fn unknown_table_is_reported() {
+    let lake = Lake::new();
+    assert_one_line_error(&lake.run(&["show", "no_such_table"]), "unknown table");
+    assert_one_line_error(&lake.run(&["history", "no_such_table"]), "unknown table");
+    assert_one_line_error(&lake.run(&["show", "curated", "--where", "colour=blue"]), "no column colour");
+    // A graph naming a table the catalog does not have.
+    std::fs::write(&lake.graph, std::fs::read_to_string(&lake.graph).unwrap().replace("raw.movie_ratings_raw", "raw.elsewhere")).unwrap();
+    assert_one_line_error(&lake.run(&["--mode", "replay", "--from", "2025-05-01"]), "raw.elsewhere does not exist");
+}
