@@ -328,7 +328,9 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
         .build()
         .context(context)?
         .metadata;
-    let location = MetadataLocation::from_str(&base_location).context(context)?.with_new_metadata(&new_metadata);
+    // A new file name (version + 1, fresh UUID): the base metadata file is never touched.
+    let location =
+        MetadataLocation::from_str(&base_location).context(context)?.with_next_version().with_new_metadata(&new_metadata);
     new_metadata.write_to(file_io, &location).await.context(context)?;
     Ok(Prepared {
         snapshot_id,
@@ -370,4 +372,202 @@ fn summarize(base: &Table, change: &FileChange, operation: Operation) -> Summary
     }
     properties.extend(change.properties.clone());
     Summary { operation, additional_properties: properties }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::catalog::{CatalogSettings, parse_table_ident};
+    use crate::model::{Candidate, IngestPosition, Origin, Rating};
+    use crate::schema::{arrow_schema, curated_layout, curated_to_batch};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        lakehouse: Lakehouse,
+        ident: TableIdent,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CatalogSettings {
+            name: "test".into(),
+            database: dir.path().join("catalog/catalog.db"),
+            warehouse: dir.path().join("warehouse"),
+        };
+        let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
+        let ident = parse_table_ident("curated.movie_ratings").unwrap();
+        lakehouse.ensure_table(&ident, &curated_layout().unwrap()).await.unwrap();
+        Fixture { _dir: dir, lakehouse, ident }
+    }
+
+    /// A data file of `rows` rows (keys `first..first+rows`) in partition `day`.
+    async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFile {
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let candidates: Vec<(u128, Candidate)> = (first..first + rows)
+            .map(|key| {
+                (key, Candidate {
+                    position: IngestPosition { ingestion_ts_ms: day as i64 * 86_400_000, partition: 0, offset: key as i64 },
+                    origin: Origin::Input,
+                    rating_timestamp: day as i64 * 86_400,
+                    rating_date: day,
+                    user_id: "u".into(),
+                    movie_id: "m".into(),
+                    rating: Rating(7.5),
+                    is_approved: true,
+                })
+            })
+            .collect();
+        let schema = arrow_schema(table.metadata().current_schema()).unwrap();
+        let batch = curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap();
+        let mut files = crate::writer::write_partition(&table, day, [batch], 1 << 27, "t").await.unwrap();
+        assert_eq!(files.len(), 1);
+        files.pop().unwrap()
+    }
+
+    async fn append(f: &Fixture, files: Vec<DataFile>) -> Committed {
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        commit(&f.lakehouse, table, FileChange { add: files, ..Default::default() }, CommitOptions::default()).await.unwrap()
+    }
+
+    async fn live_paths(f: &Fixture) -> Vec<(Option<i32>, String)> {
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let mut paths: Vec<_> =
+            live_files(&table).await.unwrap().into_iter().map(|l| (l.partition, l.data_file.file_path().to_string())).collect();
+        paths.sort();
+        paths
+    }
+
+    async fn row_count(f: &Fixture) -> usize {
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        crate::reader::scan(&table, None, None).await.unwrap().iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[tokio::test]
+    async fn overwrite_marks_removed_files_deleted_and_keeps_the_rest() {
+        let f = fixture().await;
+        let a1 = data_file(&f, 100, 0, 10).await;
+        let b1 = data_file(&f, 101, 100, 20).await;
+        let first = append(&f, vec![a1.clone(), b1.clone()]).await;
+        assert_eq!(first.operation, Operation::Append);
+
+        let a2 = data_file(&f, 100, 0, 7).await;
+        let replaced = replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![a2.clone()], BTreeMap::new(), CommitOptions::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(replaced.operation, Operation::Overwrite);
+        assert_eq!(live_paths(&f).await, {
+            let mut v = vec![(Some(100), a2.file_path().to_string()), (Some(101), b1.file_path().to_string())];
+            v.sort();
+            v
+        });
+        assert_eq!(row_count(&f).await, 27);
+
+        let snapshot = replaced.table.metadata().current_snapshot().unwrap().clone();
+        let summary = &snapshot.summary().additional_properties;
+        assert_eq!(summary["added-records"], "7");
+        assert_eq!(summary["deleted-records"], "10");
+        assert_eq!(summary["deleted-data-files"], "1");
+        assert_eq!(summary["total-records"], "27");
+        assert_eq!(summary["total-data-files"], "2");
+        assert_eq!(snapshot.parent_snapshot_id(), Some(first.snapshot_id));
+        assert_eq!(snapshot.sequence_number(), 2);
+
+        // The rewritten manifest records a1 as DELETED by this snapshot and b1 as EXISTING.
+        let table = &replaced.table;
+        let list = table.manifest_list_reader(&snapshot).load().await.unwrap();
+        let mut statuses = Vec::new();
+        for manifest in list.entries() {
+            for entry in manifest.load_manifest(table.file_io()).await.unwrap().entries() {
+                statuses.push((entry.file_path().to_string(), entry.status(), entry.snapshot_id()));
+            }
+        }
+        assert!(statuses.contains(&(a1.file_path().to_string(), iceberg::spec::ManifestStatus::Deleted, Some(replaced.snapshot_id))));
+        assert!(statuses.contains(&(b1.file_path().to_string(), iceberg::spec::ManifestStatus::Existing, Some(first.snapshot_id))));
+        assert!(statuses.contains(&(a2.file_path().to_string(), iceberg::spec::ManifestStatus::Added, Some(replaced.snapshot_id))));
+
+        // Time travel to the first snapshot still sees the removed file's rows.
+        let old = table.scan().snapshot_id(first.snapshot_id).build().unwrap();
+        let old_rows: usize = futures::TryStreamExt::try_collect::<Vec<_>>(old.to_arrow().await.unwrap()).await.unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(old_rows, 30);
+    }
+
+    #[tokio::test]
+    async fn lost_swap_is_reapplied_when_the_other_writer_touched_other_partitions() {
+        let f = fixture().await;
+        let a1 = data_file(&f, 100, 0, 10).await;
+        append(&f, vec![a1.clone()]).await;
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+
+        // Another writer commits to partition 101 after we took our base: our first swap fails.
+        let other = data_file(&f, 101, 100, 5).await;
+        append(&f, vec![other.clone()]).await;
+
+        let a2 = data_file(&f, 100, 0, 4).await;
+        let change = FileChange { remove: vec![a1], add: vec![a2.clone()], guarded_partitions: BTreeSet::from([100]), properties: BTreeMap::new() };
+        let committed = commit(&f.lakehouse, base, change, CommitOptions::default()).await.unwrap();
+        assert_eq!(committed.attempts, 2, "the first compare-and-swap must have lost");
+        let mut expected = vec![(Some(100), a2.file_path().to_string()), (Some(101), other.file_path().to_string())];
+        expected.sort();
+        assert_eq!(live_paths(&f).await, expected);
+        assert_eq!(row_count(&f).await, 9);
+        assert_eq!(committed.table.metadata().snapshots().count(), 3);
+    }
+
+    #[tokio::test]
+    async fn overlapping_concurrent_change_is_a_conflict_not_a_silent_overwrite() {
+        let f = fixture().await;
+        let a1 = data_file(&f, 100, 0, 10).await;
+        append(&f, vec![a1.clone()]).await;
+
+        // The other writer adds rows to the partition we are replacing.
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+        append(&f, vec![data_file(&f, 100, 500, 3).await]).await;
+        let change = FileChange {
+            remove: vec![a1.clone()],
+            add: vec![data_file(&f, 100, 0, 4).await],
+            guarded_partitions: BTreeSet::from([100]),
+            properties: BTreeMap::new(),
+        };
+        let error = commit(&f.lakehouse, base, change.clone(), CommitOptions::default()).await.unwrap_err();
+        assert!(matches!(&error, Error::CommitConflict { detail, .. } if detail.contains("partition")), "{error}");
+
+        // The other writer removed the very file we remove.
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+        replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![], BTreeMap::new(), CommitOptions::default()).await.unwrap();
+        let error = commit(&f.lakehouse, base, FileChange { guarded_partitions: BTreeSet::new(), ..change }, CommitOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, Error::CommitConflict { detail, .. } if detail.contains("removed by another writer")), "{error}");
+        assert_eq!(row_count(&f).await, 0, "the conflicting commits changed nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appenders_all_land_exactly_once() {
+        let f = Arc::new(fixture().await);
+        let mut writers = Vec::new();
+        for writer in 0..4u128 {
+            let f = f.clone();
+            writers.push(tokio::spawn(async move {
+                let mut attempts = 0;
+                for round in 0..5u128 {
+                    let file = data_file(&f, 100 + (writer as i32), writer * 1000 + round * 10, 10).await;
+                    attempts += append(&f, vec![file]).await.attempts;
+                }
+                attempts
+            }));
+        }
+        let mut attempts = 0;
+        for writer in writers {
+            attempts += writer.await.unwrap();
+        }
+        assert_eq!(live_paths(&f).await.len(), 20);
+        assert_eq!(row_count(&f).await, 200);
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        assert_eq!(table.metadata().snapshots().count(), 20);
+        assert_eq!(table.metadata().current_snapshot().unwrap().summary().additional_properties["total-records"], "200");
+        assert!(attempts >= 20);
+    }
 }
