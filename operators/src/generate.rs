@@ -238,8 +238,17 @@ pub async fn write_generated(
     let mut files = Vec::new();
     let mut total = 0u64;
     while let Some((day, rows)) = generator.next_day() {
-        let batch = crate::schema::raw_to_batch(&schema, &rows)?;
-        files.extend(crate::writer::write_partition(&table, day, [batch], target_file_size, "gen").await?);
+        // Ingestion writes one file per topic partition and day; so does the generator, which
+        // also lets replay spread a day's files over its workers.
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<RawEvent>> = Default::default();
+        for row in &rows {
+            by_partition.entry(row.source_partition).or_default().push(row.clone());
+        }
+        for (partition, events) in by_partition {
+            let batch = crate::schema::raw_to_batch(&schema, &events)?;
+            let prefix = format!("gen-p{partition}");
+            files.extend(crate::writer::write_partition(&table, day, [batch], target_file_size, &prefix).await?);
+        }
         total += rows.len() as u64;
         on_day(day, rows.len());
     }

@@ -6,6 +6,7 @@
 
 use std::cmp::Ordering;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub const SECONDS_PER_DAY: i64 = 86_400;
@@ -121,8 +122,9 @@ pub struct Candidate {
     pub origin: Origin,
     pub rating_timestamp: i64,
     pub rating_date: i32,
-    pub user_id: String,
-    pub movie_id: String,
+    /// Ids are short: `CompactString` keeps up to 24 bytes inline, without an allocation.
+    pub user_id: CompactString,
+    pub movie_id: CompactString,
     pub rating: Rating,
     pub is_approved: bool,
 }

@@ -32,7 +32,7 @@ use crate::schema::{curated_from_batch, raw_from_batch};
 use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
 use crate::sink::committer::{CommitStats, Committer};
 use crate::sink::curated::CuratedWriter;
-use crate::sink::{Failure, SinkMessage};
+use crate::sink::{EpochDays, Failure, SinkMessage};
 use crate::source::raw::plan_replay;
 use crate::upsert::upsert;
 
@@ -43,25 +43,30 @@ pub struct ReplaySettings {
     pub raw: TableIdent,
     pub curated: TableIdent,
     pub rejected: TableIdent,
+    /// The topic late updates are attributed to in the rejected table.
+    pub topic: String,
     pub rules: Rules,
     pub from: i32,
     pub to: Option<i32>,
     pub workers: usize,
     pub target_file_size: usize,
     pub commit: CommitOptions,
+    /// Consecutive raw partitions are grouped into one epoch (one commit) up to this many events.
+    pub max_epoch_events: u64,
 }
 
 /// Called with the number of raw records just read, and once with the total before the first.
 pub trait ProgressSink: Send + Sync {
     fn start(&self, total_records: u64, epochs: usize);
     fn advance(&self, records: u64);
-    fn epoch_committed(&self, ingestion_date: i32);
+    fn epoch_committed(&self, last_ingestion_date: i32);
 }
 
 /// What a replay did.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaySummary {
     pub epochs: usize,
+    pub partitions: usize,
     pub first_day: Option<i32>,
     pub last_day: Option<i32>,
     pub seeded_rows: u64,
@@ -101,7 +106,7 @@ enum SourceRecord {
 }
 
 type Accepted = ((u128, Candidate), u64, isize);
-type Evaluated = std::result::Result<Accepted, Rejection>;
+type Evaluated = std::result::Result<Accepted, Box<Rejection>>;
 
 /// The rules stage: validate, derive and cut late records, and reject records for frozen keys.
 fn evaluate(record: SourceRecord, time: u64, rules: &Rules, frozen: &HashMap<u128, i32>) -> Evaluated {
@@ -110,11 +115,11 @@ fn evaluate(record: SourceRecord, time: u64, rules: &Rules, frozen: &HashMap<u12
         SourceRecord::Raw(event) => {
             let (key, candidate) = rules.evaluate(&event)?;
             match frozen.get(&key) {
-                Some(day) => Err(Rejection {
+                Some(day) => Err(Box::new(Rejection {
                     reason: RejectReason::LateUpdate,
                     detail: format!("the event's current row is in frozen partition rating_date={}", format_date(*day)),
                     event,
-                }),
+                })),
                 None => Ok(((key, candidate), time, 1)),
             }
         }
@@ -133,7 +138,15 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         let raw = lakehouse.load(&settings.raw).await?;
         let curated = lakehouse.load(&settings.curated).await?;
         let rejected = lakehouse.load(&settings.rejected).await?;
-        let plan = plan_replay(&raw, &curated, settings.from, settings.to, settings.rules.lateness_days).await?;
+        let plan = plan_replay(
+            &raw,
+            &curated,
+            settings.from,
+            settings.to,
+            settings.rules.lateness_days,
+            settings.max_epoch_events,
+        )
+        .await?;
         Ok::<_, Error>((lakehouse, raw, curated, rejected, plan))
     })?;
     tracing::info!(
@@ -145,11 +158,13 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     );
     progress.start(plan.input_records(), plan.epochs.len());
 
-    let epoch_days: Arc<Vec<i32>> = Arc::new(plan.epochs.iter().map(|e| e.ingestion_date).collect());
+    let epoch_days: Arc<Vec<EpochDays>> =
+        Arc::new(plan.epochs.iter().map(|e| EpochDays { first: e.first_day, last: e.last_day }).collect());
     let mut summary = ReplaySummary {
         epochs: plan.epochs.len(),
-        first_day: epoch_days.first().copied(),
-        last_day: epoch_days.last().copied(),
+        partitions: plan.epochs.iter().map(|e| e.tasks.iter().filter_map(crate::source::raw::partition_of).collect::<std::collections::BTreeSet<_>>().len()).sum(),
+        first_day: plan.epochs.first().map(|e| e.first_day),
+        last_day: plan.epochs.last().map(|e| e.last_day),
         seeded_rows: plan.seed_records,
         frozen_keys: plan.frozen.len() as u64,
         ..Default::default()
@@ -161,7 +176,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     let counters = Arc::new(UpsertCounters::default());
     let events_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handle = runtime.handle().clone();
-    let topic: Arc<str> = Arc::from(crate::generate::DEFAULT_TOPIC);
+    let topic: Arc<str> = Arc::from(settings.topic.as_str());
 
     let worker_failure = failure.clone();
     let worker_stats = stats.clone();
@@ -190,7 +205,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
                     });
                 }
             });
-            let (candidates, rule_rejections) = evaluated.ok_err::<Vec<Accepted>, Accepted, Vec<Rejection>, Rejection, _>(|x| x);
+            let (candidates, rule_rejections) = evaluated.ok_err::<Vec<Accepted>, Accepted, Vec<Box<Rejection>>, Box<Rejection>, _>(|x| x);
             let upserted = upsert(candidates.as_collection(), rules.lateness_days).inner;
             let changes = net_changes(upserted, topic.clone(), worker_counters.clone());
             let (key_changes, sink_messages) = changes.ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(|change| match change {
@@ -227,7 +242,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
                 .map(SinkMessage::ChangedPartition)
                 .concat(other_messages)
                 .concat(curated_files)
-                .concat(rule_rejections.map(SinkMessage::Rejected));
+                .concat(rule_rejections.map(|rejection| SinkMessage::Rejected(*rejection)));
             committer.build(to_commit).probe_with(&probe);
         });
 
@@ -273,7 +288,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             input.advance_to(position as u64 + 2);
             worker.step_while(|| probe.less_than(input.time()));
             if index == 0 && !failure.is_set() {
-                progress.epoch_committed(epoch.ingestion_date);
+                progress.epoch_committed(epoch.last_day);
             }
         }
         drop(input);

@@ -44,8 +44,8 @@ impl Rules {
     }
 
     /// Applies validation, derivation and the late cut to one raw record.
-    pub fn evaluate(&self, event: &RawEvent) -> Result<(u128, Candidate), Rejection> {
-        let reject = |reason: RejectReason, detail: String| Rejection { reason, detail, event: event.clone() };
+    pub fn evaluate(&self, event: &RawEvent) -> Result<(u128, Candidate), Box<Rejection>> {
+        let reject = |reason: RejectReason, detail: String| Box::new(Rejection { reason, detail, event: event.clone() });
         let event_id = match event.event_id.as_deref().map(str::trim) {
             None | Some("") => return Err(reject(RejectReason::MissingEventId, "event_id is missing".into())),
             Some(text) => parse_event_id(text)
@@ -103,8 +103,8 @@ impl Rules {
                 origin: Origin::Input,
                 rating_timestamp,
                 rating_date,
-                user_id: user_id.to_owned(),
-                movie_id: movie_id.to_owned(),
+                user_id: user_id.into(),
+                movie_id: movie_id.into(),
                 rating: Rating(rating),
                 is_approved: rating >= self.approval_threshold,
             },

@@ -27,6 +27,8 @@ pub async fn write_partition(
     let context = || format!("writing partition {} of {}", crate::model::format_date(day), table.identifier());
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")))
+        // Event ids are unique: a dictionary would only be built to be thrown away.
+        .set_column_dictionary_enabled("event_id".into(), false)
         .build();
     let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(

@@ -263,12 +263,14 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         raw: parse_table_ident(&graph.raw)?,
         curated: parse_table_ident(&graph.curated)?,
         rejected: parse_table_ident(&graph.rejected)?,
+        topic: graph.topic.clone(),
         rules: graph.rules,
         from,
         to,
         workers: args.workers,
         target_file_size: graph.target_file_size,
         commit: graph.commit,
+        max_epoch_events: graph.replay_epoch_events,
     };
     let bar = progress_bar(0, "replay", args.no_progress);
     let summary = operators::replay::replay(settings, Arc::new(ReplayProgress(bar.clone())))?;
@@ -282,7 +284,14 @@ fn print_summary(s: &ReplaySummary) {
         (Some(a), Some(b)) => format!("{}..{}", format_date(a), format_date(b)),
         _ => "no raw partitions in range".to_string(),
     };
-    println!("replay {range}: {} partitions, {} events in {:.2}s ({:.0} events/s)", s.epochs, s.events_read, s.elapsed.as_secs_f64(), s.events_per_second());
+    println!(
+        "replay {range}: {} partitions in {} epochs, {} events in {:.2}s ({:.0} events/s)",
+        s.partitions,
+        s.epochs,
+        s.events_read,
+        s.elapsed.as_secs_f64(),
+        s.events_per_second()
+    );
     println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
     println!("  upserted:  {} new rows, {} updated rows ({} moved to another rating_date)", s.inserted, s.updated, s.moved);
     let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();

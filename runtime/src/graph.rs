@@ -78,6 +78,7 @@ pub struct RulesSection {
 pub struct CommitSection {
     pub target_file_size: String,
     pub max_attempts: u32,
+    pub replay_epoch_events: u64,
 }
 
 /// A loaded, validated graph.
@@ -93,6 +94,7 @@ pub struct Graph {
     pub rules: Rules,
     pub target_file_size: usize,
     pub commit: CommitOptions,
+    pub replay_epoch_events: u64,
 }
 
 impl Graph {
@@ -160,6 +162,9 @@ impl Graph {
         if target_file_size < 1024 * 1024 {
             return Err("commit.target_file_size: expected at least 1MiB".into());
         }
+        if file.commit.replay_epoch_events == 0 {
+            return Err("commit.replay_epoch_events: expected at least 1".into());
+        }
         if file.commit.max_attempts == 0 {
             return Err("commit.max_attempts: expected at least 1".into());
         }
@@ -181,6 +186,7 @@ impl Graph {
             },
             target_file_size: target_file_size as usize,
             commit: CommitOptions { max_attempts: file.commit.max_attempts, ..CommitOptions::default() },
+            replay_epoch_events: file.commit.replay_epoch_events,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The commit step, on worker 0: once an epoch is complete everywhere, one Overwrite snapshot on
 //! the curated table (the changed partitions' old files out, the workers' new files in) and one on
-//! the rejected table (the epoch's ingestion_date partition replaced by its rejections, so a
-//! replay of the same day does not record them twice). Both carry the replay cursor.
+//! the rejected table (the epoch's ingestion_date partitions replaced by their rejections, so a
+//! replay of the same days does not record them twice). Both carry the replay cursor: the last
+//! ingestion date the snapshot reflects.
 //!
 //! Later epochs are not committed after a failure: their changes build on the failed one.
 
@@ -22,7 +23,7 @@ use crate::commit::{CommitOptions, EPOCH_PROPERTY, REPLAY_CURSOR_PROPERTY, repla
 use crate::error::Result;
 use crate::model::{RejectReason, Rejection, format_date};
 use crate::schema::{arrow_schema, rejected_to_batch};
-use crate::sink::{Failure, SinkMessage};
+use crate::sink::{EpochDays, Failure, SinkMessage};
 use crate::writer::write_partition;
 
 #[derive(Debug, Default)]
@@ -40,7 +41,7 @@ pub struct Committer {
     pub curated: TableIdent,
     pub rejected: Table,
     pub runtime: tokio::runtime::Handle,
-    pub epoch_days: Arc<Vec<i32>>,
+    pub epoch_days: Arc<Vec<EpochDays>>,
     pub options: CommitOptions,
     pub target_file_size: usize,
     pub stats: Arc<CommitStats>,
@@ -91,11 +92,11 @@ impl Committer {
     }
 
     async fn commit(&self, epoch: u64, input: EpochInput) -> Result<()> {
-        let Some(&day) = self.epoch_days.get(epoch as usize - 1) else {
-            return Err(crate::Error::Internal(format!("epoch {epoch} has no ingestion date")));
+        let Some(days) = self.epoch_days.get(epoch as usize - 1).copied() else {
+            return Err(crate::Error::Internal(format!("epoch {epoch} has no ingestion dates")));
         };
         let properties = BTreeMap::from([
-            (REPLAY_CURSOR_PROPERTY.to_string(), format_date(day)),
+            (REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last)),
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
         ]);
         if !input.changed.is_empty() {
@@ -121,15 +122,19 @@ impl Committer {
                 *counts.entry(rejection.reason).or_default() += 1;
             }
         }
-        let files = if rejections.is_empty() {
-            Vec::new()
-        } else {
-            let batch = rejected_to_batch(&arrow_schema(self.rejected.metadata().current_schema())?, &rejections)?;
-            write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?
-        };
+        let schema = arrow_schema(self.rejected.metadata().current_schema())?;
+        let mut files = Vec::new();
+        for day in days.first..=days.last {
+            let of_day: Vec<Rejection> =
+                rejections.iter().filter(|r| r.event.ingestion_date() == day).cloned().collect();
+            if !of_day.is_empty() {
+                let batch = rejected_to_batch(&schema, &of_day)?;
+                files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
+            }
+        }
         let ident = self.rejected.identifier();
-        if let Some(committed) =
-            replace_partitions(&self.lakehouse, ident, BTreeSet::from([day]), files, properties, self.options).await?
+        let replaced: BTreeSet<i32> = (days.first..=days.last).collect();
+        if let Some(committed) = replace_partitions(&self.lakehouse, ident, replaced, files, properties, self.options).await?
         {
             self.stats.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);

@@ -17,7 +17,7 @@ use timely::dataflow::StreamVec;
 use crate::model::Candidate;
 use crate::schema::{arrow_schema, curated_to_batch};
 use crate::sink::changes::KeyChange;
-use crate::sink::{Failure, LocalDataFile, SinkMessage};
+use crate::sink::{EpochDays, Failure, LocalDataFile, SinkMessage};
 use crate::writer::write_partition;
 
 pub struct CuratedWriter {
@@ -26,8 +26,8 @@ pub struct CuratedWriter {
     pub target_file_size: usize,
     pub worker: usize,
     pub failure: Failure,
-    /// Ingestion date of each epoch (index = epoch - 1).
-    pub epoch_days: Arc<Vec<i32>>,
+    /// Ingestion dates of each epoch (index = epoch - 1).
+    pub epoch_days: Arc<Vec<EpochDays>>,
     pub lateness_days: i32,
 }
 
@@ -97,8 +97,9 @@ impl CuratedWriter {
                         }
                         Err(error) => self.failure.set(error),
                     }
-                    if let Some(&day) = self.epoch_days.get(time as usize - 1) {
-                        let frozen_before = day - self.lateness_days;
+                    if let Some(days) = self.epoch_days.get(time as usize - 1) {
+                        // Later epochs ingest after `days.last`: older partitions cannot change.
+                        let frozen_before = days.last - self.lateness_days;
                         live.retain(|&partition, _| partition >= frozen_before);
                     }
                 }

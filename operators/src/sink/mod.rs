@@ -49,6 +49,13 @@ impl<'de> Deserialize<'de> for LocalDataFile {
     }
 }
 
+/// The ingestion dates an epoch covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochDays {
+    pub first: i32,
+    pub last: i32,
+}
+
 /// Everything the committing worker gathers for an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SinkMessage {

@@ -8,8 +8,12 @@
 //! - **frozen keys**: the `event_id`s of curated rows older than that window, each with its
 //!   `rating_date`. A record for one of them is a late update (its row can no longer move). Only
 //!   the `event_id` and `rating_date` columns of the frozen partitions are read, once per run.
-//! - **epochs 1..**: one per raw `ingestion_date` partition in ascending order (ingestion order).
-//!   Inside an epoch, order does not matter: the upsert folds each key in ingestion order.
+//! - **epochs 1..**: consecutive raw `ingestion_date` partitions in ascending order (ingestion
+//!   order), as many per epoch as fit in `max_epoch_events` (always at least one). Every epoch is
+//!   one commit, and a commit rewrites each curated partition the epoch changed, so bigger epochs
+//!   mean less rewriting during a backfill and fewer snapshots; smaller epochs mean a finer replay
+//!   cursor. Inside an epoch order does not matter: the upsert folds each key in ingestion order,
+//!   so the result is the same for any epoch size.
 //!
 //! Files of an epoch are spread over the workers round-robin; each worker reads its own.
 
@@ -25,10 +29,11 @@ use crate::reader::{date_at_least, date_at_most, date_before, plan, read_tasks};
 use crate::rules::parse_event_id;
 use crate::schema::Columns;
 
-/// One raw partition: the epoch's input.
+/// Consecutive raw partitions `first_day..=last_day`: one epoch's input.
 #[derive(Debug, Clone)]
 pub struct EpochPlan {
-    pub ingestion_date: i32,
+    pub first_day: i32,
+    pub last_day: i32,
     pub tasks: Vec<FileScanTask>,
     pub records: u64,
 }
@@ -48,7 +53,7 @@ impl ReplayPlan {
     }
 }
 
-fn partition_of(task: &FileScanTask) -> Option<i32> {
+pub fn partition_of(task: &FileScanTask) -> Option<i32> {
     use iceberg::spec::{Literal, PrimitiveLiteral};
     match task.partition.as_ref()?.fields().first() {
         Some(Some(Literal::Primitive(PrimitiveLiteral::Int(day)))) => Some(*day),
@@ -56,7 +61,14 @@ fn partition_of(task: &FileScanTask) -> Option<i32> {
     }
 }
 
-pub async fn plan_replay(raw: &Table, curated: &Table, from: i32, to: Option<i32>, lateness_days: i32) -> Result<ReplayPlan> {
+pub async fn plan_replay(
+    raw: &Table,
+    curated: &Table,
+    from: i32,
+    to: Option<i32>,
+    lateness_days: i32,
+    max_epoch_events: u64,
+) -> Result<ReplayPlan> {
     if let Some(to) = to
         && to < from
     {
@@ -71,9 +83,21 @@ pub async fn plan_replay(raw: &Table, curated: &Table, from: i32, to: Option<i32
         let day = partition_of(&task).ok_or_else(|| {
             Error::User(format!("raw table {} is not partitioned by ingestion_date", raw.identifier()))
         })?;
-        let epoch = by_day.entry(day).or_insert_with(|| EpochPlan { ingestion_date: day, tasks: Vec::new(), records: 0 });
+        let epoch =
+            by_day.entry(day).or_insert_with(|| EpochPlan { first_day: day, last_day: day, tasks: Vec::new(), records: 0 });
         epoch.records += task.record_count.unwrap_or(0);
         epoch.tasks.push(task);
+    }
+    let mut epochs: Vec<EpochPlan> = Vec::new();
+    for day in by_day.into_values() {
+        match epochs.last_mut() {
+            Some(epoch) if epoch.records + day.records <= max_epoch_events => {
+                epoch.last_day = day.last_day;
+                epoch.records += day.records;
+                epoch.tasks.extend(day.tasks);
+            }
+            _ => epochs.push(day),
+        }
     }
 
     let window_start = from - lateness_days;
@@ -94,5 +118,5 @@ pub async fn plan_replay(raw: &Table, curated: &Table, from: i32, to: Option<i32
         Ok(())
     })
     .await?;
-    Ok(ReplayPlan { seed_tasks, seed_records, epochs: by_day.into_values().collect(), frozen })
+    Ok(ReplayPlan { seed_tasks, seed_records, epochs, frozen })
 }

@@ -1,0 +1,134 @@
+//! The replay path on 1M generated events (10 days, realistic mix):
+//! - `replay_1m/end_to_end`: read raw Parquet → rules → upsert → write curated Parquet → commit,
+//!   into fresh curated/rejected tables each iteration (2 workers);
+//! - `replay_1m/rules_and_upsert`: the same records through rules and the differential upsert
+//!   only, from memory, to separate dataflow cost from I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use differential_dataflow::input::Input;
+use iceberg::Catalog;
+use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
+use operators::generate::{GenerateSettings, Generator};
+use operators::replay::{ProgressSink, ReplaySettings, replay};
+use operators::rules::Rules;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+const EVENTS: u64 = 1_000_000;
+const START_DAY: i32 = 20_209; // 2025-05-01
+
+struct Quiet;
+impl ProgressSink for Quiet {
+    fn start(&self, _: u64, _: usize) {}
+    fn advance(&self, _: u64) {}
+    fn epoch_committed(&self, _: i32) {}
+}
+
+fn settings() -> GenerateSettings {
+    GenerateSettings { events: EVENTS, ..GenerateSettings::realistic(START_DAY) }
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = CatalogSettings {
+        name: "bench".into(),
+        database: dir.path().join("catalog.db"),
+        warehouse: dir.path().join("warehouse"),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (raw, curated, rejected) = (
+        parse_table_ident("raw.movie_ratings_raw").unwrap(),
+        parse_table_ident("curated.movie_ratings").unwrap(),
+        parse_table_ident("curated.movie_ratings_rejected").unwrap(),
+    );
+    let lakehouse = runtime.block_on(async {
+        let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
+        lakehouse.ensure_table(&raw, &operators::schema::raw_layout().unwrap()).await.unwrap();
+        operators::generate::write_generated(&lakehouse, &raw, settings(), 128 << 20, |_, _| {}).await.unwrap();
+        lakehouse
+    });
+    let reset = || {
+        runtime.block_on(async {
+            for (ident, layout) in [
+                (&curated, operators::schema::curated_layout().unwrap()),
+                (&rejected, operators::schema::rejected_layout().unwrap()),
+            ] {
+                if lakehouse.catalog().table_exists(ident).await.unwrap() {
+                    lakehouse.catalog().drop_table(ident).await.unwrap();
+                }
+                lakehouse.ensure_table(ident, &layout).await.unwrap();
+            }
+        })
+    };
+    let replay_settings = ReplaySettings {
+        catalog,
+        raw: raw.clone(),
+        curated: curated.clone(),
+        rejected: rejected.clone(),
+        topic: operators::generate::DEFAULT_TOPIC.to_string(),
+        rules: Rules::default(),
+        from: START_DAY,
+        to: None,
+        workers: 2,
+        target_file_size: 128 << 20,
+        commit: Default::default(),
+        max_epoch_events: 4_000_000,
+    };
+    let mut group = c.benchmark_group("replay_1m");
+    group.sample_size(10).measurement_time(Duration::from_secs(40)).throughput(Throughput::Elements(EVENTS));
+    group.bench_function("end_to_end", |b| {
+        b.iter_batched(
+            reset,
+            |()| {
+                let summary = replay(replay_settings.clone(), Arc::new(Quiet)).unwrap();
+                assert_eq!(summary.events_read, EVENTS);
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+fn rules_and_upsert(c: &mut Criterion) {
+    let mut generator = Generator::new(settings());
+    let events: Vec<_> = std::iter::from_fn(|| generator.next_day()).flat_map(|(_, rows)| rows).collect();
+    let events = Arc::new(events);
+    let mut group = c.benchmark_group("replay_1m");
+    group.sample_size(10).measurement_time(Duration::from_secs(30)).throughput(Throughput::Elements(EVENTS));
+    group.bench_function("rules_and_upsert", |b| {
+        b.iter(|| {
+            let events = events.clone();
+            timely::execute(timely::Config::process(2), move |worker| {
+                let rules = Rules::default();
+                let probe = ProbeHandle::new();
+                let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                    let (input, candidates) = scope.new_collection();
+                    operators::upsert::upsert(candidates, rules.lateness_days).probe_with(&probe);
+                    input
+                });
+                let (index, peers) = (worker.index(), worker.peers());
+                let mut day = None;
+                for event in events.iter().skip(index).step_by(peers) {
+                    let epoch = event.ingestion_date();
+                    if day != Some(epoch) {
+                        day = Some(epoch);
+                        input.advance_to((epoch - START_DAY) as u64 + 1);
+                        input.flush();
+                    }
+                    if let Ok(candidate) = rules.evaluate(event) {
+                        input.insert(candidate);
+                    }
+                }
+                input.close();
+                while worker.step() {}
+            })
+            .unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rules_and_upsert, end_to_end);
+criterion_main!(benches);
