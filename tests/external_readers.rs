@@ -32,7 +32,7 @@ fn sha256_hex(text: &str) -> String {
 
 #[test]
 fn pyiceberg_and_duckdb_read_what_we_committed() {
-    let lake = Lake::new();
+    let lake = Lake::with_epoch_events(Some(1));
     lake.ok(EDGY);
     lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-05", "--no-progress"]);
     lake.ok(&["--mode", "replay", "--from", "2025-05-06", "--no-progress"]);

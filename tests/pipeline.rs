@@ -13,8 +13,8 @@ fn as_expected(rows: &[(u128, Candidate)]) -> BTreeMap<String, ExpectedRow> {
             (
                 format_event_id(*key),
                 ExpectedRow {
-                    user_id: c.user_id.clone(),
-                    movie_id: c.movie_id.clone(),
+                    user_id: c.user_id.to_string(),
+                    movie_id: c.movie_id.to_string(),
                     rating: c.rating.0,
                     is_approved: c.is_approved,
                     rating_timestamp: c.rating_timestamp,
@@ -40,7 +40,8 @@ fn assert_matches_oracle(lake: &Lake, oracle: &Expected) {
 
 #[test]
 fn replay_equals_the_oracle_on_every_edge_case() {
-    let lake = Lake::new();
+    // One epoch (one commit) per raw partition: every edge case crosses commits.
+    let lake = Lake::with_epoch_events(Some(1));
     lake.ok(EDGY);
     let raw = lake.raw_events();
     let oracle = expected(&raw);
@@ -59,7 +60,7 @@ fn replay_equals_the_oracle_on_every_edge_case() {
     assert!(ties > 100 && moved > 100, "ties {ties}, moved {moved}");
 
     let run = lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
-    assert!(run.stdout.contains("replay 2025-05-01..2025-05-09: 9 partitions, 24000 events"), "{}", run.stdout);
+    assert!(run.stdout.contains("replay 2025-05-01..2025-05-09: 9 partitions in 9 epochs, 24000 events"), "{}", run.stdout);
     assert_matches_oracle(&lake, &oracle);
 
     // Every curated snapshot after the first replaced partitions (Overwrite), none lost rows.
@@ -69,7 +70,7 @@ fn replay_equals_the_oracle_on_every_edge_case() {
 
 #[test]
 fn replaying_again_changes_nothing_and_commits_nothing_to_curated() {
-    let lake = Lake::new();
+    let lake = Lake::with_epoch_events(Some(5000));
     lake.ok(EDGY);
     lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
     let before = lake.curated_rows();
@@ -90,12 +91,15 @@ fn replaying_again_changes_nothing_and_commits_nothing_to_curated() {
 }
 
 #[test]
-fn replay_in_pieces_equals_replay_in_one_go_for_any_worker_count() {
+fn replay_in_pieces_equals_replay_in_one_go_for_any_worker_count_and_epoch_size() {
+    // In one go: all nine days in a single epoch.
     let whole = Lake::new();
     whole.ok(EDGY);
-    whole.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-09", "--no-progress", "-w", "2"]);
+    let run = whole.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-09", "--no-progress", "-w", "2"]);
+    assert!(run.stdout.contains("9 partitions in 1 epochs"), "{}", run.stdout);
 
-    let pieces = Lake::new();
+    // In pieces, one epoch per day.
+    let pieces = Lake::with_epoch_events(Some(1));
     pieces.ok(EDGY);
     pieces.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-03", "--no-progress", "-w", "1"]);
     let middle = pieces.ok(&["--mode", "replay", "--from", "2025-05-04", "--to", "2025-05-08", "--no-progress", "-w", "3"]);

@@ -102,7 +102,7 @@ mod tests {
             origin: Origin::Input,
             rating_timestamp,
             rating_date: crate::model::day_of_seconds(rating_timestamp),
-            user_id: format!("u{}", rng.random_range(0..5)),
+            user_id: format!("u{}", rng.random_range(0..5)).into(),
             movie_id: "m".into(),
             rating: Rating(rng.random_range(0..=10) as f32),
             is_approved: false,

@@ -239,6 +239,7 @@ mod tests {
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),
             (GOOD.replace("key = \"event_id\"", "key = \"user_id\""), "upsert.key"),
+            (GOOD.replace("replay_epoch_events = 4000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
         ];
         for (text, expected) in cases {
             let message = load(&text).unwrap_err().to_string();

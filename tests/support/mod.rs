@@ -56,11 +56,20 @@ impl Run {
 impl Lake {
     /// A lake whose graph differs from the shipped one only in where the catalog lives.
     pub fn new() -> Lake {
+        Lake::with_epoch_events(None)
+    }
+
+    /// As [`Lake::new`], with `commit.replay_epoch_events` set (1 = one epoch per raw partition).
+    pub fn with_epoch_events(epoch_events: Option<u64>) -> Lake {
         let dir = tempfile::tempdir().expect("temp dir");
         let graph = dir.path().join("graph.toml");
-        let text = GRAPH_TEMPLATE
+        let mut text = GRAPH_TEMPLATE
             .replace("../.lakehouse/catalog.db", "lake/catalog.db")
             .replace("../.lakehouse/warehouse", "lake/warehouse");
+        if let Some(events) = epoch_events {
+            let line = text.lines().find(|l| l.starts_with("replay_epoch_events")).expect("graph sets replay_epoch_events").to_string();
+            text = text.replace(&line, &format!("replay_epoch_events = {events}"));
+        }
         std::fs::write(&graph, text).expect("write graph");
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         let lake = Lake { dir, graph, runtime };
