@@ -7,7 +7,7 @@ GRAPH ?= graphs/ratings.toml
 DEMO_EVENTS ?= 300000
 DEMO_DAYS ?= 10
 DEMO_START ?= 2025-05-01
-RUNTIME := target/release/runtime
+RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 
 .PHONY: help setup build demo test test-rust test-readers bench bench-replay clean
 

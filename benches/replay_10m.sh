@@ -8,7 +8,7 @@ workers=${2:-2}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 sed -e "s|../.lakehouse/catalog.db|$work/catalog.db|" -e "s|../.lakehouse/warehouse|$work/warehouse|" graphs/ratings.toml > "$work/graph.toml"
-bin=target/release/runtime
+bin=${CARGO_TARGET_DIR:-target}/release/runtime
 [ -x "$bin" ] || cargo build --release -p runtime
 "$bin" --graph "$work/graph.toml" init > /dev/null
 echo "generating $events events..."

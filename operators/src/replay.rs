@@ -162,7 +162,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         Arc::new(plan.epochs.iter().map(|e| EpochDays { first: e.first_day, last: e.last_day }).collect());
     let mut summary = ReplaySummary {
         epochs: plan.epochs.len(),
-        partitions: plan.epochs.iter().map(|e| e.tasks.iter().filter_map(crate::source::raw::partition_of).collect::<std::collections::BTreeSet<_>>().len()).sum(),
+        partitions: plan.epochs.iter().map(|e| e.days()).sum(),
         first_day: plan.epochs.first().map(|e| e.first_day),
         last_day: plan.epochs.last().map(|e| e.last_day),
         seeded_rows: plan.seed_records,

@@ -47,6 +47,13 @@ pub struct ReplayPlan {
     pub frozen: HashMap<u128, i32>,
 }
 
+impl EpochPlan {
+    /// How many raw partitions the epoch reads.
+    pub fn days(&self) -> usize {
+        self.tasks.iter().filter_map(partition_of).collect::<std::collections::BTreeSet<_>>().len()
+    }
+}
+
 impl ReplayPlan {
     pub fn input_records(&self) -> u64 {
         self.epochs.iter().map(|e| e.records).sum()
