@@ -32,7 +32,7 @@ demo: setup build ## Generate ~300k events over 10 days into a fresh lakehouse, 
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
 
 test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, PyIceberg/DuckDB readers)
-	$(CARGO) test --workspace --no-fail-fast
+	bash scripts/test.sh
 
 bench: ## Criterion benchmarks (replay path on 1M generated events)
 	$(CARGO) bench -p ratings-benches

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
-// Timely and differential allocate and free many short-lived batches; mimalloc keeps them off
-// the page-fault path that glibc's allocator hits for large buffers.
+// Timely and differential allocate and free many large, short-lived batches. mimalloc (built
+// without transparent huge pages, `no_thp`) reuses them instead of having the kernel zero fresh
+// 2 MiB pages for every epoch; see benches/README.md for the measurements.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,7 +6,7 @@
 //! rejections. Each changed partition (the old row's and the new row's `rating_date`) is announced
 //! once per worker and epoch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -65,26 +65,33 @@ pub fn net_changes<'scope>(
                 if frontier.less_equal(&time) {
                     break;
                 }
-                let (capability, updates) = pending.pop_first().expect("first entry exists").1;
+                let (capability, mut updates) = pending.pop_first().expect("first entry exists").1;
                 let mut session = output.session(&capability);
-                let mut per_key: HashMap<u128, (Option<Candidate>, Option<Candidate>)> = HashMap::new();
                 let mut days = BTreeSet::new();
-                for ((key, value), diff) in updates {
-                    match value {
-                        UpsertOutput::Current(row) if diff < 0 => per_key.entry(key).or_default().0 = Some(row),
-                        UpsertOutput::Current(row) => per_key.entry(key).or_default().1 = Some(row),
-                        UpsertOutput::LateUpdate(record) if diff > 0 => {
-                            let detail = "the event's current row is older than the lateness window of this record".to_string();
-                            session.give(Change::Sink(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, detail))));
+                // Group by key by sorting in place: no per-epoch hash map of millions of entries.
+                updates.sort_unstable_by_key(|((key, _), _)| *key);
+                let mut updates = updates.into_iter().peekable();
+                while let Some(((key, first), diff)) = updates.next() {
+                    let (mut old, mut new) = (None, None);
+                    let mut value = Some((first, diff));
+                    while let Some((output_value, diff)) = value.take() {
+                        match output_value {
+                            UpsertOutput::Current(row) if diff < 0 => old = Some(row),
+                            UpsertOutput::Current(row) => new = Some(row),
+                            UpsertOutput::LateUpdate(record) if diff > 0 => {
+                                let detail = "the event's current row is older than the lateness window of this record".to_string();
+                                session.give(Change::Sink(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, detail))));
+                            }
+                            UpsertOutput::LateUpdate(_) => {}
                         }
-                        UpsertOutput::LateUpdate(_) => {}
+                        if updates.peek().is_some_and(|((next, _), _)| *next == key) {
+                            value = updates.next().map(|((_, v), d)| (v, d));
+                        }
                     }
-                }
-                for (key, (old, new)) in per_key {
-                    if let (Some(old), Some(new)) = (&old, &new)
-                        && same_row(old, new)
-                    {
-                        continue;
+                    match (&old, &new) {
+                        (None, None) => continue, // only late updates for this key
+                        (Some(old), Some(new)) if same_row(old, new) => continue,
+                        _ => {}
                     }
                     if time > 0 {
                         use std::sync::atomic::Ordering::Relaxed;
