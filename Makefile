@@ -26,7 +26,9 @@ demo: setup build ## Generate ~300k events over 10 days into a fresh lakehouse, 
 	rm -rf .lakehouse
 	$(RUNTIME) --graph $(GRAPH) init
 	$(RUNTIME) --graph $(GRAPH) generate --events $(DEMO_EVENTS) --days $(DEMO_DAYS) --start $(DEMO_START)
-	$(RUNTIME) --graph $(GRAPH) --mode replay --from $(DEMO_START)
+	@echo "--- replay the first five days, then the rest: the second run seeds from curated and overwrites"
+	$(RUNTIME) --graph $(GRAPH) --mode replay --from $(DEMO_START) --to 2025-05-05
+	$(RUNTIME) --graph $(GRAPH) --mode replay --from 2025-05-06
 	$(RUNTIME) --graph $(GRAPH) show movie_ratings --limit 10 --where rating_date=2025-05-03
 	$(RUNTIME) --graph $(GRAPH) show rejected --limit 5
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings

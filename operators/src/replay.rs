@@ -72,6 +72,8 @@ pub struct ReplaySummary {
     pub seeded_rows: u64,
     pub frozen_keys: u64,
     pub events_read: u64,
+    /// Raw records that passed the rules and the late cut and entered the upsert.
+    pub accepted: u64,
     pub inserted: u64,
     pub updated: u64,
     pub moved: u64,
@@ -175,6 +177,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     let stats = Arc::new(CommitStats::default());
     let counters = Arc::new(UpsertCounters::default());
     let events_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handle = runtime.handle().clone();
     let topic: Arc<str> = Arc::from(settings.topic.as_str());
 
@@ -182,6 +185,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     let worker_stats = stats.clone();
     let worker_counters = counters.clone();
     let worker_events = events_read.clone();
+    let worker_accepted = accepted.clone();
     let guards = timely::execute(timely::Config::process(settings.workers.max(1)), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -190,6 +194,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         let probe = ProbeHandle::new();
         let rules = settings.rules;
         let frozen = plan.clone();
+        let accepted = worker_accepted.clone();
         worker.dataflow::<u64, _, _>(|scope| {
             let records = input.to_stream(scope);
             let evaluated: StreamVec<u64, Evaluated> = records.unary(Pipeline, "Rules", move |_capability, _info| {
@@ -197,11 +202,16 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
                     input.for_each_time(|time, data| {
                         let at = *time.time();
                         let mut session = output.session(&time);
+                        let mut passed = 0;
                         for batch in data {
                             for record in batch.drain(..) {
-                                session.give(evaluate(record, at, &rules, &frozen.frozen));
+                                let is_input = matches!(record, SourceRecord::Raw(_));
+                                let evaluated = evaluate(record, at, &rules, &frozen.frozen);
+                                passed += u64::from(is_input && evaluated.is_ok());
+                                session.give(evaluated);
                             }
                         }
+                        accepted.fetch_add(passed, Ordering::Relaxed);
                     });
                 }
             });
@@ -302,6 +312,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         return Err(error);
     }
     summary.events_read = events_read.load(Ordering::Relaxed);
+    summary.accepted = accepted.load(Ordering::Relaxed);
     summary.inserted = counters.inserted.load(Ordering::Relaxed);
     summary.updated = counters.updated.load(Ordering::Relaxed);
     summary.moved = counters.moved.load(Ordering::Relaxed);

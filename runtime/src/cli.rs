@@ -293,7 +293,14 @@ fn print_summary(s: &ReplaySummary) {
         s.events_per_second()
     );
     println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
-    println!("  upserted:  {} new rows, {} updated rows ({} moved to another rating_date)", s.inserted, s.updated, s.moved);
+    println!(
+        "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another rating_date); {} changed nothing (duplicates, superseded, or already applied)",
+        s.accepted,
+        s.inserted,
+        s.updated,
+        s.moved,
+        s.accepted.saturating_sub(s.inserted + s.updated)
+    );
     let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
     println!("  rejected:  {} late, {} invalid [{}]", s.late(), s.invalid(), reasons.join(" "));
     println!(
