@@ -62,6 +62,8 @@ pub struct Committed {
     pub operation: Operation,
     /// Attempts made, 1 when nobody else committed in between.
     pub attempts: u32,
+    pub files_added: usize,
+    pub files_removed: usize,
     pub table: Table,
 }
 
@@ -154,6 +156,8 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
                 snapshot_id: prepared.snapshot_id,
                 operation: prepared.operation,
                 attempts: attempt,
+                files_added: change.add.len(),
+                files_removed: change.remove.len(),
                 table,
             });
         }

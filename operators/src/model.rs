@@ -156,16 +156,6 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
-        RejectReason::MissingEventId,
-        RejectReason::InvalidEventId,
-        RejectReason::MissingField,
-        RejectReason::RatingOutOfRange,
-        RejectReason::FutureTimestamp,
-        RejectReason::Late,
-        RejectReason::LateUpdate,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::MissingEventId => "missing_event_id",

@@ -10,7 +10,7 @@ use arrow_array::RecordBatch;
 
 use crate::error::{Context, Result};
 
-/// `column == day`, `column >= day`, … for date columns.
+/// `column >= day`, `column <= day`, `column < day` for date columns.
 pub fn date_at_least(column: &str, day: i32) -> Predicate {
     Reference::new(column).greater_than_or_equal_to(Datum::date(day))
 }
@@ -21,10 +21,6 @@ pub fn date_at_most(column: &str, day: i32) -> Predicate {
 
 pub fn date_before(column: &str, day: i32) -> Predicate {
     Reference::new(column).less_than(Datum::date(day))
-}
-
-pub fn date_equals(column: &str, day: i32) -> Predicate {
-    Reference::new(column).equal_to(Datum::date(day))
 }
 
 /// Plans the files of the current snapshot that may hold rows matching `filter`.

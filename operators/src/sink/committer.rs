@@ -100,16 +100,13 @@ impl Committer {
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
         ]);
         if !input.changed.is_empty() {
-            let added = input.files.len() as u64;
             let committed =
                 replace_partitions(&self.lakehouse, &self.curated, input.changed, input.files, properties.clone(), self.options)
                     .await?;
             if let Some(committed) = committed {
-                let summary = committed.table.metadata().current_snapshot().map(|s| s.summary().additional_properties.clone());
-                let removed = summary.and_then(|s| s.get("deleted-data-files").and_then(|v| v.parse().ok())).unwrap_or(0);
                 self.stats.curated_snapshots.fetch_add(1, Ordering::Relaxed);
-                self.stats.curated_files_added.fetch_add(added, Ordering::Relaxed);
-                self.stats.curated_files_removed.fetch_add(removed, Ordering::Relaxed);
+                self.stats.curated_files_added.fetch_add(committed.files_added as u64, Ordering::Relaxed);
+                self.stats.curated_files_removed.fetch_add(committed.files_removed as u64, Ordering::Relaxed);
                 self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
             }
         }
