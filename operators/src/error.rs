@@ -66,6 +66,16 @@ pub enum Error {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// The Kafka client failed while doing `context`.
+    #[error("{context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The schema registry answered with an error or could not be reached.
+    #[error("{0}")]
+    Registry(String),
     /// A broken invariant inside the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,7 +92,11 @@ impl Error {
                 | iceberg::ErrorKind::TableNotFound => Fault::User,
                 _ => Fault::External,
             },
-            Error::Io { .. } | Error::Sql { .. } | Error::CommitConflict { .. } => Fault::External,
+            Error::Io { .. } | Error::Sql { .. } | Error::CommitConflict { .. } | Error::Registry(_) => Fault::External,
+            Error::Kafka { source, .. } => match source {
+                rdkafka::error::KafkaError::ClientCreation(_) => Fault::User,
+                _ => Fault::External,
+            },
             Error::Arrow { .. } | Error::Internal(_) => Fault::Internal,
         }
     }
@@ -91,7 +105,8 @@ impl Error {
     pub fn retryable(&self) -> bool {
         match self {
             Error::Iceberg { source, .. } => source.retryable(),
-            Error::Io { .. } | Error::Sql { .. } => true,
+            Error::Io { .. } | Error::Sql { .. } | Error::Registry(_) => true,
+            Error::Kafka { source, .. } => source.rdkafka_error_code().is_some(),
             _ => false,
         }
     }
@@ -125,5 +140,11 @@ impl<T> Context<T> for std::result::Result<T, sqlx::Error> {
 impl<T> Context<T> for std::result::Result<T, arrow::error::ArrowError> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| Error::Arrow { context: context(), source })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, rdkafka::error::KafkaError> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Kafka { context: context(), source })
     }
 }

@@ -203,6 +203,7 @@ impl Generator {
                 source_partition: partition,
                 source_offset: offset,
                 ingestion_ts_ms,
+                undecodable: None,
             });
         }
         self.day_index += 1;

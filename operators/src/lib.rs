@@ -15,8 +15,10 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod dataflow;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod model;
 pub mod reader;
 pub mod replay;
@@ -24,6 +26,7 @@ pub mod rules;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod stream;
 pub mod upsert;
 pub mod writer;
 

@@ -52,6 +52,19 @@ pub struct RawEvent {
     pub source_partition: i32,
     pub source_offset: i64,
     pub ingestion_ts_ms: i64,
+    /// Set when the record's bytes could not be read as an event; the event fields are then empty.
+    pub undecodable: Option<Box<Undecodable>>,
+}
+
+/// A record whose bytes could not be read as an event (bad framing, unknown schema id, a body the
+/// Avro decoder refuses, a writer schema that does not resolve to the reader schema). The bytes are
+/// kept as they came, so the raw table records it, replay rejects it again, and an operator can
+/// re-read it once the cause is fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Undecodable {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub payload: Vec<u8>,
 }
 
 impl RawEvent {
@@ -144,6 +157,14 @@ impl Candidate {
 /// Why a record was kept out of the curated table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RejectReason {
+    /// The value does not start with the Confluent magic byte 0 and a 4-byte schema id.
+    BadFraming,
+    /// The schema registry does not know the record's schema id.
+    UnknownSchemaId,
+    /// The writer schema cannot be resolved to the pipeline's reader schema.
+    IncompatibleSchema,
+    /// The Avro body does not decode with its writer schema.
+    UndecodableBody,
     MissingEventId,
     InvalidEventId,
     MissingField,
@@ -158,6 +179,10 @@ pub enum RejectReason {
 impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
+            RejectReason::BadFraming => "bad_framing",
+            RejectReason::UnknownSchemaId => "unknown_schema_id",
+            RejectReason::IncompatibleSchema => "incompatible_schema",
+            RejectReason::UndecodableBody => "undecodable_body",
             RejectReason::MissingEventId => "missing_event_id",
             RejectReason::InvalidEventId => "invalid_event_id",
             RejectReason::MissingField => "missing_field",
@@ -166,6 +191,25 @@ impl RejectReason {
             RejectReason::Late => "late",
             RejectReason::LateUpdate => "late_update",
         }
+    }
+
+    pub const ALL: [RejectReason; 11] = [
+        RejectReason::BadFraming,
+        RejectReason::UnknownSchemaId,
+        RejectReason::IncompatibleSchema,
+        RejectReason::UndecodableBody,
+        RejectReason::MissingEventId,
+        RejectReason::InvalidEventId,
+        RejectReason::MissingField,
+        RejectReason::RatingOutOfRange,
+        RejectReason::FutureTimestamp,
+        RejectReason::Late,
+        RejectReason::LateUpdate,
+    ];
+
+    /// The reason named by [`RejectReason::as_str`].
+    pub fn parse(name: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|reason| reason.as_str() == name)
     }
 
     pub fn is_late(self) -> bool {

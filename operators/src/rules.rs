@@ -46,6 +46,9 @@ impl Rules {
     /// Applies validation, derivation and the late cut to one raw record.
     pub fn evaluate(&self, event: &RawEvent) -> Result<(u128, Candidate), Box<Rejection>> {
         let reject = |reason: RejectReason, detail: String| Box::new(Rejection { reason, detail, event: event.clone() });
+        if let Some(undecodable) = &event.undecodable {
+            return Err(reject(undecodable.reason, undecodable.detail.clone()));
+        }
         let event_id = match event.event_id.as_deref().map(str::trim) {
             None | Some("") => return Err(reject(RejectReason::MissingEventId, "event_id is missing".into())),
             Some(text) => parse_event_id(text)
@@ -127,6 +130,7 @@ mod tests {
             source_partition: 0,
             source_offset: 7,
             ingestion_ts_ms,
+            undecodable: None,
         }
     }
 

@@ -1,23 +1,27 @@
 //! The three tables of the ratings pipeline, and Arrow conversions for their rows.
 //!
-//! - **raw**: every event as ingested (fields nullable: bad data is kept as it came) plus its source
-//!   coordinates; partitioned by `identity(ingestion_date)`.
+//! - **raw**: every record as ingested (fields nullable: bad data is kept as it came) plus its source
+//!   coordinates; partitioned by `identity(ingestion_date)`. A record whose bytes could not be
+//!   decoded keeps them in `payload`, with `decode_error` (the reject reason) and `decode_detail`.
 //! - **curated** (`movie_ratings`): one row per `event_id`; partitioned by `identity(rating_date)`.
 //!   After the seven contract columns it carries the winning record's ingestion position
 //!   (`ingestion_ts_ms`, `source_partition`, `source_offset`): ties and re-processing are decided
 //!   by it, so a restart needs it to decide them the same way as a run that never stopped.
 //! - **rejected**: every record kept out of curated, with reason, detail, original values and
-//!   coordinates; partitioned by `identity(ingestion_date)`.
+//!   coordinates, and the original bytes when they could not be decoded; partitioned by
+//!   `identity(ingestion_date)`.
 
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Date32Builder, Float32Builder, Int32Builder, Int64Builder, StringBuilder};
-use arrow_array::{Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 
 use crate::error::{Context, Error, Result};
-use crate::model::{Candidate, IngestPosition, Origin, RawEvent, Rating, Rejection, day_of_millis, format_event_id};
+use crate::model::{
+    Candidate, IngestPosition, Origin, RawEvent, Rating, RejectReason, Rejection, Undecodable, day_of_millis, format_event_id,
+};
 
 fn field(id: i32, name: &str, ty: PrimitiveType, required: bool) -> Arc<NestedField> {
     let ty = Type::Primitive(ty);
@@ -57,6 +61,9 @@ pub fn raw_layout() -> Result<TableLayout> {
             field(8, "source_offset", Long, true),
             field(9, "ingestion_ts_ms", Long, true),
             field(10, "ingestion_date", Date, true),
+            field(11, "decode_error", String, false),
+            field(12, "decode_detail", String, false),
+            field(13, "payload", Binary, false),
         ])
         .build()
         .context(|| "building raw schema".into())?;
@@ -100,6 +107,7 @@ pub fn rejected_layout() -> Result<TableLayout> {
             field(10, "source_offset", Long, true),
             field(11, "ingestion_ts_ms", Long, true),
             field(12, "ingestion_date", Date, true),
+            field(13, "payload", Binary, false),
         ])
         .build()
         .context(|| "building rejected schema".into())?;
@@ -134,6 +142,9 @@ pub fn raw_to_batch(schema: &ArrowSchemaRef, events: &[RawEvent]) -> Result<Reco
             Arc::new(events.iter().map(|e| Some(e.source_offset)).collect::<Int64Array>()),
             Arc::new(events.iter().map(|e| Some(e.ingestion_ts_ms)).collect::<Int64Array>()),
             Arc::new(events.iter().map(|e| Some(e.ingestion_date())).collect::<Date32Array>()),
+            strings(|e| e.undecodable.as_ref().map(|u| u.reason.as_str())),
+            strings(|e| e.undecodable.as_ref().map(|u| u.detail.as_str())),
+            Arc::new(events.iter().map(|e| e.undecodable.as_ref().map(|u| u.payload.as_slice())).collect::<BinaryArray>()),
         ],
     )
 }
@@ -167,8 +178,22 @@ pub fn raw_from_batch(batch: &RecordBatch, out: &mut Vec<RawEvent>) -> Result<()
     let partition = c.get::<Int32Array>("source_partition")?;
     let offset = c.get::<Int64Array>("source_offset")?;
     let ingestion = c.get::<Int64Array>("ingestion_ts_ms")?;
+    let (decode_error, decode_detail) = (c.get::<StringArray>("decode_error")?, c.get::<StringArray>("decode_detail")?);
+    let payload = c.get::<BinaryArray>("payload")?;
     out.reserve(batch.num_rows());
     for row in 0..batch.num_rows() {
+        let undecodable = if decode_error.is_valid(row) {
+            let name = decode_error.value(row);
+            let reason = RejectReason::parse(name)
+                .ok_or_else(|| Error::User(format!("raw table holds decode_error {name:?}, which is not a reject reason")))?;
+            Some(Box::new(Undecodable {
+                reason,
+                detail: opt_string(decode_detail, row).unwrap_or_default(),
+                payload: if payload.is_valid(row) { payload.value(row).to_vec() } else { Vec::new() },
+            }))
+        } else {
+            None
+        };
         out.push(RawEvent {
             event_id: opt_string(event_id, row),
             user_id: opt_string(user_id, row),
@@ -179,6 +204,7 @@ pub fn raw_from_batch(batch: &RecordBatch, out: &mut Vec<RawEvent>) -> Result<()
             source_partition: partition.value(row),
             source_offset: offset.value(row),
             ingestion_ts_ms: ingestion.value(row),
+            undecodable,
         });
     }
     Ok(())
@@ -288,6 +314,12 @@ pub fn rejected_to_batch(schema: &ArrowSchemaRef, rejections: &[Rejection]) -> R
             Arc::new(rejections.iter().map(|r| Some(r.event.source_offset)).collect::<Int64Array>()),
             Arc::new(rejections.iter().map(|r| Some(r.event.ingestion_ts_ms)).collect::<Int64Array>()),
             Arc::new(rejections.iter().map(|r| Some(day_of_millis(r.event.ingestion_ts_ms))).collect::<Date32Array>()),
+            Arc::new(
+                rejections
+                    .iter()
+                    .map(|r| r.event.undecodable.as_ref().map(|u| u.payload.as_slice()))
+                    .collect::<BinaryArray>(),
+            ),
         ],
     )
 }
@@ -307,6 +339,7 @@ pub fn late_update_rejection(key: u128, candidate: &Candidate, topic: &str, deta
             source_partition: candidate.position.partition,
             source_offset: candidate.position.offset,
             ingestion_ts_ms: candidate.position.ingestion_ts_ms,
+            undecodable: None,
         },
     }
 }

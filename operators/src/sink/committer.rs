@@ -1,14 +1,16 @@
-//! The commit step, on worker 0: once an epoch is complete everywhere, one Overwrite snapshot on
-//! the curated table (the changed partitions' old files out, the workers' new files in) and one on
-//! the rejected table (the epoch's ingestion_date partitions replaced by their rejections, so a
-//! replay of the same days does not record them twice). Both carry the replay cursor: the last
-//! ingestion date the snapshot reflects.
+//! The commit step, on worker 0: once an epoch is complete everywhere, one snapshot per table (see
+//! [`CommitMode`]): the curated table's is an Overwrite (the changed partitions' old files out, the
+//! workers' new files in).
 //!
 //! Later epochs are not committed after a failure: their changes build on the failed one.
+//!
+//! Failpoints (`FAILPOINTS=name=action`, for crash tests): `stream-before-raw-commit`,
+//! `stream-after-raw-commit`, `stream-after-rejected-commit`, `stream-after-curated-commit`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use iceberg::TableIdent;
 use iceberg::spec::DataFile;
@@ -19,21 +21,56 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use crate::catalog::Lakehouse;
-use crate::commit::{CommitOptions, EPOCH_PROPERTY, REPLAY_CURSOR_PROPERTY, replace_partitions};
+use crate::commit::{CommitOptions, Committed, EPOCH_PROPERTY, FileChange, REPLAY_CURSOR_PROPERTY, commit, replace_partitions};
+use crate::metrics::Metrics;
+use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, Resume, format_offsets};
 use crate::error::Result;
 use crate::model::{RejectReason, Rejection, format_date};
 use crate::schema::{arrow_schema, rejected_to_batch};
-use crate::sink::{EpochDays, Failure, SinkMessage};
+use crate::sink::{EpochDays, EpochLog, EpochMeta, Failure, SinkMessage};
 use crate::writer::write_partition;
 
 #[derive(Debug, Default)]
 pub struct CommitStats {
     pub curated_snapshots: AtomicU64,
     pub rejected_snapshots: AtomicU64,
+    pub raw_snapshots: AtomicU64,
     pub curated_files_added: AtomicU64,
     pub curated_files_removed: AtomicU64,
     pub commit_retries: AtomicU64,
     pub rejected: Mutex<BTreeMap<RejectReason, u64>>,
+}
+
+impl CommitStats {
+    pub fn fill(&self, summary: &mut crate::replay::ReplaySummary) {
+        summary.curated_snapshots = self.curated_snapshots.load(Ordering::Relaxed);
+        summary.rejected_snapshots = self.rejected_snapshots.load(Ordering::Relaxed);
+        summary.curated_files_added = self.curated_files_added.load(Ordering::Relaxed);
+        summary.curated_files_removed = self.curated_files_removed.load(Ordering::Relaxed);
+        summary.commit_retries = self.commit_retries.load(Ordering::Relaxed);
+        summary.rejected = self.rejected.lock().map(|m| m.clone()).unwrap_or_default();
+    }
+}
+
+/// How an epoch lands in the tables.
+#[derive(Clone)]
+pub enum CommitMode {
+    /// Curated: the changed partitions replaced. Rejected: the epoch's `ingestion_date` partitions
+    /// replaced, so replaying the same days never records a rejection twice. Both carry the replay
+    /// cursor (the last ingestion date reflected).
+    Replay,
+    /// Raw, then rejected, then curated, each carrying the Kafka offsets it reflects. Raw and
+    /// rejected are appended. The order keeps `raw >= rejected >= curated` positions after any
+    /// crash, so a restart reads from curated's position and each table skips what it holds.
+    Stream(StreamCommit),
+}
+
+#[derive(Clone)]
+pub struct StreamCommit {
+    pub raw: TableIdent,
+    pub topic: String,
+    /// What each table held when the run started.
+    pub resume: Resume,
 }
 
 pub struct Committer {
@@ -41,10 +78,12 @@ pub struct Committer {
     pub curated: TableIdent,
     pub rejected: Table,
     pub runtime: tokio::runtime::Handle,
-    pub epoch_days: Arc<Vec<EpochDays>>,
+    pub epochs: EpochLog,
+    pub mode: CommitMode,
     pub options: CommitOptions,
     pub target_file_size: usize,
     pub stats: Arc<CommitStats>,
+    pub metrics: Option<Arc<Metrics>>,
     pub failure: Failure,
 }
 
@@ -59,6 +98,11 @@ impl Committer {
     pub fn build<'scope>(self, messages: StreamVec<'scope, u64, SinkMessage>) -> StreamVec<'scope, u64, u64> {
         messages.unary_frontier(Exchange::new(|_: &SinkMessage| 0), "Commit", move |_capability, _info| {
             let mut pending: BTreeMap<u64, (Capability<u64>, EpochInput)> = BTreeMap::new();
+            // Stream: the cumulative position of each table (every partition it has seen).
+            let mut positions = match &self.mode {
+                CommitMode::Stream(stream) => Some(stream.resume.clone()),
+                CommitMode::Replay => None,
+            };
             move |(input, frontier), output| {
                 input.for_each_time(|time, data| {
                     let epoch = &mut pending.entry(*time.time()).or_insert_with(|| (time.retain(0), EpochInput::default())).1;
@@ -79,11 +123,24 @@ impl Committer {
                         break;
                     }
                     let (capability, epoch) = pending.pop_first().expect("first entry exists").1;
+                    let meta = self.epochs.take(time);
                     if time == 0 || self.failure.is_set() {
                         continue;
                     }
-                    match self.runtime.block_on(self.commit(time, epoch)) {
-                        Ok(()) => output.session(&capability).give(time),
+                    let started = Instant::now();
+                    let committed = match (&self.mode, positions.as_mut()) {
+                        (CommitMode::Stream(stream), Some(positions)) => {
+                            self.runtime.block_on(self.commit_stream(stream, positions, time, meta, epoch))
+                        }
+                        _ => self.runtime.block_on(self.commit_replay(time, meta, epoch)),
+                    };
+                    match committed {
+                        Ok(()) => {
+                            if let Some(metrics) = &self.metrics {
+                                metrics.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+                            }
+                            output.session(&capability).give(time)
+                        }
                         Err(error) => self.failure.set(error),
                     }
                 }
@@ -91,8 +148,41 @@ impl Committer {
         })
     }
 
-    async fn commit(&self, epoch: u64, input: EpochInput) -> Result<()> {
-        let Some(days) = self.epoch_days.get(epoch as usize - 1).copied() else {
+    fn count_rejections(&self, rejections: &[Rejection]) {
+        let mut counts = self.stats.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for rejection in rejections {
+            *counts.entry(rejection.reason).or_default() += 1;
+            if let Some(metrics) = &self.metrics {
+                metrics.rejected(rejection.reason).inc();
+            }
+        }
+    }
+
+    fn note(&self, committed: &Committed, curated: bool) {
+        if curated {
+            self.stats.curated_snapshots.fetch_add(1, Ordering::Relaxed);
+            self.stats.curated_files_added.fetch_add(committed.files_added as u64, Ordering::Relaxed);
+            self.stats.curated_files_removed.fetch_add(committed.files_removed as u64, Ordering::Relaxed);
+        }
+        self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
+    }
+
+    async fn write_rejections(&self, rejections: &[Rejection]) -> Result<Vec<DataFile>> {
+        let schema = arrow_schema(self.rejected.metadata().current_schema())?;
+        let mut by_day: BTreeMap<i32, Vec<Rejection>> = BTreeMap::new();
+        for rejection in rejections {
+            by_day.entry(rejection.event.ingestion_date()).or_default().push(rejection.clone());
+        }
+        let mut files = Vec::new();
+        for (day, of_day) in by_day {
+            let batch = rejected_to_batch(&schema, &of_day)?;
+            files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
+        }
+        Ok(files)
+    }
+
+    async fn commit_replay(&self, epoch: u64, meta: EpochMeta, input: EpochInput) -> Result<()> {
+        let Some(days) = meta.days else {
             return Err(crate::Error::Internal(format!("epoch {epoch} has no ingestion dates")));
         };
         let properties = BTreeMap::from([
@@ -104,38 +194,127 @@ impl Committer {
                 replace_partitions(&self.lakehouse, &self.curated, input.changed, input.files, properties.clone(), self.options)
                     .await?;
             if let Some(committed) = committed {
-                self.stats.curated_snapshots.fetch_add(1, Ordering::Relaxed);
-                self.stats.curated_files_added.fetch_add(committed.files_added as u64, Ordering::Relaxed);
-                self.stats.curated_files_removed.fetch_add(committed.files_removed as u64, Ordering::Relaxed);
-                self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
+                self.note(&committed, true);
             }
         }
-
         let mut rejections = input.rejections;
         rejections.sort_by_key(|r| r.event.position());
-        {
-            let mut counts = self.stats.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for rejection in &rejections {
-                *counts.entry(rejection.reason).or_default() += 1;
-            }
-        }
-        let schema = arrow_schema(self.rejected.metadata().current_schema())?;
-        let mut files = Vec::new();
-        for day in days.first..=days.last {
-            let of_day: Vec<Rejection> =
-                rejections.iter().filter(|r| r.event.ingestion_date() == day).cloned().collect();
-            if !of_day.is_empty() {
-                let batch = rejected_to_batch(&schema, &of_day)?;
-                files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
-            }
-        }
+        self.count_rejections(&rejections);
+        let files = self.write_rejections(&rejections).await?;
         let ident = self.rejected.identifier();
         let replaced: BTreeSet<i32> = (days.first..=days.last).collect();
-        if let Some(committed) = replace_partitions(&self.lakehouse, ident, replaced, files, properties, self.options).await?
-        {
+        if let Some(committed) = replace_partitions(&self.lakehouse, ident, replaced, files, properties, self.options).await? {
             self.stats.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
-            self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
+            self.note(&committed, false);
         }
+        Ok(())
+    }
+
+    async fn commit_stream(
+        &self,
+        stream: &StreamCommit,
+        positions: &mut Resume,
+        epoch: u64,
+        meta: EpochMeta,
+        input: EpochInput,
+    ) -> Result<()> {
+        if meta.records == 0 {
+            // Nothing was read: no table moves, no snapshot.
+            return Ok(());
+        }
+        let timer = |table: &'static str| {
+            let started = Instant::now();
+            let metrics = self.metrics.clone();
+            move || {
+                if let Some(metrics) = metrics {
+                    metrics.table_commit_seconds(table).observe(started.elapsed().as_secs_f64());
+                }
+            }
+        };
+        let properties = |offsets: &Offsets, days: Option<EpochDays>| {
+            let mut properties = BTreeMap::from([
+                (OFFSETS_PROPERTY.to_string(), format_offsets(&stream.topic, offsets)),
+                (EPOCH_PROPERTY.to_string(), epoch.to_string()),
+            ]);
+            if let Some(days) = days {
+                properties.insert(REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last));
+            }
+            properties
+        };
+        let advance = |offsets: &mut Offsets| {
+            for (partition, next) in &meta.offsets {
+                let entry = offsets.entry(*partition).or_insert(*next);
+                *entry = (*entry).max(*next);
+            }
+        };
+
+        fail::fail_point!("stream-before-raw-commit");
+        let before = positions.raw.clone();
+        advance(&mut positions.raw);
+        // After a restart the first records may all be in raw already: nothing to commit there.
+        if !meta.raw_files.is_empty() || before != positions.raw {
+            let raw = self.lakehouse.load(&stream.raw).await?;
+            let done = timer("raw");
+            let change =
+                FileChange { add: meta.raw_files, properties: properties(&positions.raw, meta.days), ..Default::default() };
+            let committed = commit(&self.lakehouse, raw, change, self.options).await?;
+            self.stats.raw_snapshots.fetch_add(1, Ordering::Relaxed);
+            self.note(&committed, false);
+            done();
+        }
+        fail::fail_point!("stream-after-raw-commit");
+
+        // Rejections of records the rejected table already holds (a restart re-reads from the
+        // table furthest behind) are dropped here.
+        let held = &stream.resume.rejected;
+        let mut rejections: Vec<Rejection> = input
+            .rejections
+            .into_iter()
+            .filter(|r| r.event.source_offset >= held.get(&r.event.source_partition).copied().unwrap_or(0))
+            .collect();
+        rejections.sort_by_key(|r| r.event.position());
+        self.count_rejections(&rejections);
+        let files = self.write_rejections(&rejections).await?;
+        let before = positions.rejected.clone();
+        advance(&mut positions.rejected);
+        if !files.is_empty() || before != positions.rejected {
+            let rejected = self.lakehouse.load(self.rejected.identifier()).await?;
+            let done = timer("rejected");
+            let change =
+                FileChange { add: files, properties: properties(&positions.rejected, meta.days), ..Default::default() };
+            let committed = commit(&self.lakehouse, rejected, change, self.options).await?;
+            self.stats.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
+            self.note(&committed, false);
+            done();
+        }
+        fail::fail_point!("stream-after-rejected-commit");
+
+        let before = positions.curated.clone();
+        advance(&mut positions.curated);
+        if input.changed.is_empty() && before == positions.curated {
+            return Ok(());
+        }
+        let done = timer("curated");
+        let properties = properties(&positions.curated, meta.days);
+        let committed = if input.changed.is_empty() {
+            // Only duplicates or rejections: the position still has to move.
+            let curated = self.lakehouse.load(&self.curated).await?;
+            commit(&self.lakehouse, curated, FileChange { properties, ..Default::default() }, self.options).await?
+        } else {
+            let replaced =
+                replace_partitions(&self.lakehouse, &self.curated, input.changed, input.files, properties.clone(), self.options)
+                    .await?;
+            match replaced {
+                Some(committed) => committed,
+                None => {
+                    let curated = self.lakehouse.load(&self.curated).await?;
+                    commit(&self.lakehouse, curated, FileChange { properties, ..Default::default() }, self.options).await?
+                }
+            }
+        };
+        self.note(&committed, true);
+        done();
+        fail::fail_point!("stream-after-curated-commit");
         Ok(())
     }
 }

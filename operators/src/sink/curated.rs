@@ -6,7 +6,6 @@
 //! memory, which therefore follows the lateness window and not the table's history.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use iceberg::table::Table;
 use timely::dataflow::channels::pact::Pipeline;
@@ -17,7 +16,7 @@ use timely::dataflow::StreamVec;
 use crate::model::Candidate;
 use crate::schema::{arrow_schema, curated_to_batch};
 use crate::sink::changes::KeyChange;
-use crate::sink::{EpochDays, Failure, LocalDataFile, SinkMessage};
+use crate::sink::{EpochLog, Failure, LocalDataFile, SinkMessage};
 use crate::writer::write_partition;
 
 pub struct CuratedWriter {
@@ -26,8 +25,8 @@ pub struct CuratedWriter {
     pub target_file_size: usize,
     pub worker: usize,
     pub failure: Failure,
-    /// Ingestion dates of each epoch (index = epoch - 1).
-    pub epoch_days: Arc<Vec<EpochDays>>,
+    /// Ingestion dates of each epoch.
+    pub epochs: EpochLog,
     pub lateness_days: i32,
 }
 
@@ -97,7 +96,7 @@ impl CuratedWriter {
                         }
                         Err(error) => self.failure.set(error),
                     }
-                    if let Some(days) = self.epoch_days.get(time as usize - 1) {
+                    if let Some(days) = self.epochs.days(time) {
                         // Later epochs ingest after `days.last`: older partitions cannot change.
                         let frozen_before = days.last - self.lateness_days;
                         live.retain(|&partition, _| partition >= frozen_before);

@@ -56,6 +56,64 @@ pub struct EpochDays {
     pub last: i32,
 }
 
+impl EpochDays {
+    pub fn merge(this: Option<EpochDays>, other: EpochDays) -> EpochDays {
+        match this {
+            None => other,
+            Some(days) => EpochDays { first: days.first.min(other.first), last: days.last.max(other.last) },
+        }
+    }
+}
+
+/// What the drivers know about an epoch that the operators need when it completes. Replay fills
+/// it from its plan up front; in stream mode every worker merges its share in before it advances
+/// its input past the epoch, so it is complete once the epoch's frontier has passed.
+#[derive(Debug, Clone, Default)]
+pub struct EpochMeta {
+    /// Ingestion dates of the epoch's records (`None`: no records).
+    pub days: Option<EpochDays>,
+    /// Stream: next offset per partition reached in this epoch (partitions with records only).
+    pub offsets: crate::source::kafka::Offsets,
+    /// Stream: the raw table's data files written for this epoch's records.
+    pub raw_files: Vec<DataFile>,
+    /// Records the drivers read in this epoch.
+    pub records: u64,
+}
+
+impl EpochMeta {
+    pub fn merge(&mut self, other: EpochMeta) {
+        if let Some(days) = other.days {
+            self.days = Some(EpochDays::merge(self.days, days));
+        }
+        self.offsets.extend(other.offsets);
+        self.raw_files.extend(other.raw_files);
+        self.records += other.records;
+    }
+}
+
+/// Epoch number → what is known about it; shared by the workers of one process.
+#[derive(Debug, Clone, Default)]
+pub struct EpochLog(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, EpochMeta>>>);
+
+impl EpochLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, EpochMeta>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn merge(&self, epoch: u64, meta: EpochMeta) {
+        self.lock().entry(epoch).or_default().merge(meta);
+    }
+
+    pub fn days(&self, epoch: u64) -> Option<EpochDays> {
+        self.lock().get(&epoch).and_then(|meta| meta.days)
+    }
+
+    /// Hands the epoch's entry to the committer (it is not needed afterwards).
+    pub fn take(&self, epoch: u64) -> EpochMeta {
+        self.lock().remove(&epoch).unwrap_or_default()
+    }
+}
+
 /// Everything the committing worker gathers for an epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SinkMessage {

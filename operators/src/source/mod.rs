@@ -1,3 +1,4 @@
 //! Sources: where the records of each epoch come from.
 
+pub mod kafka;
 pub mod raw;

@@ -38,13 +38,20 @@ pub struct EpochPlan {
     pub records: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct ReplayPlan {
+/// The upsert's starting state: the curated rows records ingested from a given day on can still
+/// replace, and the keys they can no longer move.
+#[derive(Debug, Clone, Default)]
+pub struct StatePlan {
     pub seed_tasks: Vec<FileScanTask>,
     pub seed_records: u64,
-    pub epochs: Vec<EpochPlan>,
     /// `event_id` → `rating_date` of every curated row older than the window.
     pub frozen: HashMap<u128, i32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    pub state: StatePlan,
+    pub epochs: Vec<EpochPlan>,
 }
 
 impl EpochPlan {
@@ -107,7 +114,13 @@ pub async fn plan_replay(
         }
     }
 
-    let window_start = from - lateness_days;
+    let state = plan_state(curated, from - lateness_days).await?;
+    Ok(ReplayPlan { state, epochs })
+}
+
+/// Seeds: curated rows with `rating_date >= window_start`; frozen keys: the older ones (only their
+/// `event_id` and `rating_date` columns are read).
+pub async fn plan_state(curated: &Table, window_start: i32) -> Result<StatePlan> {
     let seed_tasks = plan(curated, Some(date_at_least("rating_date", window_start)), None).await?;
     let seed_records = seed_tasks.iter().map(|t| t.record_count.unwrap_or(0)).sum();
 
@@ -125,5 +138,5 @@ pub async fn plan_replay(
         Ok(())
     })
     .await?;
-    Ok(ReplayPlan { seed_tasks, seed_records, epochs, frozen })
+    Ok(StatePlan { seed_tasks, seed_records, frozen })
 }

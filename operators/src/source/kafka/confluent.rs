@@ -1,0 +1,237 @@
+//! Confluent wire format: a record value is magic byte `0`, the writer schema's id as 4 bytes big
+//! endian, then the Avro binary body written with that schema.
+//!
+//! The decoder looks each writer schema up in the registry once (ids are immutable) and reads the
+//! body with Avro schema resolution into the pipeline's reader schema (the graph's `.avsc`): a
+//! writer with an extra field drops it, a writer without a field the reader gives a default gets
+//! the default. What cannot be read becomes an [`Undecodable`] with its reason and the original
+//! bytes:
+//!
+//! | what is wrong                                         | reason                |
+//! |-------------------------------------------------------|-----------------------|
+//! | shorter than 5 bytes, or first byte not 0             | `bad_framing`         |
+//! | the registry answers 404 for the id                   | `unknown_schema_id`   |
+//! | the registry's schema is not Avro we can parse        | `incompatible_schema` |
+//! | writer schema does not resolve to the reader schema   | `incompatible_schema` |
+//! | the body does not decode with the writer schema       | `undecodable_body`    |
+//!
+//! A registry that cannot be reached is not the record's fault: the decoder retries with capped
+//! exponential backoff and the stream waits, until the registry answers or the run is stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::types::Value;
+
+use crate::error::{Error, Result};
+use crate::model::{RejectReason, Undecodable};
+use crate::source::kafka::registry::{Lookup, RegistryClient};
+
+pub const MAGIC_BYTE: u8 = 0;
+
+/// Splits a Confluent-framed value into its schema id and Avro body.
+pub fn split_frame(payload: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
+    match payload {
+        [MAGIC_BYTE, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [] => Err("the value is empty".into()),
+        [first, ..] if *first != MAGIC_BYTE => Err(format!("first byte is {first:#04x}, not the magic byte 0")),
+        _ => Err(format!("the value is {} bytes, shorter than the 5-byte header", payload.len())),
+    }
+}
+
+/// Frames an Avro body the Confluent way.
+pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The event fields of one decoded record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFields {
+    pub event_id: Option<String>,
+    pub user_id: Option<String>,
+    pub movie_id: Option<String>,
+    pub rating: Option<f32>,
+    pub rating_timestamp: Option<i64>,
+}
+
+enum Writer {
+    /// Decode with `schema`; resolve into the reader schema unless both are the same.
+    Readable { schema: Schema, resolve: bool },
+    Refused { reason: RejectReason, detail: String },
+}
+
+/// How long to wait between attempts while the registry cannot be reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+pub struct Decoder {
+    reader: Schema,
+    reader_form: String,
+    registry: RegistryClient,
+    runtime: tokio::runtime::Handle,
+    writers: HashMap<u32, Writer>,
+    backoff: Backoff,
+    stop: Arc<AtomicBool>,
+    /// Called once per failed registry attempt (for the metrics).
+    on_retry: Box<dyn Fn() + Send>,
+}
+
+impl Decoder {
+    pub fn new(
+        reader: Schema,
+        registry: RegistryClient,
+        runtime: tokio::runtime::Handle,
+        backoff: Backoff,
+        stop: Arc<AtomicBool>,
+        on_retry: Box<dyn Fn() + Send>,
+    ) -> Self {
+        let reader_form = reader.canonical_form();
+        Decoder { reader, reader_form, registry, runtime, writers: HashMap::new(), backoff, stop, on_retry }
+    }
+
+    /// Decodes one record value. `Err` only when the run was stopped while the registry was down.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<std::result::Result<EventFields, Undecodable>> {
+        let refuse = |reason: RejectReason, detail: String| {
+            Ok(Err(Undecodable { reason, detail, payload: payload.to_vec() }))
+        };
+        let (id, mut body) = match split_frame(payload) {
+            Ok(split) => split,
+            Err(detail) => return refuse(RejectReason::BadFraming, detail),
+        };
+        if !self.writers.contains_key(&id) {
+            let writer = self.fetch(id)?;
+            self.writers.insert(id, writer);
+        }
+        let (schema, resolve) = match &self.writers[&id] {
+            Writer::Readable { schema, resolve } => (schema, *resolve),
+            Writer::Refused { reason, detail } => return refuse(*reason, detail.clone()),
+        };
+        let decoded = apache_avro::from_avro_datum(schema, &mut body, None)
+            .and_then(|value| if resolve { value.resolve(&self.reader) } else { Ok(value) });
+        let value = match decoded {
+            Ok(value) => value,
+            Err(e) => return refuse(RejectReason::UndecodableBody, format!("schema id {id}: {e}")),
+        };
+        if !body.is_empty() {
+            return refuse(
+                RejectReason::UndecodableBody,
+                format!("schema id {id}: {} bytes left over after the record", body.len()),
+            );
+        }
+        match fields(value) {
+            Ok(fields) => Ok(Ok(fields)),
+            Err(detail) => refuse(RejectReason::UndecodableBody, format!("schema id {id}: {detail}")),
+        }
+    }
+
+    fn fetch(&self, id: u32) -> Result<Writer> {
+        let mut wait = self.backoff.initial;
+        let mut attempt = 1u32;
+        loop {
+            match self.runtime.block_on(self.registry.schema_by_id(id)) {
+                Ok(Lookup::Found(text)) => return Ok(self.writer(id, &text)),
+                Ok(Lookup::NotFound(message)) => {
+                    return Ok(Writer::Refused {
+                        reason: RejectReason::UnknownSchemaId,
+                        detail: format!("schema id {id} is not in the registry: {message}"),
+                    });
+                }
+                Err(error) if error.retryable() => {
+                    (self.on_retry)();
+                    tracing::warn!(schema_id = id, attempt, retry_in = ?wait, "{error}; the stream waits for the registry");
+                }
+                Err(error) => return Err(error),
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::Registry(format!(
+                    "stopped while waiting for the schema registry at {} (schema id {id})",
+                    self.registry.url()
+                )));
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(self.backoff.max);
+            attempt += 1;
+        }
+    }
+
+    fn writer(&self, id: u32, text: &str) -> Writer {
+        let schema = match Schema::parse_str(text) {
+            Ok(schema) => schema,
+            Err(e) => {
+                return Writer::Refused {
+                    reason: RejectReason::IncompatibleSchema,
+                    detail: format!("schema id {id} is not an Avro schema this engine reads: {e}"),
+                };
+            }
+        };
+        if schema.canonical_form() == self.reader_form {
+            return Writer::Readable { schema, resolve: false };
+        }
+        match SchemaCompatibility::can_read(&schema, &self.reader) {
+            Ok(()) => Writer::Readable { schema, resolve: true },
+            Err(e) => Writer::Refused {
+                reason: RejectReason::IncompatibleSchema,
+                detail: format!("schema id {id} cannot be read as the pipeline's reader schema: {e}"),
+            },
+        }
+    }
+}
+
+fn fields(value: Value) -> std::result::Result<EventFields, String> {
+    let Value::Record(entries) = value else {
+        return Err("the body is not a record".into());
+    };
+    let mut out = EventFields::default();
+    for (name, value) in entries {
+        let value = match value {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        };
+        match (name.as_str(), value) {
+            (_, Value::Null) => {}
+            ("event_id", Value::String(s)) => out.event_id = Some(s),
+            ("user_id", Value::String(s)) => out.user_id = Some(s),
+            ("movie_id", Value::String(s)) => out.movie_id = Some(s),
+            ("rating", Value::Float(f)) => out.rating = Some(f),
+            ("rating", Value::Double(f)) => out.rating = Some(f as f32),
+            ("rating_timestamp", Value::Long(n)) => out.rating_timestamp = Some(n),
+            ("rating_timestamp", Value::Int(n)) => out.rating_timestamp = Some(n.into()),
+            ("event_id" | "user_id" | "movie_id" | "rating" | "rating_timestamp", other) => {
+                return Err(format!("field {name} has an unexpected value {other:?}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_and_refuse() {
+        let framed = frame(7, b"body");
+        assert_eq!(split_frame(&framed), Ok((7, &b"body"[..])));
+        assert!(split_frame(&[]).unwrap_err().contains("empty"));
+        assert!(split_frame(&[1, 0, 0, 0, 7]).unwrap_err().contains("0x01"));
+        assert!(split_frame(&[0, 0, 0]).unwrap_err().contains("shorter"));
+    }
+}

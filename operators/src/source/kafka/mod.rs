@@ -1,0 +1,167 @@
+//! The Kafka source of `--mode stream`.
+//!
+//! - **Partitions over workers**: the topic's partitions are listed from the broker's metadata and
+//!   worker `i` of `n` consumes partitions `p` with `p % n == i`, each through its own consumer
+//!   with a manual assignment (no group rebalancing: the assignment is a function of the topic and
+//!   `-w`, and a rebalance could not move a partition's uncommitted epoch to another worker).
+//! - **Positions live in the tables**: every commit stores the next offset of every partition it
+//!   reflects in its snapshot summary (`ratings-flow.offsets`, JSON `{topic: {partition: next}}`).
+//!   On start each table's position is read from its own latest snapshot that has one; consumption
+//!   starts at the smallest of them per partition (the beginning for a partition no table has seen),
+//!   and every table skips what it already holds. The consumer group's committed offsets are
+//!   written after each epoch for lag monitoring only; they are never read.
+//! - **Ingestion time** is the record's Kafka timestamp (create or log-append time, as the topic
+//!   says); the raw table stores it, so a replay decides lateness exactly as the stream did.
+//!   A record without a timestamp takes the wall clock when it is read.
+
+pub mod confluent;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use iceberg::table::Table;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::error::{Context, Error, Result};
+
+/// Snapshot summary property: the next Kafka offset per partition the snapshot reflects.
+pub const OFFSETS_PROPERTY: &str = "ratings-flow.offsets";
+
+/// Partition → next offset to read.
+pub type Offsets = BTreeMap<i32, i64>;
+
+/// Where and how to consume, from the graph file.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    /// Further librdkafka client settings (security, fetch sizes, timeouts), passed as given.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A consumer that only reads what it is assigned and never commits on its own.
+    pub fn consumer(&self) -> Result<BaseConsumer> {
+        let mut config = self.client_config();
+        config
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        config.create().context(|| format!("creating a Kafka consumer for {}", self.brokers))
+    }
+
+    /// The topic's partitions, from the broker's metadata.
+    pub fn partitions(&self, consumer: &BaseConsumer, timeout: Duration) -> Result<Vec<i32>> {
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), timeout)
+            .context(|| format!("reading metadata of topic {} from {}", self.topic, self.brokers))?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(|| Error::User(format!("broker {} does not know topic {}", self.brokers, self.topic)))?;
+        if let Some(error) = topic.error() {
+            let error = rdkafka::types::RDKafkaRespErr::from(error);
+            return Err(Error::User(format!("topic {} on {}: {error:?}", self.topic, self.brokers)));
+        }
+        let mut partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+        partitions.sort_unstable();
+        if partitions.is_empty() {
+            return Err(Error::User(format!("topic {} on {} has no partitions", self.topic, self.brokers)));
+        }
+        Ok(partitions)
+    }
+}
+
+/// `{topic: {partition: next_offset}}` as stored in a snapshot summary.
+pub fn format_offsets(topic: &str, offsets: &Offsets) -> String {
+    let partitions: BTreeMap<String, i64> = offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect();
+    serde_json::json!({ topic: partitions }).to_string()
+}
+
+/// The offsets of `topic` in a summary value written by [`format_offsets`].
+pub fn parse_offsets(topic: &str, text: &str) -> Result<Offsets> {
+    let all: BTreeMap<String, BTreeMap<String, i64>> = serde_json::from_str(text)
+        .map_err(|e| Error::User(format!("snapshot property {OFFSETS_PROPERTY} is not offsets JSON ({e}): {text}")))?;
+    let Some(partitions) = all.get(topic) else { return Ok(Offsets::new()) };
+    partitions
+        .iter()
+        .map(|(p, o)| {
+            p.parse::<i32>()
+                .map(|p| (p, *o))
+                .map_err(|_| Error::User(format!("snapshot property {OFFSETS_PROPERTY} names partition {p:?}")))
+        })
+        .collect()
+}
+
+/// The offsets the table's newest snapshot with an offsets property reflects (empty for a table
+/// no stream has committed to). Snapshots without the property (a replay's) are passed over:
+/// they re-derive what earlier snapshots already reflected.
+pub fn committed_offsets(table: &Table, topic: &str) -> Result<Offsets> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        if let Some(text) = current.summary().additional_properties.get(OFFSETS_PROPERTY) {
+            return parse_offsets(topic, text);
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    Ok(Offsets::new())
+}
+
+/// Per table, where the stream resumes.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub raw: Offsets,
+    pub rejected: Offsets,
+    pub curated: Offsets,
+}
+
+impl Resume {
+    /// Where to start reading `partition`: the position of the table that is furthest behind.
+    pub fn start(&self, partition: i32) -> Option<i64> {
+        [&self.raw, &self.rejected, &self.curated]
+            .iter()
+            .map(|offsets| offsets.get(&partition).copied())
+            .min()
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip_and_resume_from_the_table_behind() {
+        let offsets = Offsets::from([(0, 10), (3, 7)]);
+        let text = format_offsets("movie.ratings.v1", &offsets);
+        assert_eq!(text, r#"{"movie.ratings.v1":{"0":10,"3":7}}"#);
+        assert_eq!(parse_offsets("movie.ratings.v1", &text).unwrap(), offsets);
+        assert!(parse_offsets("other", &text).unwrap().is_empty());
+        assert!(parse_offsets("t", "not json").is_err());
+
+        let resume = Resume {
+            raw: Offsets::from([(0, 10), (1, 5)]),
+            rejected: Offsets::from([(0, 8), (1, 5)]),
+            curated: Offsets::from([(0, 9)]),
+        };
+        assert_eq!(resume.start(0), Some(8));
+        // Curated never saw partition 1: read it from the beginning.
+        assert_eq!(resume.start(1), None);
+        assert_eq!(resume.start(2), None);
+    }
+}

@@ -1,0 +1,452 @@
+//! `--mode stream`: Kafka partitions through the same dataflow as replay, one epoch per commit
+//! interval, exactly once into the raw, rejected and curated tables.
+//!
+//! ```text
+//!  start: offsets of raw, rejected, curated (each table's newest snapshot that has them)
+//!         seeds: curated rows inside the lateness window of the last ingestion date committed
+//!
+//!  worker i: consumer assigned partitions p % workers == i, from the table furthest behind
+//!     │ poll → Confluent frame → registry (cached) → Avro → RawEvent (Kafka timestamp = ingestion)
+//!     │   every record, also undecodable ones, is a raw row (unless raw already holds it)
+//!     ▼
+//!  shared dataflow (rules → upsert → curated writer) ── commit on worker 0 per epoch:
+//!     raw append ─► rejected append ─► curated overwrite, each with its offsets
+//! ```
+//!
+//! An epoch closes every `commit_interval` of each worker's clock; the worker writes its raw
+//! rows as Parquet, advances its input and waits until the epoch is committed before reading on,
+//! so at most one epoch is in memory. `stop_when_idle` ends the run once no partition has
+//! delivered a record for that long; a stop request (Ctrl-C, SIGTERM) ends it after the current
+//! epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use iceberg::TableIdent;
+use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::catalog::{CatalogSettings, Lakehouse};
+use crate::commit::{CommitOptions, REPLAY_CURSOR_PROPERTY};
+use crate::dataflow::{self, RulesContext, Shared, SourceRecord};
+use crate::error::{Context, Error, Result};
+use crate::metrics::Metrics;
+use crate::model::{RawEvent, RejectReason, day_of_millis, parse_date};
+use crate::rules::Rules;
+use crate::schema::{arrow_schema, raw_to_batch};
+use crate::sink::committer::{CommitMode, CommitStats, Committer, StreamCommit};
+use crate::sink::curated::CuratedWriter;
+use crate::sink::{EpochDays, EpochMeta};
+use crate::source::kafka::confluent::{Backoff, Decoder};
+use crate::source::kafka::registry::RegistryClient;
+use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets};
+use crate::source::raw::{StatePlan, plan_state};
+use crate::writer::write_partition;
+
+/// Everything a stream run needs, resolved from the graph file and the command line.
+#[derive(Clone)]
+pub struct StreamSettings {
+    pub catalog: CatalogSettings,
+    pub raw: TableIdent,
+    pub curated: TableIdent,
+    pub rejected: TableIdent,
+    pub kafka: KafkaSettings,
+    pub registry_url: String,
+    pub registry_timeout: Duration,
+    /// The pipeline's reader schema (the graph's `.avsc`).
+    pub reader_schema: apache_avro::Schema,
+    pub rules: Rules,
+    pub workers: usize,
+    pub target_file_size: usize,
+    pub commit: CommitOptions,
+    pub commit_interval: Duration,
+    pub stop_when_idle: Option<Duration>,
+    pub metrics: Option<Arc<Metrics>>,
+    /// Set from outside (a signal handler) to end the run after the current epoch.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a stream run did.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSummary {
+    pub partitions: Vec<i32>,
+    /// Where reading started, per partition (`None`: from the beginning).
+    pub started_at: BTreeMap<i32, Option<i64>>,
+    pub seeded_rows: u64,
+    pub records_read: u64,
+    pub accepted: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub moved: u64,
+    pub rejected: BTreeMap<RejectReason, u64>,
+    pub epochs: u64,
+    pub raw_snapshots: u64,
+    pub curated_snapshots: u64,
+    pub rejected_snapshots: u64,
+    pub commit_retries: u64,
+    pub elapsed: Duration,
+}
+
+impl StreamSummary {
+    pub fn late(&self) -> u64 {
+        self.rejected.iter().filter(|(r, _)| r.is_late()).map(|(_, n)| n).sum()
+    }
+
+    pub fn invalid(&self) -> u64 {
+        self.rejected.iter().filter(|(r, _)| !r.is_late()).map(|(_, n)| n).sum()
+    }
+}
+
+/// The last ingestion date the curated table reflects, from its newest snapshot that records one.
+fn curated_cursor(table: &iceberg::table::Table) -> Option<i32> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        if let Some(text) = current.summary().additional_properties.get(REPLAY_CURSOR_PROPERTY) {
+            return parse_date(text);
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    None
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context(|| "starting the I/O runtime".into())?;
+
+    // Fail fast, before any worker starts, on a broker that cannot be reached or a missing topic.
+    let probe_consumer = settings.kafka.consumer()?;
+    let partitions = settings.kafka.partitions(&probe_consumer, Duration::from_secs(15))?;
+    drop(probe_consumer);
+
+    let (lakehouse, raw, curated, rejected, resume, state) = runtime.block_on(async {
+        let lakehouse = Lakehouse::open(&settings.catalog, false).await?;
+        let raw = lakehouse.load(&settings.raw).await?;
+        let curated = lakehouse.load(&settings.curated).await?;
+        let rejected = lakehouse.load(&settings.rejected).await?;
+        let topic = &settings.kafka.topic;
+        let resume = Resume {
+            raw: committed_offsets(&raw, topic)?,
+            rejected: committed_offsets(&rejected, topic)?,
+            curated: committed_offsets(&curated, topic)?,
+        };
+        let state = match (curated.metadata().current_snapshot(), curated_cursor(&curated)) {
+            (None, _) => StatePlan::default(),
+            (Some(_), Some(cursor)) => plan_state(&curated, cursor - settings.rules.lateness_days).await?,
+            (Some(_), None) => plan_state(&curated, i32::MIN).await?,
+        };
+        Ok::<_, Error>((lakehouse, raw, curated, rejected, resume, state))
+    })?;
+    let started_at: BTreeMap<i32, Option<i64>> = partitions.iter().map(|p| (*p, resume.start(*p))).collect();
+    tracing::info!(
+        topic = %settings.kafka.topic,
+        partitions = partitions.len(),
+        start = ?started_at,
+        seed_rows = state.seed_records,
+        frozen_keys = state.frozen.len(),
+        "starting stream"
+    );
+    let mut summary = StreamSummary {
+        partitions: partitions.clone(),
+        started_at: started_at.clone(),
+        seeded_rows: state.seed_records,
+        ..Default::default()
+    };
+
+    let shared = Shared::default();
+    let lakehouse = Arc::new(lakehouse);
+    let frozen = Arc::new(state.frozen);
+    let seed_tasks = Arc::new(state.seed_tasks);
+    let stats = Arc::new(CommitStats::default());
+    let records_read = Arc::new(AtomicU64::new(0));
+    let epochs_committed = Arc::new(AtomicU64::new(0));
+    let last_record_ms = Arc::new(AtomicI64::new(now_ms()));
+    let handle = runtime.handle().clone();
+    let topic: Arc<str> = Arc::from(settings.kafka.topic.as_str());
+    let curated_from = Arc::new(resume.curated.clone());
+    let stream_commit = StreamCommit { raw: settings.raw.clone(), topic: settings.kafka.topic.clone(), resume };
+    let partitions = Arc::new(partitions);
+
+    let worker_shared = shared.clone();
+    let worker_stats = stats.clone();
+    let worker_records = records_read.clone();
+    let worker_epochs = epochs_committed.clone();
+    let guards = timely::execute(timely::Config::process(settings.workers.max(1)), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let shared = worker_shared.clone();
+        let metrics = settings.metrics.clone();
+        let context = RulesContext {
+            rules: settings.rules,
+            frozen: frozen.clone(),
+            curated_from: Some(curated_from.clone()),
+            accepted: shared.accepted.clone(),
+        };
+        let writer = CuratedWriter {
+            table: curated.clone(),
+            runtime: handle.clone(),
+            target_file_size: settings.target_file_size,
+            worker: index,
+            failure: shared.failure.clone(),
+            epochs: shared.epochs.clone(),
+            lateness_days: settings.rules.lateness_days,
+        };
+        let committer = Committer {
+            lakehouse: lakehouse.clone(),
+            curated: settings.curated.clone(),
+            rejected: rejected.clone(),
+            runtime: handle.clone(),
+            epochs: shared.epochs.clone(),
+            mode: CommitMode::Stream(stream_commit.clone()),
+            options: settings.commit,
+            target_file_size: settings.target_file_size,
+            stats: worker_stats.clone(),
+            metrics: metrics.clone(),
+            failure: shared.failure.clone(),
+        };
+        let (mut input, probe) = dataflow::build(worker, context, topic.clone(), shared.counters.clone(), writer, committer);
+        dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &handle, &shared.failure);
+
+        let mine: Vec<i32> = partitions.iter().copied().filter(|p| (*p as usize) % peers == index).collect();
+        let source = match PartitionReader::new(&settings, &mine, &stream_commit.resume, &handle, metrics.clone()) {
+            Ok(source) => Some(source),
+            Err(error) => {
+                shared.failure.set(error);
+                None
+            }
+        };
+        let raw_schema = match arrow_schema(raw.metadata().current_schema()) {
+            Ok(schema) => schema,
+            Err(error) => {
+                shared.failure.set(error);
+                return;
+            }
+        };
+        let mut epoch = 1u64;
+        while let Some(source) = source.as_ref().filter(|_| !shared.failure.is_set()) {
+            let deadline = Instant::now() + settings.commit_interval;
+            let mut meta = EpochMeta::default();
+            let mut raw_rows = Vec::new();
+            let mut since_step = 0;
+            while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
+                let Some(event) = source.next(&mut meta, &mut raw_rows, &shared.failure) else {
+                    worker.step();
+                    if shared.failure.is_set() {
+                        break;
+                    }
+                    continue;
+                };
+                last_record_ms.store(now_ms(), Ordering::Relaxed);
+                input.send(SourceRecord::Raw(event));
+                since_step += 1;
+                if since_step == 1024 {
+                    since_step = 0;
+                    worker.step();
+                }
+            }
+            worker_records.fetch_add(meta.records, Ordering::Relaxed);
+            if let Some(metrics) = &metrics {
+                metrics.records("source").inc_by(meta.records);
+                metrics.records("raw").inc_by(raw_rows.len() as u64);
+            }
+            match handle.block_on(write_raw(&raw, &raw_schema, raw_rows, settings.target_file_size, index)) {
+                Ok(files) => meta.raw_files = files,
+                Err(error) => shared.failure.set(error),
+            }
+            let committed_offsets = meta.offsets.clone();
+            shared.epochs.merge(epoch, meta);
+            epoch += 1;
+            input.advance_to(epoch);
+            worker.step_while(|| probe.less_than(input.time()));
+            if shared.failure.is_set() {
+                break;
+            }
+            if index == 0 {
+                worker_epochs.fetch_add(1, Ordering::Relaxed);
+            }
+            source.after_commit(&committed_offsets);
+            let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
+            if settings.stop_when_idle.is_some_and(|idle| idle_for >= idle) || settings.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        drop(input);
+        while worker.step_or_park(None) {}
+    })
+    .map_err(|e| Error::Internal(format!("starting the dataflow workers: {e}")))?;
+    for result in guards.join() {
+        result.map_err(|e| Error::Internal(format!("a dataflow worker panicked: {e}")))?;
+    }
+    if let Some(error) = shared.failure.take() {
+        return Err(error);
+    }
+    summary.records_read = records_read.load(Ordering::Relaxed);
+    summary.accepted = shared.accepted.load(Ordering::Relaxed);
+    summary.inserted = shared.counters.inserted.load(Ordering::Relaxed);
+    summary.updated = shared.counters.updated.load(Ordering::Relaxed);
+    summary.moved = shared.counters.moved.load(Ordering::Relaxed);
+    summary.epochs = epochs_committed.load(Ordering::Relaxed);
+    summary.raw_snapshots = stats.raw_snapshots.load(Ordering::Relaxed);
+    summary.curated_snapshots = stats.curated_snapshots.load(Ordering::Relaxed);
+    summary.rejected_snapshots = stats.rejected_snapshots.load(Ordering::Relaxed);
+    summary.commit_retries = stats.commit_retries.load(Ordering::Relaxed);
+    summary.rejected = stats.rejected.lock().map(|m| m.clone()).unwrap_or_default();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Writes an epoch's raw rows, one set of files per ingestion date.
+async fn write_raw(
+    raw: &iceberg::table::Table,
+    schema: &arrow_schema::SchemaRef,
+    mut rows: Vec<RawEvent>,
+    target_file_size: usize,
+    worker: usize,
+) -> Result<Vec<iceberg::spec::DataFile>> {
+    rows.sort_by_key(|e| (e.ingestion_date(), e.source_partition, e.source_offset));
+    let mut files = Vec::new();
+    for chunk in rows.chunk_by(|a, b| a.ingestion_date() == b.ingestion_date()) {
+        let batch = raw_to_batch(schema, chunk)?;
+        files.extend(write_partition(raw, chunk[0].ingestion_date(), [batch], target_file_size, &format!("w{worker}")).await?);
+    }
+    Ok(files)
+}
+
+/// One worker's consumer and decoder.
+struct PartitionReader {
+    consumer: BaseConsumer,
+    decoder: std::cell::RefCell<Decoder>,
+    topic: String,
+    raw_from: Offsets,
+    partitions: Vec<i32>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl PartitionReader {
+    fn new(
+        settings: &StreamSettings,
+        partitions: &[i32],
+        resume: &Resume,
+        runtime: &tokio::runtime::Handle,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self> {
+        let consumer = settings.kafka.consumer()?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in partitions {
+            let offset = resume.start(*partition).map(Offset::Offset).unwrap_or(Offset::Beginning);
+            assignment
+                .add_partition_offset(&settings.kafka.topic, *partition, offset)
+                .context(|| format!("assigning partition {partition}"))?;
+        }
+        consumer.assign(&assignment).context(|| format!("assigning partitions {partitions:?}"))?;
+        let registry = RegistryClient::new(&settings.registry_url, settings.registry_timeout)?;
+        let retries = metrics.as_ref().map(|m| m.registry_retries.clone());
+        let decoder = Decoder::new(
+            settings.reader_schema.clone(),
+            registry,
+            runtime.clone(),
+            Backoff::default(),
+            settings.stop.clone(),
+            Box::new(move || {
+                if let Some(counter) = &retries {
+                    counter.inc();
+                }
+            }),
+        );
+        Ok(PartitionReader {
+            consumer,
+            decoder: std::cell::RefCell::new(decoder),
+            topic: settings.kafka.topic.clone(),
+            raw_from: resume.raw.clone(),
+            partitions: partitions.to_vec(),
+            metrics,
+        })
+    }
+
+    /// The next record, after noting it in `meta` and, unless the raw table holds it already,
+    /// in `raw_rows`. `None` when nothing arrived within a short wait or on a failure (set).
+    fn next(&self, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
+        if self.partitions.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            return None;
+        }
+        let message = match self.consumer.poll(Duration::from_millis(50))? {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "Kafka consumer error; librdkafka retries on its own");
+                return None;
+            }
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        let ingestion_ts_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        let payload = message.payload().unwrap_or_default();
+        let decoded = match self.decoder.borrow_mut().decode(payload) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                failure.set(error);
+                return None;
+            }
+        };
+        let (fields, undecodable) = match decoded {
+            Ok(fields) => (fields, None),
+            Err(undecodable) => (Default::default(), Some(Box::new(undecodable))),
+        };
+        let event = RawEvent {
+            event_id: fields.event_id,
+            user_id: fields.user_id,
+            movie_id: fields.movie_id,
+            rating: fields.rating,
+            rating_timestamp: fields.rating_timestamp,
+            source_topic: self.topic.clone(),
+            source_partition: partition,
+            source_offset: offset,
+            ingestion_ts_ms,
+            undecodable,
+        };
+        let day = day_of_millis(ingestion_ts_ms);
+        meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
+        meta.offsets.insert(partition, offset + 1);
+        meta.records += 1;
+        if offset >= self.raw_from.get(&partition).copied().unwrap_or(0) {
+            raw_rows.push(event.clone());
+        }
+        Some(event)
+    }
+
+    /// After an epoch is in the tables: tell the consumer group where we are (for lag tools
+    /// only) and refresh the lag gauges.
+    fn after_commit(&self, offsets: &Offsets) {
+        if !offsets.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (partition, next) in offsets {
+                // Only fails for an invalid offset, which a consumed record's successor is not.
+                let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
+            }
+            if let Err(error) = self.consumer.commit(&list, KafkaCommitMode::Async) {
+                tracing::debug!(%error, "could not store the group's offsets (monitoring only)");
+            }
+        }
+        let Some(metrics) = &self.metrics else { return };
+        for partition in &self.partitions {
+            let Ok(position) = self.consumer.position() else { return };
+            let next = position
+                .find_partition(&self.topic, *partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0);
+            if let (Some(next), Ok((_, high))) =
+                (next, self.consumer.fetch_watermarks(&self.topic, *partition, Duration::from_millis(500)))
+            {
+                metrics.consumer_lag(*partition).set((high - next).max(0));
+            }
+        }
+    }
+}
