@@ -20,6 +20,7 @@ pub mod error;
 pub mod generate;
 pub mod metrics;
 pub mod model;
+pub mod produce;
 pub mod reader;
 pub mod replay;
 pub mod rules;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Date32Builder, Float32Builder, Int32Builder, Int64Builder, StringBuilder};
-use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, LargeBinaryArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
 
@@ -144,7 +144,7 @@ pub fn raw_to_batch(schema: &ArrowSchemaRef, events: &[RawEvent]) -> Result<Reco
             Arc::new(events.iter().map(|e| Some(e.ingestion_date())).collect::<Date32Array>()),
             strings(|e| e.undecodable.as_ref().map(|u| u.reason.as_str())),
             strings(|e| e.undecodable.as_ref().map(|u| u.detail.as_str())),
-            Arc::new(events.iter().map(|e| e.undecodable.as_ref().map(|u| u.payload.as_slice())).collect::<BinaryArray>()),
+            Arc::new(events.iter().map(|e| e.undecodable.as_ref().map(|u| u.payload.as_slice())).collect::<LargeBinaryArray>()),
         ],
     )
 }
@@ -179,7 +179,7 @@ pub fn raw_from_batch(batch: &RecordBatch, out: &mut Vec<RawEvent>) -> Result<()
     let offset = c.get::<Int64Array>("source_offset")?;
     let ingestion = c.get::<Int64Array>("ingestion_ts_ms")?;
     let (decode_error, decode_detail) = (c.get::<StringArray>("decode_error")?, c.get::<StringArray>("decode_detail")?);
-    let payload = c.get::<BinaryArray>("payload")?;
+    let payload = c.get::<LargeBinaryArray>("payload")?;
     out.reserve(batch.num_rows());
     for row in 0..batch.num_rows() {
         let undecodable = if decode_error.is_valid(row) {
@@ -318,7 +318,7 @@ pub fn rejected_to_batch(schema: &ArrowSchemaRef, rejections: &[Rejection]) -> R
                 rejections
                     .iter()
                     .map(|r| r.event.undecodable.as_ref().map(|u| u.payload.as_slice()))
-                    .collect::<BinaryArray>(),
+                    .collect::<LargeBinaryArray>(),
             ),
         ],
     )

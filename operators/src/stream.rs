@@ -81,6 +81,7 @@ pub struct StreamSummary {
     pub updated: u64,
     pub moved: u64,
     pub rejected: BTreeMap<RejectReason, u64>,
+    /// Epochs that read records; each is one commit per table.
     pub epochs: u64,
     pub raw_snapshots: u64,
     pub curated_snapshots: u64,
@@ -169,7 +170,6 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let seed_tasks = Arc::new(state.seed_tasks);
     let stats = Arc::new(CommitStats::default());
     let records_read = Arc::new(AtomicU64::new(0));
-    let epochs_committed = Arc::new(AtomicU64::new(0));
     let last_record_ms = Arc::new(AtomicI64::new(now_ms()));
     let handle = runtime.handle().clone();
     let topic: Arc<str> = Arc::from(settings.kafka.topic.as_str());
@@ -180,7 +180,6 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let worker_shared = shared.clone();
     let worker_stats = stats.clone();
     let worker_records = records_read.clone();
-    let worker_epochs = epochs_committed.clone();
     let guards = timely::execute(timely::Config::process(settings.workers.max(1)), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
@@ -270,9 +269,6 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             if shared.failure.is_set() {
                 break;
             }
-            if index == 0 {
-                worker_epochs.fetch_add(1, Ordering::Relaxed);
-            }
             source.after_commit(&committed_offsets);
             let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
             if settings.stop_when_idle.is_some_and(|idle| idle_for >= idle) || settings.stop.load(Ordering::Relaxed) {
@@ -294,7 +290,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     summary.inserted = shared.counters.inserted.load(Ordering::Relaxed);
     summary.updated = shared.counters.updated.load(Ordering::Relaxed);
     summary.moved = shared.counters.moved.load(Ordering::Relaxed);
-    summary.epochs = epochs_committed.load(Ordering::Relaxed);
+    summary.epochs = stats.stream_epochs.load(Ordering::Relaxed);
     summary.raw_snapshots = stats.raw_snapshots.load(Ordering::Relaxed);
     summary.curated_snapshots = stats.curated_snapshots.load(Ordering::Relaxed);
     summary.rejected_snapshots = stats.rejected_snapshots.load(Ordering::Relaxed);

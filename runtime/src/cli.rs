@@ -53,6 +53,16 @@ pub struct RunArgs {
     /// Never draw a progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Stream: stop once no partition has delivered a record for this long (e.g. 5s), after
+    /// committing everything read.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_when_idle: Option<Duration>,
+    /// Stream: epoch length, overriding the graph's commit.interval (e.g. 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub commit_interval: Option<Duration>,
+    /// Stream: serve Prometheus metrics on this address (e.g. 127.0.0.1:9187). Off by default.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +71,8 @@ pub enum Command {
     Init,
     /// Write seeded synthetic events into raw partitions, as ingestion would.
     Generate(GenerateArgs),
+    /// Send seeded test events to the graph's topic as Confluent-framed Avro.
+    Produce(ProduceArgs),
     /// Print rows of a table as an aligned table.
     Show {
         /// Table: role (raw, curated, rejected), full name or short name.
@@ -90,6 +102,40 @@ pub struct GenerateArgs {
     /// First ingestion date (YYYY-MM-DD).
     #[arg(long, default_value = "2025-05-01")]
     pub start: String,
+    /// Topic partitions the events are spread over by event_id.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    #[command(flatten)]
+    pub mix: MixArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Events in total.
+    #[arg(long, default_value_t = 200_000)]
+    pub count: u64,
+    /// Ingestion days the events' Kafka timestamps are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub days: u32,
+    /// First ingestion date (YYYY-MM-DD) of the Kafka timestamps (default: so that the last day is today).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Events per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Fraction of records replaced by unreadable bytes (bad magic byte, unknown schema id, cut-off body, in turn).
+    #[arg(long, default_value_t = 0.002)]
+    pub malformed: f64,
+    /// Writer schema (.avsc) to register and encode with (default: the graph's reader schema).
+    #[arg(long)]
+    pub writer_schema: Option<PathBuf>,
+    #[command(flatten)]
+    pub mix: MixArgs,
+}
+
+/// The edge-case mix shared by `generate` and `produce`.
+#[derive(Debug, Args)]
+pub struct MixArgs {
     /// Distinct users.
     #[arg(long, default_value_t = 50_000)]
     pub users: u32,
@@ -114,13 +160,34 @@ pub struct GenerateArgs {
     /// Random seed: the same seed and settings give the same rows.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Topic partitions the events are spread over by event_id.
-    #[arg(long, default_value_t = 6)]
-    pub partitions: i32,
+}
+
+impl MixArgs {
+    fn settings(&self, events: u64, days: u32, start_day: i32, partitions: i32, topic: &str) -> Result<GenerateSettings> {
+        let settings = GenerateSettings {
+            events,
+            days,
+            start_day,
+            users: self.users,
+            movies: self.movies,
+            duplicates: self.duplicates,
+            updates: self.updates,
+            ties: self.ties,
+            late: self.late,
+            invalid: self.invalid,
+            seed: self.seed,
+            partitions,
+            topic: topic.to_string(),
+        };
+        settings.validate().map_err(Error::User)?;
+        Ok(settings)
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Crash tests set FAILPOINTS (e.g. `stream-after-raw-commit=sleep(60000)`); unset, it does nothing.
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -160,11 +227,12 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Init) => init(&graph),
         Some(Command::Generate(args)) => generate(&graph, args),
+        Some(Command::Produce(args)) => produce(&graph, args),
         Some(Command::Show { table, limit, filter }) => show(&graph, &table, limit, filter.as_deref()),
         Some(Command::History { table }) => history(&graph, &table),
         None => match cli.run.mode {
             Some(Mode::Replay) => replay(&graph, &cli.run),
-            Some(Mode::Stream) => Err(Error::User("--mode stream needs the Kafka source, which this build does not include yet; use --mode replay".into())),
+            Some(Mode::Stream) => stream(&graph, &cli.run),
             None => Err(Error::User("nothing to do: give --mode replay --from YYYY-MM-DD, or a command (see --help)".into())),
         },
     }
@@ -187,22 +255,8 @@ fn init(graph: &Graph) -> Result<()> {
 }
 
 fn generate(graph: &Graph, args: GenerateArgs) -> Result<()> {
-    let settings = GenerateSettings {
-        events: args.events,
-        days: args.days,
-        start_day: date_arg("--start", &args.start)?,
-        users: args.users,
-        movies: args.movies,
-        duplicates: args.duplicates,
-        updates: args.updates,
-        ties: args.ties,
-        late: args.late,
-        invalid: args.invalid,
-        seed: args.seed,
-        partitions: args.partitions,
-        topic: graph.topic.clone(),
-    };
-    settings.validate().map_err(Error::User)?;
+    let start_day = date_arg("--start", &args.start)?;
+    let settings = args.mix.settings(args.events, args.days, start_day, args.partitions, &graph.topic)?;
     let bar = progress_bar(settings.events, "generating", false);
     let raw = parse_table_ident(&graph.raw)?;
     let written = io_runtime()?.block_on(async {
@@ -329,5 +383,127 @@ fn show(graph: &Graph, name: &str, limit: usize, filter: Option<&str>) -> Result
 fn history(graph: &Graph, name: &str) -> Result<()> {
     let (_runtime, table) = load_named(graph, name)?;
     println!("{}", crate::inspect::history(&table));
+    Ok(())
+}
+
+fn produce(graph: &Graph, args: ProduceArgs) -> Result<()> {
+    let today = operators::model::day_of_millis(chrono::Utc::now().timestamp_millis());
+    let start_day = match &args.start {
+        Some(start) => date_arg("--start", start)?,
+        None => today - args.days.max(1) as i32 + 1,
+    };
+    if !(0.0..=1.0).contains(&args.malformed) {
+        return Err(Error::User(format!("--malformed {}: expected a fraction between 0 and 1", args.malformed)));
+    }
+    if args.rate.is_some_and(|rate| rate <= 0.0) {
+        return Err(Error::User("--rate: expected events per second above 0".into()));
+    }
+    let writer_schema = match &args.writer_schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::User(format!("--writer-schema {}: {e}", path.display())))?;
+            apache_avro::Schema::parse_str(&text)
+                .map_err(|e| Error::User(format!("--writer-schema {}: not an Avro schema: {e}", path.display())))?
+        }
+        None => graph.reader_schema.clone(),
+    };
+    // The generator's partition count is replaced by the topic's.
+    let generate = args.mix.settings(args.count, args.days, start_day, 1, &graph.topic)?;
+    let settings = operators::produce::ProduceSettings {
+        kafka: graph.kafka.clone(),
+        registry_url: graph.registry_url.clone(),
+        writer_schema,
+        generate,
+        malformed: args.malformed,
+        rate: args.rate,
+    };
+    let bar = progress_bar(args.count, "producing", false);
+    let summary = operators::produce::produce(settings, |sent| bar.set_position(sent))?;
+    bar.finish_and_clear();
+    println!(
+        "produced {} events to {} ({} partitions, schema id {}), {} of them unreadable on purpose, in {:.2}s",
+        summary.sent,
+        graph.topic,
+        summary.partitions,
+        summary.schema_id,
+        summary.malformed,
+        summary.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
+    if args.workers == 0 {
+        return Err(Error::User("-w must be at least 1".into()));
+    }
+    if args.from.is_some() || args.to.is_some() {
+        return Err(Error::User("--from/--to belong to --mode replay; a stream resumes from the offsets in its tables".into()));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_signal = stop.clone();
+    ctrlc::set_handler(move || {
+        if on_signal.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("stopping now");
+            std::process::exit(130);
+        }
+        eprintln!("stopping after the current epoch is committed (press Ctrl-C again to stop at once; nothing is lost either way)");
+    })
+    .map_err(|e| Error::Internal(format!("installing the signal handler: {e}")))?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let metrics = operators::metrics::Metrics::new();
+            metrics.serve(addr)?;
+            Some(metrics)
+        }
+        None => None,
+    };
+    let settings = operators::stream::StreamSettings {
+        catalog: graph.catalog.clone(),
+        raw: parse_table_ident(&graph.raw)?,
+        curated: parse_table_ident(&graph.curated)?,
+        rejected: parse_table_ident(&graph.rejected)?,
+        kafka: graph.kafka.clone(),
+        registry_url: graph.registry_url.clone(),
+        registry_timeout: graph.registry_timeout,
+        reader_schema: graph.reader_schema.clone(),
+        rules: graph.rules,
+        workers: args.workers,
+        target_file_size: graph.target_file_size,
+        commit: graph.commit,
+        commit_interval: args.commit_interval.unwrap_or(graph.commit_interval),
+        stop_when_idle: args.stop_when_idle,
+        metrics,
+        stop,
+    };
+    let s = operators::stream::stream(settings)?;
+    let from: Vec<String> = s
+        .started_at
+        .iter()
+        .map(|(p, o)| format!("{p}@{}", o.map(|o| o.to_string()).unwrap_or_else(|| "start".into())))
+        .collect();
+    println!(
+        "stream {}: {} records from {} partitions in {:.2}s ({:.0} records/s), {} epochs",
+        graph.topic,
+        s.records_read,
+        s.partitions.len(),
+        s.elapsed.as_secs_f64(),
+        s.records_read as f64 / s.elapsed.as_secs_f64().max(1e-9),
+        s.epochs
+    );
+    println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
+    println!(
+        "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another rating_date); {} changed nothing",
+        s.accepted,
+        s.inserted,
+        s.updated,
+        s.moved,
+        s.accepted.saturating_sub(s.inserted + s.updated)
+    );
+    let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
+    println!("  rejected:  {} late, {} invalid or unreadable [{}]", s.late(), s.invalid(), reasons.join(" "));
+    println!(
+        "  commits:   raw {}, rejected {}, curated {} snapshots, {} retries",
+        s.raw_snapshots, s.rejected_snapshots, s.curated_snapshots, s.commit_retries
+    );
     Ok(())
 }

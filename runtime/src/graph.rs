@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use operators::catalog::CatalogSettings;
 use operators::commit::CommitOptions;
 use operators::rules::Rules;
+use operators::source::kafka::KafkaSettings;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,21 @@ pub enum CatalogSection {
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     pub topic: String,
+    pub brokers: String,
+    pub group_id: String,
+    /// The reader schema (`.avsc`) records are resolved into.
+    pub reader_schema: PathBuf,
+    /// Further librdkafka client settings, passed as given.
+    #[serde(default)]
+    pub kafka: std::collections::BTreeMap<String, toml::Value>,
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    pub url: String,
+    pub timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +92,7 @@ pub struct RulesSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitSection {
+    pub interval: String,
     pub target_file_size: String,
     pub max_attempts: u32,
     pub replay_epoch_events: u64,
@@ -88,6 +105,12 @@ pub struct Graph {
     pub name: String,
     pub catalog: CatalogSettings,
     pub topic: String,
+    pub kafka: KafkaSettings,
+    pub registry_url: String,
+    pub registry_timeout: std::time::Duration,
+    pub reader_schema_path: PathBuf,
+    pub reader_schema: apache_avro::Schema,
+    pub commit_interval: std::time::Duration,
     pub raw: String,
     pub curated: String,
     pub rejected: String,
@@ -168,6 +191,42 @@ impl Graph {
         if file.commit.max_attempts == 0 {
             return Err("commit.max_attempts: expected at least 1".into());
         }
+        let commit_interval = parse_duration("commit.interval", &file.commit.interval)?;
+        if commit_interval < std::time::Duration::from_millis(100) {
+            return Err(format!("commit.interval: expected at least 100ms, found \"{}\"", file.commit.interval));
+        }
+        let registry_timeout = parse_duration("source.registry.timeout", &file.source.registry.timeout)?;
+        let registry_url = file.source.registry.url.trim().to_string();
+        if !(registry_url.starts_with("http://") || registry_url.starts_with("https://")) {
+            return Err(format!("source.registry.url: expected an http:// or https:// address, found \"{registry_url}\""));
+        }
+        if file.source.brokers.trim().is_empty() {
+            return Err("source.brokers: expected host:port[,host:port…]".into());
+        }
+        let reader_schema_path = folder.join(&file.source.reader_schema);
+        let schema_text = std::fs::read_to_string(&reader_schema_path)
+            .map_err(|e| format!("source.reader_schema: cannot read {}: {e}", reader_schema_path.display()))?;
+        let reader_schema = apache_avro::Schema::parse_str(&schema_text)
+            .map_err(|e| format!("source.reader_schema: {} is not an Avro schema: {e}", reader_schema_path.display()))?;
+        let mut properties = std::collections::BTreeMap::new();
+        for (key, value) in file.source.kafka {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(format!("source.kafka.{key}: expected a string, number or boolean, found {}", other.type_str()));
+                }
+            };
+            properties.insert(key, text);
+        }
+        let kafka = KafkaSettings {
+            brokers: file.source.brokers.trim().to_string(),
+            topic: file.source.topic.clone(),
+            group_id: file.source.group_id,
+            properties,
+        };
         for (key, name) in [("tables.raw", &file.tables.raw), ("tables.curated", &file.tables.curated), ("tables.rejected", &file.tables.rejected)] {
             operators::catalog::parse_table_ident(name).map_err(|e| format!("{key}: {e}"))?;
         }
@@ -176,6 +235,12 @@ impl Graph {
             name: file.pipeline.name,
             catalog,
             topic: file.source.topic,
+            kafka,
+            registry_url,
+            registry_timeout,
+            reader_schema_path,
+            reader_schema,
+            commit_interval,
             raw: file.tables.raw,
             curated: file.tables.curated,
             rejected: file.tables.rejected,
@@ -214,11 +279,14 @@ mod tests {
     use super::*;
 
     const GOOD: &str = include_str!("../../graphs/ratings.toml");
+    const READER_SCHEMA: &str = include_str!("../../graphs/schemas/movie_rating.avsc");
 
     fn load(text: &str) -> Result<Graph, GraphError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
         std::fs::write(&path, text).unwrap();
+        std::fs::create_dir(dir.path().join("schemas")).unwrap();
+        std::fs::write(dir.path().join("schemas/movie_rating.avsc"), READER_SCHEMA).unwrap();
         Graph::load(&path)
     }
 
@@ -240,6 +308,9 @@ mod tests {
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),
             (GOOD.replace("key = \"event_id\"", "key = \"user_id\""), "upsert.key"),
             (GOOD.replace("replay_epoch_events = 4000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
+            (GOOD.replace("schemas/movie_rating.avsc", "schemas/missing.avsc"), "source.reader_schema: cannot read"),
+            (GOOD.replace("interval = \"10s\"", "interval = \"soon\""), "commit.interval"),
+            (GOOD.replace("url = \"http://127.0.0.1:8081\"", "url = \"127.0.0.1:8081\""), "source.registry.url"),
         ];
         for (text, expected) in cases {
             let message = load(&text).unwrap_err().to_string();

@@ -35,6 +35,8 @@ pub struct CommitStats {
     pub curated_snapshots: AtomicU64,
     pub rejected_snapshots: AtomicU64,
     pub raw_snapshots: AtomicU64,
+    /// Stream epochs that read records (and therefore committed).
+    pub stream_epochs: AtomicU64,
     pub curated_files_added: AtomicU64,
     pub curated_files_removed: AtomicU64,
     pub commit_retries: AtomicU64,
@@ -248,6 +250,10 @@ impl Committer {
             }
         };
 
+        self.stats.stream_epochs.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.epochs.inc();
+        }
         fail::fail_point!("stream-before-raw-commit");
         let before = positions.raw.clone();
         advance(&mut positions.raw);

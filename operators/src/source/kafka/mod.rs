@@ -43,10 +43,23 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// Client settings for a consumer: every configured property.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// Client settings for a producer: only the connection and security ones (fetch sizes and
+    /// other consumer settings would only draw librdkafka warnings).
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        let shared = ["security.", "sasl.", "ssl.", "client.", "socket.", "broker."];
+        for (key, value) in self.properties.iter().filter(|(k, _)| shared.iter().any(|p| k.starts_with(p))) {
             config.set(key, value);
         }
         config
