@@ -4,12 +4,11 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 GRAPH ?= graphs/ratings.toml
-DEMO_EVENTS ?= 300000
+DEMO_EVENTS ?= 200000
 DEMO_DAYS ?= 10
-DEMO_START ?= 2025-05-01
 RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 
-.PHONY: help setup build demo test test-rust test-readers bench bench-replay clean
+.PHONY: help setup build demo demo-replay kafka-up kafka-down test bench bench-replay bench-stream clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,18 +21,35 @@ setup: ## Install what the build and tests need (Rust toolchain check, Python re
 build: ## Build the runtime binary (release)
 	$(CARGO) build --release -p runtime
 
-demo: setup build ## Generate ~300k events over 10 days into a fresh lakehouse, replay them, show a sample and a summary
+demo: setup build ## Start broker + registry, produce ~200k events, stream them into a fresh lakehouse until idle, show a sample and the summary
 	rm -rf .lakehouse
-	$(RUNTIME) --graph $(GRAPH) init
-	$(RUNTIME) --graph $(GRAPH) generate --events $(DEMO_EVENTS) --days $(DEMO_DAYS) --start $(DEMO_START)
-	@echo "--- replay the first five days, then the rest: the second run seeds from curated and overwrites"
-	$(RUNTIME) --graph $(GRAPH) --mode replay --from $(DEMO_START) --to 2025-05-05
-	$(RUNTIME) --graph $(GRAPH) --mode replay --from 2025-05-06
-	$(RUNTIME) --graph $(GRAPH) show movie_ratings --limit 10 --where rating_date=2025-05-03
-	$(RUNTIME) --graph $(GRAPH) show rejected --limit 5
+	bash scripts/kafka.sh down >/dev/null
+	bash scripts/kafka.sh up
+	@trap 'bash scripts/kafka.sh down' EXIT; set -e; \
+	$(RUNTIME) --graph $(GRAPH) init; \
+	$(RUNTIME) --graph $(GRAPH) produce --count $(DEMO_EVENTS) --days $(DEMO_DAYS); \
+	echo "--- stream until no record arrived for 5s (Ctrl-C stops after the current epoch)"; \
+	$(RUNTIME) --graph $(GRAPH) --mode stream --stop-when-idle 5s --commit-interval 2s; \
+	$(RUNTIME) --graph $(GRAPH) show movie_ratings --limit 10; \
+	$(RUNTIME) --graph $(GRAPH) show rejected --limit 8; \
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
 
-test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, PyIceberg/DuckDB readers)
+demo-replay: setup build ## Backfill demo without Kafka: generate raw partitions, replay them in two steps
+	rm -rf .lakehouse
+	$(RUNTIME) --graph $(GRAPH) init
+	$(RUNTIME) --graph $(GRAPH) generate --events 300000 --days 10 --start 2025-05-01
+	$(RUNTIME) --graph $(GRAPH) --mode replay --from 2025-05-01 --to 2025-05-05
+	$(RUNTIME) --graph $(GRAPH) --mode replay --from 2025-05-06
+	$(RUNTIME) --graph $(GRAPH) show movie_ratings --limit 10 --where rating_date=2025-05-03
+	$(RUNTIME) --graph $(GRAPH) history movie_ratings
+
+kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and the test schema registry (127.0.0.1:8081)
+	bash scripts/kafka.sh up
+
+kafka-down: ## Stop what kafka-up started
+	bash scripts/kafka.sh down
+
+test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, stream against the real broker, PyIceberg/DuckDB readers)
 	bash scripts/test.sh
 
 bench: ## Criterion benchmarks (replay path on 1M generated events)
@@ -42,6 +58,7 @@ bench: ## Criterion benchmarks (replay path on 1M generated events)
 bench-replay: build ## Whole-process timing of --mode replay on 10M events (release)
 	bash benches/replay_10m.sh
 
-clean: ## Remove build output, the demo lakehouse and the Python environment
+clean: ## Remove build output, the demo lakehouse, broker state and the Python environment
+	bash scripts/kafka.sh down >/dev/null 2>&1 || true
 	$(CARGO) clean
-	rm -rf .lakehouse .venv
+	rm -rf .lakehouse .venv .kafka

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Runs the whole test suite and ends with one aggregate line over every test binary:
+# Runs the whole test suite against a broker and registry this script starts (and stops again if
+# it started them), and ends with one aggregate line over every test binary:
 # "tests: N passed, N failed". Exits with cargo's status.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+started_kafka=0
+if ! bash scripts/kafka.sh status | grep -q 'broker: running'; then
+  started_kafka=1
+fi
+bash scripts/kafka.sh up || exit 1
+cleanup() {
+  rm -f "$log"
+  if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi
+}
+trap cleanup EXIT
+export RATINGS_FLOW_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$log"

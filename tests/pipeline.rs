@@ -3,40 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use operators::model::{Candidate, format_event_id};
-use ratings_tests::oracle::{Expected, ExpectedRow, expected};
-use ratings_tests::{EDGY, Lake};
-
-fn as_expected(rows: &[(u128, Candidate)]) -> BTreeMap<String, ExpectedRow> {
-    rows.iter()
-        .map(|(key, c)| {
-            (
-                format_event_id(*key),
-                ExpectedRow {
-                    user_id: c.user_id.to_string(),
-                    movie_id: c.movie_id.to_string(),
-                    rating: c.rating.0,
-                    is_approved: c.is_approved,
-                    rating_timestamp: c.rating_timestamp,
-                    rating_date: c.rating_date,
-                    source: (c.position.ingestion_ts_ms, c.position.partition, c.position.offset),
-                },
-            )
-        })
-        .collect()
-}
-
-fn assert_matches_oracle(lake: &Lake, oracle: &Expected) {
-    let actual = as_expected(&lake.curated_rows());
-    assert_eq!(actual.len(), lake.curated_rows().len(), "an event_id appears twice in curated");
-    let missing: Vec<_> = oracle.rows.keys().filter(|k| !actual.contains_key(*k)).take(3).collect();
-    let extra: Vec<_> = actual.keys().filter(|k| !oracle.rows.contains_key(*k)).take(3).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
-    for (id, row) in &oracle.rows {
-        assert_eq!(&actual[id], row, "row {id}");
-    }
-    assert_eq!(lake.rejected(), oracle.rejected, "rejected table");
-}
+use ratings_tests::oracle::expected;
+use ratings_tests::{EDGY, Lake, assert_matches_oracle};
 
 #[test]
 fn replay_equals_the_oracle_on_every_edge_case() {

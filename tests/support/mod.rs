@@ -1,6 +1,7 @@
 //! Test support: a throwaway lakehouse with its own graph file, the `runtime` binary, readers of
 //! the tables, and the oracle.
 
+pub mod kafka;
 pub mod oracle;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::model::{Candidate, RawEvent};
 
 pub const GRAPH_TEMPLATE: &str = include_str!("../../graphs/ratings.toml");
+pub const READER_SCHEMA: &str = include_str!("../../graphs/schemas/movie_rating.avsc");
 
 /// The `runtime` binary of this checkout, built once per test process.
 pub fn runtime_bin() -> PathBuf {
@@ -61,31 +63,51 @@ impl Lake {
 
     /// As [`Lake::new`], with `commit.replay_epoch_events` set (1 = one epoch per raw partition).
     pub fn with_epoch_events(epoch_events: Option<u64>) -> Lake {
+        Lake::with_graph(|text| match epoch_events {
+            Some(events) => set_line(text, "replay_epoch_events", &events.to_string()),
+            None => text,
+        })
+    }
+
+    /// A lake streaming from `topic` on the test broker, with schemas from `registry`.
+    pub fn for_stream(topic: &str, registry: &str) -> Lake {
+        Lake::with_graph(|text| {
+            let text = set_line(text, "topic", &format!("{topic:?}"));
+            let text = set_line(text, "brokers", &format!("{:?}", kafka::brokers()));
+            set_line(text, "url", &format!("{registry:?}"))
+        })
+    }
+
+    /// A lake whose graph is the shipped one, with the catalog in a temporary folder and `edit`
+    /// applied.
+    pub fn with_graph(edit: impl FnOnce(String) -> String) -> Lake {
         let dir = tempfile::tempdir().expect("temp dir");
         let graph = dir.path().join("graph.toml");
-        let mut text = GRAPH_TEMPLATE
+        let text = GRAPH_TEMPLATE
             .replace("../.lakehouse/catalog.db", "lake/catalog.db")
             .replace("../.lakehouse/warehouse", "lake/warehouse");
-        if let Some(events) = epoch_events {
-            let line = text.lines().find(|l| l.starts_with("replay_epoch_events")).expect("graph sets replay_epoch_events").to_string();
-            text = text.replace(&line, &format!("replay_epoch_events = {events}"));
-        }
-        std::fs::write(&graph, text).expect("write graph");
+        std::fs::write(&graph, edit(text)).expect("write graph");
+        std::fs::create_dir(dir.path().join("schemas")).expect("schemas folder");
+        std::fs::write(dir.path().join("schemas/movie_rating.avsc"), READER_SCHEMA).expect("write schema");
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         let lake = Lake { dir, graph, runtime };
         lake.ok(&["init"]);
         lake
     }
 
+    pub fn command(&self, args: &[&str]) -> Command {
+        Lake::command_for(&self.graph, args)
+    }
+
+    /// The runtime on another graph file.
+    pub fn command_for(graph: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(runtime_bin());
+        command.arg("--graph").arg(graph).args(args).env("RUST_LOG", "warn");
+        command
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(runtime_bin())
-            .arg("--graph")
-            .arg(&self.graph)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("runtime runs");
-        Run::from(output)
+        Run::from(self.command(args).output().expect("runtime runs"))
     }
 
     /// Runs and asserts success.
@@ -124,8 +146,12 @@ impl Lake {
     }
 
     pub fn raw_events(&self) -> Vec<RawEvent> {
+        self.raw_events_of("raw.movie_ratings_raw")
+    }
+
+    pub fn raw_events_of(&self, table: &str) -> Vec<RawEvent> {
         let mut events = Vec::new();
-        for batch in self.scan("raw.movie_ratings_raw") {
+        for batch in self.scan(table) {
             operators::schema::raw_from_batch(&batch, &mut events).unwrap();
         }
         events
@@ -133,8 +159,12 @@ impl Lake {
 
     /// Curated rows sorted by event_id.
     pub fn curated_rows(&self) -> Vec<(u128, Candidate)> {
+        self.curated_rows_of("curated.movie_ratings")
+    }
+
+    pub fn curated_rows_of(&self, table: &str) -> Vec<(u128, Candidate)> {
         let mut rows = Vec::new();
-        for batch in self.scan("curated.movie_ratings") {
+        for batch in self.scan(table) {
             operators::schema::curated_from_batch(&batch, &mut rows).unwrap();
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -143,9 +173,13 @@ impl Lake {
 
     /// Rejected records as (source partition, source offset, reason), sorted.
     pub fn rejected(&self) -> Vec<(i32, i64, String)> {
+        self.rejected_of("curated.movie_ratings_rejected")
+    }
+
+    pub fn rejected_of(&self, table: &str) -> Vec<(i32, i64, String)> {
         use arrow_array::{Int32Array, Int64Array, StringArray};
         let mut out = Vec::new();
-        for batch in self.scan("curated.movie_ratings_rejected") {
+        for batch in self.scan(table) {
             let c = operators::schema::Columns(&batch);
             let partition = c.get::<Int32Array>("source_partition").unwrap();
             let offset = c.get::<Int64Array>("source_offset").unwrap();
@@ -174,6 +208,49 @@ impl Lake {
     pub fn snapshot_count(&self, name: &str) -> usize {
         self.table(name).metadata().snapshots().count()
     }
+}
+
+fn as_expected(rows: &[(u128, Candidate)]) -> std::collections::BTreeMap<String, oracle::ExpectedRow> {
+    rows.iter()
+        .map(|(key, c)| {
+            (
+                operators::model::format_event_id(*key),
+                oracle::ExpectedRow {
+                    user_id: c.user_id.to_string(),
+                    movie_id: c.movie_id.to_string(),
+                    rating: c.rating.0,
+                    is_approved: c.is_approved,
+                    rating_timestamp: c.rating_timestamp,
+                    rating_date: c.rating_date,
+                    source: (c.position.ingestion_ts_ms, c.position.partition, c.position.offset),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The lake's curated and rejected tables equal the oracle's, row for row (lineage included).
+pub fn assert_matches_oracle(lake: &Lake, oracle: &oracle::Expected) {
+    let rows = lake.curated_rows();
+    let actual = as_expected(&rows);
+    assert_eq!(actual.len(), rows.len(), "an event_id appears twice in curated");
+    let missing: Vec<_> = oracle.rows.keys().filter(|k| !actual.contains_key(*k)).take(3).collect();
+    let extra: Vec<_> = actual.keys().filter(|k| !oracle.rows.contains_key(*k)).take(3).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    for (id, row) in &oracle.rows {
+        assert_eq!(&actual[id], row, "row {id}");
+    }
+    assert_eq!(lake.rejected(), oracle.rejected, "rejected table");
+}
+
+/// Replaces the value of the first line starting with `key =`.
+pub fn set_line(text: String, key: &str, value: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+        .unwrap_or_else(|| panic!("graph has no {key} line"))
+        .to_string();
+    text.replacen(&line, &format!("{key} = {value}"), 1)
 }
 
 impl Default for Lake {

@@ -38,6 +38,9 @@ fn canonical_uuid(text: &str) -> Option<String> {
 }
 
 fn reject_reason(e: &RawEvent) -> Option<&'static str> {
+    if let Some(undecodable) = &e.undecodable {
+        return Some(undecodable.reason.as_str());
+    }
     let id = e.event_id.as_deref().unwrap_or("").trim();
     if id.is_empty() {
         return Some("missing_event_id");

@@ -1,0 +1,226 @@
+//! `--mode stream` against the real broker (Tansu) and a registry process: the curated and
+//! rejected tables equal the oracle computed from the topic read back independently; replay of
+//! the raw table reproduces them; SIGKILL at any point loses and duplicates nothing; a v2 writer
+//! schema is read with the v1 reader schema; a registry outage makes the stream wait.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use ratings_tests::kafka::{Registry, create_topic, read_topic, repo_root, schema};
+use ratings_tests::oracle::{Expected, expected};
+use ratings_tests::{Lake, assert_matches_oracle, set_line};
+
+const READER: &str = "graphs/schemas/movie_rating.avsc";
+const V2: &str = "tests/schemas/movie_rating_v2.avsc";
+const INCOMPATIBLE: &str = "tests/schemas/movie_rating_no_rating.avsc";
+const MIX: &[&str] = &[
+    "--users", "400", "--movies", "50", "--duplicates", "0.05", "--updates", "0.10", "--ties", "0.03", "--late", "0.02",
+    "--invalid", "0.02", "--malformed", "0.01",
+];
+/// `--mode stream` with short epochs and a short idle stop unless `extra` sets them.
+fn stream_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--mode", "stream", "--no-progress"];
+    if !extra.contains(&"--commit-interval") {
+        args.extend(["--commit-interval", "500ms"]);
+    }
+    if !extra.contains(&"--stop-when-idle") {
+        args.extend(["--stop-when-idle", "2s"]);
+    }
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A topic, a registry, a lake, and what has been produced so far.
+struct Scenario {
+    _registry_state: tempfile::TempDir,
+    lake: Lake,
+    registry: Registry,
+    topic: String,
+    produced: usize,
+    /// Schema id → writer schema, in registration order (the fixture hands out 1, 2, …).
+    writers: HashMap<u32, Schema>,
+}
+
+impl Scenario {
+    fn new(partitions: i32) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start(dir.path());
+        let topic = create_topic("ratings-test", partitions);
+        let lake = Lake::for_stream(&topic, &registry.url());
+        Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
+    }
+
+    fn produce(&mut self, count: usize, days: u32, start: &str, seed: u64, writer: &str) {
+        let writer_path = repo_root().join(writer);
+        let writer_schema = schema(writer);
+        let count_text = count.to_string();
+        let days_text = days.to_string();
+        let seed_text = seed.to_string();
+        let mut args = vec![
+            "produce", "--count", &count_text, "--days", &days_text, "--start", start, "--seed", &seed_text,
+        ];
+        args.extend_from_slice(MIX);
+        let path_text = writer_path.display().to_string();
+        args.extend(["--writer-schema", &path_text]);
+        let run = self.lake.ok(&args);
+        let id: u32 = run.stdout.split("schema id ").nth(1).and_then(|t| t.split(')').next()).unwrap().parse().unwrap();
+        self.writers.insert(id, writer_schema);
+        self.produced += count;
+    }
+
+    fn events(&self) -> Vec<operators::model::RawEvent> {
+        read_topic(&self.topic, self.produced, &self.writers, &schema(READER))
+    }
+
+    fn oracle(&self) -> Expected {
+        expected(&self.events())
+    }
+
+    fn stream(&self, extra: &[&str]) -> String {
+        self.lake.ok(&stream_args(extra)).stdout
+    }
+
+    fn spawn(&self, extra: &[&str], failpoints: Option<&str>) -> Child {
+        let mut command = self.lake.command(&stream_args(extra));
+        if let Some(failpoints) = failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn runtime")
+    }
+
+    /// Raw holds every produced record exactly once.
+    fn assert_raw_complete(&self) {
+        let raw = self.lake.raw_events();
+        let coordinates: BTreeSet<(i32, i64)> = raw.iter().map(|e| (e.source_partition, e.source_offset)).collect();
+        assert_eq!(coordinates.len(), raw.len(), "a raw row appears twice");
+        assert_eq!(raw.len(), self.produced, "raw rows vs records produced");
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stream_equals_the_oracle_and_replay_reproduces_it() {
+    let mut s = Scenario::new(4);
+    s.produce(12_000, 5, "2025-05-01", 7, READER);
+    let first = s.stream(&["-w", "2"]);
+    assert!(first.contains("12000 records"), "{first}");
+    // A second run resumes where the first committed, with state seeded from curated.
+    s.produce(6_000, 3, "2025-05-06", 8, READER);
+    let second = s.stream(&["-w", "3"]);
+    assert!(second.contains("6000 records"), "{second}");
+    assert!(!second.contains("0 curated rows reloaded"), "{second}");
+
+    let oracle = s.oracle();
+    let count = |reason: &str| oracle.rejected.iter().filter(|r| r.2 == reason).count();
+    for reason in ["bad_framing", "unknown_schema_id", "undecodable_body", "late", "missing_event_id", "rating_out_of_range"] {
+        assert!(count(reason) > 0, "produced data has no {reason} record");
+    }
+    assert_matches_oracle(&s.lake, &oracle);
+    s.assert_raw_complete();
+
+    // Nothing new: a third run commits nothing.
+    let snapshots = s.lake.snapshot_count("curated.movie_ratings");
+    let idle = s.stream(&[]);
+    assert!(idle.contains(" 0 records"), "{idle}");
+    assert_eq!(s.lake.snapshot_count("curated.movie_ratings"), snapshots);
+
+    // Replay of the raw table into fresh curated and rejected tables reproduces the stream's.
+    let graph = std::fs::read_to_string(&s.lake.graph).unwrap();
+    let graph = set_line(graph, "curated", "\"curated.movie_ratings_replayed\"");
+    let graph = set_line(graph, "rejected", "\"curated.movie_ratings_rejected_replayed\"");
+    let replay_graph = s.lake.dir.path().join("replay.toml");
+    std::fs::write(&replay_graph, graph).unwrap();
+    let replay_graph = replay_graph.display().to_string();
+    let replay = Lake::command_for(std::path::Path::new(&replay_graph), &["init"]).status().unwrap();
+    assert!(replay.success());
+    let replay = Lake::command_for(
+        std::path::Path::new(&replay_graph),
+        &["--mode", "replay", "--from", "2025-05-01", "--no-progress"],
+    )
+    .output()
+    .unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(s.lake.curated_rows_of("curated.movie_ratings_replayed"), s.lake.curated_rows());
+    assert_eq!(s.lake.rejected_of("curated.movie_ratings_rejected_replayed"), s.lake.rejected());
+}
+
+#[test]
+fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
+    let mut s = Scenario::new(3);
+    let tables = ["raw.movie_ratings_raw", "curated.movie_ratings_rejected", "curated.movie_ratings"];
+    let counts = |s: &Scenario| tables.map(|t| s.lake.snapshot_count(t));
+    // (failpoint, how to tell the process is parked there)
+    let points: [(&str, &str, [usize; 3]); 3] = [
+        // Raw committed, rejected and curated not.
+        ("stream-after-raw-commit=sleep(60000)", "raw committed", [1, 0, 0]),
+        // Raw and rejected committed, curated not.
+        ("stream-after-rejected-commit=sleep(60000)", "rejected committed", [1, 1, 0]),
+        // The curated commit has written its manifests and metadata but not swapped the pointer.
+        ("commit-before-swap=2*off->sleep(60000)", "curated commit written", [1, 1, 0]),
+    ];
+    let mut seed = 20;
+    for (failpoint, what, delta) in points {
+        seed += 1;
+        s.produce(3_000, 2, &format!("2025-06-{:02}", seed - 19), seed, READER);
+        let before = counts(&s);
+        let mut child = s.spawn(&["-w", "2"], Some(failpoint));
+        let want = [before[0] + delta[0], before[1] + delta[1], before[2] + delta[2]];
+        wait_until(what, Duration::from_secs(60), || counts(&s) == want);
+        // Give a parked commit time to finish writing its files before the kill.
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(counts(&s), want, "{failpoint}: tables moved after the kill");
+    }
+    // Mid-epoch: records read, nothing committed yet.
+    s.produce(3_000, 2, "2025-06-10", 40, READER);
+    let before = counts(&s);
+    let mut child = s.spawn(&["--commit-interval", "60s"], None);
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(counts(&s), before, "the mid-epoch kill happened after a commit");
+
+    s.stream(&["-w", "2"]);
+    assert_matches_oracle(&s.lake, &s.oracle());
+    s.assert_raw_complete();
+}
+
+#[test]
+fn a_v2_writer_schema_is_read_with_the_v1_reader_schema() {
+    let mut s = Scenario::new(2);
+    s.produce(2_000, 2, "2025-07-01", 3, V2);
+    s.produce(300, 1, "2025-07-03", 4, INCOMPATIBLE);
+    let out = s.stream(&[]);
+    assert!(out.contains("2300 records"), "{out}");
+    let oracle = s.oracle();
+    let incompatible = oracle.rejected.iter().filter(|r| r.2 == "incompatible_schema").count();
+    // Every record of the incompatible batch but the ones produced unreadable on purpose.
+    assert!(incompatible >= 290, "incompatible {incompatible}");
+    assert_matches_oracle(&s.lake, &oracle);
+}
+
+#[test]
+fn a_registry_outage_makes_the_stream_wait_and_drops_nothing() {
+    let mut s = Scenario::new(2);
+    s.produce(3_000, 2, "2025-08-01", 5, READER);
+    s.registry.stop();
+    let child = s.spawn(&["--stop-when-idle", "6s"], None);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.lake.snapshot_count("raw.movie_ratings_raw"), 0, "committed without the registry");
+    s.registry.restart();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let oracle = s.oracle();
+    assert_matches_oracle(&s.lake, &oracle);
+    s.assert_raw_complete();
+}
