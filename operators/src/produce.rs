@@ -9,7 +9,8 @@
 //!   `event_id`), so all records of one event land in one partition, in order
 //!   (`max.in.flight.requests.per.connection = 1`).
 //! - The Kafka timestamp (create time) is the generator's ingestion time, so a run's lateness
-//!   decisions do not depend on when it was produced.
+//!   decisions do not depend on when it was produced (`stamp_now` uses the send time instead, to
+//!   measure freshness).
 //! - `rate` paces sending (events per second); without it the producer sends as fast as the
 //!   broker takes them.
 
@@ -41,6 +42,9 @@ pub struct ProduceSettings {
     /// Fraction of records replaced by unreadable bytes.
     pub malformed: f64,
     pub rate: Option<f64>,
+    /// Stamp records with the time they are sent instead of the generator's ingestion time
+    /// (for measuring freshness).
+    pub stamp_now: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,7 +151,7 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
                 .key(&key)
                 .payload(&value)
                 .partition(event.source_partition)
-                .timestamp(event.ingestion_ts_ms);
+                .timestamp(if settings.stamp_now { chrono::Utc::now().timestamp_millis() } else { event.ingestion_ts_ms });
             loop {
                 match producer.send(record) {
                     Ok(()) => break,

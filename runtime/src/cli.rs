@@ -129,6 +129,9 @@ pub struct ProduceArgs {
     /// Writer schema (.avsc) to register and encode with (default: the graph's reader schema).
     #[arg(long)]
     pub writer_schema: Option<PathBuf>,
+    /// Stamp records with the send time instead of the generated ingestion time (to measure freshness).
+    #[arg(long)]
+    pub stamp_now: bool,
     #[command(flatten)]
     pub mix: MixArgs,
 }
@@ -416,6 +419,7 @@ fn produce(graph: &Graph, args: ProduceArgs) -> Result<()> {
         generate,
         malformed: args.malformed,
         rate: args.rate,
+        stamp_now: args.stamp_now,
     };
     let bar = progress_bar(args.count, "producing", false);
     let summary = operators::produce::produce(settings, |sent| bar.set_position(sent))?;

@@ -1,0 +1,60 @@
+//! The physical ceiling of `--mode stream` on this machine: a bare librdkafka consumer (the same
+//! client, version and fetch settings as the engine) reading a topic from the beginning and doing
+//! nothing with the records but touching their payload.
+//!
+//! Usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS]
+//! Prints: `bare consume: N records in S s (R records/s)`.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, brokers, topic, records, rest @ ..] = args.as_slice() else {
+        eprintln!("usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS]");
+        std::process::exit(2);
+    };
+    let records: u64 = records.parse().expect("RECORDS is a number");
+    let consumers: usize = rest.first().map(|c| c.parse().expect("CONSUMERS is a number")).unwrap_or(2);
+    let config = || {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "bare-consume")
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760");
+        config
+    };
+    let probe: BaseConsumer = config().create().expect("consumer");
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let started = Instant::now();
+    let total = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for index in 0..consumers {
+            let (total, partitions, config) = (&total, &partitions, &config);
+            scope.spawn(move || {
+                let consumer: BaseConsumer = config().create().expect("consumer");
+                let mut assignment = TopicPartitionList::new();
+                for p in partitions.iter().filter(|p| **p as usize % consumers == index) {
+                    assignment.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+                }
+                consumer.assign(&assignment).unwrap();
+                let mut bytes = 0u64;
+                while total.load(std::sync::atomic::Ordering::Relaxed) < records {
+                    if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                        bytes += message.payload().map(|p| p.len() as u64).unwrap_or(0);
+                        total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                std::hint::black_box(bytes);
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let n = total.into_inner();
+    println!("bare consume: {n} records in {seconds:.2} s ({:.0} records/s)", n as f64 / seconds);
+}

