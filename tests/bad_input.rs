@@ -29,6 +29,8 @@ fn missing_catalog_folder_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let graph = dir.path().join("g.toml");
     std::fs::write(&graph, GRAPH_TEMPLATE.replace("../.lakehouse/", "nowhere/")).unwrap();
+    std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    std::fs::write(dir.path().join("schemas/movie_rating.avsc"), ratings_tests::READER_SCHEMA).unwrap();
     let run = std::process::Command::new(runtime_bin())
         .arg("--graph")
         .arg(&graph)
@@ -61,4 +63,16 @@ fn unknown_table_is_reported() {
     // A graph naming a table the catalog does not have.
     std::fs::write(&lake.graph, std::fs::read_to_string(&lake.graph).unwrap().replace("raw.movie_ratings_raw", "raw.elsewhere")).unwrap();
     assert_one_line_error(&lake.run(&["--mode", "replay", "--from", "2025-05-01"]), "raw.elsewhere does not exist");
+}
+
+#[test]
+fn an_unreachable_broker_is_an_external_error_not_a_hang() {
+    let lake = Lake::with_graph(|text| ratings_tests::set_line(text, "brokers", "\"127.0.0.1:1\""));
+    let run = lake.run(&["--mode", "stream", "--stop-when-idle", "1s"]);
+    assert_ne!(run.status, 0);
+    assert!(!run.stderr.contains("panicked"), "panic: {}", run.stderr);
+    // librdkafka logs its connection attempts as warnings first; the last line is ours.
+    let last = run.stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+    assert!(last.starts_with("error (external system error)"), "{last}");
+    assert!(last.contains("movie.ratings.v1") && last.contains("127.0.0.1:1"), "{last}");
 }
