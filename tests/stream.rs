@@ -158,28 +158,41 @@ fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
     let mut s = Scenario::new(3);
     let tables = ["raw.movie_ratings_raw", "curated.movie_ratings_rejected", "curated.movie_ratings"];
     let counts = |s: &Scenario| tables.map(|t| s.lake.snapshot_count(t));
-    // (failpoint, how to tell the process is parked there)
-    let points: [(&str, &str, [usize; 3]); 3] = [
-        // Raw committed, rejected and curated not.
-        ("stream-after-raw-commit=sleep(60000)", "raw committed", [1, 0, 0]),
-        // Raw and rejected committed, curated not.
-        ("stream-after-rejected-commit=sleep(60000)", "rejected committed", [1, 1, 0]),
-        // The curated commit has written its manifests and metadata but not swapped the pointer.
-        ("commit-before-swap=2*off->sleep(60000)", "curated commit written", [1, 1, 0]),
+    // Metadata files on disk: a commit parked before its swap has written one the catalog does not name.
+    let metadata_files = |s: &Scenario| -> usize {
+        ["raw/movie_ratings_raw", "curated/movie_ratings_rejected", "curated/movie_ratings"]
+            .iter()
+            .map(|t| {
+                let dir = s.lake.dir.path().join("lake/warehouse").join(t).join("metadata");
+                std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".metadata.json")).count()
+            })
+            .sum()
+    };
+    type Parked = fn([usize; 3], [usize; 3], usize, usize) -> bool;
+    // (failpoint, where the process is parked, how to tell from the tables and the files on disk)
+    let points: [(&str, &str, Parked); 3] = [
+        ("stream-after-raw-commit=sleep(60000)", "raw committed, rejected and curated not", |before, now, _, _| {
+            now[0] == before[0] + 1 && now[1..] == before[1..]
+        }),
+        ("stream-after-rejected-commit=sleep(60000)", "rejected committed, curated not", |before, now, _, _| {
+            now[1] == before[1] + 1 && now[2] == before[2]
+        }),
+        ("commit-before-swap=sleep(60000)", "a commit's files written, its pointer not swapped", |before, now, files_before, files| {
+            now == before && files == files_before + 1
+        }),
     ];
-    let mut seed = 20;
-    for (failpoint, what, delta) in points {
-        seed += 1;
-        s.produce(3_000, 2, &format!("2025-06-{:02}", seed - 19), seed, READER);
-        let before = counts(&s);
+    for (round, (failpoint, what, parked)) in points.into_iter().enumerate() {
+        s.produce(3_000, 2, &format!("2025-06-{:02}", 2 * round + 1), 21 + round as u64, READER);
+        let (before, files_before) = (counts(&s), metadata_files(&s));
         let mut child = s.spawn(&["-w", "2"], Some(failpoint));
-        let want = [before[0] + delta[0], before[1] + delta[1], before[2] + delta[2]];
-        wait_until(what, Duration::from_secs(60), || counts(&s) == want);
-        // Give a parked commit time to finish writing its files before the kill.
-        std::thread::sleep(Duration::from_millis(500));
+        wait_until(what, Duration::from_secs(60), || parked(before, counts(&s), files_before, metadata_files(&s)));
+        // A parked commit has finished writing before it parks; give the file system a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let at_kill = counts(&s);
+        assert!(parked(before, at_kill, files_before, metadata_files(&s)), "{failpoint}: moved on before the kill");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(counts(&s), want, "{failpoint}: tables moved after the kill");
+        assert_eq!(counts(&s), at_kill, "{failpoint}: tables moved after the kill");
     }
     // Mid-epoch: records read, nothing committed yet.
     s.produce(3_000, 2, "2025-06-10", 40, READER);
@@ -223,4 +236,39 @@ fn a_registry_outage_makes_the_stream_wait_and_drops_nothing() {
     let oracle = s.oracle();
     assert_matches_oracle(&s.lake, &oracle);
     s.assert_raw_complete();
+}
+
+#[test]
+fn new_keys_append_files_and_duplicates_rewrite_only_the_files_they_supersede() {
+    let mut s = Scenario::new(2);
+    let only_new = ["--duplicates", "0", "--updates", "0", "--ties", "0", "--late", "0", "--invalid", "0", "--malformed", "0"];
+    let produce = |s: &mut Scenario, seed: &str| {
+        let mut args = vec!["produce", "--count", "2000", "--days", "2", "--start", "2025-09-01", "--seed", seed];
+        args.extend(only_new);
+        s.lake.ok(&args);
+        s.produced += 2000;
+    };
+    s.writers.insert(1, schema(READER));
+    produce(&mut s, "1");
+    s.stream(&[]);
+    let first = s.lake.live_files("curated.movie_ratings");
+
+    // New keys in the same two partitions: an append; every earlier file stays.
+    produce(&mut s, "2");
+    s.stream(&[]);
+    let curated = s.lake.table("curated.movie_ratings");
+    let snapshot = curated.metadata().current_snapshot().unwrap();
+    assert_eq!(snapshot.summary().operation, iceberg::spec::Operation::Append);
+    let second = s.lake.live_files("curated.movie_ratings");
+    assert!(first.iter().all(|f| second.contains(f)), "a file of the first run was rewritten");
+    assert!(second.len() > first.len());
+
+    // The first batch again: each record ties with its earlier copy and, ingested later, wins (its
+    // lineage moves). Exactly the files holding those rows are rewritten; the second run's stay.
+    produce(&mut s, "1");
+    s.stream(&[]);
+    let third = s.lake.live_files("curated.movie_ratings");
+    assert!(first.iter().all(|f| !third.contains(f)), "a file holding a superseded row is still live");
+    assert!(second.iter().filter(|f| !first.contains(f)).all(|f| third.contains(f)), "a file without superseded rows was rewritten");
+    assert_matches_oracle(&s.lake, &s.oracle());
 }

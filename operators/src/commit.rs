@@ -44,8 +44,9 @@ pub const EPOCH_PROPERTY: &str = "ratings-flow.epoch";
 /// What one commit does to a table.
 #[derive(Debug, Clone, Default)]
 pub struct FileChange {
-    /// Data files to remove; each must be live in the base snapshot.
-    pub remove: Vec<DataFile>,
+    /// Paths of data files to remove; each must be live in the base snapshot. Paths are enough:
+    /// the commit takes each file's description from the manifest that lists it.
+    pub remove: Vec<String>,
     /// Data files to add.
     pub add: Vec<DataFile>,
     /// Partitions (identity of a date column) whose content this change replaces: another writer
@@ -130,11 +131,11 @@ pub async fn replace_partitions(
     options: CommitOptions,
 ) -> Result<Option<Committed>> {
     let table = lakehouse.load(ident).await?;
-    let remove: Vec<DataFile> = live_files(&table)
+    let remove: Vec<String> = live_files(&table)
         .await?
         .into_iter()
         .filter(|f| f.partition.is_some_and(|p| partitions.contains(&p)))
-        .map(|f| f.data_file)
+        .map(|f| f.data_file.file_path().to_string())
         .collect();
     if remove.is_empty() && add.is_empty() {
         return Ok(None);
@@ -185,8 +186,8 @@ async fn validate_rebase(old: &Table, new: &Table, change: &FileChange) -> Resul
     let new_files = live_files(new).await?;
     let new_live: HashSet<&str> = new_files.iter().map(|f| f.data_file.file_path()).collect();
     let conflict = |detail: String| Error::CommitConflict { table: new.identifier().to_string(), detail };
-    if let Some(gone) = change.remove.iter().find(|f| !new_live.contains(f.file_path())) {
-        return Err(conflict(format!("file {} was removed by another writer", gone.file_path())));
+    if let Some(gone) = change.remove.iter().find(|f| !new_live.contains(f.as_str())) {
+        return Err(conflict(format!("file {gone} was removed by another writer")));
     }
     let touched = new_files
         .iter()
@@ -258,8 +259,8 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
     let mut written = Vec::new();
     let context = || format!("writing a snapshot of {}", base.identifier());
 
-    let remove: HashSet<&str> = change.remove.iter().map(|f| f.file_path()).collect();
-    let mut removed_found = HashSet::new();
+    let remove: HashSet<&str> = change.remove.iter().map(String::as_str).collect();
+    let mut removed_found: HashMap<String, DataFile> = HashMap::new();
     let mut manifests: Vec<ManifestFile> = Vec::new();
     if let Some(parent) = metadata.current_snapshot() {
         let list = base.manifest_list_reader(parent).load().await.context(context)?;
@@ -283,7 +284,7 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
                 let sequence = entry.sequence_number().unwrap_or(manifest_file.sequence_number);
                 let file_sequence = entry.file_sequence_number.or(Some(sequence));
                 if remove.contains(entry.file_path()) {
-                    removed_found.insert(entry.file_path().to_string());
+                    removed_found.insert(entry.file_path().to_string(), entry.data_file().clone());
                     writer.add_delete_file(entry.data_file().clone(), sequence, file_sequence).context(context)?;
                 } else {
                     let added_by = entry.snapshot_id().unwrap_or(manifest_file.added_snapshot_id);
@@ -294,10 +295,10 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
             written.push(path);
         }
     }
-    if let Some(missing) = change.remove.iter().find(|f| !removed_found.contains(f.file_path())) {
+    if let Some(missing) = change.remove.iter().find(|f| !removed_found.contains_key(f.as_str())) {
         return Err(Error::CommitConflict {
             table: base.identifier().to_string(),
-            detail: format!("file {} to remove is not live in the base snapshot", missing.file_path()),
+            detail: format!("file {missing} to remove is not live in the base snapshot"),
         });
     }
     if !change.add.is_empty() {
@@ -320,7 +321,8 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
     written.push(list_path.clone());
 
     let operation = if change.remove.is_empty() { Operation::Append } else { Operation::Overwrite };
-    let summary = summarize(base, change, operation.clone());
+    let removed: Vec<DataFile> = removed_found.into_values().collect();
+    let summary = summarize(base, change, &removed, operation.clone());
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(metadata.current_snapshot_id())
@@ -355,25 +357,25 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
 }
 
 /// The snapshot summary: the spec's added/deleted counts, running totals and our properties.
-fn summarize(base: &Table, change: &FileChange, operation: Operation) -> Summary {
+fn summarize(base: &Table, change: &FileChange, removed: &[DataFile], operation: Operation) -> Summary {
     let metadata = base.metadata();
     let mut collector = SnapshotSummaryCollector::default();
     for file in &change.add {
         collector.add_file(file, metadata.current_schema().clone(), metadata.default_partition_spec().clone());
     }
-    for file in &change.remove {
+    for file in removed {
         collector.remove_file(file, metadata.current_schema().clone(), metadata.default_partition_spec().clone());
     }
     let mut properties: HashMap<String, String> = collector.build();
     let previous = metadata.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
     let previous_total = |key: &str| previous.get(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let added_records: u64 = change.add.iter().map(|f| f.record_count()).sum();
-    let deleted_records: u64 = change.remove.iter().map(|f| f.record_count()).sum();
+    let deleted_records: u64 = removed.iter().map(|f| f.record_count()).sum();
     let added_size: u64 = change.add.iter().map(|f| f.file_size_in_bytes()).sum();
-    let removed_size: u64 = change.remove.iter().map(|f| f.file_size_in_bytes()).sum();
+    let removed_size: u64 = removed.iter().map(|f| f.file_size_in_bytes()).sum();
     let totals = [
         ("total-records", (previous_total("total-records") + added_records).saturating_sub(deleted_records)),
-        ("total-data-files", (previous_total("total-data-files") + change.add.len() as u64).saturating_sub(change.remove.len() as u64)),
+        ("total-data-files", (previous_total("total-data-files") + change.add.len() as u64).saturating_sub(removed.len() as u64)),
         ("total-files-size", (previous_total("total-files-size") + added_size).saturating_sub(removed_size)),
         ("total-delete-files", 0),
         ("total-position-deletes", 0),
@@ -522,7 +524,7 @@ mod tests {
         append(&f, vec![other.clone()]).await;
 
         let a2 = data_file(&f, 100, 0, 4).await;
-        let change = FileChange { remove: vec![a1], add: vec![a2.clone()], guarded_partitions: BTreeSet::from([100]), properties: BTreeMap::new() };
+        let change = FileChange { remove: vec![a1.file_path().to_string()], add: vec![a2.clone()], guarded_partitions: BTreeSet::from([100]), properties: BTreeMap::new() };
         let committed = commit(&f.lakehouse, base, change, CommitOptions::default()).await.unwrap();
         assert_eq!(committed.attempts, 2, "the first compare-and-swap must have lost");
         let mut expected = vec![(Some(100), a2.file_path().to_string()), (Some(101), other.file_path().to_string())];
@@ -542,7 +544,7 @@ mod tests {
         let base = f.lakehouse.load(&f.ident).await.unwrap();
         append(&f, vec![data_file(&f, 100, 500, 3).await]).await;
         let change = FileChange {
-            remove: vec![a1.clone()],
+            remove: vec![a1.file_path().to_string()],
             add: vec![data_file(&f, 100, 0, 4).await],
             guarded_partitions: BTreeSet::from([100]),
             properties: BTreeMap::new(),

@@ -8,9 +8,9 @@
 //!        │ (event_id, Candidate)                                                     │
 //!        ▼                                                                           │
 //!  exchange(event_id) → Upsert arrangement → net changes ──late updates──────────────┤
-//!        │ key changes                 │ changed partitions (broadcast)              │
-//!        ▼                             ▼                                             ▼
-//!  CuratedWriter (every worker, Parquet in parallel) ──data files──► Committer (worker 0)
+//!        │ row removed from / inserted into a rating_date (seeds: with their data file)  │
+//!        ▼ exchange(rating_date)                                                      ▼
+//!  CuratedWriter (per partition: new files, rewritten dirty files) ──► Committer (worker 0)
 //! ```
 //!
 //! The driver feeds one epoch, advances its input and waits on the probe until the committer has
@@ -27,7 +27,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 use timely::worker::Worker;
@@ -38,7 +38,7 @@ use crate::rules::Rules;
 use crate::schema::curated_from_batch;
 use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
 use crate::sink::committer::Committer;
-use crate::sink::curated::CuratedWriter;
+use crate::sink::curated::{CuratedWriter, DayChange};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
 use crate::upsert::upsert;
@@ -47,7 +47,8 @@ use crate::upsert::upsert;
 #[derive(Debug, Clone)]
 pub enum SourceRecord {
     Raw(RawEvent),
-    Seed(u128, Candidate),
+    /// A curated row inside the lateness window and the data file it was read from.
+    Seed(u128, Candidate, Arc<str>),
 }
 
 type Accepted = ((u128, Candidate), u64, isize);
@@ -68,7 +69,7 @@ pub struct RulesContext {
 /// The rules stage for one record. `None`: the record's effect on curated is already committed.
 fn evaluate(record: SourceRecord, time: u64, context: &RulesContext) -> Option<Evaluated> {
     match record {
-        SourceRecord::Seed(key, row) => Some(Ok(((key, row), time, 1))),
+        SourceRecord::Seed(key, row, _) => Some(Ok(((key, row), time, 1))),
         SourceRecord::Raw(event) => {
             let (key, candidate) = match context.rules.evaluate(&event) {
                 Ok(accepted) => accepted,
@@ -107,6 +108,10 @@ pub fn build(
     let lateness_days = context.rules.lateness_days;
     worker.dataflow::<u64, _, _>(|scope| {
         let records = input.to_stream(scope);
+        let seeds = records.clone().flat_map(|record| match record {
+            SourceRecord::Seed(key, row, file) => Some(DayChange::Seed { day: row.rating_date, key, row, file }),
+            SourceRecord::Raw(_) => None,
+        });
         let evaluated: StreamVec<u64, Evaluated> = records.unary(Pipeline, "Rules", move |_capability, _info| {
             move |input, output| {
                 input.for_each_time(|time, data| {
@@ -131,15 +136,13 @@ pub fn build(
                 Change::Key(key_change) => Ok(key_change),
                 Change::Sink(message) => Err(message),
             });
-        let (changed_days, other_messages) =
-            sink_messages.ok_err::<Vec<i32>, i32, Vec<SinkMessage>, SinkMessage, _>(|message| match message {
-                SinkMessage::ChangedPartition(day) => Ok(day),
-                other => Err(other),
-            });
-        let curated_files = writer.build(key_changes, changed_days.clone().broadcast());
-        let to_commit = changed_days
-            .map(SinkMessage::ChangedPartition)
-            .concat(other_messages)
+        let day_changes = key_changes.flat_map(|change| {
+            let removed = change.old.map(|old| DayChange::Remove { day: old.rating_date, key: change.key });
+            let inserted = change.new.map(|new| DayChange::Insert { day: new.rating_date, key: change.key, row: new });
+            removed.into_iter().chain(inserted)
+        });
+        let curated_files = writer.build(day_changes.concat(seeds));
+        let to_commit = sink_messages
             .concat(curated_files)
             .concat(rule_rejections.map(|rejection| SinkMessage::Rejected(*rejection)));
         committer.build(to_commit).probe_with(&probe);
@@ -165,16 +168,21 @@ pub fn feed_seeds(
 ) {
     let (index, peers) = (worker.index(), worker.peers());
     let mut seeds = Vec::new();
-    let seeded = runtime.block_on(read_tasks(curated, share_of(seed_tasks, index, peers), |batch| {
-        curated_from_batch(&batch, &mut seeds)?;
-        for (key, row) in seeds.drain(..) {
-            input.send(SourceRecord::Seed(key, row));
+    // One task (one data file) at a time: every seed carries the path of the file holding it.
+    for task in share_of(seed_tasks, index, peers) {
+        let file: Arc<str> = Arc::from(task.data_file_path.as_str());
+        let seeded = runtime.block_on(read_tasks(curated, vec![task], |batch| {
+            curated_from_batch(&batch, &mut seeds)?;
+            for (key, row) in seeds.drain(..) {
+                input.send(SourceRecord::Seed(key, row, file.clone()));
+            }
+            worker.step();
+            Ok(())
+        }));
+        if let Err(error) = seeded {
+            failure.set(error);
+            break;
         }
-        worker.step();
-        Ok(())
-    }));
-    if let Err(error) = seeded {
-        failure.set(error);
     }
     input.advance_to(1);
     worker.step_while(|| probe.less_than(input.time()));

@@ -8,7 +8,7 @@
 //!                                                 │                                   │ ±rows per epoch
 //!                                                 │                                   ▼
 //!                                                 │                 curated writer (every worker: its keys
-//!                                                 │                 of each changed rating_date → Parquet)
+//!                                                 │                 new rows + rewritten dirty files → Parquet)
 //!                                                 ▼                                   ▼
 //!                                          commit (worker 0): Overwrite snapshot per table, CAS on the catalog
 //! ```

@@ -3,10 +3,9 @@
 //! Per completed epoch and key: the row that left (`-1`) and the row that arrived (`+1`). Rows equal
 //! in every stored column (they differ only in `Origin`) cancel: a seed replaced by its own
 //! re-processed record with the same derived values is no change. Late updates (`+1`) become
-//! rejections. Each changed partition (the old row's and the new row's `rating_date`) is announced
-//! once per worker and epoch.
+//! rejections.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +27,7 @@ pub struct KeyChange {
     pub new: Option<Candidate>,
 }
 
-/// What this stage emits: key changes for the writer, partitions and rejections for the commit.
+/// What this stage emits: key changes for the writer, rejections for the commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Change {
     Key(KeyChange),
@@ -67,7 +66,6 @@ pub fn net_changes<'scope>(
                 }
                 let (capability, mut updates) = pending.pop_first().expect("first entry exists").1;
                 let mut session = output.session(&capability);
-                let mut days = BTreeSet::new();
                 // Group by key by sorting in place: no per-epoch hash map of millions of entries.
                 updates.sort_unstable_by_key(|((key, _), _)| *key);
                 let mut updates = updates.into_iter().peekable();
@@ -103,12 +101,8 @@ pub fn net_changes<'scope>(
                             }
                             _ => counters.updated.fetch_add(1, Relaxed),
                         };
-                        days.extend(old.iter().chain(new.iter()).map(|row| row.rating_date));
                     }
                     session.give(Change::Key(KeyChange { key, old, new }));
-                }
-                for day in days {
-                    session.give(Change::Sink(SinkMessage::ChangedPartition(day)));
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! The commit step, on worker 0: once an epoch is complete everywhere, one snapshot per table (see
-//! [`CommitMode`]): the curated table's is an Overwrite (the changed partitions' old files out, the
-//! workers' new files in).
+//! [`CommitMode`]): the curated table's removes the data files the writers rewrote and adds their
+//! new files (an Overwrite, or an Append when the epoch only added rows).
 //!
 //! Later epochs are not committed after a failure: their changes build on the failed one.
 //!
@@ -57,7 +57,7 @@ impl CommitStats {
 /// How an epoch lands in the tables.
 #[derive(Clone)]
 pub enum CommitMode {
-    /// Curated: the changed partitions replaced. Rejected: the epoch's `ingestion_date` partitions
+    /// Curated: the writers' file change. Rejected: the epoch's `ingestion_date` partitions
     /// replaced, so replaying the same days never records a rejection twice. Both carry the replay
     /// cursor (the last ingestion date reflected).
     Replay,
@@ -92,8 +92,23 @@ pub struct Committer {
 #[derive(Default)]
 struct EpochInput {
     files: Vec<DataFile>,
-    changed: BTreeSet<i32>,
+    removed: Vec<String>,
     rejections: Vec<Rejection>,
+}
+
+impl EpochInput {
+    /// The curated change, or `None` when the epoch changed no curated row.
+    fn curated_change(&mut self, properties: BTreeMap<String, String>) -> Option<FileChange> {
+        if self.files.is_empty() && self.removed.is_empty() {
+            return None;
+        }
+        Some(FileChange {
+            remove: std::mem::take(&mut self.removed),
+            add: std::mem::take(&mut self.files),
+            guarded_partitions: BTreeSet::new(),
+            properties,
+        })
+    }
 }
 
 impl Committer {
@@ -112,9 +127,7 @@ impl Committer {
                         for message in batch.drain(..) {
                             match message {
                                 SinkMessage::CuratedFile(file) => epoch.files.push(file.0),
-                                SinkMessage::ChangedPartition(day) => {
-                                    epoch.changed.insert(day);
-                                }
+                                SinkMessage::RemovedFile(path) => epoch.removed.push(path),
                                 SinkMessage::Rejected(rejection) => epoch.rejections.push(rejection),
                             }
                         }
@@ -183,7 +196,7 @@ impl Committer {
         Ok(files)
     }
 
-    async fn commit_replay(&self, epoch: u64, meta: EpochMeta, input: EpochInput) -> Result<()> {
+    async fn commit_replay(&self, epoch: u64, meta: EpochMeta, mut input: EpochInput) -> Result<()> {
         let Some(days) = meta.days else {
             return Err(crate::Error::Internal(format!("epoch {epoch} has no ingestion dates")));
         };
@@ -191,13 +204,10 @@ impl Committer {
             (REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last)),
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
         ]);
-        if !input.changed.is_empty() {
-            let committed =
-                replace_partitions(&self.lakehouse, &self.curated, input.changed, input.files, properties.clone(), self.options)
-                    .await?;
-            if let Some(committed) = committed {
-                self.note(&committed, true);
-            }
+        if let Some(change) = input.curated_change(properties.clone()) {
+            let curated = self.lakehouse.load(&self.curated).await?;
+            let committed = commit(&self.lakehouse, curated, change, self.options).await?;
+            self.note(&committed, true);
         }
         let mut rejections = input.rejections;
         rejections.sort_by_key(|r| r.event.position());
@@ -218,7 +228,7 @@ impl Committer {
         positions: &mut Resume,
         epoch: u64,
         meta: EpochMeta,
-        input: EpochInput,
+        mut input: EpochInput,
     ) -> Result<()> {
         if meta.records == 0 {
             // Nothing was read: no table moves, no snapshot.
@@ -273,8 +283,7 @@ impl Committer {
         // Rejections of records the rejected table already holds (a restart re-reads from the
         // table furthest behind) are dropped here.
         let held = &stream.resume.rejected;
-        let mut rejections: Vec<Rejection> = input
-            .rejections
+        let mut rejections: Vec<Rejection> = std::mem::take(&mut input.rejections)
             .into_iter()
             .filter(|r| r.event.source_offset >= held.get(&r.event.source_partition).copied().unwrap_or(0))
             .collect();
@@ -297,27 +306,16 @@ impl Committer {
 
         let before = positions.curated.clone();
         advance(&mut positions.curated);
-        if input.changed.is_empty() && before == positions.curated {
-            return Ok(());
-        }
-        let done = timer("curated");
         let properties = properties(&positions.curated, meta.days);
-        let committed = if input.changed.is_empty() {
-            // Only duplicates or rejections: the position still has to move.
-            let curated = self.lakehouse.load(&self.curated).await?;
-            commit(&self.lakehouse, curated, FileChange { properties, ..Default::default() }, self.options).await?
-        } else {
-            let replaced =
-                replace_partitions(&self.lakehouse, &self.curated, input.changed, input.files, properties.clone(), self.options)
-                    .await?;
-            match replaced {
-                Some(committed) => committed,
-                None => {
-                    let curated = self.lakehouse.load(&self.curated).await?;
-                    commit(&self.lakehouse, curated, FileChange { properties, ..Default::default() }, self.options).await?
-                }
-            }
+        // Only duplicates or rejections: no rows change, but the position still has to move.
+        let change = match input.curated_change(properties.clone()) {
+            Some(change) => change,
+            None if before == positions.curated => return Ok(()),
+            None => FileChange { properties, ..Default::default() },
         };
+        let done = timer("curated");
+        let curated = self.lakehouse.load(&self.curated).await?;
+        let committed = commit(&self.lakehouse, curated, change, self.options).await?;
         self.note(&committed, true);
         done();
         fail::fail_point!("stream-after-curated-commit");

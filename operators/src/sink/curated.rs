@@ -1,23 +1,57 @@
-//! The curated writer: every worker holds the live partitions' rows of its keys and, when an epoch
-//! completes, writes its share of every partition that changed anywhere (the union arrives by
-//! broadcast), so the commit can drop all old files of those partitions.
+//! The curated writer: copy-on-write at data-file granularity, so a commit's cost follows the
+//! change, not the table.
 //!
-//! Partitions older than `latest ingestion date - lateness` can no longer change; they leave
-//! memory, which therefore follows the lateness window and not the table's history.
+//! Every `rating_date` partition lives on one worker (changes are exchanged by day), which holds
+//! the partition's live rows and, for each, the data file it sits in. When an epoch completes:
+//!
+//! - a **new key** is written into a new file; no old file is touched;
+//! - an **update** (a key's row superseded, possibly moving to another day) makes the file that
+//!   held the old row dirty: that file is removed and its surviving rows are written again,
+//!   together with the partition's new rows, into new files;
+//! - a **duplicate** (the same values again) is no change at all (the net-change stage drops it).
+//!
+//! So a stream epoch that adds rows to today's partition appends one small file per partition it
+//! touched, and an update rewrites only the files that held superseded rows. Small files are left
+//! to compaction.
+//!
+//! Epoch 0 carries the seeds: the curated rows inside the lateness window, each with the path of
+//! the file it was read from; they only build the state. Partitions older than
+//! `latest ingestion date - lateness` can no longer change and leave memory, which therefore
+//! follows the lateness window and not the table's history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use iceberg::table::Table;
-use timely::dataflow::channels::pact::Pipeline;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
 
 use crate::model::Candidate;
 use crate::schema::{arrow_schema, curated_to_batch};
-use crate::sink::changes::KeyChange;
 use crate::sink::{EpochLog, Failure, LocalDataFile, SinkMessage};
 use crate::writer::write_partition;
+
+/// One change to one curated partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DayChange {
+    /// A row already in the table, in data file `file` (epoch 0).
+    Seed { day: i32, key: u128, row: Candidate, file: Arc<str> },
+    /// The key's row leaves the partition.
+    Remove { day: i32, key: u128 },
+    /// The key's new row enters the partition.
+    Insert { day: i32, key: u128, row: Candidate },
+}
+
+impl DayChange {
+    pub fn day(&self) -> i32 {
+        match self {
+            DayChange::Seed { day, .. } | DayChange::Remove { day, .. } | DayChange::Insert { day, .. } => *day,
+        }
+    }
+}
 
 pub struct CuratedWriter {
     pub table: Table,
@@ -30,91 +64,152 @@ pub struct CuratedWriter {
     pub lateness_days: i32,
 }
 
-struct PendingEpoch {
-    capability: Capability<u64>,
-    changes: Vec<KeyChange>,
-    changed: BTreeSet<i32>,
+/// Data file paths, interned: rows refer to their file by a 4-byte id.
+#[derive(Default)]
+struct Files {
+    paths: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32>,
 }
 
-impl PendingEpoch {
-    fn new(capability: Capability<u64>) -> Self {
-        PendingEpoch { capability, changes: Vec::new(), changed: BTreeSet::new() }
+impl Files {
+    fn id(&mut self, path: &Arc<str>) -> u32 {
+        if let Some(id) = self.ids.get(path) {
+            return *id;
+        }
+        let id = self.paths.len() as u32;
+        self.paths.push(path.clone());
+        self.ids.insert(path.clone(), id);
+        id
     }
 }
 
+/// A partition's live rows: the row and the file holding it (`None`: not written yet).
+type Partition = HashMap<u128, (Candidate, Option<u32>)>;
+
 impl CuratedWriter {
-    pub fn build<'scope>(
-        self,
-        changes: StreamVec<'scope, u64, KeyChange>,
-        changed_days: StreamVec<'scope, u64, i32>,
-    ) -> StreamVec<'scope, u64, SinkMessage> {
-        changes.binary_frontier(changed_days, Pipeline, Pipeline, "CuratedWriter", move |_capability, _info| {
-            let mut live: BTreeMap<i32, BTreeMap<u128, Candidate>> = BTreeMap::new();
-            let mut pending: BTreeMap<u64, PendingEpoch> = BTreeMap::new();
-            move |(changes, changes_frontier), (days, days_frontier), output| {
-                // An epoch without local changes still has to write this worker's share of the
-                // partitions other workers changed, so both inputs can open an epoch.
-                changes.for_each_time(|time, data| {
-                    let epoch = pending.entry(*time.time()).or_insert_with(|| PendingEpoch::new(time.retain(0)));
+    pub fn build<'scope>(self, changes: StreamVec<'scope, u64, DayChange>) -> StreamVec<'scope, u64, SinkMessage> {
+        let exchange = Exchange::new(|change: &DayChange| change.day() as u64);
+        changes.unary_frontier(exchange, "CuratedWriter", move |_capability, _info| {
+            let mut partitions: BTreeMap<i32, Partition> = BTreeMap::new();
+            let mut files = Files::default();
+            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DayChange>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_time(|time, data| {
+                    let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
                     for batch in data {
-                        epoch.changes.append(batch);
-                    }
-                });
-                days.for_each_time(|time, data| {
-                    let epoch = pending.entry(*time.time()).or_insert_with(|| PendingEpoch::new(time.retain(0)));
-                    for batch in data {
-                        epoch.changed.extend(batch.drain(..));
+                        entry.1.append(batch);
                     }
                 });
                 while let Some((&time, _)) = pending.first_key_value() {
-                    if changes_frontier.less_equal(&time) || days_frontier.less_equal(&time) {
+                    if frontier.less_equal(&time) {
                         break;
                     }
-                    let PendingEpoch { capability, changes: updates, changed } = pending.pop_first().expect("first entry exists").1;
-                    for change in &updates {
-                        if let Some(old) = &change.old
-                            && let Some(partition) = live.get_mut(&old.rating_date)
-                        {
-                            partition.remove(&change.key);
+                    let (capability, changes) = pending.pop_first().expect("first entry exists").1;
+                    let mut dirty: BTreeMap<i32, BTreeSet<u32>> = BTreeMap::new();
+                    let mut touched: BTreeSet<i32> = BTreeSet::new();
+                    // Removes before inserts: a key updated within one partition is both.
+                    let (inserts, others): (Vec<DayChange>, Vec<DayChange>) =
+                        changes.into_iter().partition(|c| matches!(c, DayChange::Insert { .. }));
+                    for change in others {
+                        match change {
+                            DayChange::Seed { day, key, row, file } => {
+                                let id = files.id(&file);
+                                partitions.entry(day).or_default().insert(key, (row, Some(id)));
+                            }
+                            // Epoch 0's removes and inserts are the seeds again, as the upsert saw them.
+                            DayChange::Remove { .. } if time == 0 => {}
+                            DayChange::Remove { day, key } => {
+                                if let Some((_, file)) = partitions.get_mut(&day).and_then(|p| p.remove(&key)) {
+                                    touched.insert(day);
+                                    if let Some(file) = file {
+                                        dirty.entry(day).or_default().insert(file);
+                                    }
+                                }
+                            }
+                            DayChange::Insert { .. } => unreachable!("inserts were split off"),
                         }
                     }
-                    for change in updates {
-                        if let Some(new) = change.new {
-                            live.entry(new.rating_date).or_default().insert(change.key, new);
-                        }
-                    }
-                    if time == 0 || changed.is_empty() || self.failure.is_set() {
+                    if time == 0 {
                         continue;
                     }
-                    let written = self.write(&live, &changed);
-                    match written {
-                        Ok(files) => {
-                            let mut session = output.session(&capability);
-                            for file in files {
-                                session.give(SinkMessage::CuratedFile(LocalDataFile(file)));
+                    for change in inserts {
+                        if let DayChange::Insert { day, key, row } = change {
+                            partitions.entry(day).or_default().insert(key, (row, None));
+                            touched.insert(day);
+                        }
+                    }
+                    if self.failure.is_set() {
+                        continue;
+                    }
+                    let mut session = output.session(&capability);
+                    for day in touched {
+                        let no_files = BTreeSet::new();
+                        let dirty_files = dirty.get(&day).unwrap_or(&no_files);
+                        let partition = partitions.entry(day).or_default();
+                        match self.rewrite(day, partition, dirty_files, &mut files) {
+                            Ok(written) => {
+                                for file in dirty_files {
+                                    session.give(SinkMessage::RemovedFile(files.paths[*file as usize].to_string()));
+                                }
+                                for file in written {
+                                    session.give(SinkMessage::CuratedFile(LocalDataFile(file)));
+                                }
+                            }
+                            Err(error) => {
+                                self.failure.set(error);
+                                break;
                             }
                         }
-                        Err(error) => self.failure.set(error),
                     }
                     if let Some(days) = self.epochs.days(time) {
                         // Later epochs ingest after `days.last`: older partitions cannot change.
                         let frozen_before = days.last - self.lateness_days;
-                        live.retain(|&partition, _| partition >= frozen_before);
+                        partitions.retain(|&day, _| day >= frozen_before);
                     }
                 }
             }
         })
     }
 
-    fn write(&self, live: &BTreeMap<i32, BTreeMap<u128, Candidate>>, changed: &BTreeSet<i32>) -> crate::Result<Vec<iceberg::spec::DataFile>> {
-        let schema = arrow_schema(self.table.metadata().current_schema())?;
-        let mut files = Vec::new();
-        for day in changed {
-            let Some(rows) = live.get(day).filter(|rows| !rows.is_empty()) else { continue };
-            let batch = curated_to_batch(&schema, rows.iter())?;
-            let prefix = format!("w{}", self.worker);
-            files.extend(self.runtime.block_on(write_partition(&self.table, *day, [batch], self.target_file_size, &prefix))?);
+    /// Writes the partition's unwritten rows and the survivors of its dirty files into new files,
+    /// and points those rows at them.
+    fn rewrite(
+        &self,
+        day: i32,
+        partition: &mut Partition,
+        dirty: &BTreeSet<u32>,
+        files: &mut Files,
+    ) -> crate::Result<Vec<iceberg::spec::DataFile>> {
+        let mut keys: Vec<u128> = partition
+            .iter()
+            .filter(|(_, (_, file))| file.is_none_or(|f| dirty.contains(&f)))
+            .map(|(key, _)| *key)
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(files)
+        keys.sort_unstable();
+        let schema = arrow_schema(self.table.metadata().current_schema())?;
+        let batch = curated_to_batch(&schema, keys.iter().map(|key| (key, &partition[key].0)))?;
+        let prefix = format!("w{}", self.worker);
+        let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
+        // The rolling writer fills files in row order: the first file's `record_count` rows, then
+        // the next file's.
+        let mut rows = keys.iter();
+        for file in &written {
+            let id = files.id(&Arc::from(file.file_path()));
+            for key in rows.by_ref().take(file.record_count() as usize) {
+                if let Some(slot) = partition.get_mut(key) {
+                    slot.1 = Some(id);
+                }
+            }
+        }
+        if rows.next().is_some() {
+            return Err(crate::Error::Internal(format!(
+                "the writer's files for rating_date={} hold fewer rows than were written",
+                crate::model::format_date(day)
+            )));
+        }
+        Ok(written)
     }
 }

@@ -4,24 +4,23 @@
 //!  upsert output (per worker: its keys)
 //!        │
 //!        ▼
-//!  net changes per epoch ──► changed rating_date partitions ──┬─► broadcast ─┐
-//!  (old row, new row) per key,                                 │             │
-//!  late updates → rejections                                   │             ▼
-//!        │                                                     │   curated writer (every worker):
-//!        └────────────────────────────────────────────────────────►  applies changes to the live
-//!                                                              │   partitions it holds, then writes
-//!                                                              │   its rows of every changed
-//!                                                              │   partition as Parquet
-//!                                                              ▼             │
-//!  rejections (rules, late updates) ─────────────────────► commit (worker 0) ◄┘
-//!                                                          curated: replace changed partitions
-//!                                                          rejected: replace the epoch's partition
+//!  net changes per epoch: (old row, new row) per key; late updates → rejections
+//!        │ old row → Remove(day), new row → Insert(day); seeds → Seed(day, file)
+//!        ▼ exchange(rating_date)
+//!  curated writer (the worker owning each partition): new rows → a new file; a file holding a
+//!  superseded row is dirty → removed, its surviving rows written again with the new rows
+//!        │ files added, files removed
+//!        ▼
+//!  commit (worker 0) ◄── rejections (rules, late updates)
+//!   curated: one snapshot removing the dirty files and adding the new ones
+//!   rejected: replay replaces the epoch's ingestion_date partitions; stream appends
 //! ```
 //!
-//! A partition is rewritten whole: its current rows are all in memory (they are inside the
-//! lateness window, or they could not change), so nothing is read back from storage. Rows that
-//! only differ in how they were obtained (a reloaded row and its re-processed record with the same
-//! values) are not a change, so re-running a replay commits nothing to curated.
+//! Every live row of a partition that can still change is in memory (it is inside the lateness
+//! window, or it could not change), with the file it sits in, so nothing is read back from
+//! storage. Rows that only differ in how they were obtained (a reloaded row and its re-processed
+//! record with the same values) are not a change, so re-running a replay commits nothing to
+//! curated.
 
 pub mod changes;
 pub mod committer;
@@ -119,8 +118,8 @@ impl EpochLog {
 pub enum SinkMessage {
     /// A curated data file written for one of the changed partitions.
     CuratedFile(LocalDataFile),
-    /// A curated partition whose content changed in this epoch.
-    ChangedPartition(i32),
+    /// A curated data file the epoch's new files replace.
+    RemovedFile(String),
     /// A record to write to the rejected table.
     Rejected(Rejection),
 }
