@@ -58,6 +58,9 @@ bench: ## Criterion benchmarks (replay path on 1M generated events)
 bench-replay: build ## Whole-process timing of --mode replay on 10M events (release)
 	bash benches/replay_10m.sh
 
+bench-stream: build ## Stream throughput against a bare librdkafka consumer, and produce-to-snapshot freshness
+	bash benches/stream.sh
+
 clean: ## Remove build output, the demo lakehouse, broker state and the Python environment
 	bash scripts/kafka.sh down >/dev/null 2>&1 || true
 	$(CARGO) clean
