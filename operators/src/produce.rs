@@ -45,6 +45,9 @@ pub struct ProduceSettings {
     /// Stamp records with the time they are sent instead of the generator's ingestion time
     /// (for measuring freshness).
     pub stamp_now: bool,
+    /// Frame with this registered schema id instead of registering the writer schema (works
+    /// while the registry is down).
+    pub schema_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,9 +101,14 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
         .enable_all()
         .build()
         .context(|| "starting the I/O runtime".into())?;
-    let registry = RegistryClient::new(&settings.registry_url, Duration::from_secs(10))?;
-    let subject = format!("{}-value", settings.kafka.topic);
-    let schema_id = runtime.block_on(registry.register(&subject, &settings.writer_schema.canonical_form()))?;
+    let schema_id = match settings.schema_id {
+        Some(id) => id,
+        None => {
+            let registry = RegistryClient::new(&settings.registry_url, Duration::from_secs(10))?;
+            let subject = format!("{}-value", settings.kafka.topic);
+            runtime.block_on(registry.register(&subject, &settings.writer_schema.canonical_form()))?
+        }
+    };
 
     let mut config = settings.kafka.producer_config();
     config

@@ -132,6 +132,10 @@ pub struct ProduceArgs {
     /// Stamp records with the send time instead of the generated ingestion time (to measure freshness).
     #[arg(long)]
     pub stamp_now: bool,
+    /// Frame records with this already registered schema id instead of registering --writer-schema
+    /// (no registry call: works while the registry is down).
+    #[arg(long)]
+    pub schema_id: Option<u32>,
     #[command(flatten)]
     pub mix: MixArgs,
 }
@@ -420,6 +424,7 @@ fn produce(graph: &Graph, args: ProduceArgs) -> Result<()> {
         malformed: args.malformed,
         rate: args.rate,
         stamp_now: args.stamp_now,
+        schema_id: args.schema_id,
     };
     let bar = progress_bar(args.count, "producing", false);
     let summary = operators::produce::produce(settings, |sent| bar.set_position(sent))?;
