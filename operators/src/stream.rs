@@ -252,6 +252,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                     worker.step();
                 }
             }
+            meta.closed = Some(Instant::now());
             worker_records.fetch_add(meta.records, Ordering::Relaxed);
             if let Some(metrics) = &metrics {
                 metrics.records("source").inc_by(meta.records);

@@ -143,6 +143,8 @@ impl Committer {
                         continue;
                     }
                     let started = Instant::now();
+                    let (records, closed) = (meta.records, meta.closed);
+                    let (added, removed, rejections) = (epoch.files.len(), epoch.removed.len(), epoch.rejections.len());
                     let committed = match (&self.mode, positions.as_mut()) {
                         (CommitMode::Stream(stream), Some(positions)) => {
                             self.runtime.block_on(self.commit_stream(stream, positions, time, meta, epoch))
@@ -153,6 +155,18 @@ impl Committer {
                         Ok(()) => {
                             if let Some(metrics) = &self.metrics {
                                 metrics.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
+                            }
+                            if records > 0 {
+                                tracing::info!(
+                                    epoch = time,
+                                    records,
+                                    rejections,
+                                    curated_files_added = added,
+                                    curated_files_removed = removed,
+                                    commit_seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+                                    since_close_seconds = closed.map(|c| format!("{:.3}", c.elapsed().as_secs_f64())),
+                                    "epoch committed"
+                                );
                             }
                             output.session(&capability).give(time)
                         }

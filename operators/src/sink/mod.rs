@@ -77,6 +77,8 @@ pub struct EpochMeta {
     pub raw_files: Vec<DataFile>,
     /// Records the drivers read in this epoch.
     pub records: u64,
+    /// Stream: when the first worker closed the epoch (for the epoch's latency in the logs).
+    pub closed: Option<std::time::Instant>,
 }
 
 impl EpochMeta {
@@ -87,6 +89,10 @@ impl EpochMeta {
         self.offsets.extend(other.offsets);
         self.raw_files.extend(other.raw_files);
         self.records += other.records;
+        self.closed = match (self.closed, other.closed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
