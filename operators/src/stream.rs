@@ -235,21 +235,25 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
             let mut raw_rows = Vec::new();
-            let mut since_step = 0;
+            let mut since_step = 0u32;
             while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
-                let Some(event) = source.next(&mut meta, &mut raw_rows, &shared.failure) else {
-                    worker.step();
-                    if shared.failure.is_set() {
-                        break;
-                    }
-                    continue;
-                };
-                last_record_ms.store(now_ms(), Ordering::Relaxed);
-                input.send(SourceRecord::Raw(event));
-                since_step += 1;
-                if since_step == 1024 {
+                // Drain what the consumer has buffered, then look at the clock and the dataflow again.
+                let mut drained = 0;
+                while drained < 256 {
+                    let Some(event) = source.next(&mut meta, &mut raw_rows, &shared.failure) else { break };
+                    input.send(SourceRecord::Raw(event));
+                    drained += 1;
+                }
+                if drained > 0 {
+                    last_record_ms.store(now_ms(), Ordering::Relaxed);
+                }
+                since_step += drained;
+                if drained < 256 || since_step >= 4096 {
                     since_step = 0;
                     worker.step();
+                }
+                if shared.failure.is_set() {
+                    break;
                 }
             }
             meta.closed = Some(Instant::now());
