@@ -96,6 +96,20 @@ pub fn partition_day(file: &DataFile) -> Option<i32> {
     }
 }
 
+/// The value of summary property `key` in the newest snapshot of the current branch that has it.
+/// Snapshots without it (another writer's, or a mode that does not record it) are passed over.
+pub fn newest_property(table: &Table, key: &str) -> Option<String> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot().cloned();
+    while let Some(current) = snapshot {
+        if let Some(value) = current.summary().additional_properties.get(key) {
+            return Some(value.clone());
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    None
+}
+
 /// Every live data file of the table's current snapshot.
 pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
     let Some(snapshot) = table.metadata().current_snapshot() else {

@@ -16,11 +16,12 @@
 //! The driver feeds one epoch, advances its input and waits on the probe until the committer has
 //! committed that epoch, so a failed commit stops the run before anything builds on it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use differential_dataflow::AsCollection;
+use iceberg::TableIdent;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 use timely::container::CapacityContainerBuilder;
@@ -32,12 +33,16 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
+use crate::catalog::Lakehouse;
+use crate::commit::CommitOptions;
+use crate::error::{Context, Error, Result};
+use crate::metrics::Metrics;
 use crate::model::{Candidate, RawEvent, RejectReason, Rejection, format_date};
 use crate::reader::read_tasks;
 use crate::rules::Rules;
 use crate::schema::curated_from_batch;
 use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
-use crate::sink::committer::Committer;
+use crate::sink::committer::{CommitMode, CommitStats, Committer};
 use crate::sink::curated::{CuratedWriter, DayChange};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
@@ -93,16 +98,52 @@ fn evaluate(record: SourceRecord, time: u64, context: &RulesContext) -> Option<E
     }
 }
 
+/// Where the dataflow's output goes: the same for every worker of a run.
+#[derive(Clone)]
+pub struct Sinks {
+    pub lakehouse: Arc<Lakehouse>,
+    pub curated_ident: TableIdent,
+    pub curated: Table,
+    pub rejected: Table,
+    pub runtime: tokio::runtime::Handle,
+    pub mode: CommitMode,
+    pub options: CommitOptions,
+    pub target_file_size: usize,
+    /// The topic late updates are attributed to in the rejected table.
+    pub topic: Arc<str>,
+    pub stats: Arc<CommitStats>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// The input a driver feeds.
+pub type Input = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
+
 /// Builds the dataflow on `worker`: rules → upsert → net changes → curated writer → committer.
 /// Returns the input the driver feeds and the probe that tells which epochs are committed.
-pub fn build(
-    worker: &mut Worker,
-    context: RulesContext,
-    topic: Arc<str>,
-    counters: Arc<UpsertCounters>,
-    writer: CuratedWriter,
-    committer: Committer,
-) -> (InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>, ProbeHandle<u64>) {
+pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks: &Sinks) -> (Input, ProbeHandle<u64>) {
+    let writer = CuratedWriter {
+        table: sinks.curated.clone(),
+        runtime: sinks.runtime.clone(),
+        target_file_size: sinks.target_file_size,
+        worker: worker.index(),
+        failure: shared.failure.clone(),
+        epochs: shared.epochs.clone(),
+        lateness_days: context.rules.lateness_days,
+    };
+    let committer = Committer {
+        lakehouse: sinks.lakehouse.clone(),
+        curated: sinks.curated_ident.clone(),
+        rejected: sinks.rejected.clone(),
+        runtime: sinks.runtime.clone(),
+        epochs: shared.epochs.clone(),
+        mode: sinks.mode.clone(),
+        options: sinks.options,
+        target_file_size: sinks.target_file_size,
+        stats: sinks.stats.clone(),
+        metrics: sinks.metrics.clone(),
+        failure: shared.failure.clone(),
+    };
+    let (topic, counters) = (sinks.topic.clone(), shared.counters.clone());
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();
     let probe = ProbeHandle::new();
     let lateness_days = context.rules.lateness_days;
@@ -159,7 +200,7 @@ pub fn share_of(tasks: &[FileScanTask], index: usize, peers: usize) -> Vec<FileS
 /// then waits until every worker's seeds are in the upsert.
 pub fn feed_seeds(
     worker: &mut Worker,
-    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>,
+    input: &mut Input,
     probe: &ProbeHandle<u64>,
     curated: &Table,
     seed_tasks: &[FileScanTask],
@@ -195,4 +236,73 @@ pub struct Shared {
     pub epochs: EpochLog,
     pub counters: Arc<UpsertCounters>,
     pub accepted: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub fn outcome(&self, stats: &CommitStats) -> Outcome {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Outcome {
+            accepted: load(&self.accepted),
+            inserted: load(&self.counters.inserted),
+            updated: load(&self.counters.updated),
+            moved: load(&self.counters.moved),
+            rejected: stats.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
+            raw_snapshots: load(&stats.raw_snapshots),
+            curated_snapshots: load(&stats.curated_snapshots),
+            rejected_snapshots: load(&stats.rejected_snapshots),
+            curated_files_added: load(&stats.curated_files_added),
+            curated_files_removed: load(&stats.curated_files_removed),
+            commit_retries: load(&stats.commit_retries),
+        }
+    }
+}
+
+/// What a run did to the tables, in either mode.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Input records that passed the rules and the late cut and entered the upsert.
+    pub accepted: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub moved: u64,
+    pub rejected: BTreeMap<RejectReason, u64>,
+    pub raw_snapshots: u64,
+    pub curated_snapshots: u64,
+    pub rejected_snapshots: u64,
+    pub curated_files_added: u64,
+    pub curated_files_removed: u64,
+    pub commit_retries: u64,
+}
+
+impl Outcome {
+    pub fn late(&self) -> u64 {
+        self.rejected.iter().filter(|(r, _)| r.is_late()).map(|(_, n)| n).sum()
+    }
+
+    pub fn invalid(&self) -> u64 {
+        self.rejected.iter().filter(|(r, _)| !r.is_late()).map(|(_, n)| n).sum()
+    }
+}
+
+/// Runs `logic` on `workers` timely worker threads of this process and returns the first error
+/// any operator parked in `shared.failure`.
+pub fn execute(workers: usize, shared: &Shared, logic: impl Fn(&mut Worker) + Send + Sync + 'static) -> Result<()> {
+    let guards = timely::execute(timely::Config::process(workers.max(1)), logic)
+        .map_err(|e| Error::Internal(format!("starting the dataflow workers: {e}")))?;
+    for result in guards.join() {
+        result.map_err(|e| Error::Internal(format!("a dataflow worker panicked: {e}")))?;
+    }
+    match shared.failure.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The tokio runtime the operators block on for Iceberg and registry I/O.
+pub fn io_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context(|| "starting the I/O runtime".into())
 }

@@ -6,7 +6,6 @@
 //! memory holds one raw partition at a time plus the upsert state, and a failed commit stops the
 //! run before anything builds on it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,14 +14,12 @@ use iceberg::TableIdent;
 
 use crate::catalog::{CatalogSettings, Lakehouse};
 use crate::commit::CommitOptions;
-use crate::dataflow::{self, RulesContext, Shared, SourceRecord};
-use crate::error::{Context, Error, Result};
-use crate::model::RejectReason;
+use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
+use crate::error::{Error, Result};
 use crate::reader::read_tasks;
 use crate::rules::Rules;
 use crate::schema::raw_from_batch;
-use crate::sink::committer::{CommitMode, CommitStats, Committer};
-use crate::sink::curated::CuratedWriter;
+use crate::sink::committer::{CommitMode, CommitStats};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::raw::plan_replay;
 
@@ -62,29 +59,11 @@ pub struct ReplaySummary {
     pub seeded_rows: u64,
     pub frozen_keys: u64,
     pub events_read: u64,
-    /// Raw records that passed the rules and the late cut and entered the upsert.
-    pub accepted: u64,
-    pub inserted: u64,
-    pub updated: u64,
-    pub moved: u64,
-    pub rejected: BTreeMap<RejectReason, u64>,
-    pub curated_snapshots: u64,
-    pub rejected_snapshots: u64,
-    pub curated_files_added: u64,
-    pub curated_files_removed: u64,
-    pub commit_retries: u64,
+    pub outcome: Outcome,
     pub elapsed: Duration,
 }
 
 impl ReplaySummary {
-    pub fn late(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| r.is_late()).map(|(_, n)| n).sum()
-    }
-
-    pub fn invalid(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| !r.is_late()).map(|(_, n)| n).sum()
-    }
-
     pub fn events_per_second(&self) -> f64 {
         self.events_read as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -92,11 +71,7 @@ impl ReplaySummary {
 
 pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Result<ReplaySummary> {
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context(|| "starting the I/O runtime".into())?;
+    let runtime = dataflow::io_runtime()?;
     let (lakehouse, raw, curated, rejected, mut plan) = runtime.block_on(async {
         let lakehouse = Lakehouse::open(&settings.catalog, false).await?;
         let raw = lakehouse.load(&settings.raw).await?;
@@ -136,18 +111,28 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         frozen_keys: plan.state.frozen.len() as u64,
         ..Default::default()
     };
-    let lakehouse = Arc::new(lakehouse);
     let frozen = Arc::new(std::mem::take(&mut plan.state.frozen));
     let plan = Arc::new(plan);
     let stats = Arc::new(CommitStats::default());
     let events_read = Arc::new(AtomicU64::new(0));
     let handle = runtime.handle().clone();
-    let topic: Arc<str> = Arc::from(settings.topic.as_str());
+    let sinks = Sinks {
+        lakehouse: Arc::new(lakehouse),
+        curated_ident: settings.curated.clone(),
+        curated: curated.clone(),
+        rejected,
+        runtime: handle.clone(),
+        mode: CommitMode::Replay,
+        options: settings.commit,
+        target_file_size: settings.target_file_size,
+        topic: Arc::from(settings.topic.as_str()),
+        stats: stats.clone(),
+        metrics: None,
+    };
 
     let worker_shared = shared.clone();
-    let worker_stats = stats.clone();
     let worker_events = events_read.clone();
-    let guards = timely::execute(timely::Config::process(settings.workers.max(1)), move |worker| {
+    dataflow::execute(settings.workers, &shared, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let context = RulesContext {
@@ -156,29 +141,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             curated_from: None,
             accepted: shared.accepted.clone(),
         };
-        let writer = CuratedWriter {
-            table: curated.clone(),
-            runtime: handle.clone(),
-            target_file_size: settings.target_file_size,
-            worker: index,
-            failure: shared.failure.clone(),
-            epochs: shared.epochs.clone(),
-            lateness_days: settings.rules.lateness_days,
-        };
-        let committer = Committer {
-            lakehouse: lakehouse.clone(),
-            curated: settings.curated.clone(),
-            rejected: rejected.clone(),
-            runtime: handle.clone(),
-            epochs: shared.epochs.clone(),
-            mode: CommitMode::Replay,
-            options: settings.commit,
-            target_file_size: settings.target_file_size,
-            stats: worker_stats.clone(),
-            metrics: None,
-            failure: shared.failure.clone(),
-        };
-        let (mut input, probe) = dataflow::build(worker, context, topic.clone(), shared.counters.clone(), writer, committer);
+        let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
         dataflow::feed_seeds(worker, &mut input, &probe, &curated, &plan.state.seed_tasks, &handle, &shared.failure);
 
         let mut events = Vec::new();
@@ -209,20 +172,9 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         }
         drop(input);
         while worker.step_or_park(None) {}
-    })
-    .map_err(|e| Error::Internal(format!("starting the dataflow workers: {e}")))?;
-    for result in guards.join() {
-        result.map_err(|e| Error::Internal(format!("a dataflow worker panicked: {e}")))?;
-    }
-    if let Some(error) = shared.failure.take() {
-        return Err(error);
-    }
+    })?;
     summary.events_read = events_read.load(Ordering::Relaxed);
-    summary.accepted = shared.accepted.load(Ordering::Relaxed);
-    summary.inserted = shared.counters.inserted.load(Ordering::Relaxed);
-    summary.updated = shared.counters.updated.load(Ordering::Relaxed);
-    summary.moved = shared.counters.moved.load(Ordering::Relaxed);
-    stats.fill(&mut summary);
+    summary.outcome = shared.outcome(&stats);
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

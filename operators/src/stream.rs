@@ -29,15 +29,14 @@ use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::catalog::{CatalogSettings, Lakehouse};
-use crate::commit::{CommitOptions, REPLAY_CURSOR_PROPERTY};
-use crate::dataflow::{self, RulesContext, Shared, SourceRecord};
+use crate::commit::{CommitOptions, REPLAY_CURSOR_PROPERTY, newest_property};
+use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{RawEvent, RejectReason, day_of_millis, parse_date};
+use crate::model::{RawEvent, day_of_millis, parse_date};
 use crate::rules::Rules;
 use crate::schema::{arrow_schema, raw_to_batch};
-use crate::sink::committer::{CommitMode, CommitStats, Committer, StreamCommit};
-use crate::sink::curated::CuratedWriter;
+use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
 use crate::source::kafka::registry::RegistryClient;
@@ -76,41 +75,10 @@ pub struct StreamSummary {
     pub started_at: BTreeMap<i32, Option<i64>>,
     pub seeded_rows: u64,
     pub records_read: u64,
-    pub accepted: u64,
-    pub inserted: u64,
-    pub updated: u64,
-    pub moved: u64,
-    pub rejected: BTreeMap<RejectReason, u64>,
     /// Epochs that read records; each is one commit per table.
     pub epochs: u64,
-    pub raw_snapshots: u64,
-    pub curated_snapshots: u64,
-    pub rejected_snapshots: u64,
-    pub commit_retries: u64,
+    pub outcome: Outcome,
     pub elapsed: Duration,
-}
-
-impl StreamSummary {
-    pub fn late(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| r.is_late()).map(|(_, n)| n).sum()
-    }
-
-    pub fn invalid(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| !r.is_late()).map(|(_, n)| n).sum()
-    }
-}
-
-/// The last ingestion date the curated table reflects, from its newest snapshot that records one.
-fn curated_cursor(table: &iceberg::table::Table) -> Option<i32> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        if let Some(text) = current.summary().additional_properties.get(REPLAY_CURSOR_PROPERTY) {
-            return parse_date(text);
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    None
 }
 
 fn now_ms() -> i64 {
@@ -119,11 +87,7 @@ fn now_ms() -> i64 {
 
 pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context(|| "starting the I/O runtime".into())?;
+    let runtime = dataflow::io_runtime()?;
 
     // Fail fast, before any worker starts, on a broker that cannot be reached or a missing topic.
     let probe_consumer = settings.kafka.consumer()?;
@@ -141,7 +105,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             rejected: committed_offsets(&rejected, topic)?,
             curated: committed_offsets(&curated, topic)?,
         };
-        let state = match (curated.metadata().current_snapshot(), curated_cursor(&curated)) {
+        // The last ingestion date the curated table reflects.
+        let cursor = newest_property(&curated, REPLAY_CURSOR_PROPERTY).and_then(|text| parse_date(&text));
+        let state = match (curated.metadata().current_snapshot(), cursor) {
             (None, _) => StatePlan::default(),
             (Some(_), Some(cursor)) => plan_state(&curated, cursor - settings.rules.lateness_days).await?,
             (Some(_), None) => plan_state(&curated, i32::MIN).await?,
@@ -165,22 +131,32 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     };
 
     let shared = Shared::default();
-    let lakehouse = Arc::new(lakehouse);
     let frozen = Arc::new(state.frozen);
     let seed_tasks = Arc::new(state.seed_tasks);
     let stats = Arc::new(CommitStats::default());
     let records_read = Arc::new(AtomicU64::new(0));
     let last_record_ms = Arc::new(AtomicI64::new(now_ms()));
     let handle = runtime.handle().clone();
-    let topic: Arc<str> = Arc::from(settings.kafka.topic.as_str());
     let curated_from = Arc::new(resume.curated.clone());
     let stream_commit = StreamCommit { raw: settings.raw.clone(), topic: settings.kafka.topic.clone(), resume };
     let partitions = Arc::new(partitions);
+    let sinks = Sinks {
+        lakehouse: Arc::new(lakehouse),
+        curated_ident: settings.curated.clone(),
+        curated: curated.clone(),
+        rejected,
+        runtime: handle.clone(),
+        mode: CommitMode::Stream(stream_commit.clone()),
+        options: settings.commit,
+        target_file_size: settings.target_file_size,
+        topic: Arc::from(settings.kafka.topic.as_str()),
+        stats: stats.clone(),
+        metrics: settings.metrics.clone(),
+    };
 
     let worker_shared = shared.clone();
-    let worker_stats = stats.clone();
     let worker_records = records_read.clone();
-    let guards = timely::execute(timely::Config::process(settings.workers.max(1)), move |worker| {
+    dataflow::execute(settings.workers, &shared, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let metrics = settings.metrics.clone();
@@ -190,33 +166,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             curated_from: Some(curated_from.clone()),
             accepted: shared.accepted.clone(),
         };
-        let writer = CuratedWriter {
-            table: curated.clone(),
-            runtime: handle.clone(),
-            target_file_size: settings.target_file_size,
-            worker: index,
-            failure: shared.failure.clone(),
-            epochs: shared.epochs.clone(),
-            lateness_days: settings.rules.lateness_days,
-        };
-        let committer = Committer {
-            lakehouse: lakehouse.clone(),
-            curated: settings.curated.clone(),
-            rejected: rejected.clone(),
-            runtime: handle.clone(),
-            epochs: shared.epochs.clone(),
-            mode: CommitMode::Stream(stream_commit.clone()),
-            options: settings.commit,
-            target_file_size: settings.target_file_size,
-            stats: worker_stats.clone(),
-            metrics: metrics.clone(),
-            failure: shared.failure.clone(),
-        };
-        let (mut input, probe) = dataflow::build(worker, context, topic.clone(), shared.counters.clone(), writer, committer);
+        let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
         dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &handle, &shared.failure);
 
         let mine: Vec<i32> = partitions.iter().copied().filter(|p| (*p as usize) % peers == index).collect();
-        let source = match PartitionReader::new(&settings, &mine, &stream_commit.resume, &handle, metrics.clone()) {
+        let mut source = match PartitionReader::new(&settings, &mine, &stream_commit.resume, &handle, metrics.clone()) {
             Ok(source) => Some(source),
             Err(error) => {
                 shared.failure.set(error);
@@ -231,7 +185,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             }
         };
         let mut epoch = 1u64;
-        while let Some(source) = source.as_ref().filter(|_| !shared.failure.is_set()) {
+        while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
             let mut raw_rows = Vec::new();
@@ -282,25 +236,10 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         }
         drop(input);
         while worker.step_or_park(None) {}
-    })
-    .map_err(|e| Error::Internal(format!("starting the dataflow workers: {e}")))?;
-    for result in guards.join() {
-        result.map_err(|e| Error::Internal(format!("a dataflow worker panicked: {e}")))?;
-    }
-    if let Some(error) = shared.failure.take() {
-        return Err(error);
-    }
+    })?;
     summary.records_read = records_read.load(Ordering::Relaxed);
-    summary.accepted = shared.accepted.load(Ordering::Relaxed);
-    summary.inserted = shared.counters.inserted.load(Ordering::Relaxed);
-    summary.updated = shared.counters.updated.load(Ordering::Relaxed);
-    summary.moved = shared.counters.moved.load(Ordering::Relaxed);
     summary.epochs = stats.stream_epochs.load(Ordering::Relaxed);
-    summary.raw_snapshots = stats.raw_snapshots.load(Ordering::Relaxed);
-    summary.curated_snapshots = stats.curated_snapshots.load(Ordering::Relaxed);
-    summary.rejected_snapshots = stats.rejected_snapshots.load(Ordering::Relaxed);
-    summary.commit_retries = stats.commit_retries.load(Ordering::Relaxed);
-    summary.rejected = stats.rejected.lock().map(|m| m.clone()).unwrap_or_default();
+    summary.outcome = shared.outcome(&stats);
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -325,7 +264,7 @@ async fn write_raw(
 /// One worker's consumer and decoder.
 struct PartitionReader {
     consumer: BaseConsumer,
-    decoder: std::cell::RefCell<Decoder>,
+    decoder: Decoder,
     topic: String,
     raw_from: Offsets,
     partitions: Vec<i32>,
@@ -365,7 +304,7 @@ impl PartitionReader {
         );
         Ok(PartitionReader {
             consumer,
-            decoder: std::cell::RefCell::new(decoder),
+            decoder,
             topic: settings.kafka.topic.clone(),
             raw_from: resume.raw.clone(),
             partitions: partitions.to_vec(),
@@ -375,7 +314,7 @@ impl PartitionReader {
 
     /// The next record, after noting it in `meta` and, unless the raw table holds it already,
     /// in `raw_rows`. `None` when nothing arrived within a short wait or on a failure (set).
-    fn next(&self, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
+    fn next(&mut self, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
         if self.partitions.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             return None;
@@ -390,7 +329,7 @@ impl PartitionReader {
         let (partition, offset) = (message.partition(), message.offset());
         let ingestion_ts_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let payload = message.payload().unwrap_or_default();
-        let decoded = match self.decoder.borrow_mut().decode(payload) {
+        let decoded = match self.decoder.decode(payload) {
             Ok(decoded) => decoded,
             Err(error) => {
                 failure.set(error);

@@ -354,19 +354,24 @@ fn print_summary(s: &ReplaySummary) {
         s.events_per_second()
     );
     println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
+    print_outcome(&s.outcome);
+}
+
+/// The lines both modes print about what the run did to the tables.
+fn print_outcome(o: &operators::dataflow::Outcome) {
     println!(
         "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another rating_date); {} changed nothing (duplicates, superseded, or already applied)",
-        s.accepted,
-        s.inserted,
-        s.updated,
-        s.moved,
-        s.accepted.saturating_sub(s.inserted + s.updated)
+        o.accepted,
+        o.inserted,
+        o.updated,
+        o.moved,
+        o.accepted.saturating_sub(o.inserted + o.updated)
     );
-    let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
-    println!("  rejected:  {} late, {} invalid [{}]", s.late(), s.invalid(), reasons.join(" "));
+    let reasons: Vec<String> = o.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
+    println!("  rejected:  {} late, {} invalid or unreadable [{}]", o.late(), o.invalid(), reasons.join(" "));
     println!(
-        "  commits:   curated {} snapshots (+{} / -{} files), rejected {} snapshots, {} retries",
-        s.curated_snapshots, s.curated_files_added, s.curated_files_removed, s.rejected_snapshots, s.commit_retries
+        "  commits:   raw {}, rejected {}, curated {} snapshots (+{} / -{} curated files), {} retries",
+        o.raw_snapshots, o.rejected_snapshots, o.curated_snapshots, o.curated_files_added, o.curated_files_removed, o.commit_retries
     );
 }
 
@@ -500,19 +505,6 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         s.epochs
     );
     println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
-    println!(
-        "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another rating_date); {} changed nothing",
-        s.accepted,
-        s.inserted,
-        s.updated,
-        s.moved,
-        s.accepted.saturating_sub(s.inserted + s.updated)
-    );
-    let reasons: Vec<String> = s.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
-    println!("  rejected:  {} late, {} invalid or unreadable [{}]", s.late(), s.invalid(), reasons.join(" "));
-    println!(
-        "  commits:   raw {}, rejected {}, curated {} snapshots, {} retries",
-        s.raw_snapshots, s.rejected_snapshots, s.curated_snapshots, s.commit_retries
-    );
+    print_outcome(&s.outcome);
     Ok(())
 }

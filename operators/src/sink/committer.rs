@@ -43,17 +43,6 @@ pub struct CommitStats {
     pub rejected: Mutex<BTreeMap<RejectReason, u64>>,
 }
 
-impl CommitStats {
-    pub fn fill(&self, summary: &mut crate::replay::ReplaySummary) {
-        summary.curated_snapshots = self.curated_snapshots.load(Ordering::Relaxed);
-        summary.rejected_snapshots = self.rejected_snapshots.load(Ordering::Relaxed);
-        summary.curated_files_added = self.curated_files_added.load(Ordering::Relaxed);
-        summary.curated_files_removed = self.curated_files_removed.load(Ordering::Relaxed);
-        summary.commit_retries = self.commit_retries.load(Ordering::Relaxed);
-        summary.rejected = self.rejected.lock().map(|m| m.clone()).unwrap_or_default();
-    }
-}
-
 /// How an epoch lands in the tables.
 #[derive(Clone)]
 pub enum CommitMode {
@@ -196,15 +185,13 @@ impl Committer {
         self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
     }
 
+    /// Writes rejections sorted in ingestion order, one set of files per ingestion date.
     async fn write_rejections(&self, rejections: &[Rejection]) -> Result<Vec<DataFile>> {
         let schema = arrow_schema(self.rejected.metadata().current_schema())?;
-        let mut by_day: BTreeMap<i32, Vec<Rejection>> = BTreeMap::new();
-        for rejection in rejections {
-            by_day.entry(rejection.event.ingestion_date()).or_default().push(rejection.clone());
-        }
         let mut files = Vec::new();
-        for (day, of_day) in by_day {
-            let batch = rejected_to_batch(&schema, &of_day)?;
+        for of_day in rejections.chunk_by(|a, b| a.event.ingestion_date() == b.event.ingestion_date()) {
+            let batch = rejected_to_batch(&schema, of_day)?;
+            let day = of_day[0].event.ingestion_date();
             files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
         }
         Ok(files)

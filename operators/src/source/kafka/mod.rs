@@ -124,15 +124,10 @@ pub fn parse_offsets(topic: &str, text: &str) -> Result<Offsets> {
 /// no stream has committed to). Snapshots without the property (a replay's) are passed over:
 /// they re-derive what earlier snapshots already reflected.
 pub fn committed_offsets(table: &Table, topic: &str) -> Result<Offsets> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        if let Some(text) = current.summary().additional_properties.get(OFFSETS_PROPERTY) {
-            return parse_offsets(topic, text);
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    match crate::commit::newest_property(table, OFFSETS_PROPERTY) {
+        Some(text) => parse_offsets(topic, &text),
+        None => Ok(Offsets::new()),
     }
-    Ok(Offsets::new())
 }
 
 /// Per table, where the stream resumes.
