@@ -294,3 +294,43 @@ fn new_keys_append_files_and_duplicates_rewrite_only_the_files_they_supersede() 
     assert!(second.iter().filter(|f| !first.contains(f)).all(|f| third.contains(f)), "a file without superseded rows was rewritten");
     assert_matches_oracle(&s.lake, &s.oracle());
 }
+
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    connection.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    connection.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<u64> {
+    text.lines()
+        .find(|line| line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map(|value| value as u64)
+}
+
+#[test]
+fn metrics_count_what_the_run_did() {
+    let mut s = Scenario::new(2);
+    s.produce(3_000, 2, "2025-10-01", 11, READER);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let child = s.spawn(&["--metrics-addr", &address, "--stop-when-idle", "8s"], None);
+    let oracle = s.oracle();
+    let mut text = String::new();
+    wait_until("the metrics show the committed epoch", Duration::from_secs(30), || {
+        text = scrape(port).unwrap_or_default();
+        metric(&text, r#"ratings_flow_records_total{stage="source"}"#) == Some(3_000)
+            && metric(&text, r#"ratings_flow_records_total{stage="inserted"}"#) == Some(oracle.rows.len() as u64)
+    });
+    for reason in ["bad_framing", "late", "missing_event_id"] {
+        let expected = oracle.rejected.iter().filter(|r| r.2 == reason).count() as u64;
+        assert_eq!(metric(&text, &format!(r#"ratings_flow_rejected_total{{reason="{reason}"}}"#)), Some(expected), "{reason}\n{text}");
+    }
+    assert_eq!(metric(&text, "ratings_flow_upsert_keys"), Some(oracle.rows.len() as u64), "{text}");
+    assert!(text.contains("ratings_flow_epoch_commit_seconds_count"), "{text}");
+    assert!(child.wait_with_output().unwrap().status.success());
+}

@@ -140,6 +140,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let curated_from = Arc::new(resume.curated.clone());
     let stream_commit = StreamCommit { raw: settings.raw.clone(), topic: settings.kafka.topic.clone(), resume };
     let partitions = Arc::new(partitions);
+    let seeded_rows = state.seed_records;
     let sinks = Sinks {
         lakehouse: Arc::new(lakehouse),
         curated_ident: settings.curated.clone(),
@@ -229,6 +230,14 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 break;
             }
             source.after_commit(&committed_offsets);
+            if let (0, Some(metrics)) = (index, &metrics) {
+                let outcome = shared.outcome(&sinks.stats);
+                for (stage, total) in [("accepted", outcome.accepted), ("inserted", outcome.inserted), ("updated", outcome.updated)] {
+                    let counter = metrics.records(stage);
+                    counter.inc_by(total.saturating_sub(counter.get()));
+                }
+                metrics.upsert_keys.set((seeded_rows + outcome.inserted) as i64);
+            }
             let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
             if settings.stop_when_idle.is_some_and(|idle| idle_for >= idle) || settings.stop.load(Ordering::Relaxed) {
                 break;
