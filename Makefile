@@ -8,7 +8,10 @@ DEMO_EVENTS ?= 200000
 DEMO_DAYS ?= 10
 RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 
-.PHONY: help setup build demo demo-replay kafka-up kafka-down test bench bench-replay bench-stream clean
+PLUGIN_DIR := plugins/lib
+PLUGINS := ratings-approval ratings-blocklist
+
+.PHONY: help setup build plugins demo demo-replay kafka-up kafka-down test bench bench-replay bench-stream clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,7 +24,12 @@ setup: ## Install what the build and tests need (Rust toolchain check, Python re
 build: ## Build the runtime binary (release)
 	$(CARGO) build --release -p runtime
 
-demo: setup build ## Start broker + registry, produce ~200k events, stream them into a fresh lakehouse until idle, show a sample and the summary
+plugins: ## Build the shipped rule plugins (release) into plugins/lib/, where graphs/ratings.toml loads them from
+	$(CARGO) build --release $(addprefix -p ,$(PLUGINS))
+	mkdir -p $(PLUGIN_DIR)
+	cp $(foreach p,$(subst -,_,$(PLUGINS)),$(or $(CARGO_TARGET_DIR),target)/release/lib$(p).so) $(PLUGIN_DIR)/
+
+demo: setup build plugins ## Start broker + registry, produce ~200k events, stream them into a fresh lakehouse until idle, show a sample and the summary
 	rm -rf .lakehouse
 	bash scripts/kafka.sh down >/dev/null
 	bash scripts/kafka.sh up
@@ -34,7 +42,7 @@ demo: setup build ## Start broker + registry, produce ~200k events, stream them 
 	$(RUNTIME) --graph $(GRAPH) show rejected --limit 8; \
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
 
-demo-replay: setup build ## Backfill demo without Kafka: generate raw partitions, replay them in two steps
+demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw partitions, replay them in two steps
 	rm -rf .lakehouse
 	$(RUNTIME) --graph $(GRAPH) init
 	$(RUNTIME) --graph $(GRAPH) generate --events 300000 --days 10 --start 2025-05-01
@@ -52,16 +60,16 @@ kafka-down: ## Stop what kafka-up started
 test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, stream against the real broker, PyIceberg/DuckDB readers)
 	bash scripts/test.sh
 
-bench: ## Criterion benchmarks (replay path on 1M generated events)
+bench: plugins ## Criterion benchmarks (replay path on 1M generated events, plugin call cost)
 	$(CARGO) bench -p ratings-benches
 
-bench-replay: build ## Whole-process timing of --mode replay on 10M events (release)
+bench-replay: build plugins ## Whole-process timing of --mode replay on 10M events (release)
 	bash benches/replay_10m.sh
 
-bench-stream: build ## Stream throughput against a bare librdkafka consumer, and produce-to-snapshot freshness
+bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer, and produce-to-snapshot freshness
 	bash benches/stream.sh
 
 clean: ## Remove build output, the demo lakehouse, broker state and the Python environment
 	bash scripts/kafka.sh down >/dev/null 2>&1 || true
 	$(CARGO) clean
-	rm -rf .lakehouse .venv .kafka
+	rm -rf .lakehouse .venv .kafka $(PLUGIN_DIR)

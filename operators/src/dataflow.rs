@@ -4,7 +4,7 @@
 //!  driver (per worker): seeds at epoch 0, then raw partitions (replay) or Kafka partitions (stream)
 //!        │ SourceRecord
 //!        ▼
-//!  Rules: validate, derive, late cut, frozen keys ──rejections────────────────────────┐
+//!  Rules: validate, derive, late cut, frozen keys, plugin chain ──rejections─────────┐
 //!        │ (event_id, Candidate)                                                     │
 //!        ▼                                                                           │
 //!  exchange(event_id) → Upsert arrangement → net changes ──late updates──────────────┤
@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::model::{Candidate, RawEvent, RejectReason, Rejection, format_date};
 use crate::reader::read_tasks;
 use crate::rules::Rules;
+use crate::rules::chain::{Pending, RuleChain};
 use crate::schema::curated_from_batch;
 use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
 use crate::sink::committer::{CommitMode, CommitStats, Committer};
@@ -62,6 +63,8 @@ type Evaluated = std::result::Result<Accepted, Box<Rejection>>;
 /// What the rules stage needs besides the rules.
 pub struct RulesContext {
     pub rules: Rules,
+    /// The graph's rule plugins, instantiated once per worker.
+    pub chain: RuleChain,
     /// `event_id` → `rating_date` of every key whose row can no longer change.
     pub frozen: Arc<HashMap<u128, i32>>,
     /// Stream restart: records below these offsets are already in the curated table; they are
@@ -71,17 +74,25 @@ pub struct RulesContext {
     pub accepted: Arc<AtomicU64>,
 }
 
-/// The rules stage for one record. `None`: the record's effect on curated is already committed.
-fn evaluate(record: SourceRecord, time: u64, context: &RulesContext) -> Option<Evaluated> {
+/// The engine's part of the rules stage for one record: a seed passes, a raw record is validated
+/// ([`Rules::evaluate`]), checked against frozen keys and against what curated holds already.
+/// `None`: the record's effect on curated is already committed.
+enum Verdict {
+    Seed(u128, Candidate),
+    Pending(Pending),
+    Rejected(Box<Rejection>),
+}
+
+fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
     match record {
-        SourceRecord::Seed(key, row, _) => Some(Ok(((key, row), time, 1))),
+        SourceRecord::Seed(key, row, _) => Some(Verdict::Seed(key, row)),
         SourceRecord::Raw(event) => {
             let (key, candidate) = match context.rules.evaluate(&event) {
                 Ok(accepted) => accepted,
-                Err(rejection) => return Some(Err(rejection)),
+                Err(rejection) => return Some(Verdict::Rejected(rejection)),
             };
             if let Some(day) = context.frozen.get(&key) {
-                return Some(Err(Box::new(Rejection {
+                return Some(Verdict::Rejected(Box::new(Rejection {
                     reason: RejectReason::LateUpdate,
                     detail: format!("the event's current row is in frozen partition rating_date={}", format_date(*day)),
                     event,
@@ -92,8 +103,7 @@ fn evaluate(record: SourceRecord, time: u64, context: &RulesContext) -> Option<E
             {
                 return None;
             }
-            context.accepted.fetch_add(1, Ordering::Relaxed);
-            Some(Ok(((key, candidate), time, 1)))
+            Some(Verdict::Pending(Pending { key, candidate, event }))
         }
     }
 }
@@ -153,17 +163,37 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             SourceRecord::Seed(key, row, file) => Some(DayChange::Seed { day: row.rating_date, key, row, file }),
             SourceRecord::Raw(_) => None,
         });
+        let failure = shared.failure.clone();
         let evaluated: StreamVec<u64, Evaluated> = records.unary(Pipeline, "Rules", move |_capability, _info| {
+            let mut chain = context.chain.instantiate().map_err(|error| failure.set(error)).ok();
             move |input, output| {
                 input.for_each_time(|time, data| {
                     let at = *time.time();
                     let mut session = output.session(&time);
+                    let mut pending = Vec::new();
                     for batch in data {
                         for record in batch.drain(..) {
-                            if let Some(evaluated) = evaluate(record, at, &context) {
-                                session.give(evaluated);
+                            match evaluate(record, &context) {
+                                Some(Verdict::Seed(key, row)) => session.give(Ok(((key, row), at, 1))),
+                                Some(Verdict::Rejected(rejection)) => session.give(Err(rejection)),
+                                Some(Verdict::Pending(record)) => pending.push(record),
+                                None => {}
                             }
                         }
+                    }
+                    // One call per plugin for everything this activation holds at this time.
+                    let Some(chain) = chain.as_mut() else { return };
+                    match chain.apply(pending) {
+                        Ok((accepted, rejections)) => {
+                            context.accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                            for (key, row) in accepted {
+                                session.give(Ok(((key, row), at, 1)));
+                            }
+                            for rejection in rejections {
+                                session.give(Err(Box::new(rejection)));
+                            }
+                        }
+                        Err(error) => failure.set(error),
                     }
                 });
             }

@@ -174,6 +174,8 @@ pub enum RejectReason {
     Late,
     /// The record is for an event whose current row sits in a partition that can no longer change.
     LateUpdate,
+    /// A rule plugin rejected the record; the detail names the plugin and gives its reason.
+    RuleRejected,
 }
 
 impl RejectReason {
@@ -190,10 +192,11 @@ impl RejectReason {
             RejectReason::FutureTimestamp => "future_timestamp",
             RejectReason::Late => "late",
             RejectReason::LateUpdate => "late_update",
+            RejectReason::RuleRejected => "rule_rejected",
         }
     }
 
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::BadFraming,
         RejectReason::UnknownSchemaId,
         RejectReason::IncompatibleSchema,
@@ -205,6 +208,7 @@ impl RejectReason {
         RejectReason::FutureTimestamp,
         RejectReason::Late,
         RejectReason::LateUpdate,
+        RejectReason::RuleRejected,
     ];
 
     /// The reason named by [`RejectReason::as_str`].

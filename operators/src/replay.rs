@@ -18,6 +18,7 @@ use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Error, Result};
 use crate::reader::read_tasks;
 use crate::rules::Rules;
+use crate::rules::chain::RuleChain;
 use crate::schema::raw_from_batch;
 use crate::sink::committer::{CommitMode, CommitStats};
 use crate::sink::{EpochDays, EpochMeta};
@@ -33,6 +34,8 @@ pub struct ReplaySettings {
     /// The topic late updates are attributed to in the rejected table.
     pub topic: String,
     pub rules: Rules,
+    /// The graph's rule plugins (loaded and checked).
+    pub chain: RuleChain,
     pub from: i32,
     pub to: Option<i32>,
     pub workers: usize,
@@ -137,6 +140,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         let shared = worker_shared.clone();
         let context = RulesContext {
             rules: settings.rules,
+            chain: settings.chain.clone(),
             frozen: frozen.clone(),
             curated_from: None,
             accepted: shared.accepted.clone(),

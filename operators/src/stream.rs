@@ -35,6 +35,7 @@ use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{RawEvent, day_of_millis, parse_date};
 use crate::rules::Rules;
+use crate::rules::chain::RuleChain;
 use crate::schema::{arrow_schema, raw_to_batch};
 use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
@@ -57,6 +58,8 @@ pub struct StreamSettings {
     /// The pipeline's reader schema (the graph's `.avsc`).
     pub reader_schema: apache_avro::Schema,
     pub rules: Rules,
+    /// The graph's rule plugins (loaded and checked).
+    pub chain: RuleChain,
     pub workers: usize,
     pub target_file_size: usize,
     pub commit: CommitOptions,
@@ -163,6 +166,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let metrics = settings.metrics.clone();
         let context = RulesContext {
             rules: settings.rules,
+            chain: settings.chain.clone(),
             frozen: frozen.clone(),
             curated_from: Some(curated_from.clone()),
             accepted: shared.accepted.clone(),

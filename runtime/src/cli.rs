@@ -308,6 +308,13 @@ impl ProgressSink for ReplayProgress {
     }
 }
 
+/// Loads the graph's rule plugins before any table is touched, so a broken plugin fails at start.
+fn load_rules(graph: &Graph) -> Result<operators::rules::chain::RuleChain> {
+    let chain = graph.rule_chain()?;
+    tracing::info!(rules = ?chain.names(), "rule plugins loaded");
+    Ok(chain)
+}
+
 fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
     let from = date_arg("--from", args.from.as_deref().ok_or_else(|| Error::User("--mode replay needs --from YYYY-MM-DD".into()))?)?;
     let to = args.to.as_deref().map(|to| date_arg("--to", to)).transpose()?;
@@ -326,6 +333,7 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         rejected: parse_table_ident(&graph.rejected)?,
         topic: graph.topic.clone(),
         rules: graph.rules,
+        chain: load_rules(graph)?,
         from,
         to,
         workers: args.workers,
@@ -368,7 +376,7 @@ fn print_outcome(o: &operators::dataflow::Outcome) {
         o.accepted.saturating_sub(o.inserted + o.updated)
     );
     let reasons: Vec<String> = o.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
-    println!("  rejected:  {} late, {} invalid or unreadable [{}]", o.late(), o.invalid(), reasons.join(" "));
+    println!("  rejected:  {} late, {} invalid, unreadable or refused by a rule [{}]", o.late(), o.invalid(), reasons.join(" "));
     println!(
         "  commits:   raw {}, rejected {}, curated {} snapshots (+{} / -{} curated files), {} retries",
         o.raw_snapshots, o.rejected_snapshots, o.curated_snapshots, o.curated_files_added, o.curated_files_removed, o.commit_retries
@@ -481,6 +489,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         registry_timeout: graph.registry_timeout,
         reader_schema: graph.reader_schema.clone(),
         rules: graph.rules,
+        chain: load_rules(graph)?,
         workers: args.workers,
         target_file_size: graph.target_file_size,
         commit: graph.commit,

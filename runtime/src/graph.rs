@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use operators::catalog::CatalogSettings;
 use operators::commit::CommitOptions;
 use operators::rules::Rules;
+use operators::rules::chain::RuleChain;
+use operators::rules::plugin::PluginSpec;
 use operators::source::kafka::KafkaSettings;
 use serde::Deserialize;
 
@@ -85,8 +87,24 @@ pub struct UpsertSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSection {
-    pub approval_threshold: f32,
     pub future_tolerance: String,
+    /// Only to say where it went (the approval plugin's config).
+    pub approval_threshold: Option<toml::Value>,
+    /// Business rules as plugins, applied in this order.
+    #[serde(default)]
+    pub plugins: Vec<PluginSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// How errors and the rejected table name the plugin (default: the name it describes itself with).
+    pub name: Option<String>,
+    /// The shared library (`.so`), relative to the graph file's folder.
+    pub path: PathBuf,
+    /// Passed to the plugin as JSON; its own documentation lists the keys.
+    #[serde(default)]
+    pub config: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +133,8 @@ pub struct Graph {
     pub curated: String,
     pub rejected: String,
     pub rules: Rules,
+    /// The rule plugins as the graph names them; loaded (and checked) by [`Graph::rule_chain`].
+    pub plugins: Vec<PluginSpec>,
     pub target_file_size: usize,
     pub commit: CommitOptions,
     pub replay_epoch_events: u64,
@@ -172,9 +192,16 @@ impl Graph {
             return Err(format!("upsert.lateness: expected whole days such as \"5d\", found \"{}\"", file.upsert.lateness));
         }
         let tolerance = parse_duration("rules.future_tolerance", &file.rules.future_tolerance)?;
-        let threshold = file.rules.approval_threshold;
-        if !(0.0..=10.0).contains(&threshold) {
-            return Err(format!("rules.approval_threshold: expected a rating between 0 and 10, found {threshold}"));
+        if file.rules.approval_threshold.is_some() {
+            return Err("rules.approval_threshold: the approval rule is a plugin now; set `threshold` in its config \
+                        ([[rules.plugins]] name = \"approval\", config = { threshold = 7.0 })"
+                .into());
+        }
+        let mut plugins = Vec::with_capacity(file.rules.plugins.len());
+        for (index, plugin) in file.rules.plugins.into_iter().enumerate() {
+            let config = serde_json::to_value(&plugin.config)
+                .map_err(|e| format!("rules.plugins[{index}].config: cannot pass it on as JSON: {e}"))?;
+            plugins.push(PluginSpec { label: plugin.name, path: folder.join(plugin.path), config, base_dir: folder.to_path_buf() });
         }
         let target_file_size = file
             .commit
@@ -244,8 +271,8 @@ impl Graph {
             raw: file.tables.raw,
             curated: file.tables.curated,
             rejected: file.tables.rejected,
+            plugins,
             rules: Rules {
-                approval_threshold: threshold,
                 lateness_days: (lateness.as_secs() / 86_400) as i32,
                 future_tolerance_secs: tolerance.as_secs() as i64,
             },
@@ -253,6 +280,11 @@ impl Graph {
             commit: CommitOptions { max_attempts: file.commit.max_attempts, ..CommitOptions::default() },
             replay_epoch_events: file.commit.replay_epoch_events,
         })
+    }
+
+    /// Loads the rule plugins and checks them against the columns the chain offers.
+    pub fn rule_chain(&self) -> operators::Result<RuleChain> {
+        RuleChain::load(&self.plugins)
     }
 
     /// The graph's tables as (role, full name).
@@ -293,7 +325,11 @@ mod tests {
     #[test]
     fn shipped_graph_loads_with_paths_relative_to_its_folder() {
         let graph = load(GOOD).unwrap();
-        assert_eq!(graph.rules, Rules { approval_threshold: 7.0, lateness_days: 5, future_tolerance_secs: 3600 });
+        assert_eq!(graph.rules, Rules { lateness_days: 5, future_tolerance_secs: 3600 });
+        let names: Vec<_> = graph.plugins.iter().map(|p| p.label.clone().unwrap()).collect();
+        assert_eq!(names, ["approval", "blocklist"]);
+        assert_eq!(graph.plugins[0].config, serde_json::json!({"threshold": 7.0}));
+        assert!(graph.plugins[0].path.starts_with(graph.path.parent().unwrap()));
         assert!(graph.catalog.database.starts_with(graph.path.parent().unwrap()));
         assert_eq!(graph.target_file_size, 128 * 1024 * 1024);
         assert_eq!(graph.resolve_table("movie_ratings"), Some("curated.movie_ratings"));
@@ -302,7 +338,8 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_what_was_expected() {
         let cases = [
-            (GOOD.replace("approval_threshold = 7.0", "approval_threshold = \"high\""), "rules.approval_threshold"),
+            (GOOD.replace("[rules]", "[rules]\napproval_threshold = 7.0"), "rules.approval_threshold: the approval rule is a plugin now"),
+            (GOOD.replace("[[rules.plugins]]\nname = \"approval\"\npath", "[[rules.plugins]]\nname = \"approval\"\nfile"), "unknown field `file`"),
             (GOOD.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),

@@ -1,30 +1,34 @@
-//! Validate → derive → late cut: what happens to one raw record before the upsert.
+//! The rules stage: the engine's validation, derivation and late cut of one raw record
+//! ([`Rules`]), then the business rules of the graph's plugins over a batch ([`chain`]).
 //!
-//! Semantics (each rule reads only the record itself, never the wall clock, so a replay of the raw
-//! table reproduces exactly what the stream decided):
+//! Semantics of the engine's part (each rule reads only the record itself, never the wall clock,
+//! so a replay of the raw table reproduces exactly what the stream decided):
 //! - `event_id` must be present and a UUID (any case, with or without hyphens); it is keyed by its
 //!   128-bit value and written back in canonical lowercase form.
 //! - `user_id`, `movie_id`, `rating` and `rating_timestamp` must be present; ids must be non-empty.
 //! - `rating` must be a number in `0..=10` (NaN is out of range).
 //! - `rating_timestamp` may not lie more than `future_tolerance_secs` after the record's ingestion
 //!   time (a clock that runs ahead is tolerated up to that bound).
-//! - `is_approved = rating >= approval_threshold` (inclusive).
+//! - `is_approved` is left to the plugin chain (the shipped `approval` plugin:
+//!   `rating >= threshold`, inclusive); until the chain ran it is `false`.
 //! - `rating_date` = UTC day of `rating_timestamp`.
 //! - Late cut: a record whose `rating_date` is more than `lateness_days` before its ingestion date
 //!   is rejected as [`RejectReason::Late`]. Exactly `lateness_days` before is still on time.
+
+pub mod chain;
+pub mod plugin;
 
 use crate::model::{Candidate, Origin, Rating, RawEvent, RejectReason, Rejection, day_of_seconds};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
-    pub approval_threshold: f32,
     pub lateness_days: i32,
     pub future_tolerance_secs: i64,
 }
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { approval_threshold: 7.0, lateness_days: 5, future_tolerance_secs: 3600 }
+        Rules { lateness_days: 5, future_tolerance_secs: 3600 }
     }
 }
 
@@ -109,7 +113,7 @@ impl Rules {
                 user_id: user_id.into(),
                 movie_id: movie_id.into(),
                 rating: Rating(rating),
-                is_approved: rating >= self.approval_threshold,
+                is_approved: false,
             },
         ))
     }
@@ -137,14 +141,12 @@ mod tests {
     const DAY: i64 = 86_400;
 
     #[test]
-    fn approval_is_inclusive_and_date_is_utc_day() {
+    fn key_is_canonical_and_date_is_utc_day() {
         let rules = Rules::default();
         let (key, c) = rules.evaluate(&event(Some(7.0), 10 * DAY + 5, (10 * DAY + 60) * 1000)).unwrap();
         assert_eq!(crate::model::format_event_id(key), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
-        assert!(c.is_approved);
         assert_eq!(c.rating_date, 10);
         let (_, c) = rules.evaluate(&event(Some(6.99), 10 * DAY - 1, 10 * DAY * 1000)).unwrap();
-        assert!(!c.is_approved);
         assert_eq!(c.rating_date, 9);
     }
 

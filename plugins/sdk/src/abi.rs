@@ -1,0 +1,71 @@
+//! The C ABI between the engine and a rule plugin (see `plugins/ABI.md` for the full contract).
+//!
+//! Only `#[repr(C)]` types and `extern "C"` functions cross the boundary: a plugin built with
+//! another compiler version, or against other versions of arrow and serde, still loads. Batches
+//! cross as Arrow C Data Interface structs ([`FFI_ArrowArray`] + [`FFI_ArrowSchema`]).
+
+use std::ffi::{c_char, c_void};
+
+pub use arrow_data::ffi::FFI_ArrowArray;
+pub use arrow_schema::ffi::FFI_ArrowSchema;
+
+/// The version of this ABI. The engine reads it before touching any other symbol and refuses a
+/// plugin that reports another one.
+pub const ABI_VERSION: u32 = 1;
+
+/// Status codes returned by [`CreateFn`] and [`ApplyFn`].
+pub const STATUS_OK: i32 = 0;
+/// The rule refused (bad config, bad batch); the error string says why.
+pub const STATUS_ERROR: i32 = 1;
+/// The rule panicked; the panic was caught inside the plugin and its message is the error string.
+pub const STATUS_PANIC: i32 = 2;
+
+/// `u32 ratings_flow_abi_version(void)`
+pub const SYMBOL_ABI_VERSION: &str = "ratings_flow_abi_version";
+/// `char *ratings_flow_describe(void)`: the description as UTF-8 JSON, freed with
+/// `ratings_flow_free_string`.
+pub const SYMBOL_DESCRIBE: &str = "ratings_flow_describe";
+/// `i32 ratings_flow_create(config, config_len, base_dir, base_dir_len, *instance, *error)`
+pub const SYMBOL_CREATE: &str = "ratings_flow_create";
+/// `i32 ratings_flow_apply(instance, input, input_schema, output, output_schema, verdicts,
+/// verdicts_schema, *error)`
+pub const SYMBOL_APPLY: &str = "ratings_flow_apply";
+/// `void ratings_flow_destroy(instance)`
+pub const SYMBOL_DESTROY: &str = "ratings_flow_destroy";
+/// `void ratings_flow_free_string(char *)`
+pub const SYMBOL_FREE_STRING: &str = "ratings_flow_free_string";
+
+/// Every symbol a plugin exports, in the order the engine resolves them.
+pub const SYMBOLS: [&str; 6] =
+    [SYMBOL_ABI_VERSION, SYMBOL_DESCRIBE, SYMBOL_CREATE, SYMBOL_APPLY, SYMBOL_DESTROY, SYMBOL_FREE_STRING];
+
+pub type AbiVersionFn = unsafe extern "C" fn() -> u32;
+pub type DescribeFn = unsafe extern "C" fn() -> *mut c_char;
+/// `config`: UTF-8 JSON of the graph's config table. `base_dir`: UTF-8 path of the graph file's
+/// folder, for resolving relative paths in the config. On `STATUS_OK`, `*instance` is set; else
+/// `*error` is a plugin-owned string.
+pub type CreateFn = unsafe extern "C" fn(
+    config: *const u8,
+    config_len: usize,
+    base_dir: *const u8,
+    base_dir_len: usize,
+    instance: *mut *mut c_void,
+    error: *mut *mut c_char,
+) -> i32;
+/// `input`/`input_schema`: a struct array of the declared input columns, owned by the engine; the
+/// plugin may move `input` out (leaving it released) and only reads `input_schema`. `output`,
+/// `output_schema`, `verdicts`, `verdicts_schema`: released structs the plugin fills on success
+/// (a struct array of the declared outputs; a UTF-8 array of reject reasons, or left released for
+/// "keep every row"); the engine owns and releases them afterwards.
+pub type ApplyFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    input: *mut FFI_ArrowArray,
+    input_schema: *const FFI_ArrowSchema,
+    output: *mut FFI_ArrowArray,
+    output_schema: *mut FFI_ArrowSchema,
+    verdicts: *mut FFI_ArrowArray,
+    verdicts_schema: *mut FFI_ArrowSchema,
+    error: *mut *mut c_char,
+) -> i32;
+pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
+pub type FreeStringFn = unsafe extern "C" fn(text: *mut c_char);
