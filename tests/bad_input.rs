@@ -1,6 +1,6 @@
 //! Bad input gives one clear line on stderr and a non-zero exit, never a panic.
 
-use ratings_tests::{GRAPH_TEMPLATE, Lake, runtime_bin};
+use ratings_tests::{GRAPH_TEMPLATE, Lake, plugin_dir, runtime_bin, without_plugin};
 
 fn assert_one_line_error(run: &ratings_tests::Run, mentions: &str) {
     assert_ne!(run.status, 0, "should fail: {}", run.stdout);
@@ -14,9 +14,9 @@ fn assert_one_line_error(run: &ratings_tests::Run, mentions: &str) {
 #[test]
 fn malformed_graph_file_names_file_and_key() {
     let lake = Lake::new();
-    std::fs::write(&lake.graph, GRAPH_TEMPLATE.replace("approval_threshold = 7.0", "approval_threshold = \"seven\"")).unwrap();
+    std::fs::write(&lake.graph, GRAPH_TEMPLATE.replace("future_tolerance = \"1h\"", "future_tolerance = 7")).unwrap();
     let run = lake.run(&["--mode", "replay", "--from", "2025-05-01"]);
-    assert_one_line_error(&run, "rules.approval_threshold");
+    assert_one_line_error(&run, "rules.future_tolerance");
     assert!(run.stderr.contains("graph.toml"), "{}", run.stderr);
     assert_eq!(run.status, 2);
 
@@ -28,7 +28,9 @@ fn malformed_graph_file_names_file_and_key() {
 fn missing_catalog_folder_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let graph = dir.path().join("g.toml");
-    std::fs::write(&graph, GRAPH_TEMPLATE.replace("../.lakehouse/", "nowhere/")).unwrap();
+    let text = without_plugin(GRAPH_TEMPLATE.replace("../.lakehouse/", "nowhere/"), "blocklist")
+        .replace("../plugins/lib/", &format!("{}/", plugin_dir().display()));
+    std::fs::write(&graph, text).unwrap();
     std::fs::create_dir(dir.path().join("schemas")).unwrap();
     std::fs::write(dir.path().join("schemas/movie_rating.avsc"), ratings_tests::READER_SCHEMA).unwrap();
     let run = std::process::Command::new(runtime_bin())

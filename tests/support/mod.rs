@@ -18,17 +18,47 @@ pub const READER_SCHEMA: &str = include_str!("../../graphs/schemas/movie_rating.
 pub fn runtime_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "runtime"])
-            .current_dir(&root)
+            .current_dir(workspace_root())
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the runtime binary failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("runtime")
+        target_dir().join("debug").join("runtime")
     })
     .clone()
+}
+
+/// The folder holding this checkout's rule plugins (debug builds), built once per test process.
+pub fn plugin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "ratings-approval", "-p", "ratings-blocklist"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the rule plugins failed");
+        target_dir().join("debug")
+    })
+    .clone()
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Removes the `[[rules.plugins]]` entry named `name` from a graph text.
+pub fn without_plugin(text: String, name: &str) -> String {
+    let marker = format!("[[rules.plugins]]\nname = \"{name}\"\n");
+    let Some(start) = text.find(&marker) else { panic!("graph has no plugin {name}") };
+    let end = text[start..].find("\n\n").map(|n| start + n + 1).unwrap_or(text.len());
+    format!("{}{}", &text[..start], &text[end..])
 }
 
 /// A lakehouse in a temporary folder with a graph file pointing at it.
@@ -78,14 +108,26 @@ impl Lake {
         })
     }
 
-    /// A lake whose graph is the shipped one, with the catalog in a temporary folder and `edit`
+    /// A lake whose graph is the shipped one without the blocklist plugin (so the oracle's
+    /// business rules are approval at 7 alone), with the catalog in a temporary folder and `edit`
     /// applied.
     pub fn with_graph(edit: impl FnOnce(String) -> String) -> Lake {
+        Lake::with_full_graph(|text| edit(without_plugin(text, "blocklist")))
+    }
+
+    /// A lake whose graph is the shipped one, every plugin included (the blocklist's lists are
+    /// copied beside it), with the catalog in a temporary folder and `edit` applied.
+    pub fn with_full_graph(edit: impl FnOnce(String) -> String) -> Lake {
         let dir = tempfile::tempdir().expect("temp dir");
         let graph = dir.path().join("graph.toml");
+        let plugins = format!("{}/", plugin_dir().display());
         let text = GRAPH_TEMPLATE
             .replace("../.lakehouse/catalog.db", "lake/catalog.db")
-            .replace("../.lakehouse/warehouse", "lake/warehouse");
+            .replace("../.lakehouse/warehouse", "lake/warehouse")
+            .replace("../plugins/lib/", &plugins);
+        std::fs::create_dir(dir.path().join("blocklists")).expect("blocklists folder");
+        std::fs::copy(workspace_root().join("graphs/blocklists/users.txt"), dir.path().join("blocklists/users.txt"))
+            .expect("copy the blocklist");
         std::fs::write(&graph, edit(text)).expect("write graph");
         std::fs::create_dir(dir.path().join("schemas")).expect("schemas folder");
         std::fs::write(dir.path().join("schemas/movie_rating.avsc"), READER_SCHEMA).expect("write schema");

@@ -62,8 +62,24 @@ fn reject_reason(e: &RawEvent) -> Option<&'static str> {
     None
 }
 
-/// Applies the rules to `raw` (in any order) on top of an empty table.
+/// The business rules the graph's plugins implement, written out for the oracle.
+pub struct Business<'a> {
+    pub approval_threshold: f32,
+    /// A record that passed the engine's checks and that the plugins reject: `Some(reason)`.
+    pub reject: &'a dyn Fn(&RawEvent) -> Option<String>,
+}
+
+/// The shipped graph's business rules without the blocklist: approval at 7.
+pub const APPROVAL_ONLY: Business<'static> = Business { approval_threshold: 7.0, reject: &|_| None };
+
+/// Applies the rules to `raw` (in any order) on top of an empty table, with approval at 7.
 pub fn expected(raw: &[RawEvent]) -> Expected {
+    expected_with(raw, &APPROVAL_ONLY)
+}
+
+/// Applies the rules to `raw` with `business` as the plugin chain. Rejected entries of the
+/// business rules carry `rule_rejected`.
+pub fn expected_with(raw: &[RawEvent], business: &Business) -> Expected {
     let mut ordered: Vec<&RawEvent> = raw.iter().collect();
     ordered.sort_by_key(|e| (e.ingestion_ts_ms, e.source_partition, e.source_offset));
     let mut out = Expected::default();
@@ -87,9 +103,15 @@ pub fn expected(raw: &[RawEvent]) -> Expected {
                 out.rejected.push((coordinates.0, coordinates.1, "late_update".into()));
                 continue;
             }
-            if (ts, source) < (current.rating_timestamp, current.source) {
-                continue;
-            }
+        }
+        if (business.reject)(e).is_some() {
+            out.rejected.push((coordinates.0, coordinates.1, "rule_rejected".into()));
+            continue;
+        }
+        if let Some(current) = out.rows.get(&id)
+            && (ts, source) < (current.rating_timestamp, current.source)
+        {
+            continue;
         }
         let rating = e.rating.unwrap();
         out.rows.insert(
@@ -98,7 +120,7 @@ pub fn expected(raw: &[RawEvent]) -> Expected {
                 user_id: e.user_id.clone().unwrap(),
                 movie_id: e.movie_id.clone().unwrap(),
                 rating,
-                is_approved: rating >= 7.0,
+                is_approved: rating >= business.approval_threshold,
                 rating_timestamp: ts,
                 rating_date: rating_date as i32,
                 source,
