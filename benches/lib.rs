@@ -1,1 +1,20 @@
-//! Benchmarks live in `replay.rs` (criterion) and `replay_10m.sh` (whole process); see README.md.
+//! Benchmarks live in `replay.rs` and `plugin.rs` (criterion), `replay_10m.sh` and `stream.sh`
+//! (whole process); see README.md.
+
+use std::path::PathBuf;
+
+use operators::rules::chain::RuleChain;
+use operators::rules::plugin::PluginSpec;
+
+/// The shipped approval plugin as `make plugins` builds it (release).
+pub fn approval_plugin() -> PluginSpec {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("plugins/lib/libratings_approval.so");
+    assert!(path.exists(), "{} is missing: run `make plugins` (or `make bench`) first", path.display());
+    PluginSpec { label: None, path, config: serde_json::json!({ "threshold": 7.0 }), base_dir: root }
+}
+
+/// The rules chain of the shipped graph without the blocklist: approval at 7.
+pub fn approval_chain() -> RuleChain {
+    RuleChain::load(&[approval_plugin()]).expect("the approval plugin loads")
+}

@@ -73,6 +73,7 @@ fn end_to_end(c: &mut Criterion) {
         rejected: rejected.clone(),
         topic: operators::generate::DEFAULT_TOPIC.to_string(),
         rules: Rules::default(),
+        chain: ratings_benches::approval_chain(),
         from: START_DAY,
         to: None,
         workers: 2,
