@@ -1,6 +1,6 @@
 //! Bad input gives one clear line on stderr and a non-zero exit, never a panic.
 
-use ratings_tests::{GRAPH_TEMPLATE, Lake, plugin_dir, runtime_bin, without_plugin};
+use ratings_tests::{GRAPH_TEMPLATE, Lake, plugin_dir, without_plugin};
 
 fn assert_one_line_error(run: &ratings_tests::Run, mentions: &str) {
     assert_ne!(run.status, 0, "should fail: {}", run.stdout);
@@ -33,12 +33,7 @@ fn missing_catalog_folder_is_reported() {
     std::fs::write(&graph, text).unwrap();
     std::fs::create_dir(dir.path().join("schemas")).unwrap();
     std::fs::write(dir.path().join("schemas/movie_rating.avsc"), ratings_tests::READER_SCHEMA).unwrap();
-    let run = std::process::Command::new(runtime_bin())
-        .arg("--graph")
-        .arg(&graph)
-        .args(["--mode", "replay", "--from", "2025-05-01"])
-        .output()
-        .unwrap();
+    let run = Lake::command_for(&graph, &["--mode", "replay", "--from", "2025-05-01"]).output().unwrap();
     let run = ratings_tests::Run {
         status: run.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&run.stdout).into(),
