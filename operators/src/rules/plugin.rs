@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray, StructArray, make_array};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
 use ratings_plugin_sdk::Description;
 use ratings_plugin_sdk::abi::{self, ApplyFn, CreateFn, DescribeFn, DestroyFn, FreeStringFn};
 
@@ -149,6 +149,12 @@ fn file_label(path: &Path) -> String {
 pub struct PluginInstance {
     plugin: Arc<Plugin>,
     handle: NonNull<c_void>,
+    /// The declared inputs as a schema, and exported once: the plugin only reads the input
+    /// schema during a call, so every call can pass the same one.
+    input_schema: Arc<Schema>,
+    exported_input_schema: FFI_ArrowSchema,
+    /// The struct type the declared outputs make.
+    output_type: DataType,
 }
 
 // The ABI lets an instance move between threads; it is never used by two at once (`&mut self`).
@@ -170,7 +176,19 @@ impl PluginInstance {
         };
         let message = take_string(error, plugin.free_string);
         match (status, NonNull::new(handle)) {
-            (abi::STATUS_OK, Some(handle)) => Ok(PluginInstance { plugin: plugin.clone(), handle }),
+            (abi::STATUS_OK, Some(handle)) => {
+                let mut instance = PluginInstance {
+                    plugin: plugin.clone(),
+                    handle,
+                    input_schema: Arc::new(Schema::new(struct_fields(&plugin.inputs))),
+                    exported_input_schema: FFI_ArrowSchema::empty(),
+                    output_type: DataType::Struct(struct_fields(&plugin.outputs).into()),
+                };
+                let input_type = DataType::Struct(instance.input_schema.fields().clone());
+                instance.exported_input_schema = FFI_ArrowSchema::try_from(&input_type)
+                    .map_err(|e| Error::Internal(format!("exporting the input schema of plugin `{}`: {e}", plugin.label)))?;
+                Ok(instance)
+            }
             (abi::STATUS_OK, None) => Err(plugin.error("create reported success but returned no instance".into())),
             (abi::STATUS_PANIC, _) => Err(plugin.error(format!("create {}", message.unwrap_or_else(|| "panicked".into())))),
             _ => Err(plugin.error(format!("invalid config: {}", message.unwrap_or_else(|| "no message".into())))),
@@ -186,12 +204,10 @@ impl PluginInstance {
     /// against the declaration.
     pub fn apply(&mut self, columns: Vec<ArrayRef>, rows: usize) -> Result<(Vec<ArrayRef>, Option<StringArray>)> {
         let plugin = &*self.plugin;
-        let fields: Vec<Field> = plugin.inputs.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect();
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
-        let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
+        let batch = RecordBatch::try_new_with_options(self.input_schema.clone(), columns, &options)
             .map_err(|e| Error::Internal(format!("building the input of plugin `{}`: {e}", plugin.label)))?;
-        let (mut input, input_schema) = to_ffi(&StructArray::from(batch).into_data())
-            .map_err(|e| Error::Internal(format!("exporting the input of plugin `{}`: {e}", plugin.label)))?;
+        let mut input = FFI_ArrowArray::new(&StructArray::from(batch).into_data());
         let (mut output, mut output_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let (mut verdicts, mut verdicts_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let mut error: *mut c_char = ptr::null_mut();
@@ -199,7 +215,7 @@ impl PluginInstance {
             (plugin.apply)(
                 self.handle.as_ptr(),
                 &mut input,
-                &input_schema,
+                &self.exported_input_schema,
                 &mut output,
                 &mut output_schema,
                 &mut verdicts,
@@ -216,12 +232,12 @@ impl PluginInstance {
             _ => return Err(plugin.error(format!("apply failed: {}", message.unwrap_or_else(|| "no message".into())))),
         }
         let outputs = import(output, &output_schema).map_err(|e| plugin.error(format!("returned an unreadable batch: {e}")))?;
-        let expected = DataType::Struct(plugin.outputs.iter().map(|(name, t)| Field::new(name, t.clone(), true)).collect());
-        if !outputs.data_type().equals_datatype(&expected) {
+        let expected = &self.output_type;
+        if !outputs.data_type().equals_datatype(expected) {
             return Err(plugin.error(format!(
                 "returned columns {}, its description declares {}",
                 columns_text(outputs.data_type()),
-                columns_text(&expected)
+                columns_text(expected)
             )));
         }
         if outputs.len() != rows {
@@ -254,6 +270,10 @@ fn import(array: FFI_ArrowArray, schema: &FFI_ArrowSchema) -> std::result::Resul
     let data = unsafe { from_ffi(array, schema) }.map_err(|e| e.to_string())?;
     data.validate_full().map_err(|e| e.to_string())?;
     Ok(make_array(data))
+}
+
+fn struct_fields(columns: &[(String, DataType)]) -> Vec<Field> {
+    columns.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect()
 }
 
 fn columns_text(data_type: &DataType) -> String {

@@ -11,12 +11,14 @@ use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use crate::abi::{ABI_VERSION, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
-use crate::{Context, Description, Rule, output_batch};
+use arrow_schema::SchemaRef;
 
-/// One instance: the rule and its description, read once instead of on every call.
+use crate::{Context, Rule, output_batch, output_schema};
+
+/// One instance: the rule and its output schema, built once instead of on every call.
 struct Instance<R> {
     rule: R,
-    description: Description,
+    output_schema: SchemaRef,
 }
 
 pub fn abi_version() -> u32 {
@@ -86,7 +88,8 @@ pub unsafe fn create<R: Rule>(
         let base_dir = String::from_utf8_lossy(unsafe { bytes(base_dir, base_dir_len) }).into_owned();
         let mut rule: R = serde_json::from_slice(config).map_err(|e| format!("config: {e}"))?;
         rule.prepare(&Context { base_dir: PathBuf::from(base_dir) })?;
-        Ok(Box::new(Instance { rule, description: R::describe() }))
+        let output_schema = output_schema(&R::describe())?;
+        Ok(Box::new(Instance { rule, output_schema }))
     }));
     unsafe { report(outcome, error, |created| *instance = Box::into_raw(created).cast::<c_void>()) }
 }
@@ -116,7 +119,7 @@ pub unsafe fn apply<R: Rule>(
         let rows = data.len();
         let batch = RecordBatch::from(StructArray::from(data));
         let applied = instance.rule.apply(&batch)?;
-        let out = output_batch(&instance.description, rows, &applied)?;
+        let out = output_batch(&instance.output_schema, rows, &applied)?;
         let exported = to_ffi(&StructArray::from(out).into_data()).map_err(|e| format!("exporting the output: {e}"))?;
         let verdicts = match applied.verdicts {
             Some(array) => Some(to_ffi(&array.into_data()).map_err(|e| format!("exporting the verdicts: {e}"))?),
@@ -220,6 +223,7 @@ macro_rules! export_rule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Description;
     use arrow_array::Float32Array;
     use std::sync::Arc;
 

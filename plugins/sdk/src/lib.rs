@@ -170,26 +170,34 @@ pub trait Rule: serde::de::DeserializeOwned + Send + 'static {
     fn apply(&self, batch: &RecordBatch) -> Result<Applied, String>;
 }
 
-/// Builds the output batch from `applied` for `description`, checking it against the declaration:
-/// the engine checks again, but an author learns more from an error raised here.
-pub fn output_batch(description: &Description, rows: usize, applied: &Applied) -> Result<RecordBatch, String> {
-    if applied.columns.len() != description.outputs.len() {
+/// The schema of a rule's output batch: its declared outputs, in order.
+pub fn output_schema(description: &Description) -> Result<arrow_schema::SchemaRef, String> {
+    let fields = description
+        .outputs
+        .iter()
+        .map(|spec| Ok(arrow_schema::Field::new(&spec.name, spec.arrow_type()?, true)))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Arc::new(arrow_schema::Schema::new(fields)))
+}
+
+/// Builds the output batch from `applied` for the declared `schema` ([`output_schema`]), checking
+/// it against the declaration: the engine checks again, but an author learns more from an error
+/// raised here.
+pub fn output_batch(schema: &arrow_schema::SchemaRef, rows: usize, applied: &Applied) -> Result<RecordBatch, String> {
+    if applied.columns.len() != schema.fields().len() {
         return Err(format!(
             "apply returned {} output columns, the description declares {}",
             applied.columns.len(),
-            description.outputs.len()
+            schema.fields().len()
         ));
     }
-    let mut fields = Vec::with_capacity(applied.columns.len());
-    for (spec, column) in description.outputs.iter().zip(&applied.columns) {
-        let declared = spec.arrow_type()?;
-        if column.data_type() != &declared {
-            return Err(format!("output column {} is {}, declared {declared}", spec.name, column.data_type()));
+    for (field, column) in schema.fields().iter().zip(&applied.columns) {
+        if column.data_type() != field.data_type() {
+            return Err(format!("output column {} is {}, declared {}", field.name(), column.data_type(), field.data_type()));
         }
         if column.len() != rows {
-            return Err(format!("output column {} has {} rows, the input has {rows}", spec.name, column.len()));
+            return Err(format!("output column {} has {} rows, the input has {rows}", field.name(), column.len()));
         }
-        fields.push(arrow_schema::Field::new(&spec.name, declared, true));
     }
     if let Some(verdicts) = &applied.verdicts
         && verdicts.len() != rows
@@ -197,6 +205,6 @@ pub fn output_batch(description: &Description, rows: usize, applied: &Applied) -
         return Err(format!("verdicts have {} rows, the input has {rows}", verdicts.len()));
     }
     let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
-    RecordBatch::try_new_with_options(Arc::new(arrow_schema::Schema::new(fields)), applied.columns.clone(), &options)
+    RecordBatch::try_new_with_options(schema.clone(), applied.columns.clone(), &options)
         .map_err(|e| format!("building the output batch: {e}"))
 }
