@@ -59,7 +59,7 @@ impl RuleChain {
         let mut plugins = Vec::with_capacity(specs.len());
         for spec in specs {
             let plugin = Plugin::load(spec)?;
-            let problem = |text: String| Error::User(format!("plugin `{}` ({}): {text}", plugin.label, plugin.path.display()));
+            let problem = |text: String| plugin.error(text);
             for (name, wanted) in &plugin.inputs {
                 match columns.get(name) {
                     None => {
@@ -190,10 +190,7 @@ impl ChainInstance {
                     .map_err(|e| Error::Internal(format!("filtering rows rejected by plugin `{label}`: {e}")))?;
             }
         }
-        let blame = |column: &str, problem: String| {
-            let stage = &self.stages[written[column]];
-            Error::User(format!("plugin `{}` ({}): {problem}", stage.plugin().label, stage.plugin().path.display()))
-        };
+        let blame = |column: &str, problem: String| self.stages[written[column]].plugin().error(problem);
         let read_back = |name: &str| -> Result<Option<&ArrayRef>> {
             match (written.contains_key(name), columns.get(name)) {
                 (true, Some(column)) if column.null_count() > 0 => {

@@ -87,10 +87,8 @@ fn parse_columns(columns: &[ratings_plugin_sdk::ColumnSpec]) -> std::result::Res
 impl Plugin {
     pub fn load(spec: &PluginSpec) -> Result<Arc<Plugin>> {
         let path = &spec.path;
-        let named = |problem: String| {
-            let label = spec.label.clone().unwrap_or_else(|| file_label(path));
-            Error::User(format!("plugin `{label}` ({}): {problem}", path.display()))
-        };
+        let label = spec.label.clone().unwrap_or_else(|| file_label(path));
+        let named = |problem: String| plugin_error(&label, path, problem);
         if !path.is_file() {
             return Err(named("file not found (build the plugins with `make plugins`)".into()));
         }
@@ -136,9 +134,14 @@ impl Plugin {
         Ok(plugin)
     }
 
-    fn error(&self, problem: String) -> Error {
-        Error::User(format!("plugin `{}` ({}): {problem}", self.label, self.path.display()))
+    /// A problem with this plugin, as the one line users see: `plugin `NAME` (PATH): problem`.
+    pub fn error(&self, problem: String) -> Error {
+        plugin_error(&self.label, &self.path, problem)
     }
+}
+
+fn plugin_error(label: &str, path: &Path, problem: String) -> Error {
+    Error::User(format!("plugin `{label}` ({}): {problem}", path.display()))
 }
 
 fn file_label(path: &Path) -> String {
