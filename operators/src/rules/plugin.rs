@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, StringArray, StructArray, make_array};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
+use arrow::array::{Array, ArrayData, ArrayDataBuilder, ArrayRef, StringArray, StructArray};
+use arrow::datatypes::{DataType, Field};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi_and_data_type};
 use ratings_plugin_sdk::Description;
-use ratings_plugin_sdk::abi::{self, ApplyFn, CreateFn, DescribeFn, DestroyFn, FreeStringFn};
+use ratings_plugin_sdk::abi::{self, ApplyFn, CreateFn, DescribeFn, DestroyFn, FreeStringFn, same_type};
 
 use crate::error::{Error, Result};
 
@@ -148,16 +148,33 @@ fn file_label(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().trim_start_matches("lib").to_string()).unwrap_or_default()
 }
 
+/// A struct type and its C Data Interface schema, exported once: a call passes the input's by
+/// reference (the plugin only reads it) and compares what the plugin returns with the expected
+/// ones in place ([`same_type`]) instead of parsing the plugin's schema into an arrow type.
+struct Exported {
+    data_type: DataType,
+    schema: FFI_ArrowSchema,
+}
+
+impl Exported {
+    fn new(data_type: DataType) -> std::result::Result<Exported, String> {
+        let schema = FFI_ArrowSchema::try_from(&data_type).map_err(|e| e.to_string())?;
+        Ok(Exported { data_type, schema })
+    }
+
+    fn of_columns(columns: &[(String, DataType)]) -> std::result::Result<Exported, String> {
+        let fields: Vec<Field> = columns.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect();
+        Exported::new(DataType::Struct(fields.into()))
+    }
+}
+
 /// One instance of a plugin, used by one worker thread at a time.
 pub struct PluginInstance {
     plugin: Arc<Plugin>,
     handle: NonNull<c_void>,
-    /// The declared inputs as a schema, and exported once: the plugin only reads the input
-    /// schema during a call, so every call can pass the same one.
-    input_schema: Arc<Schema>,
-    exported_input_schema: FFI_ArrowSchema,
-    /// The struct type the declared outputs make.
-    output_type: DataType,
+    input: Exported,
+    output: Exported,
+    verdicts: Exported,
 }
 
 // The ABI lets an instance move between threads; it is never used by two at once (`&mut self`).
@@ -165,6 +182,11 @@ unsafe impl Send for PluginInstance {}
 
 impl PluginInstance {
     pub fn new(plugin: &Arc<Plugin>) -> Result<PluginInstance> {
+        let exported = |columns: std::result::Result<Exported, String>| {
+            columns.map_err(|e| Error::Internal(format!("exporting the column types of plugin `{}`: {e}", plugin.label)))
+        };
+        let (input, output) = (exported(Exported::of_columns(&plugin.inputs))?, exported(Exported::of_columns(&plugin.outputs))?);
+        let verdicts = exported(Exported::new(DataType::Utf8))?;
         let mut handle: *mut c_void = ptr::null_mut();
         let mut error: *mut c_char = ptr::null_mut();
         let status = unsafe {
@@ -179,19 +201,7 @@ impl PluginInstance {
         };
         let message = take_string(error, plugin.free_string);
         match (status, NonNull::new(handle)) {
-            (abi::STATUS_OK, Some(handle)) => {
-                let mut instance = PluginInstance {
-                    plugin: plugin.clone(),
-                    handle,
-                    input_schema: Arc::new(Schema::new(struct_fields(&plugin.inputs))),
-                    exported_input_schema: FFI_ArrowSchema::empty(),
-                    output_type: DataType::Struct(struct_fields(&plugin.outputs).into()),
-                };
-                let input_type = DataType::Struct(instance.input_schema.fields().clone());
-                instance.exported_input_schema = FFI_ArrowSchema::try_from(&input_type)
-                    .map_err(|e| Error::Internal(format!("exporting the input schema of plugin `{}`: {e}", plugin.label)))?;
-                Ok(instance)
-            }
+            (abi::STATUS_OK, Some(handle)) => Ok(PluginInstance { plugin: plugin.clone(), handle, input, output, verdicts }),
             (abi::STATUS_OK, None) => Err(plugin.error("create reported success but returned no instance".into())),
             (abi::STATUS_PANIC, _) => Err(plugin.error(format!("create {}", message.unwrap_or_else(|| "panicked".into())))),
             _ => Err(plugin.error(format!("invalid config: {}", message.unwrap_or_else(|| "no message".into())))),
@@ -207,10 +217,12 @@ impl PluginInstance {
     /// against the declaration.
     pub fn apply(&mut self, columns: Vec<ArrayRef>, rows: usize) -> Result<(Vec<ArrayRef>, Option<StringArray>)> {
         let plugin = &*self.plugin;
-        let options = RecordBatchOptions::new().with_row_count(Some(rows));
-        let batch = RecordBatch::try_new_with_options(self.input_schema.clone(), columns, &options)
+        let input = ArrayDataBuilder::new(self.input.data_type.clone())
+            .len(rows)
+            .child_data(columns.iter().map(|column| column.to_data()).collect())
+            .build()
             .map_err(|e| Error::Internal(format!("building the input of plugin `{}`: {e}", plugin.label)))?;
-        let mut input = FFI_ArrowArray::new(&StructArray::from(batch).into_data());
+        let mut input = FFI_ArrowArray::new(&input);
         let (mut output, mut output_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let (mut verdicts, mut verdicts_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let mut error: *mut c_char = ptr::null_mut();
@@ -218,7 +230,7 @@ impl PluginInstance {
             (plugin.apply)(
                 self.handle.as_ptr(),
                 &mut input,
-                &self.exported_input_schema,
+                &self.input.schema,
                 &mut output,
                 &mut output_schema,
                 &mut verdicts,
@@ -234,49 +246,64 @@ impl PluginInstance {
             }
             _ => return Err(plugin.error(format!("apply failed: {}", message.unwrap_or_else(|| "no message".into())))),
         }
-        let outputs = import(output, &output_schema).map_err(|e| plugin.error(format!("returned an unreadable batch: {e}")))?;
-        let expected = &self.output_type;
-        if !outputs.data_type().equals_datatype(expected) {
+        if !same_type(&output_schema, &self.output.schema) {
             return Err(plugin.error(format!(
                 "returned columns {}, its description declares {}",
-                columns_text(outputs.data_type()),
-                columns_text(expected)
+                schema_text(&output_schema),
+                columns_text(&self.output.data_type)
             )));
         }
+        let outputs = import(output, &self.output.data_type).map_err(|e| plugin.error(format!("returned an unreadable batch: {e}")))?;
         if outputs.len() != rows {
             return Err(plugin.error(format!("returned {} rows for an input of {rows}", outputs.len())));
         }
         let verdicts = if verdicts.is_released() {
             None
+        } else if !same_type(&verdicts_schema, &self.verdicts.schema) {
+            return Err(plugin.error(format!("returned verdicts of type {}; expected Utf8", schema_text(&verdicts_schema))));
         } else {
-            let verdicts = import(verdicts, &verdicts_schema).map_err(|e| plugin.error(format!("returned unreadable verdicts: {e}")))?;
-            if verdicts.data_type() != &DataType::Utf8 || verdicts.len() != rows {
-                return Err(plugin.error(format!(
-                    "returned verdicts of type {} and {} rows; expected Utf8 and {rows}",
-                    verdicts.data_type(),
-                    verdicts.len()
-                )));
+            let verdicts = import(verdicts, &DataType::Utf8).map_err(|e| plugin.error(format!("returned unreadable verdicts: {e}")))?;
+            if verdicts.len() != rows {
+                return Err(plugin.error(format!("returned {} verdicts for an input of {rows} rows", verdicts.len())));
             }
-            Some(StringArray::from(verdicts.to_data()))
+            Some(StringArray::from(verdicts))
         };
-        let outputs = StructArray::from(outputs.to_data());
-        Ok((outputs.columns().to_vec(), verdicts))
+        let (_, outputs, _) = StructArray::from(outputs).into_parts();
+        Ok((outputs, verdicts))
     }
 }
 
-/// Imports an array the plugin exported, fully validated (offsets, UTF-8, lengths): a plugin's
-/// bug must become an error here, not undefined behaviour later.
-fn import(array: FFI_ArrowArray, schema: &FFI_ArrowSchema) -> std::result::Result<ArrayRef, String> {
+/// Imports an array the plugin exported, as `data_type` (its schema was compared with that type
+/// already), fully validated (offsets, UTF-8, lengths, child counts): a plugin's bug must become
+/// an error here, not undefined behaviour later.
+fn import(array: FFI_ArrowArray, data_type: &DataType) -> std::result::Result<ArrayData, String> {
     if array.is_released() {
         return Err("the array is missing (released)".into());
     }
-    let data = unsafe { from_ffi(array, schema) }.map_err(|e| e.to_string())?;
+    let children = array.num_children();
+    let expected_children = match data_type {
+        DataType::Struct(fields) => fields.len(),
+        _ => 0,
+    };
+    if children != expected_children {
+        return Err(format!("it has {children} child arrays, its schema {expected_children}"));
+    }
+    let data = unsafe { from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| e.to_string())?;
     data.validate_full().map_err(|e| e.to_string())?;
-    Ok(make_array(data))
+    Ok(data)
 }
 
-fn struct_fields(columns: &[(String, DataType)]) -> Vec<Field> {
-    columns.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect()
+/// The type a plugin's schema describes, for error messages.
+fn schema_text(schema: &FFI_ArrowSchema) -> String {
+    if schema.release.is_none() {
+        return "none (the schema is missing)".into();
+    }
+    // Parsing panics on some malformed structs; the message then says so.
+    match std::panic::catch_unwind(|| DataType::try_from(schema)) {
+        Ok(Ok(data_type)) => columns_text(&data_type),
+        Ok(Err(e)) => format!("an unreadable schema ({e})"),
+        Err(_) => "a malformed schema".into(),
+    }
 }
 
 fn columns_text(data_type: &DataType) -> String {

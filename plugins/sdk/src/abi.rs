@@ -69,3 +69,48 @@ pub type ApplyFn = unsafe extern "C" fn(
 ) -> i32;
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 pub type FreeStringFn = unsafe extern "C" fn(text: *mut c_char);
+
+/// Whether two C Data Interface schemas describe the same type: the same format strings, child
+/// names and dictionaries, all the way down (nullability flags and metadata are not compared).
+/// It reads the structs in place, without building arrow types, so checking a batch's schema on
+/// every call costs almost nothing. A schema that cannot be read (null or non-UTF-8 strings,
+/// missing children) or a released one is never the same as anything.
+pub fn same_type(left: &FFI_ArrowSchema, right: &FFI_ArrowSchema) -> bool {
+    fn same(left: &FFI_ArrowSchema, right: &FFI_ArrowSchema) -> bool {
+        left.release.is_some()
+            && right.release.is_some()
+            && left.format() == right.format()
+            && left.name() == right.name()
+            && left.n_children == right.n_children
+            && left.children().zip(right.children()).all(|(l, r)| same(l, r))
+            && match (left.dictionary(), right.dictionary()) {
+                (None, None) => true,
+                (Some(l), Some(r)) => same(l, r),
+                _ => false,
+            }
+    }
+    // The accessors panic on a malformed struct; that is an answer here, not a crash.
+    std::panic::catch_unwind(|| same(left, right)).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_schema::{DataType, Field};
+
+    fn exported(columns: &[(&str, DataType)]) -> FFI_ArrowSchema {
+        let fields: Vec<Field> = columns.iter().map(|(name, t)| Field::new(*name, t.clone(), true)).collect();
+        FFI_ArrowSchema::try_from(DataType::Struct(fields.into())).unwrap()
+    }
+
+    #[test]
+    fn same_type_compares_formats_and_names_recursively() {
+        let declared = exported(&[("rating", DataType::Float32), ("user_id", DataType::Utf8)]);
+        assert!(same_type(&declared, &exported(&[("rating", DataType::Float32), ("user_id", DataType::Utf8)])));
+        assert!(!same_type(&declared, &exported(&[("rating", DataType::Float64), ("user_id", DataType::Utf8)])));
+        assert!(!same_type(&declared, &exported(&[("score", DataType::Float32), ("user_id", DataType::Utf8)])));
+        assert!(!same_type(&declared, &exported(&[("rating", DataType::Float32)])));
+        assert!(!same_type(&declared, &FFI_ArrowSchema::try_from(DataType::Float32).unwrap()));
+        assert!(!same_type(&declared, &FFI_ArrowSchema::empty()), "a released schema matches nothing");
+    }
+}

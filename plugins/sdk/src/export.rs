@@ -7,18 +7,23 @@ use std::ffi::{CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
-use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi_and_data_type, to_ffi};
+use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
+use arrow_data::ArrayDataBuilder;
+use arrow_schema::{DataType, SchemaRef};
 
-use crate::abi::{ABI_VERSION, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
-use arrow_schema::SchemaRef;
+use crate::abi::{ABI_VERSION, STATUS_ERROR, STATUS_OK, STATUS_PANIC, same_type};
+use crate::{Context, Rule, check_output, input_schema, output_schema};
 
-use crate::{Context, Rule, output_batch, output_schema};
-
-/// One instance: the rule and its output schema, built once instead of on every call.
+/// One instance: the rule, and the declared input and output types built once at create, so a
+/// call only compares the engine's input schema with them instead of parsing it.
 struct Instance<R> {
     rule: R,
+    input_schema: SchemaRef,
+    input_type: DataType,
+    exported_input_type: FFI_ArrowSchema,
     output_schema: SchemaRef,
+    output_type: DataType,
 }
 
 pub fn abi_version() -> u32 {
@@ -88,8 +93,14 @@ pub unsafe fn create<R: Rule>(
         let base_dir = String::from_utf8_lossy(unsafe { bytes(base_dir, base_dir_len) }).into_owned();
         let mut rule: R = serde_json::from_slice(config).map_err(|e| format!("config: {e}"))?;
         rule.prepare(&Context { base_dir: PathBuf::from(base_dir) })?;
-        let output_schema = output_schema(&R::describe())?;
-        Ok(Box::new(Instance { rule, output_schema }))
+        let description = R::describe();
+        let input_schema = input_schema(&description)?;
+        let input_type = DataType::Struct(input_schema.fields().clone());
+        let exported_input_type =
+            FFI_ArrowSchema::try_from(&input_type).map_err(|e| format!("exporting the declared input type: {e}"))?;
+        let output_schema = output_schema(&description)?;
+        let output_type = DataType::Struct(output_schema.fields().clone());
+        Ok(Box::new(Instance { rule, input_schema, input_type, exported_input_type, output_schema, output_type }))
     }));
     unsafe { report(outcome, error, |created| *instance = Box::into_raw(created).cast::<c_void>()) }
 }
@@ -112,15 +123,27 @@ pub unsafe fn apply<R: Rule>(
             return Err("apply was called with a null pointer".to_string());
         }
         let instance = unsafe { &*instance.cast::<Instance<R>>() };
+        if !same_type(unsafe { &*input_schema }, &instance.exported_input_type) {
+            return Err(format!("the input batch does not have the declared input columns {}", instance.input_type));
+        }
         // Move the input out of the engine's struct: from here its buffers are released when the
         // last array that uses them is dropped, through the engine's own release callback.
         let array = unsafe { std::ptr::replace(input, FFI_ArrowArray::empty()) };
-        let data = unsafe { from_ffi(array, &*input_schema) }.map_err(|e| format!("importing the input batch: {e}"))?;
+        let data = unsafe { from_ffi_and_data_type(array, instance.input_type.clone()) }
+            .map_err(|e| format!("importing the input batch: {e}"))?;
         let rows = data.len();
-        let batch = RecordBatch::from(StructArray::from(data));
+        let (_, columns, _) = StructArray::from(data).into_parts();
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        let batch = RecordBatch::try_new_with_options(instance.input_schema.clone(), columns, &options)
+            .map_err(|e| format!("importing the input batch: {e}"))?;
         let applied = instance.rule.apply(&batch)?;
-        let out = output_batch(&instance.output_schema, rows, &applied)?;
-        let exported = to_ffi(&StructArray::from(out).into_data()).map_err(|e| format!("exporting the output: {e}"))?;
+        check_output(&instance.output_schema, rows, &applied)?;
+        let out = ArrayDataBuilder::new(instance.output_type.clone())
+            .len(rows)
+            .child_data(applied.columns.iter().map(|column| column.to_data()).collect())
+            .build()
+            .map_err(|e| format!("building the output batch: {e}"))?;
+        let exported = to_ffi(&out).map_err(|e| format!("exporting the output: {e}"))?;
         let verdicts = match applied.verdicts {
             Some(array) => Some(to_ffi(&array.into_data()).map_err(|e| format!("exporting the verdicts: {e}"))?),
             None => None,
@@ -232,7 +255,7 @@ mod tests {
 
     impl Rule for Panics {
         fn describe() -> Description {
-            Description::new("panics", "0")
+            Description::new("panics", "0").input("rating", arrow_schema::DataType::Float32)
         }
         fn apply(&self, _batch: &RecordBatch) -> Result<crate::Applied, String> {
             panic!("boom")
@@ -245,5 +268,12 @@ mod tests {
         let error = crate::testing::apply::<Panics>("{}", &batch).unwrap_err();
         assert!(error.contains("panicked: boom"), "{error}");
         assert!(Array::len(batch.column(0)) == 1);
+    }
+
+    #[test]
+    fn an_input_that_is_not_the_declared_one_is_refused() {
+        let batch = RecordBatch::try_from_iter([("score", Arc::new(Float32Array::from(vec![1.0])) as _)]).unwrap();
+        let error = crate::testing::apply::<Panics>("{}", &batch).unwrap_err();
+        assert!(error.contains("does not have the declared input columns"), "{error}");
     }
 }
