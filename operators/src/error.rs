@@ -73,6 +73,9 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Data about to be published failed a check whose policy is `fail`; nothing was committed.
+    #[error("data-quality checks failed on {table}, nothing was committed: {summary}\n{report}")]
+    ChecksFailed { table: String, summary: String, report: String },
     /// The schema registry answered with an error or could not be reached.
     #[error("{0}")]
     Registry(String),
@@ -84,7 +87,7 @@ pub enum Error {
 impl Error {
     pub fn fault(&self) -> Fault {
         match self {
-            Error::User(_) | Error::NotFound(_) => Fault::User,
+            Error::User(_) | Error::NotFound(_) | Error::ChecksFailed { .. } => Fault::User,
             Error::Iceberg { source, .. } => match source.kind() {
                 iceberg::ErrorKind::DataInvalid
                 | iceberg::ErrorKind::FeatureUnsupported

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod catalog;
+pub mod checks;
 pub mod commit;
 pub mod dataflow;
 pub mod error;
