@@ -115,10 +115,7 @@ impl CheckKind {
             CheckKind::Uuid { column } => format!("{column} is a UUID"),
             CheckKind::Unique { column } => format!("{column} is unique"),
             CheckKind::RowCount { min } => format!("at least {min} rows"),
-            CheckKind::Schema { columns } => {
-                let columns: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
-                format!("columns [{}]", columns.join(", "))
-            }
+            CheckKind::Schema { columns } => format!("the {} declared columns, in order", columns.len()),
             CheckKind::Freshness { column, max_age_secs } => {
                 format!("newest {column} at most {} old", humantime::format_duration(std::time::Duration::from_secs(*max_age_secs as u64)))
             }
@@ -193,9 +190,9 @@ impl Checks {
         Ok(())
     }
 
-    /// Whether any check can quarantine rows.
-    pub fn quarantines(&self) -> bool {
-        self.checks.iter().any(|c| c.policy == Policy::Quarantine)
+    /// What check `name` expects, for rejection details.
+    pub fn expected(&self, name: &str) -> String {
+        self.checks.iter().find(|c| c.name == name).map(|c| c.kind.expected()).unwrap_or_default()
     }
 }
 
@@ -221,12 +218,20 @@ pub struct Evaluation {
     quarantined: u64,
     /// The schema of the batches seen (for `schema` checks).
     schema: Option<Arc<Schema>>,
+    /// `false` when judging what a table already holds: nothing is quarantined, every row counts.
+    quarantine: bool,
 }
 
 impl Evaluation {
+    /// Judges data about to be published: `quarantine` checks refuse rows.
     pub fn new(checks: Arc<Checks>) -> Evaluation {
         let states = vec![CheckState::default(); checks.checks.len()];
-        Evaluation { checks, states, rows: 0, quarantined: 0, schema: None }
+        Evaluation { checks, states, rows: 0, quarantined: 0, schema: None, quarantine: true }
+    }
+
+    /// Judges data already published (`runtime check`): rows are only counted and sampled.
+    pub fn judging_only(checks: Arc<Checks>) -> Evaluation {
+        Evaluation { quarantine: false, ..Evaluation::new(checks) }
     }
 
     /// Runs every check over `batch`. Returns the rows that `quarantine` checks refuse (`true` =
@@ -258,7 +263,7 @@ impl Evaluation {
                 }
                 state.sample.push(render_row(batch, row));
             }
-            if check.policy == Policy::Quarantine {
+            if check.policy == Policy::Quarantine && self.quarantine {
                 let (mask, first) = quarantine.get_or_insert_with(|| {
                     let mut mask = BooleanBufferBuilder::new(rows);
                     mask.append_n(rows, false);
@@ -376,8 +381,7 @@ impl Evaluation {
                         Some(schema) => {
                             let found: Vec<(String, String)> =
                                 schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
-                            let text: Vec<String> = found.iter().map(|(n, t)| format!("{n} {t}")).collect();
-                            (&found == columns, format!("columns [{}]", text.join(", ")))
+                            (&found == columns, schema_difference(columns, &found))
                         }
                         None => (true, "no rows, nothing to compare".into()),
                     },
@@ -390,7 +394,8 @@ impl Evaluation {
                             let age_text = humantime::format_duration(std::time::Duration::from_secs(age.max(0) as u64));
                             (age <= *max_age_secs, format!("newest {newest_text}, {age_text} old"))
                         }
-                        None => (false, "no rows".into()),
+                        // Nothing is published, so nothing is stale; `row_count` judges emptiness.
+                        None => (true, "no rows to judge".into()),
                     },
                 };
                 CheckResult {
@@ -546,6 +551,31 @@ fn newest_seconds(values: &ArrayRef) -> Result<Option<i64>> {
         other => return Err(Error::Internal(format!("freshness cannot read a {other} column"))),
     };
     Ok(arrow::compute::max(seconds.as_primitive::<arrow::datatypes::Int64Type>()))
+}
+
+/// How `found` differs from `declared`, in words.
+fn schema_difference(declared: &[(String, String)], found: &[(String, String)]) -> String {
+    if declared == found {
+        return "as declared".into();
+    }
+    let type_of = |columns: &[(String, String)], name: &str| columns.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+    let mut differences = Vec::new();
+    for (name, data_type) in declared {
+        match type_of(found, name) {
+            None => differences.push(format!("{name} missing")),
+            Some(other) if &other != data_type => differences.push(format!("{name} is {other}, not {data_type}")),
+            Some(_) => {}
+        }
+    }
+    for (name, data_type) in found {
+        if type_of(declared, name).is_none() {
+            differences.push(format!("{name} {data_type} not declared"));
+        }
+    }
+    if differences.is_empty() {
+        differences.push("the same columns in another order".into());
+    }
+    differences.join("; ")
 }
 
 /// `column=value, …` for one row.

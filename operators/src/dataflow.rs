@@ -123,6 +123,8 @@ pub struct Sinks {
     pub topic: Arc<str>,
     pub stats: Arc<CommitStats>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The curated table's data-quality checks (the gate before each commit).
+    pub checks: Arc<crate::checks::Checks>,
 }
 
 /// The input a driver feeds.
@@ -139,6 +141,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         failure: shared.failure.clone(),
         epochs: shared.epochs.clone(),
         lateness_days: context.rules.lateness_days,
+        checks: sinks.checks.clone(),
+        topic: sinks.topic.clone(),
     };
     let committer = Committer {
         lakehouse: sinks.lakehouse.clone(),
@@ -152,6 +156,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         stats: sinks.stats.clone(),
         metrics: sinks.metrics.clone(),
         failure: shared.failure.clone(),
+        checks: sinks.checks.clone(),
     };
     let (topic, counters) = (sinks.topic.clone(), shared.counters.clone());
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();
@@ -283,6 +288,8 @@ impl Shared {
             curated_files_added: load(&stats.curated_files_added),
             curated_files_removed: load(&stats.curated_files_removed),
             commit_retries: load(&stats.commit_retries),
+            epochs_checked: load(&stats.epochs_checked),
+            check_failures: stats.check_failures.lock().map(|m| m.clone()).unwrap_or_default(),
         }
     }
 }
@@ -302,6 +309,10 @@ pub struct Outcome {
     pub curated_files_added: u64,
     pub curated_files_removed: u64,
     pub commit_retries: u64,
+    /// Epochs the curated table's data-quality checks judged.
+    pub epochs_checked: u64,
+    /// Per check: epochs in which it failed.
+    pub check_failures: BTreeMap<String, u64>,
 }
 
 impl Outcome {

@@ -10,6 +10,7 @@
 //! | `ratings_flow_upsert_keys`               | gauge     |             | keys in the upsert state                  |
 //! | `ratings_flow_registry_retries_total`    | counter   |             | failed schema registry attempts           |
 //! | `ratings_flow_epochs_total`              | counter   |             | epochs committed                          |
+//! | `ratings_flow_checks_total`              | counter   | `check`, `result` | data-quality check runs per epoch, `passed` or `failed` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub upsert_keys: Gauge,
     pub registry_retries: Counter,
     pub epochs: Counter,
+    checks: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             upsert_keys: Gauge::default(),
             registry_retries: Counter::default(),
             epochs: Counter::default(),
+            checks: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Records through each stage", metrics.records.clone());
@@ -65,11 +68,17 @@ impl Metrics {
         registry.register("upsert_keys", "Keys held in the upsert state", metrics.upsert_keys.clone());
         registry.register("registry_retries", "Failed schema registry attempts", metrics.registry_retries.clone());
         registry.register("epochs", "Epochs committed", metrics.epochs.clone());
+        registry.register("checks", "Data-quality check runs, per check and result", metrics.checks.clone());
         Arc::new(Metrics { registry, ..metrics })
     }
 
     pub fn records(&self, stage: &'static str) -> Counter {
         self.records.get_or_create(&vec![("stage", stage.to_string())]).clone()
+    }
+
+    pub fn check(&self, check: &str, passed: bool) -> Counter {
+        let result = if passed { "passed" } else { "failed" };
+        self.checks.get_or_create(&vec![("check", check.to_string()), ("result", result.to_string())]).clone()
     }
 
     pub fn rejected(&self, reason: RejectReason) -> Counter {

@@ -176,6 +176,9 @@ pub enum RejectReason {
     LateUpdate,
     /// A rule plugin rejected the record; the detail names the plugin and gives its reason.
     RuleRejected,
+    /// A data-quality check with policy `quarantine` refused the row about to be published; the
+    /// detail names the check.
+    CheckFailed,
 }
 
 impl RejectReason {
@@ -193,10 +196,11 @@ impl RejectReason {
             RejectReason::Late => "late",
             RejectReason::LateUpdate => "late_update",
             RejectReason::RuleRejected => "rule_rejected",
+            RejectReason::CheckFailed => "check_failed",
         }
     }
 
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::BadFraming,
         RejectReason::UnknownSchemaId,
         RejectReason::IncompatibleSchema,
@@ -209,6 +213,7 @@ impl RejectReason {
         RejectReason::Late,
         RejectReason::LateUpdate,
         RejectReason::RuleRejected,
+        RejectReason::CheckFailed,
     ];
 
     /// The reason named by [`RejectReason::as_str`].

@@ -36,6 +36,8 @@ pub struct ReplaySettings {
     pub rules: Rules,
     /// The graph's rule plugins (loaded and checked).
     pub chain: RuleChain,
+    /// The curated table's data-quality checks, judged before every commit.
+    pub checks: std::sync::Arc<crate::checks::Checks>,
     pub from: i32,
     pub to: Option<i32>,
     pub workers: usize,
@@ -131,6 +133,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         topic: Arc::from(settings.topic.as_str()),
         stats: stats.clone(),
         metrics: None,
+        checks: settings.checks.clone(),
     };
 
     let worker_shared = shared.clone();

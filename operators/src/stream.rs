@@ -60,6 +60,8 @@ pub struct StreamSettings {
     pub rules: Rules,
     /// The graph's rule plugins (loaded and checked).
     pub chain: RuleChain,
+    /// The curated table's data-quality checks, judged before every commit.
+    pub checks: std::sync::Arc<crate::checks::Checks>,
     pub workers: usize,
     pub target_file_size: usize,
     pub commit: CommitOptions,
@@ -156,6 +158,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         topic: Arc::from(settings.kafka.topic.as_str()),
         stats: stats.clone(),
         metrics: settings.metrics.clone(),
+        checks: settings.checks.clone(),
     };
 
     let worker_shared = shared.clone();

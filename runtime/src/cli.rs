@@ -84,12 +84,37 @@ pub enum Command {
         #[arg(long = "where")]
         filter: Option<String>,
     },
+    /// Run the graph's data-quality checks on what a table holds. Exit status: 0 every check
+    /// passed, 3 at least one failed (the report says which), 1/2 the checks could not run.
+    Check {
+        /// Table: role (raw, curated, rejected), full name or short name.
+        #[arg(long, default_value = "curated")]
+        table: String,
+        /// Only this partition, as column=value, e.g. rating_date=2025-05-01.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// The time freshness is judged against (RFC 3339, e.g. 2025-05-10T00:00:00Z; default: now).
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// List a table's snapshots with operation and summary.
     History {
         /// Table: role (raw, curated, rejected), full name or short name.
         table: String,
     },
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+/// `runtime check`: some check failed.
+const CHECKS_FAILED: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -200,7 +225,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             let hint = if error.retryable() { " (retrying may help)" } else { "" };
             eprintln!("error ({}): {}{hint}", error.fault(), one_line(&error.to_string()));
@@ -229,8 +254,11 @@ fn date_arg(flag: &str, text: &str) -> Result<i32> {
     parse_date(text).ok_or_else(|| Error::User(format!("{flag} {text:?}: expected a date YYYY-MM-DD")))
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> Result<ExitCode> {
     let graph = load_graph(&cli.graph)?;
+    if let Some(Command::Check { table, partition, format, as_of }) = &cli.command {
+        return check(&graph, table, partition.as_deref(), *format, as_of.as_deref());
+    }
     match cli.command {
         Some(Command::Init) => init(&graph),
         Some(Command::Generate(args)) => generate(&graph, args),
@@ -242,7 +270,34 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(Mode::Stream) => stream(&graph, &cli.run),
             None => Err(Error::User("nothing to do: give --mode replay --from YYYY-MM-DD, or a command (see --help)".into())),
         },
+        Some(Command::Check { .. }) => unreachable!("handled above"),
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+fn check(graph: &Graph, name: &str, partition: Option<&str>, format: ReportFormat, as_of: Option<&str>) -> Result<ExitCode> {
+    let (runtime, table) = load_named(graph, name)?;
+    let full = table.identifier().to_string();
+    let checks = graph.checks_for(&full);
+    if checks.is_empty() {
+        return Err(Error::User(format!("the graph declares no checks for {full} (add [[checks.{name}]] entries, see README.md)")));
+    }
+    let reference = match as_of {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| Error::User(format!("--as-of {text:?}: expected an RFC 3339 time such as 2025-05-10T00:00:00Z ({e})")))?
+            .timestamp(),
+        None => chrono::Utc::now().timestamp(),
+    };
+    let filter = partition.map(|p| crate::inspect::parse_where(&table, p)).transpose()?;
+    let report = runtime.block_on(crate::inspect::check(&table, checks, filter, reference))?;
+    match format {
+        ReportFormat::Text => println!("{full}{}\n{}", partition.map(|p| format!(" ({p})")).unwrap_or_default(), report.to_text()),
+        ReportFormat::Json => {
+            let json = serde_json::json!({ "table": full, "partition": partition, "passed": report.passed(), "report": report });
+            println!("{}", serde_json::to_string_pretty(&json).map_err(|e| Error::Internal(format!("writing the report: {e}")))?);
+        }
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(CHECKS_FAILED) })
 }
 
 fn init(graph: &Graph) -> Result<()> {
@@ -334,6 +389,7 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         topic: graph.topic.clone(),
         rules: graph.rules,
         chain: load_rules(graph)?,
+        checks: graph.checks_for(&graph.curated),
         from,
         to,
         workers: args.workers,
@@ -381,6 +437,11 @@ fn print_outcome(o: &operators::dataflow::Outcome) {
         "  commits:   raw {}, rejected {}, curated {} snapshots (+{} / -{} curated files), {} retries",
         o.raw_snapshots, o.rejected_snapshots, o.curated_snapshots, o.curated_files_added, o.curated_files_removed, o.commit_retries
     );
+    if o.epochs_checked > 0 {
+        let failures: Vec<String> = o.check_failures.iter().map(|(check, epochs)| format!("{check} in {epochs}")).collect();
+        let failures = if failures.is_empty() { "none".to_string() } else { failures.join(", ") };
+        println!("  checks:    {} epochs judged before commit; failed: {failures}", o.epochs_checked);
+    }
 }
 
 fn load_named(graph: &Graph, name: &str) -> Result<(tokio::runtime::Runtime, iceberg::table::Table)> {
@@ -490,6 +551,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         reader_schema: graph.reader_schema.clone(),
         rules: graph.rules,
         chain: load_rules(graph)?,
+        checks: graph.checks_for(&graph.curated),
         workers: args.workers,
         target_file_size: graph.target_file_size,
         commit: graph.commit,

@@ -4,7 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use operators::catalog::CatalogSettings;
+use operators::checks::{Check, CheckKind, Checks, Policy};
 use operators::commit::CommitOptions;
 use operators::rules::Rules;
 use operators::rules::chain::RuleChain;
@@ -29,6 +33,26 @@ pub struct GraphFile {
     pub upsert: UpsertSection,
     pub rules: RulesSection,
     pub commit: CommitSection,
+    /// Data-quality checks per table (role `raw`/`curated`/`rejected` or the table's name).
+    #[serde(default)]
+    pub checks: std::collections::BTreeMap<String, Vec<CheckSection>>,
+}
+
+/// One data-quality check; which keys it takes depends on `kind` (see README.md, "Checks").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSection {
+    pub name: String,
+    /// not_null, range, uuid, unique, row_count, schema, freshness.
+    pub kind: String,
+    pub policy: Policy,
+    pub column: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// freshness: a duration such as "2d".
+    pub max_age: Option<String>,
+    /// schema: "name Type" per column, in order (Arrow type names).
+    pub columns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +162,8 @@ pub struct Graph {
     pub target_file_size: usize,
     pub commit: CommitOptions,
     pub replay_epoch_events: u64,
+    /// Data-quality checks by full table name (tables without checks are absent).
+    pub checks: BTreeMap<String, Arc<Checks>>,
 }
 
 impl Graph {
@@ -257,7 +283,32 @@ impl Graph {
         for (key, name) in [("tables.raw", &file.tables.raw), ("tables.curated", &file.tables.curated), ("tables.rejected", &file.tables.rejected)] {
             operators::catalog::parse_table_ident(name).map_err(|e| format!("{key}: {e}"))?;
         }
+        let tables = [("raw", &file.tables.raw), ("curated", &file.tables.curated), ("rejected", &file.tables.rejected)];
+        let mut checks = BTreeMap::new();
+        for (table, sections) in file.checks {
+            let Some((role, full)) = tables.iter().find(|(role, full)| *role == table || **full == table) else {
+                return Err(format!("checks.{table}: no such table; checks are declared under raw, curated or rejected"));
+            };
+            let declared = sections
+                .into_iter()
+                .enumerate()
+                .map(|(index, section)| {
+                    check_from(section).map_err(|e| format!("checks.{table}[{index}]: {e}"))
+                })
+                .collect::<Result<Vec<Check>, String>>()?;
+            let declared = Checks::new(declared).map_err(|e| format!("checks.{table}: {e}"))?;
+            let layout = match *role {
+                "raw" => operators::schema::raw_layout(),
+                "curated" => operators::schema::curated_layout(),
+                _ => operators::schema::rejected_layout(),
+            }
+            .and_then(|layout| operators::schema::arrow_schema(&layout.schema))
+            .map_err(|e| format!("checks.{table}: {e}"))?;
+            declared.validate(full, &layout).map_err(|e| format!("checks.{table}: {e}"))?;
+            checks.insert(full.to_string(), Arc::new(declared));
+        }
         Ok(Graph {
+            checks,
             path: PathBuf::new(),
             name: file.pipeline.name,
             catalog,
@@ -282,6 +333,11 @@ impl Graph {
         })
     }
 
+    /// The data-quality checks declared for table `full` (none: an empty set).
+    pub fn checks_for(&self, full: &str) -> Arc<Checks> {
+        self.checks.get(full).cloned().unwrap_or_default()
+    }
+
     /// Loads the rule plugins and checks them against the columns the chain offers.
     pub fn rule_chain(&self) -> operators::Result<RuleChain> {
         RuleChain::load(&self.plugins)
@@ -300,6 +356,92 @@ impl Graph {
             .find(|(role, full)| *role == name || *full == name || full.rsplit('.').next() == Some(name))
             .map(|(_, full)| full)
     }
+}
+
+/// A check as declared: the keys `kind` needs must be there, the others must not.
+fn check_from(section: CheckSection) -> Result<Check, String> {
+    let CheckSection { name, kind, policy, column, min, max, max_age, columns } = section;
+    let given: Vec<&str> = [
+        ("column", column.is_some()),
+        ("min", min.is_some()),
+        ("max", max.is_some()),
+        ("max_age", max_age.is_some()),
+        ("columns", columns.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, present)| present.then_some(key))
+    .collect();
+    let allow = |allowed: &[&str]| -> Result<(), String> {
+        match given.iter().find(|key| !allowed.contains(key)) {
+            Some(key) => Err(format!("check `{name}`: a {kind} check does not take `{key}` (it takes: {})", allowed.join(", "))),
+            None => Ok(()),
+        }
+    };
+    let need_column = || column.clone().ok_or_else(|| format!("check `{name}`: a {kind} check needs `column`"));
+    let kind = match kind.as_str() {
+        "not_null" => {
+            allow(&["column"])?;
+            CheckKind::NotNull { column: need_column()? }
+        }
+        "uuid" => {
+            allow(&["column"])?;
+            CheckKind::Uuid { column: need_column()? }
+        }
+        "unique" => {
+            allow(&["column"])?;
+            CheckKind::Unique { column: need_column()? }
+        }
+        "range" => {
+            allow(&["column", "min", "max"])?;
+            if min.is_none() && max.is_none() {
+                return Err(format!("check `{name}`: a range check needs `min`, `max` or both"));
+            }
+            if let (Some(low), Some(high)) = (min, max)
+                && low > high
+            {
+                return Err(format!("check `{name}`: min {low} is above max {high}"));
+            }
+            CheckKind::Range { column: need_column()?, min, max }
+        }
+        "row_count" => {
+            allow(&["min"])?;
+            let min = min.ok_or_else(|| format!("check `{name}`: a row_count check needs `min`"))?;
+            if min < 0.0 || min.fract() != 0.0 {
+                return Err(format!("check `{name}`: min must be a whole number of rows, found {min}"));
+            }
+            CheckKind::RowCount { min: min as u64 }
+        }
+        "schema" => {
+            allow(&["columns"])?;
+            let columns = columns.ok_or_else(|| format!("check `{name}`: a schema check needs `columns`"))?;
+            let columns = columns
+                .iter()
+                .map(|text| match text.split_once(char::is_whitespace) {
+                    Some((column, data_type)) => {
+                        let data_type = data_type.trim();
+                        let parsed = data_type
+                            .parse::<arrow::datatypes::DataType>()
+                            .map_err(|e| format!("check `{name}`: {text:?}: {data_type:?} is not an Arrow type ({e})"))?;
+                        Ok((column.to_string(), parsed.to_string()))
+                    }
+                    None => Err(format!("check `{name}`: expected \"column Type\" such as \"rating Float32\", found {text:?}")),
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            CheckKind::Schema { columns }
+        }
+        "freshness" => {
+            allow(&["column", "max_age"])?;
+            let text = max_age.ok_or_else(|| format!("check `{name}`: a freshness check needs `max_age`"))?;
+            let max_age = parse_duration("max_age", &text).map_err(|e| format!("check `{name}`: {e}"))?;
+            CheckKind::Freshness { column: need_column()?, max_age_secs: max_age.as_secs() as i64 }
+        }
+        other => {
+            return Err(format!(
+                "check `{name}`: unknown kind {other:?} (expected not_null, range, uuid, unique, row_count, schema or freshness)"
+            ));
+        }
+    };
+    Ok(Check { name, policy, kind })
 }
 
 fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, String> {

@@ -1,9 +1,12 @@
-//! `runtime show` and `runtime history`: looking at tables.
+//! `runtime show`, `runtime history` and `runtime check`: looking at tables.
+
+use std::sync::Arc;
 
 use arrow::util::pretty::pretty_format_batches;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{Datum, PrimitiveType, Type};
 use iceberg::table::Table;
+use operators::checks::{Checks, Evaluation, Report};
 use operators::error::{Error, Result};
 
 /// Parses `column=value` into an equality filter typed by the table's schema.
@@ -77,4 +80,14 @@ pub fn history(table: &Table) -> String {
         ));
     }
     lines.join("\n")
+}
+
+/// Runs `checks` over the table's rows (those `filter` selects), judging freshness against
+/// `reference_secs`. Reads one file at a time; only the checks' state is kept.
+pub async fn check(table: &Table, checks: Arc<Checks>, filter: Option<Predicate>, reference_secs: i64) -> Result<Report> {
+    let tasks = operators::reader::plan(table, filter, None).await?;
+    let mut evaluation = Evaluation::judging_only(checks);
+    operators::reader::read_tasks(table, tasks, |batch| evaluation.observe(&batch).map(drop)).await?;
+    let schema = operators::schema::arrow_schema(table.metadata().current_schema())?;
+    Ok(evaluation.finish(reference_secs, Some(&schema)))
 }

@@ -21,6 +21,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use crate::catalog::Lakehouse;
+use crate::checks::{Checks, Evaluation};
 use crate::commit::{CommitOptions, Committed, EPOCH_PROPERTY, FileChange, REPLAY_CURSOR_PROPERTY, commit, replace_partitions};
 use crate::metrics::Metrics;
 use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, Resume, format_offsets};
@@ -41,6 +42,10 @@ pub struct CommitStats {
     pub curated_files_removed: AtomicU64,
     pub commit_retries: AtomicU64,
     pub rejected: Mutex<BTreeMap<RejectReason, u64>>,
+    /// Epochs the data-quality checks judged.
+    pub epochs_checked: AtomicU64,
+    /// Per check: epochs in which it failed (whatever its policy).
+    pub check_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 /// How an epoch lands in the tables.
@@ -76,6 +81,8 @@ pub struct Committer {
     pub stats: Arc<CommitStats>,
     pub metrics: Option<Arc<Metrics>>,
     pub failure: Failure,
+    /// The curated table's data-quality checks: judged before anything of an epoch is committed.
+    pub checks: Arc<Checks>,
 }
 
 #[derive(Default)]
@@ -83,6 +90,9 @@ struct EpochInput {
     files: Vec<DataFile>,
     removed: Vec<String>,
     rejections: Vec<Rejection>,
+    /// The workers' check evaluations, merged.
+    evaluation: Option<Evaluation>,
+    newest_ingestion_ms: Option<i64>,
 }
 
 impl EpochInput {
@@ -118,6 +128,13 @@ impl Committer {
                                 SinkMessage::CuratedFile(file) => epoch.files.push(file.0),
                                 SinkMessage::RemovedFile(path) => epoch.removed.push(path),
                                 SinkMessage::Rejected(rejection) => epoch.rejections.push(rejection),
+                                SinkMessage::Checked(judged) => {
+                                    epoch.newest_ingestion_ms = epoch.newest_ingestion_ms.max(judged.newest_ingestion_ms);
+                                    match &mut epoch.evaluation {
+                                        Some(evaluation) => evaluation.merge(judged.evaluation),
+                                        None => epoch.evaluation = Some(judged.evaluation),
+                                    }
+                                }
                             }
                         }
                     }
@@ -166,6 +183,45 @@ impl Committer {
         })
     }
 
+    /// The gate: judges the epoch's rows with the merged evaluations, logs and counts the result,
+    /// and refuses the epoch when a `fail` check failed.
+    fn gate(&self, epoch: u64, input: &mut EpochInput) -> Result<()> {
+        if self.checks.is_empty() {
+            return Ok(());
+        }
+        let evaluation = input.evaluation.take().unwrap_or_else(|| Evaluation::new(self.checks.clone()));
+        // Freshness is judged against the epoch's own ingestion time, so a replay judges as the
+        // stream did.
+        let reference = input.newest_ingestion_ms.map(|ms| ms.div_euclid(1000)).unwrap_or(0);
+        let report = evaluation.finish(reference, None);
+        self.stats.epochs_checked.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut failures = self.stats.check_failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for result in &report.results {
+                if !result.passed {
+                    *failures.entry(result.name.clone()).or_default() += 1;
+                }
+                if let Some(metrics) = &self.metrics {
+                    metrics.check(&result.name, result.passed).inc();
+                }
+            }
+        }
+        if report.passed() {
+            tracing::info!(epoch, rows = report.rows, "checks passed: {}", report.summary());
+        } else {
+            tracing::warn!(epoch, rows = report.rows, quarantined = report.quarantined, "checks: {}", report.summary());
+        }
+        if report.fatal().next().is_some() {
+            let failed: Vec<&str> = report.fatal().map(|r| r.name.as_str()).collect();
+            return Err(crate::Error::ChecksFailed {
+                table: self.curated.to_string(),
+                summary: format!("epoch {epoch}: check(s) {} with policy fail", failed.join(", ")),
+                report: report.to_text(),
+            });
+        }
+        Ok(())
+    }
+
     fn count_rejections(&self, rejections: &[Rejection]) {
         let mut counts = self.stats.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for rejection in rejections {
@@ -201,6 +257,7 @@ impl Committer {
         let Some(days) = meta.days else {
             return Err(crate::Error::Internal(format!("epoch {epoch} has no ingestion dates")));
         };
+        self.gate(epoch, &mut input)?;
         let properties = BTreeMap::from([
             (REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last)),
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
@@ -235,6 +292,7 @@ impl Committer {
             // Nothing was read: no table moves, no snapshot.
             return Ok(());
         }
+        self.gate(epoch, &mut input)?;
         let timer = |table: &'static str| {
             let started = Instant::now();
             let metrics = self.metrics.clone();

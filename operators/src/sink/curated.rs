@@ -29,9 +29,11 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::model::Candidate;
+use crate::checks::{Checks, Evaluation};
+use crate::model::{Candidate, RawEvent, RejectReason, Rejection};
 use crate::schema::{arrow_schema, curated_to_batch};
-use crate::sink::{EpochLog, Failure, LocalDataFile, SinkMessage};
+use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
+use crate::error::Context;
 use crate::writer::write_partition;
 
 /// One change to one curated partition.
@@ -62,6 +64,17 @@ pub struct CuratedWriter {
     /// Ingestion dates of each epoch.
     pub epochs: EpochLog,
     pub lateness_days: i32,
+    /// The curated table's data-quality checks, run on every batch before it is written.
+    pub checks: Arc<Checks>,
+    /// The topic quarantined rows are attributed to in the rejected table.
+    pub topic: Arc<str>,
+}
+
+/// What the checks made of one epoch on one worker.
+struct Judged {
+    evaluation: Evaluation,
+    newest_ingestion_ms: Option<i64>,
+    quarantined: Vec<Rejection>,
 }
 
 /// Data file paths, interned: rows refer to their file by a 4-byte id.
@@ -142,11 +155,16 @@ impl CuratedWriter {
                         continue;
                     }
                     let mut session = output.session(&capability);
+                    let mut judged = Judged {
+                        evaluation: Evaluation::new(self.checks.clone()),
+                        newest_ingestion_ms: None,
+                        quarantined: Vec::new(),
+                    };
                     for day in touched {
                         let no_files = BTreeSet::new();
                         let dirty_files = dirty.get(&day).unwrap_or(&no_files);
                         let partition = partitions.entry(day).or_default();
-                        match self.rewrite(day, partition, dirty_files, &mut files) {
+                        match self.rewrite(day, partition, dirty_files, &mut files, &mut judged) {
                             Ok(written) => {
                                 for file in dirty_files {
                                     session.give(SinkMessage::RemovedFile(files.paths[*file as usize].to_string()));
@@ -161,6 +179,15 @@ impl CuratedWriter {
                             }
                         }
                     }
+                    if !self.checks.is_empty() {
+                        for rejection in judged.quarantined {
+                            session.give(SinkMessage::Rejected(rejection));
+                        }
+                        session.give(SinkMessage::Checked(LocalEvaluation {
+                            evaluation: judged.evaluation,
+                            newest_ingestion_ms: judged.newest_ingestion_ms,
+                        }));
+                    }
                     if let Some(days) = self.epochs.days(time) {
                         // Later epochs ingest after `days.last`: older partitions cannot change.
                         let frozen_before = days.last - self.lateness_days;
@@ -172,13 +199,15 @@ impl CuratedWriter {
     }
 
     /// Writes the partition's unwritten rows and the survivors of its dirty files into new files,
-    /// and points those rows at them.
+    /// and points those rows at them. The checks judge the rows first; rows a `quarantine` check
+    /// refuses leave the partition and become rejections instead of being written.
     fn rewrite(
         &self,
         day: i32,
         partition: &mut Partition,
         dirty: &BTreeSet<u32>,
         files: &mut Files,
+        judged: &mut Judged,
     ) -> crate::Result<Vec<iceberg::spec::DataFile>> {
         let mut keys: Vec<u128> = partition
             .iter()
@@ -190,7 +219,34 @@ impl CuratedWriter {
         }
         keys.sort_unstable();
         let schema = arrow_schema(self.table.metadata().current_schema())?;
-        let batch = curated_to_batch(&schema, keys.iter().map(|key| (key, &partition[key].0)))?;
+        let mut batch = curated_to_batch(&schema, keys.iter().map(|key| (key, &partition[key].0)))?;
+        if !self.checks.is_empty() {
+            let newest = keys.iter().map(|key| partition[key].0.position.ingestion_ts_ms).max();
+            judged.newest_ingestion_ms = judged.newest_ingestion_ms.max(newest);
+            if let Some(quarantine) = judged.evaluation.observe(&batch)? {
+                let refused = &quarantine.rows;
+                let keep = arrow::compute::not(refused).context(|| "filtering quarantined rows".into())?;
+                batch = arrow::compute::filter_record_batch(&batch, &keep).context(|| "filtering quarantined rows".into())?;
+                let mut kept = Vec::with_capacity(batch.num_rows());
+                for (row, key) in keys.into_iter().enumerate() {
+                    if !refused.value(row) {
+                        kept.push(key);
+                        continue;
+                    }
+                    let (candidate, _) = partition.remove(&key).expect("checked rows are in the partition");
+                    let check = quarantine.check_name(row).unwrap_or("?");
+                    judged.quarantined.push(Rejection {
+                        reason: RejectReason::CheckFailed,
+                        detail: format!("check `{check}`: {}", self.checks.expected(check)),
+                        event: raw_event(key, &candidate, &self.topic),
+                    });
+                }
+                keys = kept;
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+            }
+        }
         let prefix = format!("w{}", self.worker);
         let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
         // The rolling writer fills files in row order: the first file's `record_count` rows, then
@@ -211,5 +267,22 @@ impl CuratedWriter {
             )));
         }
         Ok(written)
+    }
+}
+
+/// The row as the rejected table records it: its values and the coordinates of the record it
+/// came from.
+fn raw_event(key: u128, row: &Candidate, topic: &str) -> RawEvent {
+    RawEvent {
+        event_id: Some(uuid::Uuid::from_u128(key).hyphenated().to_string()),
+        user_id: Some(row.user_id.to_string()),
+        movie_id: Some(row.movie_id.to_string()),
+        rating: Some(row.rating.0),
+        rating_timestamp: Some(row.rating_timestamp),
+        source_topic: topic.to_string(),
+        source_partition: row.position.partition,
+        source_offset: row.position.offset,
+        ingestion_ts_ms: row.position.ingestion_ts_ms,
+        undecodable: None,
     }
 }

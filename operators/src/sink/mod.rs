@@ -11,7 +11,11 @@
 //!  superseded row is dirty → removed, its surviving rows written again with the new rows
 //!        │ files added, files removed
 //!        ▼
-//!  commit (worker 0) ◄── rejections (rules, late updates)
+//!        │ before writing: the table's data-quality checks (crate::checks) judge the rows;
+//!        │ `quarantine` rows become rejections, the evaluation goes to the committer
+//!        ▼
+//!  commit (worker 0) ◄── rejections (rules, late updates, quarantined rows)
+//!   gate: merged evaluation → report; a failed `fail` check stops before any commit
 //!   curated: one snapshot removing the dirty files and adding the new ones
 //!   rejected: replay replaces the epoch's ingestion_date partitions; stream appends
 //! ```
@@ -128,6 +132,28 @@ pub enum SinkMessage {
     RemovedFile(String),
     /// A record to write to the rejected table.
     Rejected(Rejection),
+    /// One worker's data-quality evaluation of the rows it wrote in the epoch.
+    Checked(LocalEvaluation),
+}
+
+/// A worker's check evaluation, handed to the committing worker of the same process (like
+/// [`LocalDataFile`], never serialized), with the newest ingestion time of the rows it judged.
+#[derive(Debug, Clone)]
+pub struct LocalEvaluation {
+    pub evaluation: crate::checks::Evaluation,
+    pub newest_ingestion_ms: Option<i64>,
+}
+
+impl Serialize for LocalEvaluation {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("check evaluations are not sent between processes; run one process with -w workers"))
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalEvaluation {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("check evaluations are not sent between processes"))
+    }
 }
 
 /// The first error any operator hit. Operators cannot return errors, so they park it here and stop
