@@ -193,6 +193,39 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
     })
 }
 
+/// Commits a change of the table's metadata that adds no snapshot (snapshot expiry): `edit` gets
+/// the newest table and returns its new metadata, or `None` when there is nothing to change. After
+/// a lost compare-and-swap `edit` runs again on the newer table. Returns the table as committed.
+pub async fn commit_metadata(
+    lakehouse: &Lakehouse,
+    ident: &TableIdent,
+    options: CommitOptions,
+    edit: impl Fn(&Table) -> Result<Option<iceberg::spec::TableMetadata>>,
+) -> Result<Option<Table>> {
+    let mut backoff = options.initial_backoff;
+    for _ in 0..options.max_attempts {
+        let base = lakehouse.load(ident).await?;
+        let Some(metadata) = edit(&base)? else { return Ok(None) };
+        let context = || format!("writing new metadata of {ident}");
+        let base_location = base.metadata_location_result().context(context)?.to_string();
+        let location =
+            MetadataLocation::from_str(&base_location).context(context)?.with_next_version().with_new_metadata(&metadata);
+        metadata.write_to(base.file_io(), &location).await.context(context)?;
+        if lakehouse.swap_metadata_pointer(ident, &base_location, &location.to_string()).await? {
+            return lakehouse.load(ident).await.map(Some);
+        }
+        if let Err(error) = base.file_io().delete(location.to_string()).await {
+            tracing::warn!(%error, "could not delete the metadata file of a lost attempt");
+        }
+        tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.5))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    Err(Error::CommitConflict {
+        table: ident.to_string(),
+        detail: format!("still losing the race after {} attempts", options.max_attempts),
+    })
+}
+
 /// Checks that `change`, prepared against `old`, still means the same thing on `new`.
 async fn validate_rebase(old: &Table, new: &Table, change: &FileChange) -> Result<()> {
     let old_files = live_files(old).await?;
@@ -407,52 +440,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::catalog::{CatalogSettings, parse_table_ident};
-    use crate::model::{Candidate, IngestPosition, Origin, Rating};
-    use crate::schema::{arrow_schema, curated_layout, curated_to_batch};
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        lakehouse: Lakehouse,
-        ident: TableIdent,
-    }
-
-    async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = CatalogSettings {
-            name: "test".into(),
-            database: dir.path().join("catalog/catalog.db"),
-            warehouse: dir.path().join("warehouse"),
-        };
-        let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
-        let ident = parse_table_ident("curated.movie_ratings").unwrap();
-        lakehouse.ensure_table(&ident, &curated_layout().unwrap()).await.unwrap();
-        Fixture { _dir: dir, lakehouse, ident }
-    }
-
-    /// A data file of `rows` rows (keys `first..first+rows`) in partition `day`.
-    async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFile {
-        let table = f.lakehouse.load(&f.ident).await.unwrap();
-        let candidates: Vec<(u128, Candidate)> = (first..first + rows)
-            .map(|key| {
-                (key, Candidate {
-                    position: IngestPosition { ingestion_ts_ms: day as i64 * 86_400_000, partition: 0, offset: key as i64 },
-                    origin: Origin::Input,
-                    rating_timestamp: day as i64 * 86_400,
-                    rating_date: day,
-                    user_id: "u".into(),
-                    movie_id: "m".into(),
-                    rating: Rating(7.5),
-                    is_approved: true,
-                })
-            })
-            .collect();
-        let schema = arrow_schema(table.metadata().current_schema()).unwrap();
-        let batch = curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap();
-        let mut files = crate::writer::write_partition(&table, day, [batch], 1 << 27, "t").await.unwrap();
-        assert_eq!(files.len(), 1);
-        files.pop().unwrap()
-    }
+    use crate::test_fixture::{Fixture, data_file, fixture};
 
     async fn append(f: &Fixture, files: Vec<DataFile>) -> Committed {
         append_with(f, files, CommitOptions::default()).await

@@ -19,6 +19,7 @@ pub mod commit;
 pub mod dataflow;
 pub mod error;
 pub mod generate;
+pub mod maintain;
 pub mod metrics;
 pub mod model;
 pub mod produce;
@@ -29,6 +30,8 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod stream;
+#[cfg(test)]
+mod test_fixture;
 pub mod upsert;
 pub mod writer;
 

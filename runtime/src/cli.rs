@@ -100,6 +100,28 @@ pub enum Command {
         #[arg(long)]
         as_of: Option<String>,
     },
+    /// Compact small files, expire old snapshots and delete orphan files (all three unless some
+    /// are chosen), on every table of the graph or one. Settings: the graph's [maintenance].
+    Maintain {
+        /// Table: role (raw, curated, rejected), full name or short name (default: all three).
+        #[arg(long)]
+        table: Option<String>,
+        /// Compact partitions with small files.
+        #[arg(long)]
+        compact: bool,
+        /// Expire snapshots and delete the files only they needed.
+        #[arg(long)]
+        expire: bool,
+        /// Delete unreferenced files older than maintenance.orphan_age.
+        #[arg(long)]
+        orphans: bool,
+        /// List what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
     /// List a table's snapshots with operation and summary.
     History {
         /// Table: role (raw, curated, rejected), full name or short name.
@@ -265,6 +287,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Produce(args)) => produce(&graph, args),
         Some(Command::Show { table, limit, filter }) => show(&graph, &table, limit, filter.as_deref()),
         Some(Command::History { table }) => history(&graph, &table),
+        Some(Command::Maintain { table, compact, expire, orphans, dry_run, format }) => {
+            maintain(&graph, table.as_deref(), [compact, expire, orphans], dry_run, format)
+        }
         None => match cli.run.mode {
             Some(Mode::Replay) => replay(&graph, &cli.run),
             Some(Mode::Stream) => stream(&graph, &cli.run),
@@ -273,6 +298,98 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Check { .. }) => unreachable!("handled above"),
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// What `runtime maintain` did to one table.
+#[derive(serde::Serialize)]
+struct Maintained {
+    table: String,
+    dry_run: bool,
+    compaction: Option<Vec<operators::maintain::PartitionCompaction>>,
+    expiry: Option<operators::maintain::ExpiryReport>,
+    orphans: Option<operators::maintain::OrphanReport>,
+}
+
+fn maintain(graph: &Graph, table: Option<&str>, chosen: [bool; 3], dry_run: bool, format: ReportFormat) -> Result<()> {
+    let [compact, expire, orphans] = if chosen.iter().any(|c| *c) { chosen } else { [true; 3] };
+    let tables: Vec<String> = match table {
+        Some(name) => vec![graph.resolve_table(name).ok_or_else(|| Error::NotFound(format!("unknown table {name:?}")))?.to_string()],
+        None => graph.tables().iter().map(|(_, full)| full.to_string()).collect(),
+    };
+    let settings = operators::maintain::MaintainSettings { dry_run, ..graph.maintenance.clone() };
+    let runtime = io_runtime()?;
+    let reports = runtime.block_on(async {
+        let lakehouse = Lakehouse::open(&graph.catalog, false).await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut reports = Vec::new();
+        for full in tables {
+            let ident = parse_table_ident(&full)?;
+            let compaction =
+                if compact { Some(operators::maintain::compact(&lakehouse, &ident, &settings).await?) } else { None };
+            let expiry =
+                if expire { Some(operators::maintain::expire(&lakehouse, &ident, &settings, now_ms).await?) } else { None };
+            let orphans =
+                if orphans { Some(operators::maintain::remove_orphans(&lakehouse, &ident, &settings).await?) } else { None };
+            reports.push(Maintained { table: full, dry_run, compaction, expiry, orphans });
+        }
+        Ok::<_, Error>(reports)
+    })?;
+    match format {
+        ReportFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&reports).map_err(|e| Error::Internal(format!("writing the report: {e}")))?)
+        }
+        ReportFormat::Text => {
+            let verb = |done: &'static str, planned: &'static str| if dry_run { planned } else { done };
+            for report in &reports {
+                println!("{}{}", report.table, if dry_run { " (dry run: nothing changed)" } else { "" });
+                if let Some(partitions) = &report.compaction {
+                    if partitions.is_empty() {
+                        println!("  compaction: every partition is compact");
+                    }
+                    for p in partitions {
+                        let outcome = match &p.outcome {
+                            operators::maintain::CompactionOutcome::Compacted { snapshot_id } => format!("compacted (snapshot {snapshot_id})"),
+                            operators::maintain::CompactionOutcome::Planned => "would compact".to_string(),
+                            operators::maintain::CompactionOutcome::Skipped { reason } => format!("skipped: {reason}"),
+                        };
+                        println!(
+                            "  compaction: {} {} small files ({}, {} rows) -> {} files: {outcome}",
+                            p.partition,
+                            p.small_files,
+                            bytesize::ByteSize(p.small_bytes),
+                            p.rows,
+                            p.files_after
+                        );
+                    }
+                }
+                if let Some(expiry) = &report.expiry {
+                    println!(
+                        "  expiry:     {} snapshots {}, {} kept; {} files {}",
+                        expiry.expired_snapshots.len(),
+                        verb("expired", "to expire"),
+                        expiry.kept_snapshots,
+                        expiry.deleted_files.len(),
+                        verb("deleted", "to delete")
+                    );
+                }
+                if let Some(orphans) = &report.orphans {
+                    println!(
+                        "  orphans:    {} files {}, {} unreferenced files younger than {} left alone",
+                        orphans.deleted_files.len(),
+                        verb("deleted", "to delete"),
+                        orphans.too_young,
+                        humantime::format_duration(settings.orphan_age)
+                    );
+                    if dry_run {
+                        for path in &orphans.deleted_files {
+                            println!("    {path}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check(graph: &Graph, name: &str, partition: Option<&str>, format: ReportFormat, as_of: Option<&str>) -> Result<ExitCode> {

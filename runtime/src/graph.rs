@@ -36,6 +36,36 @@ pub struct GraphFile {
     /// Data-quality checks per table (role `raw`/`curated`/`rejected` or the table's name).
     #[serde(default)]
     pub checks: std::collections::BTreeMap<String, Vec<CheckSection>>,
+    #[serde(default)]
+    pub maintenance: MaintenanceSection,
+}
+
+/// `runtime maintain` settings; every key has a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSection {
+    /// Compaction writes files near this size; files under 3/4 of it are small.
+    pub target_file_size: String,
+    /// Compact a partition once it has at least this many small files.
+    pub min_small_files: usize,
+    /// Expire snapshots older than this ...
+    pub snapshot_retention: String,
+    /// ... keeping at least the newest this many.
+    pub keep_snapshots: usize,
+    /// Orphan cleanup leaves unreferenced files younger than this alone.
+    pub orphan_age: String,
+}
+
+impl Default for MaintenanceSection {
+    fn default() -> Self {
+        MaintenanceSection {
+            target_file_size: "128MiB".into(),
+            min_small_files: 2,
+            snapshot_retention: "7d".into(),
+            keep_snapshots: 10,
+            orphan_age: "1d".into(),
+        }
+    }
 }
 
 /// One data-quality check; which keys it takes depends on `kind` (see README.md, "Checks").
@@ -164,6 +194,8 @@ pub struct Graph {
     pub replay_epoch_events: u64,
     /// Data-quality checks by full table name (tables without checks are absent).
     pub checks: BTreeMap<String, Arc<Checks>>,
+    /// `runtime maintain` settings (dry_run off).
+    pub maintenance: operators::maintain::MaintainSettings,
 }
 
 impl Graph {
@@ -229,15 +261,7 @@ impl Graph {
                 .map_err(|e| format!("rules.plugins[{index}].config: cannot pass it on as JSON: {e}"))?;
             plugins.push(PluginSpec { label: plugin.name, path: folder.join(plugin.path), config, base_dir: folder.to_path_buf() });
         }
-        let target_file_size = file
-            .commit
-            .target_file_size
-            .parse::<bytesize::ByteSize>()
-            .map_err(|e| format!("commit.target_file_size: expected a size such as \"128MiB\", found \"{}\" ({e})", file.commit.target_file_size))?
-            .as_u64();
-        if target_file_size < 1024 * 1024 {
-            return Err("commit.target_file_size: expected at least 1MiB".into());
-        }
+        let target_file_size = parse_size("commit.target_file_size", &file.commit.target_file_size)?;
         if file.commit.replay_epoch_events == 0 {
             return Err("commit.replay_epoch_events: expected at least 1".into());
         }
@@ -307,8 +331,25 @@ impl Graph {
             declared.validate(full, &layout).map_err(|e| format!("checks.{table}: {e}"))?;
             checks.insert(full.to_string(), Arc::new(declared));
         }
+        let section = &file.maintenance;
+        let maintenance = operators::maintain::MaintainSettings {
+            target_file_size: parse_size("maintenance.target_file_size", &section.target_file_size)?,
+            min_small_files: section.min_small_files,
+            snapshot_retention: parse_duration("maintenance.snapshot_retention", &section.snapshot_retention)?,
+            keep_snapshots: section.keep_snapshots,
+            orphan_age: parse_duration("maintenance.orphan_age", &section.orphan_age)?,
+            dry_run: false,
+            commit: CommitOptions { max_attempts: file.commit.max_attempts, ..CommitOptions::default() },
+        };
+        if maintenance.min_small_files < 2 {
+            return Err("maintenance.min_small_files: expected at least 2 (one small file has nothing to merge with)".into());
+        }
+        if maintenance.keep_snapshots < 1 {
+            return Err("maintenance.keep_snapshots: expected at least 1 (the current snapshot is always kept)".into());
+        }
         Ok(Graph {
             checks,
+            maintenance,
             path: PathBuf::new(),
             name: file.pipeline.name,
             catalog,
@@ -442,6 +483,17 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
         }
     };
     Ok(Check { name, policy, kind })
+}
+
+fn parse_size(key: &str, text: &str) -> Result<u64, String> {
+    let size = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{key}: expected a size such as \"128MiB\", found \"{text}\" ({e})"))?
+        .as_u64();
+    if size < 1024 * 1024 {
+        return Err(format!("{key}: expected at least 1MiB"));
+    }
+    Ok(size)
 }
 
 fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, String> {

@@ -1,0 +1,52 @@
+//! Test fixture shared by the commit and maintenance tests: a curated table in a temporary SQL
+//! catalog, and data files of known keys.
+
+use iceberg::TableIdent;
+use iceberg::spec::DataFile;
+
+use crate::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
+use crate::model::{Candidate, IngestPosition, Origin, Rating};
+use crate::schema::{arrow_schema, curated_layout, curated_to_batch};
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub lakehouse: Lakehouse,
+    pub ident: TableIdent,
+}
+
+pub async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = CatalogSettings {
+        name: "test".into(),
+        database: dir.path().join("catalog/catalog.db"),
+        warehouse: dir.path().join("warehouse"),
+    };
+    let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
+    let ident = parse_table_ident("curated.movie_ratings").unwrap();
+    lakehouse.ensure_table(&ident, &curated_layout().unwrap()).await.unwrap();
+    Fixture { _dir: dir, lakehouse, ident }
+}
+
+/// A data file of `rows` rows (keys `first..first+rows`) in partition `day`.
+pub async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFile {
+    let table = f.lakehouse.load(&f.ident).await.unwrap();
+    let candidates: Vec<(u128, Candidate)> = (first..first + rows)
+        .map(|key| {
+            (key, Candidate {
+                position: IngestPosition { ingestion_ts_ms: day as i64 * 86_400_000, partition: 0, offset: key as i64 },
+                origin: Origin::Input,
+                rating_timestamp: day as i64 * 86_400,
+                rating_date: day,
+                user_id: "u".into(),
+                movie_id: "m".into(),
+                rating: Rating(7.5),
+                is_approved: true,
+            })
+        })
+        .collect();
+    let schema = arrow_schema(table.metadata().current_schema()).unwrap();
+    let batch = curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap();
+    let mut files = crate::writer::write_partition(&table, day, [batch], 1 << 27, "t").await.unwrap();
+    assert_eq!(files.len(), 1);
+    files.pop().unwrap()
+}
