@@ -3,18 +3,10 @@
 //! The Python environment is created by `scripts/python-env.sh` (pinned versions).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
 use operators::model::{format_date, format_event_id};
-use ratings_tests::{EDGY, Lake};
-
-fn python() -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let status = Command::new("bash").arg(root.join("scripts/python-env.sh")).status().expect("bash runs");
-    assert!(status.success(), "creating the Python environment failed");
-    root.join(".venv/bin/python")
-}
+use ratings_tests::{EDGY, Lake, python_json};
 
 fn sha256_hex(text: &str) -> String {
     let output = Command::new("sha256sum")
@@ -37,18 +29,7 @@ fn pyiceberg_and_duckdb_read_what_we_committed() {
     lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-05", "--no-progress"]);
     lake.ok(&["--mode", "replay", "--from", "2025-05-06", "--no-progress"]);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_tables.py");
-    let output = Command::new(python())
-        .arg(script)
-        .arg("--database")
-        .arg(lake.database())
-        .arg("--warehouse")
-        .arg(lake.dir.path().join("lake/warehouse"))
-        .args(["--catalog", "ratings_flow", "--table", "curated.movie_ratings"])
-        .output()
-        .expect("python runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let seen = python_json(&lake, "check_tables.py", "curated.movie_ratings");
 
     let rows = lake.curated_rows();
     assert!(rows.len() > 15_000);

@@ -312,6 +312,13 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
     if let Some(parent) = metadata.current_snapshot() {
         let list = base.manifest_list_reader(parent).load().await.context(context)?;
         for (index, manifest_file) in list.entries().iter().enumerate() {
+            // A manifest left with only DELETED entries describes no file of this snapshot: it is
+            // dropped (as Iceberg's Java implementation does), so the removals it records end with
+            // the snapshots that made them and expiry can delete those files.
+            let live_entries = manifest_file.added_files_count.unwrap_or(1) + manifest_file.existing_files_count.unwrap_or(1);
+            if live_entries == 0 {
+                continue;
+            }
             if remove.is_empty() {
                 // An append carries every manifest over without reading it.
                 manifests.push(manifest_file.clone());

@@ -12,7 +12,9 @@
 //!    snapshots ──► kept: the current one, those named by a ref, the newest `keep_snapshots`, those
 //!                  younger than the retention ──► the rest removed from the metadata (compare-and-swap)
 //!              ──► then deleted: their manifest lists, their manifests no kept snapshot lists, and
-//!                  the data files they list that are live in no kept snapshot
+//!                  the data files of those manifests that no kept manifest mentions (a file a kept
+//!                  snapshot removed stays until that snapshot expires too, as in Iceberg's Java
+//!                  implementation: no kept metadata ever points at a missing file)
 //!  orphan cleanup
 //!    every file under the table's folder ──► not referenced by the metadata (metadata files and
 //!    log, manifest lists, manifests, data files of any entry) and older than the safety age ──► deleted
@@ -238,11 +240,14 @@ async fn delete_files(table: &Table, paths: Vec<String>) -> usize {
 #[derive(Default)]
 struct References {
     manifest_lists: HashSet<String>,
-    manifests: HashSet<String>,
-    /// Data files of live entries (added, existing).
-    live_data: HashSet<String>,
-    /// Data files of every entry, deleted ones too.
-    all_data: HashSet<String>,
+    /// Manifest path → the data files of its entries (added, existing and deleted).
+    manifests: BTreeMap<String, Vec<String>>,
+}
+
+impl References {
+    fn data_files(&self) -> impl Iterator<Item = &String> {
+        self.manifests.values().flatten()
+    }
 }
 
 async fn references(table: &Table, snapshot_ids: &[i64]) -> Result<References> {
@@ -254,17 +259,12 @@ async fn references(table: &Table, snapshot_ids: &[i64]) -> Result<References> {
         refs.manifest_lists.insert(snapshot.manifest_list().to_string());
         let list = table.manifest_list_reader(snapshot).load().await.context(context)?;
         for manifest_file in list.entries() {
-            if !refs.manifests.insert(manifest_file.manifest_path.clone()) {
+            if refs.manifests.contains_key(&manifest_file.manifest_path) {
                 continue;
             }
             let manifest = manifest_file.load_manifest(table.file_io()).await.context(context)?;
-            for entry in manifest.entries() {
-                let path = entry.file_path().to_string();
-                if entry.status() != ManifestStatus::Deleted {
-                    refs.live_data.insert(path.clone());
-                }
-                refs.all_data.insert(path);
-            }
+            let files = manifest.entries().iter().map(|entry| entry.file_path().to_string()).collect();
+            refs.manifests.insert(manifest_file.manifest_path.clone(), files);
         }
     }
     Ok(refs)
@@ -290,10 +290,16 @@ pub async fn expire(lakehouse: &Lakehouse, ident: &TableIdent, settings: &Mainta
     }
     let keep = references(&table, &kept).await?;
     let gone = references(&table, &expired).await?;
-    let mut deletable: Vec<String> = gone.manifest_lists.difference(&keep.manifest_lists).cloned().collect();
-    deletable.extend(gone.manifests.difference(&keep.manifests).cloned());
-    deletable.extend(gone.all_data.difference(&keep.live_data).cloned());
-    deletable.sort();
+    // A file goes once no kept snapshot's metadata mentions it: manifest lists of expired
+    // snapshots, their manifests no kept list shares, and the data files of those manifests that
+    // no kept manifest lists (live or as a removal, so no kept metadata points at a missing file).
+    let kept_data: HashSet<&String> = keep.data_files().collect();
+    let unreachable: Vec<(&String, &Vec<String>)> =
+        gone.manifests.iter().filter(|(path, _)| !keep.manifests.contains_key(*path)).collect();
+    let mut deletable: BTreeSet<String> = gone.manifest_lists.difference(&keep.manifest_lists).cloned().collect();
+    deletable.extend(unreachable.iter().map(|(path, _)| (*path).clone()));
+    deletable.extend(unreachable.iter().flat_map(|(_, files)| files.iter()).filter(|f| !kept_data.contains(f)).cloned());
+    let deletable: Vec<String> = deletable.into_iter().collect();
     report.deleted_files = deletable.clone();
     if settings.dry_run {
         return Ok(report);
@@ -361,7 +367,9 @@ pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings:
         .map(str::to_string)
         .into_iter()
         .chain(metadata.metadata_log().iter().map(|log| log.metadata_file.clone()));
-    for location in metadata_files.chain(refs.manifest_lists).chain(refs.manifests).chain(refs.all_data) {
+    let manifests = refs.manifests.keys().cloned().collect::<Vec<_>>();
+    let data_files = refs.data_files().cloned().collect::<Vec<_>>();
+    for location in metadata_files.chain(refs.manifest_lists).chain(manifests).chain(data_files) {
         if let Some(path) = local_path(&location) {
             referenced.insert(path.to_string());
         }
@@ -558,11 +566,13 @@ mod tests {
         assert!(local(&first_path).exists(), "the second snapshot still reads the first file");
         assert!(report.deleted_files.iter().all(|p| !p.ends_with(".parquet")), "{:?}", report.deleted_files);
 
-        let keep_one = MaintainSettings { keep_snapshots: 1, ..keep_two };
+        // The current snapshot's manifest still records the first file's removal: it stays.
+        let keep_one = MaintainSettings { keep_snapshots: 1, ..keep_two.clone() };
         let report = expire(&f.lakehouse, &f.ident, &keep_one, chrono::Utc::now().timestamp_millis()).await.unwrap();
         assert_eq!(report.expired_snapshots.len(), 1);
-        assert!(report.deleted_files.contains(&first_path), "{:?}", report.deleted_files);
-        assert!(!local(&first_path).exists());
+        assert!(!report.deleted_files.contains(&first_path), "{:?}", report.deleted_files);
+        assert!(report.deleted_files.iter().any(|p| p.contains("/snap-")), "the expired manifest list goes: {:?}", report.deleted_files);
+        assert!(local(&first_path).exists());
         for path in report.deleted_files.iter() {
             assert!(!local(path).exists(), "{path} was to be deleted");
         }
@@ -570,5 +580,19 @@ mod tests {
         assert_eq!(table.metadata().snapshots().count(), 1);
         let expected: Vec<u128> = (100..110).chain(200..210).collect();
         assert_eq!(keys(&f).await, expected, "the kept snapshot reads every file it needs");
+
+        // Once a snapshot that no longer mentions it is the only one left, the file goes.
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let live: Vec<String> = live_files(&table).await.unwrap().into_iter().map(|l| l.data_file.file_path().to_string()).collect();
+        let change = FileChange { remove: live, add: vec![data_file(&f, 10, 300, 10).await], ..Default::default() };
+        commit(&f.lakehouse, table, change, CommitOptions::default()).await.unwrap();
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let live: Vec<String> = live_files(&table).await.unwrap().into_iter().map(|l| l.data_file.file_path().to_string()).collect();
+        let change = FileChange { remove: live, add: vec![data_file(&f, 10, 400, 10).await], ..Default::default() };
+        commit(&f.lakehouse, table, change, CommitOptions::default()).await.unwrap();
+        let report = expire(&f.lakehouse, &f.ident, &keep_one, chrono::Utc::now().timestamp_millis()).await.unwrap();
+        assert!(report.deleted_files.contains(&first_path), "{:?}", report.deleted_files);
+        assert!(!local(&first_path).exists());
+        assert_eq!(keys(&f).await, (400..410).collect::<Vec<u128>>());
     }
 }

@@ -45,6 +45,30 @@ pub fn plugin_dir() -> PathBuf {
     .clone()
 }
 
+/// The project's Python (PyIceberg, DuckDB), created by `scripts/python-env.sh` with pinned
+/// versions on first use.
+pub fn python() -> PathBuf {
+    let root = workspace_root();
+    let status = Command::new("bash").arg(root.join("scripts/python-env.sh")).status().expect("bash runs");
+    assert!(status.success(), "creating the Python environment failed");
+    root.join(".venv/bin/python")
+}
+
+/// Runs `tests/python/SCRIPT` on `table` of `lake`'s catalog and parses the JSON it prints.
+pub fn python_json(lake: &Lake, script: &str, table: &str) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(workspace_root().join("tests/python").join(script))
+        .arg("--database")
+        .arg(lake.database())
+        .arg("--warehouse")
+        .arg(lake.dir.path().join("lake/warehouse"))
+        .args(["--catalog", "ratings_flow", "--table", table])
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
