@@ -76,6 +76,7 @@ fn end_to_end(c: &mut Criterion) {
         chain: ratings_benches::approval_chain(),
         // The engine alone; what the shipped checks add is measured by `make bench-replay`.
         checks: Default::default(),
+        compact_after_files: Some(16),
         from: START_DAY,
         to: None,
         workers: 2,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use apache_avro::Schema;
 use ratings_tests::kafka::{Registry, create_topic, read_topic, repo_root, schema};
 use ratings_tests::oracle::{Expected, expected};
-use ratings_tests::{Lake, assert_matches_oracle, set_line};
+use ratings_tests::{Lake, assert_matches_oracle, python_json, set_line};
 
 const READER: &str = "graphs/schemas/movie_rating.avsc";
 const V2: &str = "tests/schemas/movie_rating_v2.avsc";
@@ -293,6 +293,82 @@ fn new_keys_append_files_and_duplicates_rewrite_only_the_files_they_supersede() 
     assert!(first.iter().all(|f| !third.contains(f)), "a file holding a superseded row is still live");
     assert!(second.iter().filter(|f| !first.contains(f)).all(|f| third.contains(f)), "a file without superseded rows was rewritten");
     assert_matches_oracle(&s.lake, &s.oracle());
+}
+
+/// Live data files per partition folder of `table`.
+fn files_per_partition(lake: &Lake, table: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for file in lake.live_files(table) {
+        *counts.entry(file.split('/').rev().nth(1).unwrap().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn edit_graph(lake: &Lake, edit: impl FnOnce(String) -> String) {
+    let graph = std::fs::read_to_string(&lake.graph).unwrap();
+    std::fs::write(&lake.graph, edit(graph)).unwrap();
+}
+
+#[test]
+fn maintain_compacts_what_many_small_stream_epochs_left_and_the_stream_goes_on() {
+    const CURATED: &str = "curated.movie_ratings";
+    let mut s = Scenario::new(2);
+    // The writer leaves small files alone here, so `runtime maintain` finds them.
+    edit_graph(&s.lake, |g| set_line(g, "compact_after_files", "0"));
+    for round in 0..4 {
+        s.produce(1500, 2, "2025-05-01", 30 + round, READER);
+        s.stream(&[]);
+    }
+    let most = |table: &str| files_per_partition(&s.lake, table).values().copied().max().unwrap();
+    assert!(most(CURATED) >= 3 && most("raw.movie_ratings_raw") >= 3, "many small epochs leave many files");
+    let before = python_json(&s.lake, "check_tables.py", CURATED);
+    let old_snapshot = s.lake.table(CURATED).metadata().current_snapshot_id().unwrap().to_string();
+    let rows_then = python_json(&s.lake, "table_files.py", CURATED)["rows"][&old_snapshot].clone();
+
+    let run = s.lake.ok(&["maintain", "--compact"]);
+    assert!(run.stdout.contains("compacted"), "{}", run.stdout);
+    for table in ["raw.movie_ratings_raw", CURATED, "curated.movie_ratings_rejected"] {
+        assert!(files_per_partition(&s.lake, table).values().all(|n| *n == 1), "{table}: one file per partition");
+    }
+    let after = python_json(&s.lake, "check_tables.py", CURATED);
+    for key in ["rows", "per_partition", "checksum", "duckdb_rows", "duckdb_checksum"] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    let rows_now = python_json(&s.lake, "table_files.py", CURATED)["rows"][&old_snapshot].clone();
+    assert_eq!(rows_now, rows_then, "time travel to the snapshot before compaction still reads it");
+    assert_matches_oracle(&s.lake, &s.oracle());
+    s.assert_raw_complete();
+
+    // The stream resumes on the compacted tables (its state is reloaded from the new files).
+    s.produce(1000, 1, "2025-05-02", 40, READER);
+    s.stream(&[]);
+    assert_matches_oracle(&s.lake, &s.oracle());
+    s.assert_raw_complete();
+}
+
+#[test]
+fn the_stream_compacts_curated_in_its_writer_and_runs_scheduled_maintenance() {
+    let mut s = Scenario::new(2);
+    edit_graph(&s.lake, |g| {
+        let g = set_line(g, "compact_after_files", "3");
+        let g = set_line(g, "schedule", "\"1s\"");
+        let g = set_line(g, "snapshot_retention", "\"0s\"");
+        set_line(g, "keep_snapshots", "4")
+    });
+    let mut logs = String::new();
+    for round in 0..5 {
+        s.produce(1000, 2, "2025-05-01", 50 + round, READER);
+        let run = s.lake.command(&stream_args(&["--stop-when-idle", "3s"])).env("RUST_LOG", "info").output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        logs.push_str(&String::from_utf8_lossy(&run.stderr));
+        let curated = files_per_partition(&s.lake, "curated.movie_ratings");
+        assert!(curated.values().all(|n| *n <= 3), "round {round}: the writer keeps partitions under 3 files: {curated:?}");
+    }
+    assert!(logs.contains("compaction") && logs.contains("Compacted"), "scheduled compaction ran: {logs}");
+    assert!(logs.contains("snapshot expiry"), "scheduled expiry ran");
+    assert!(s.lake.snapshot_count("raw.movie_ratings_raw") < 10, "old snapshots were expired while streaming");
+    assert_matches_oracle(&s.lake, &s.oracle());
+    s.assert_raw_complete();
 }
 
 fn scrape(port: u16) -> Option<String> {

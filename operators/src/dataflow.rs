@@ -125,6 +125,8 @@ pub struct Sinks {
     pub metrics: Option<Arc<Metrics>>,
     /// The curated table's data-quality checks (the gate before each commit).
     pub checks: Arc<crate::checks::Checks>,
+    /// The curated writer rewrites a changed partition holding this many files or more.
+    pub compact_after_files: Option<usize>,
 }
 
 /// The input a driver feeds.
@@ -143,6 +145,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         lateness_days: context.rules.lateness_days,
         checks: sinks.checks.clone(),
         topic: sinks.topic.clone(),
+        compact_after_files: sinks.compact_after_files,
     };
     let committer = Committer {
         lakehouse: sinks.lakehouse.clone(),

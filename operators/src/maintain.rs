@@ -34,7 +34,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use iceberg::TableIdent;
-use iceberg::spec::ManifestStatus;
 use iceberg::table::Table;
 use serde::Serialize;
 
@@ -408,6 +407,46 @@ pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings:
     report.deleted_files = orphans;
     tracing::info!(table = %ident, deleted = report.deleted_files.len(), too_young = report.too_young, dry_run = settings.dry_run, "orphan cleanup");
     Ok(report)
+}
+
+/// Maintenance while a stream runs (graph: `maintenance.schedule`): every `every`, compact the
+/// append-only tables (raw, rejected: the stream only appends there, so compaction re-applies on
+/// top of its commits), expire snapshots of all three and clean orphans. The curated table is
+/// compacted by the stream's own writer (`compact_after_files`). Errors are logged, never fatal:
+/// ingestion does not stop for maintenance.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub every: Duration,
+    pub settings: MaintainSettings,
+    pub append_only: Vec<TableIdent>,
+    pub all: Vec<TableIdent>,
+}
+
+impl Schedule {
+    /// Runs until the returned handle is aborted.
+    pub fn spawn(self, catalog: crate::catalog::CatalogSettings, runtime: &tokio::runtime::Handle) -> tokio::task::JoinHandle<()> {
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(self.every).await;
+                if let Err(error) = self.run_once(&catalog).await {
+                    tracing::warn!(%error, "scheduled maintenance failed; ingestion goes on, the next round retries");
+                }
+            }
+        })
+    }
+
+    async fn run_once(&self, catalog: &crate::catalog::CatalogSettings) -> Result<()> {
+        let lakehouse = Lakehouse::open(catalog, false).await?;
+        for ident in &self.append_only {
+            compact(&lakehouse, ident, &self.settings).await?;
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for ident in &self.all {
+            expire(&lakehouse, ident, &self.settings, now_ms).await?;
+            remove_orphans(&lakehouse, ident, &self.settings).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Defaults of the graph's `[maintenance]` section.

@@ -38,6 +38,8 @@ pub struct ReplaySettings {
     pub chain: RuleChain,
     /// The curated table's data-quality checks, judged before every commit.
     pub checks: std::sync::Arc<crate::checks::Checks>,
+    /// The curated writer rewrites a changed partition holding this many files or more.
+    pub compact_after_files: Option<usize>,
     pub from: i32,
     pub to: Option<i32>,
     pub workers: usize,
@@ -134,6 +136,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         stats: stats.clone(),
         metrics: None,
         checks: settings.checks.clone(),
+        compact_after_files: settings.compact_after_files,
     };
 
     let worker_shared = shared.clone();

@@ -62,6 +62,10 @@ pub struct StreamSettings {
     pub chain: RuleChain,
     /// The curated table's data-quality checks, judged before every commit.
     pub checks: std::sync::Arc<crate::checks::Checks>,
+    /// The curated writer rewrites a changed partition holding this many files or more.
+    pub compact_after_files: Option<usize>,
+    /// Maintenance run in the background while streaming.
+    pub schedule: Option<crate::maintain::Schedule>,
     pub workers: usize,
     pub target_file_size: usize,
     pub commit: CommitOptions,
@@ -159,11 +163,13 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         stats: stats.clone(),
         metrics: settings.metrics.clone(),
         checks: settings.checks.clone(),
+        compact_after_files: settings.compact_after_files,
     };
 
+    let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
     let worker_shared = shared.clone();
     let worker_records = records_read.clone();
-    dataflow::execute(settings.workers, &shared, move |worker| {
+    let ran = dataflow::execute(settings.workers, &shared, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let metrics = settings.metrics.clone();
@@ -252,7 +258,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         }
         drop(input);
         while worker.step_or_park(None) {}
-    })?;
+    });
+    if let Some(maintenance) = maintenance {
+        maintenance.abort();
+    }
+    ran?;
     summary.records_read = records_read.load(Ordering::Relaxed);
     summary.epochs = stats.stream_epochs.load(Ordering::Relaxed);
     summary.outcome = shared.outcome(&stats);

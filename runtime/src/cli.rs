@@ -507,6 +507,7 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         rules: graph.rules,
         chain: load_rules(graph)?,
         checks: graph.checks_for(&graph.curated),
+        compact_after_files: graph.compact_after_files,
         from,
         to,
         workers: args.workers,
@@ -669,6 +670,17 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         rules: graph.rules,
         chain: load_rules(graph)?,
         checks: graph.checks_for(&graph.curated),
+        compact_after_files: graph.compact_after_files,
+        schedule: graph.maintenance_schedule.map(|every| {
+            let tables: Vec<iceberg::TableIdent> =
+                graph.tables().iter().filter_map(|(_, full)| parse_table_ident(full).ok()).collect();
+            operators::maintain::Schedule {
+                every,
+                settings: graph.maintenance.clone(),
+                append_only: tables.iter().filter(|t| t.to_string() != graph.curated).cloned().collect(),
+                all: tables,
+            }
+        }),
         workers: args.workers,
         target_file_size: graph.target_file_size,
         commit: graph.commit,

@@ -54,6 +54,10 @@ pub struct MaintenanceSection {
     pub keep_snapshots: usize,
     /// Orphan cleanup leaves unreferenced files younger than this alone.
     pub orphan_age: String,
+    /// The curated writer rewrites a changed partition once it holds this many files (0: never).
+    pub compact_after_files: usize,
+    /// Stream: run compaction (raw, rejected), expiry and orphan cleanup this often ("off": never).
+    pub schedule: String,
 }
 
 impl Default for MaintenanceSection {
@@ -64,6 +68,8 @@ impl Default for MaintenanceSection {
             snapshot_retention: "7d".into(),
             keep_snapshots: 10,
             orphan_age: "1d".into(),
+            compact_after_files: 16,
+            schedule: "off".into(),
         }
     }
 }
@@ -196,6 +202,10 @@ pub struct Graph {
     pub checks: BTreeMap<String, Arc<Checks>>,
     /// `runtime maintain` settings (dry_run off).
     pub maintenance: operators::maintain::MaintainSettings,
+    /// The curated writer rewrites a changed partition holding this many files or more.
+    pub compact_after_files: Option<usize>,
+    /// Stream: how often maintenance runs in the background.
+    pub maintenance_schedule: Option<std::time::Duration>,
 }
 
 impl Graph {
@@ -347,9 +357,20 @@ impl Graph {
         if maintenance.keep_snapshots < 1 {
             return Err("maintenance.keep_snapshots: expected at least 1 (the current snapshot is always kept)".into());
         }
+        let compact_after_files = match section.compact_after_files {
+            0 => None,
+            1 => return Err("maintenance.compact_after_files: expected 0 (off) or at least 2".into()),
+            n => Some(n),
+        };
+        let maintenance_schedule = match section.schedule.trim() {
+            "off" => None,
+            text => Some(parse_duration("maintenance.schedule", text)?),
+        };
         Ok(Graph {
             checks,
             maintenance,
+            compact_after_files,
+            maintenance_schedule,
             path: PathBuf::new(),
             name: file.pipeline.name,
             catalog,

@@ -11,8 +11,12 @@
 //! - a **duplicate** (the same values again) is no change at all (the net-change stage drops it).
 //!
 //! So a stream epoch that adds rows to today's partition appends one small file per partition it
-//! touched, and an update rewrites only the files that held superseded rows. Small files are left
-//! to compaction.
+//! touched, and an update rewrites only the files that held superseded rows. When a changed
+//! partition holds `compact_after_files` files or more (graph: `maintenance.compact_after_files`),
+//! all of them are dirty: the epoch rewrites the partition into files near the target size. Doing
+//! it here, in the one place that knows which file holds each row, means curated compaction never
+//! conflicts with the pipeline's own commits; `runtime maintain` compacts what the pipeline no
+//! longer writes.
 //!
 //! Epoch 0 carries the seeds: the curated rows inside the lateness window, each with the path of
 //! the file it was read from; they only build the state. Partitions older than
@@ -68,6 +72,8 @@ pub struct CuratedWriter {
     pub checks: Arc<Checks>,
     /// The topic quarantined rows are attributed to in the rejected table.
     pub topic: Arc<str>,
+    /// A changed partition holding at least this many files has all of them rewritten.
+    pub compact_after_files: Option<usize>,
 }
 
 /// What the checks made of one epoch on one worker.
@@ -161,9 +167,17 @@ impl CuratedWriter {
                         quarantined: Vec::new(),
                     };
                     for day in touched {
+                        let partition = partitions.entry(day).or_default();
+                        if let Some(limit) = self.compact_after_files {
+                            // Too many files: rewrite them all with this epoch's rows (compaction
+                            // in the writer, so it never races the writer's own commits).
+                            let held: BTreeSet<u32> = partition.values().filter_map(|(_, file)| *file).collect();
+                            if held.len() >= limit {
+                                dirty.insert(day, held);
+                            }
+                        }
                         let no_files = BTreeSet::new();
                         let dirty_files = dirty.get(&day).unwrap_or(&no_files);
-                        let partition = partitions.entry(day).or_default();
                         match self.rewrite(day, partition, dirty_files, &mut files, &mut judged) {
                             Ok(written) => {
                                 for file in dirty_files {
