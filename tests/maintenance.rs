@@ -36,7 +36,9 @@ fn strings(value: &serde_json::Value) -> BTreeSet<String> {
 fn expiry_and_orphan_cleanup_delete_exactly_the_unreferenced_files() {
     let lake = Lake::with_graph(|text| {
         let text = set_line(text, "replay_epoch_events", "1");
-        format!("{text}\n[maintenance]\nsnapshot_retention = \"0s\"\nkeep_snapshots = 3\norphan_age = \"1h\"\n")
+        let text = set_line(text, "snapshot_retention", "\"0s\"");
+        let text = set_line(text, "keep_snapshots", "3");
+        set_line(text, "orphan_age", "\"1h\"")
     });
     lake.ok(EDGY);
     lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
