@@ -24,8 +24,9 @@
 //! anything is committed. It makes the same Overwrite snapshot as the pipeline's own commits, so
 //! readers, time travel and a running stream see an ordinary commit. A stream's writer remembers
 //! which file holds each live row of the partitions it can still change; when compaction replaced
-//! one of those files, the writer's next update there conflicts, the stream stops with a retryable
-//! error and its restart reloads the state from the table (nothing is lost or duplicated).
+//! one of those files, the writer's next update there conflicts, the stream stops with a commit
+//! conflict and its restart reloads the state from the table (nothing is lost or duplicated). The
+//! stream's own writer compaction (`compact_after_files`) avoids that for partitions it writes.
 //! Orphan cleanup never touches a file younger than the safety age, so files of a commit in
 //! flight (written, not yet referenced) survive. It lists folders, which this build does for local
 //! warehouses only.
