@@ -42,7 +42,7 @@ demo: setup build plugins ## Start broker + registry, produce ~200k events, stre
 	$(RUNTIME) --graph $(GRAPH) show rejected --limit 8; \
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
 
-demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw partitions, replay them in two steps
+demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw partitions, replay them in two steps, check and plan maintenance
 	rm -rf .lakehouse
 	$(RUNTIME) --graph $(GRAPH) init
 	$(RUNTIME) --graph $(GRAPH) generate --events 300000 --days 10 --start 2025-05-01
@@ -50,6 +50,8 @@ demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw pa
 	$(RUNTIME) --graph $(GRAPH) --mode replay --from 2025-05-06
 	$(RUNTIME) --graph $(GRAPH) show movie_ratings --limit 10 --where rating_date=2025-05-03
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
+	$(RUNTIME) --graph $(GRAPH) check --table movie_ratings --partition rating_date=2025-05-10 --as-of 2025-05-11T00:00:00Z
+	$(RUNTIME) --graph $(GRAPH) maintain --dry-run
 
 kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and the test schema registry (127.0.0.1:8081)
 	bash scripts/kafka.sh up
