@@ -17,6 +17,7 @@ use crate::commit::CommitOptions;
 use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Error, Result};
 use crate::reader::read_tasks;
+use crate::model::format_date;
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::schema::raw_from_batch;
@@ -68,6 +69,9 @@ pub struct ReplaySummary {
     pub events_read: u64,
     pub outcome: Outcome,
     pub elapsed: Duration,
+    /// Per epoch, from its first raw file being read to its commit (what an epoch costs, without
+    /// the start-up that reloads the state).
+    pub epoch_times: Vec<Duration>,
 }
 
 impl ReplaySummary {
@@ -141,7 +145,10 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
 
     let worker_shared = shared.clone();
     let worker_events = events_read.clone();
+    let epoch_times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let worker_epoch_times = epoch_times.clone();
     dataflow::execute(settings.workers, &shared, move |worker| {
+        let epoch_times = &worker_epoch_times;
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let context = RulesContext {
@@ -159,6 +166,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             if shared.failure.is_set() {
                 break;
             }
+            let epoch_started = Instant::now();
             let read = handle.block_on(read_tasks(&raw, dataflow::share_of(&epoch.tasks, index, peers), |batch| {
                 raw_from_batch(&batch, &mut events)?;
                 let count = events.len() as u64;
@@ -178,12 +186,16 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             worker.step_while(|| probe.less_than(input.time()));
             if index == 0 && !shared.failure.is_set() {
                 progress.epoch_committed(epoch.last_day);
+                let took = epoch_started.elapsed();
+                tracing::info!(epoch = position + 1, last_day = %format_date(epoch.last_day), seconds = format!("{:.3}", took.as_secs_f64()), "epoch replayed");
+                epoch_times.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(took);
             }
         }
         drop(input);
         while worker.step_or_park(None) {}
     })?;
     summary.events_read = events_read.load(Ordering::Relaxed);
+    summary.epoch_times = std::mem::take(&mut *epoch_times.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     summary.outcome = shared.outcome(&stats);
     summary.elapsed = started.elapsed();
     Ok(summary)
