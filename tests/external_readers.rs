@@ -22,15 +22,10 @@ fn sha256_hex(text: &str) -> String {
     String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
-#[test]
-fn pyiceberg_and_duckdb_read_what_we_committed() {
-    let lake = Lake::with_epoch_events(Some(1));
-    lake.ok(EDGY);
-    lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-05", "--no-progress"]);
-    lake.ok(&["--mode", "replay", "--from", "2025-05-06", "--no-progress"]);
-
-    let seen = python_json(&lake, "check_tables.py", "curated.movie_ratings");
-
+/// PyIceberg's and DuckDB's view of curated equals the engine's: rows, per-partition counts and a
+/// checksum over every column, and the same live data files.
+fn assert_readers_agree(lake: &Lake) -> serde_json::Value {
+    let seen = python_json(lake, "check_tables.py", "curated.movie_ratings");
     let rows = lake.curated_rows();
     assert!(rows.len() > 15_000);
     let mut per_partition: BTreeMap<String, u64> = BTreeMap::new();
@@ -58,10 +53,30 @@ fn pyiceberg_and_duckdb_read_what_we_committed() {
     assert_eq!(seen["checksum"], checksum.as_str());
     assert_eq!(seen["duckdb_checksum"], checksum.as_str());
     assert_eq!(seen["per_partition"], serde_json::to_value(&per_partition).unwrap());
-
-    let live = lake.live_files("curated.movie_ratings");
     let theirs: Vec<String> = serde_json::from_value(seen["live_files"].clone()).unwrap();
-    assert_eq!(theirs, live);
+    assert_eq!(theirs, lake.live_files("curated.movie_ratings"));
+    seen
+}
+
+#[test]
+fn pyiceberg_and_duckdb_read_what_we_committed() {
+    let lake = Lake::with_epoch_events(Some(1));
+    lake.ok(EDGY);
+    lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-05", "--no-progress"]);
+    lake.ok(&["--mode", "replay", "--from", "2025-05-06", "--no-progress"]);
+
+    // Updates are position deletes on the files holding the superseded rows: both readers apply them.
+    let seen = assert_readers_agree(&lake);
+    let ours = lake.live_delete_files("curated.movie_ratings");
+    assert!(!ours.is_empty(), "the edge-case data has updates");
+    let theirs: Vec<String> = serde_json::from_value(seen["position_delete_files"].clone()).unwrap();
+    assert_eq!(theirs, ours, "PyIceberg attaches every position delete file to a data file it scans");
+
+    // Compaction removes data and delete files (Overwrite with DELETED entries): still the same rows.
+    lake.ok(&["maintain", "--compact", "--table", "curated"]);
+    assert!(lake.live_delete_files("curated.movie_ratings").is_empty());
+    let seen = assert_readers_agree(&lake);
+    let live = lake.live_files("curated.movie_ratings");
     let deleted: Vec<String> = serde_json::from_value(seen["deleted_files"].clone()).unwrap();
     assert!(!deleted.is_empty(), "Overwrite snapshots must have DELETED entries");
     assert!(deleted.iter().all(|path| !live.contains(path)), "a DELETED file is still live for PyIceberg");

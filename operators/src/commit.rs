@@ -5,8 +5,10 @@
 //!
 //! ```text
 //!  base snapshot ── manifest list ──┬─ manifest without removed files ───────► carried over as is
-//!                                   └─ manifest holding a removed file ──────► rewritten: that entry
-//!                                                                              DELETED, the rest EXISTING
+//!                                   ├─ manifest holding a removed file ──────► rewritten: that entry
+//!                                   │                                          DELETED, the rest EXISTING
+//!                                   └─ manifest with an earlier snapshot's ──► rewritten without them
+//!                                      DELETED entries                         (dropped if nothing is left)
 //!  files to add ─────────────────────────────────────────────────────────────► new manifest, ADDED
 //!                         │
 //!                         ▼
@@ -27,7 +29,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use iceberg::spec::{
-    DataFile, FormatVersion, Literal, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
+    DataContentType, DataFile, FormatVersion, ManifestContentType, Literal, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
     PrimitiveLiteral, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
 };
 use iceberg::table::Table;
@@ -47,8 +49,11 @@ pub struct FileChange {
     /// Paths of data files to remove; each must be live in the base snapshot. Paths are enough:
     /// the commit takes each file's description from the manifest that lists it.
     pub remove: Vec<String>,
-    /// Data files to add.
+    /// Data files and position delete files to add.
     pub add: Vec<DataFile>,
+    /// Data files the added position deletes point at: each must be live in the base (and still
+    /// be on a retry), or the deletes would mark rows of a file another writer replaced.
+    pub referenced: Vec<String>,
     /// Partitions (identity of a date column) whose content this change replaces: another writer
     /// touching one of them in the meantime is a conflict.
     pub guarded_partitions: BTreeSet<i32>,
@@ -81,11 +86,19 @@ impl Default for CommitOptions {
     }
 }
 
-/// A data file that is live in a snapshot, with the bookkeeping needed to mark it DELETED.
+/// A data or delete file that is live in a snapshot, with the bookkeeping needed to mark it
+/// DELETED.
 #[derive(Debug, Clone)]
 pub struct LiveFile {
     pub data_file: DataFile,
     pub partition: Option<i32>,
+}
+
+impl LiveFile {
+    /// A position delete file rather than a data file.
+    pub fn is_deletes(&self) -> bool {
+        self.data_file.content_type() != DataContentType::Data
+    }
 }
 
 /// The value of the first partition field, for tables partitioned by identity of a date column.
@@ -154,7 +167,7 @@ pub async fn replace_partitions(
     if remove.is_empty() && add.is_empty() {
         return Ok(None);
     }
-    let change = FileChange { remove, add, guarded_partitions: partitions, properties };
+    let change = FileChange { remove, add, guarded_partitions: partitions, properties, referenced: Vec::new() };
     commit(lakehouse, table, change, options).await.map(Some)
 }
 
@@ -235,6 +248,9 @@ async fn validate_rebase(old: &Table, new: &Table, change: &FileChange) -> Resul
     let conflict = |detail: String| Error::CommitConflict { table: new.identifier().to_string(), detail };
     if let Some(gone) = change.remove.iter().find(|f| !new_live.contains(f.as_str())) {
         return Err(conflict(format!("file {gone} was removed by another writer")));
+    }
+    if let Some(gone) = change.referenced.iter().find(|f| !new_live.contains(f.as_str())) {
+        return Err(conflict(format!("data file {gone}, where this commit deletes rows, was replaced by another writer")));
     }
     let touched = new_files
         .iter()
@@ -319,21 +335,28 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
             if live_entries == 0 {
                 continue;
             }
-            if remove.is_empty() {
-                // An append carries every manifest over without reading it.
+            // A manifest that records removals (DELETED entries) of an earlier snapshot is
+            // rewritten without them: a removal belongs to the snapshot that made it, so expiring
+            // that snapshot frees the file.
+            let records_removals = manifest_file.deleted_files_count.unwrap_or(0) > 0;
+            if remove.is_empty() && !records_removals {
+                // Carried over without reading it.
                 manifests.push(manifest_file.clone());
                 continue;
             }
             let manifest = manifest_file.load_manifest(file_io).await.context(context)?;
             let touched = manifest.entries().iter().any(|e| e.is_alive() && remove.contains(e.file_path()));
-            if !touched {
+            if !touched && !records_removals {
                 manifests.push(manifest_file.clone());
                 continue;
             }
             let path = format!("{metadata_dir}/{commit_id}-r{index}.avro");
             let output = file_io.new_output(&path).context(context)?;
-            let mut writer =
-                ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone()).build_v2_data();
+            let builder = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone());
+            let mut writer = match manifest_file.content {
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+                ManifestContentType::Data => builder.build_v2_data(),
+            };
             for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
                 let sequence = entry.sequence_number().unwrap_or(manifest_file.sequence_number);
                 let file_sequence = entry.file_sequence_number.or(Some(sequence));
@@ -355,11 +378,27 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
             detail: format!("file {missing} to remove is not live in the base snapshot"),
         });
     }
-    if !change.add.is_empty() {
-        let path = format!("{metadata_dir}/{commit_id}-a.avro");
+    if !change.referenced.is_empty() {
+        let live: HashSet<String> =
+            live_files(base).await?.into_iter().map(|f| f.data_file.file_path().to_string()).collect();
+        if let Some(gone) = change.referenced.iter().find(|f| !live.contains(f.as_str())) {
+            return Err(Error::CommitConflict {
+                table: base.identifier().to_string(),
+                detail: format!("data file {gone}, where this commit deletes rows, is not live in the base snapshot"),
+            });
+        }
+    }
+    let (deletes, data): (Vec<&DataFile>, Vec<&DataFile>) =
+        change.add.iter().partition(|f| f.content_type() != DataContentType::Data);
+    for (files, suffix) in [(data, "a"), (deletes, "d")] {
+        if files.is_empty() {
+            continue;
+        }
+        let path = format!("{metadata_dir}/{commit_id}-{suffix}.avro");
         let output = file_io.new_output(&path).context(context)?;
-        let mut writer = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone()).build_v2_data();
-        for file in &change.add {
+        let builder = ManifestWriterBuilder::new(output, Some(snapshot_id), schema.clone(), spec.clone());
+        let mut writer = if suffix == "d" { builder.build_v2_deletes() } else { builder.build_v2_data() };
+        for file in files {
             writer.add_file(file.clone(), sequence_number).context(context)?;
         }
         manifests.push(writer.write_manifest_file().await.context(context)?);
@@ -374,7 +413,9 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
     list_writer.close().await.context(context)?;
     written.push(list_path.clone());
 
-    let operation = if change.remove.is_empty() { Operation::Append } else { Operation::Overwrite };
+    // Adding position deletes removes rows: an overwrite, like removing files.
+    let adds_deletes = change.add.iter().any(|f| f.content_type() != DataContentType::Data);
+    let operation = if change.remove.is_empty() && !adds_deletes { Operation::Append } else { Operation::Overwrite };
     let removed: Vec<DataFile> = removed_found.into_values().collect();
     let summary = summarize(base, change, &removed, operation.clone());
     let snapshot = Snapshot::builder()
@@ -423,16 +464,30 @@ fn summarize(base: &Table, change: &FileChange, removed: &[DataFile], operation:
     let mut properties: HashMap<String, String> = collector.build();
     let previous = metadata.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
     let previous_total = |key: &str| previous.get(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let added_records: u64 = change.add.iter().map(|f| f.record_count()).sum();
-    let deleted_records: u64 = removed.iter().map(|f| f.record_count()).sum();
-    let added_size: u64 = change.add.iter().map(|f| f.file_size_in_bytes()).sum();
-    let removed_size: u64 = removed.iter().map(|f| f.file_size_in_bytes()).sum();
+    let is_data = |f: &&DataFile| f.content_type() == DataContentType::Data;
+    let sum = |files: &mut dyn Iterator<Item = &DataFile>, field: fn(&DataFile) -> u64| -> u64 { files.map(field).sum() };
+    let records = |f: &DataFile| f.record_count();
+    let size = |f: &DataFile| f.file_size_in_bytes();
+    let one = |_: &DataFile| 1;
+    let added_records = sum(&mut change.add.iter().filter(is_data), records);
+    let deleted_records = sum(&mut removed.iter().filter(is_data), records);
+    let added_size = sum(&mut change.add.iter(), size);
+    let removed_size = sum(&mut removed.iter(), size);
+    let added_files = sum(&mut change.add.iter().filter(is_data), one);
+    let removed_files = sum(&mut removed.iter().filter(is_data), one);
+    let added_delete_files = sum(&mut change.add.iter().filter(|f| !is_data(f)), one);
+    let removed_delete_files = sum(&mut removed.iter().filter(|f| !is_data(f)), one);
+    let added_positions = sum(&mut change.add.iter().filter(|f| !is_data(f)), records);
+    let removed_positions = sum(&mut removed.iter().filter(|f| !is_data(f)), records);
     let totals = [
         ("total-records", (previous_total("total-records") + added_records).saturating_sub(deleted_records)),
-        ("total-data-files", (previous_total("total-data-files") + change.add.len() as u64).saturating_sub(removed.len() as u64)),
+        ("total-data-files", (previous_total("total-data-files") + added_files).saturating_sub(removed_files)),
         ("total-files-size", (previous_total("total-files-size") + added_size).saturating_sub(removed_size)),
-        ("total-delete-files", 0),
-        ("total-position-deletes", 0),
+        ("total-delete-files", (previous_total("total-delete-files") + added_delete_files).saturating_sub(removed_delete_files)),
+        (
+            "total-position-deletes",
+            (previous_total("total-position-deletes") + added_positions).saturating_sub(removed_positions),
+        ),
         ("total-equality-deletes", 0),
     ];
     for (key, value) in totals {
@@ -533,7 +588,7 @@ mod tests {
         append(&f, vec![other.clone()]).await;
 
         let a2 = data_file(&f, 100, 0, 4).await;
-        let change = FileChange { remove: vec![a1.file_path().to_string()], add: vec![a2.clone()], guarded_partitions: BTreeSet::from([100]), properties: BTreeMap::new() };
+        let change = FileChange { remove: vec![a1.file_path().to_string()], add: vec![a2.clone()], guarded_partitions: BTreeSet::from([100]), ..Default::default() };
         let committed = commit(&f.lakehouse, base, change, CommitOptions::default()).await.unwrap();
         assert_eq!(committed.attempts, 2, "the first compare-and-swap must have lost");
         let mut expected = vec![(Some(100), a2.file_path().to_string()), (Some(101), other.file_path().to_string())];
@@ -556,7 +611,7 @@ mod tests {
             remove: vec![a1.file_path().to_string()],
             add: vec![data_file(&f, 100, 0, 4).await],
             guarded_partitions: BTreeSet::from([100]),
-            properties: BTreeMap::new(),
+            ..Default::default()
         };
         let error = commit(&f.lakehouse, base, change.clone(), CommitOptions::default()).await.unwrap_err();
         assert!(matches!(&error, Error::CommitConflict { detail, .. } if detail.contains("partition")), "{error}");
@@ -598,5 +653,38 @@ mod tests {
         assert_eq!(table.metadata().snapshots().count(), 20);
         assert_eq!(table.metadata().current_snapshot().unwrap().summary().additional_properties["total-records"], "200");
         assert!(attempts >= 20);
+    }
+
+    #[tokio::test]
+    async fn position_deletes_hide_rows_without_rewriting_and_need_their_data_file_live() {
+        let f = fixture().await;
+        let a = data_file(&f, 100, 0, 10).await;
+        append(&f, vec![a.clone()]).await;
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let path: Arc<str> = Arc::from(a.file_path());
+        let deletes = crate::writer::write_position_deletes(&table, 100, &[(path.clone(), 2), (path.clone(), 7)], "t").await.unwrap();
+        assert_eq!(deletes.content_type(), DataContentType::PositionDeletes);
+        let change = FileChange { add: vec![deletes.clone()], referenced: vec![a.file_path().to_string()], ..Default::default() };
+        let committed = commit(&f.lakehouse, table, change, CommitOptions::default()).await.unwrap();
+        assert_eq!(committed.operation, Operation::Overwrite, "removing rows is an overwrite");
+        let summary = &committed.table.metadata().current_snapshot().unwrap().summary().additional_properties;
+        assert_eq!(summary["total-records"], "10", "records count data files only");
+        assert_eq!(summary["total-data-files"], "1");
+        assert_eq!(summary["total-delete-files"], "1");
+        assert_eq!(summary["total-position-deletes"], "2");
+        assert_eq!(row_count(&f).await, 8, "the reader applies the deletes");
+        let read = crate::writer::read_position_deletes(&committed.table, &[deletes.file_path().to_string()]).await.unwrap();
+        assert_eq!(read[a.file_path()], vec![2, 7]);
+
+        // Deletes pointing at a file another writer replaced meanwhile are a conflict.
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+        let replacement = data_file(&f, 100, 50, 3).await;
+        let other = FileChange { remove: vec![a.file_path().to_string()], add: vec![replacement], ..Default::default() };
+        commit(&f.lakehouse, base.clone(), other, CommitOptions::default()).await.unwrap();
+        let late = crate::writer::write_position_deletes(&base, 100, &[(path, 3)], "t").await.unwrap();
+        let change = FileChange { add: vec![late], referenced: vec![a.file_path().to_string()], ..Default::default() };
+        let error = commit(&f.lakehouse, base, change, CommitOptions::default()).await.unwrap_err();
+        assert!(matches!(&error, Error::CommitConflict { detail, .. } if detail.contains("where this commit deletes rows")), "{error}");
+        assert_eq!(row_count(&f).await, 3);
     }
 }

@@ -16,7 +16,7 @@
 //! The driver feeds one epoch, advances its input and waits on the probe until the committer has
 //! committed that epoch, so a failed commit stops the run before anything builds on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,12 +39,13 @@ use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{Candidate, RawEvent, RejectReason, Rejection, format_date};
 use crate::reader::read_tasks;
+use crate::writer::read_position_deletes;
 use crate::rules::Rules;
 use crate::rules::chain::{Pending, RuleChain};
 use crate::schema::curated_from_batch;
 use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
 use crate::sink::committer::{CommitMode, CommitStats, Committer};
-use crate::sink::curated::{CuratedWriter, DayChange};
+use crate::sink::curated::{CuratedWriter, DayChange, Location};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
 use crate::upsert::upsert;
@@ -53,8 +54,10 @@ use crate::upsert::upsert;
 #[derive(Debug, Clone)]
 pub enum SourceRecord {
     Raw(RawEvent),
-    /// A curated row inside the lateness window and the data file it was read from.
-    Seed(u128, Candidate, Arc<str>),
+    /// A curated row inside the lateness window and where it sits.
+    Seed(u128, Candidate, Location),
+    /// A live data or position delete file of a curated partition inside the lateness window.
+    SeedFile { day: i32, path: Arc<str>, deletes: bool },
 }
 
 type Accepted = ((u128, Candidate), u64, isize);
@@ -86,6 +89,7 @@ enum Verdict {
 fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
     match record {
         SourceRecord::Seed(key, row, _) => Some(Verdict::Seed(key, row)),
+        SourceRecord::SeedFile { .. } => None,
         SourceRecord::Raw(event) => {
             let (key, candidate) = match context.rules.evaluate(&event) {
                 Ok(accepted) => accepted,
@@ -168,7 +172,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     worker.dataflow::<u64, _, _>(|scope| {
         let records = input.to_stream(scope);
         let seeds = records.clone().flat_map(|record| match record {
-            SourceRecord::Seed(key, row, file) => Some(DayChange::Seed { day: row.rating_date, key, row, file }),
+            SourceRecord::Seed(key, row, at) => Some(DayChange::Seed { day: row.rating_date, key, row, at }),
+            SourceRecord::SeedFile { day, path, deletes } => Some(DayChange::SeedFile { day, path, deletes }),
             SourceRecord::Raw(_) => None,
         });
         let failure = shared.failure.clone();
@@ -246,14 +251,52 @@ pub fn feed_seeds(
     failure: &Failure,
 ) {
     let (index, peers) = (worker.index(), worker.peers());
+    let tasks = share_of(seed_tasks, index, peers);
+    // Rows come back with position deletes applied; each row's position in its file is found by
+    // counting the file's rows and skipping the positions those deletes mark.
+    let delete_paths: BTreeSet<String> = tasks.iter().flat_map(|t| t.deletes.iter().map(|d| d.file_path.clone())).collect();
+    let deleted = match runtime.block_on(read_position_deletes(curated, &delete_paths.iter().cloned().collect::<Vec<_>>())) {
+        Ok(deleted) => deleted,
+        Err(error) => {
+            failure.set(error);
+            return;
+        }
+    };
     let mut seeds = Vec::new();
-    // One task (one data file) at a time: every seed carries the path of the file holding it.
-    for task in share_of(seed_tasks, index, peers) {
+    let mut announced: BTreeSet<String> = BTreeSet::new();
+    // One task (one data file) at a time: every seed carries the file holding it and its position.
+    for task in tasks {
         let file: Arc<str> = Arc::from(task.data_file_path.as_str());
+        let day = match task.partition.as_ref().and_then(|p| p.fields().first().cloned().flatten()) {
+            Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(day))) => day,
+            _ => {
+                failure.set(Error::Internal(format!("curated data file {file} has no rating_date partition value")));
+                break;
+            }
+        };
+        input.send(SourceRecord::SeedFile { day, path: file.clone(), deletes: false });
+        for delete in &task.deletes {
+            if announced.insert(delete.file_path.clone()) {
+                input.send(SourceRecord::SeedFile { day, path: Arc::from(delete.file_path.as_str()), deletes: true });
+            }
+        }
+        let mut skipped = deleted.get(file.as_ref()).map(|p| p.iter().copied().peekable());
+        let mut next_pos: i64 = 0;
         let seeded = runtime.block_on(read_tasks(curated, vec![task], |batch| {
             curated_from_batch(&batch, &mut seeds)?;
             for (key, row) in seeds.drain(..) {
-                input.send(SourceRecord::Seed(key, row, file.clone()));
+                while let Some(skipped) = skipped.as_mut() {
+                    match skipped.peek() {
+                        Some(&p) if p < next_pos => drop(skipped.next()),
+                        Some(&p) if p == next_pos => {
+                            skipped.next();
+                            next_pos += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                input.send(SourceRecord::Seed(key, row, Location { file: file.clone(), pos: next_pos as u32 }));
+                next_pos += 1;
             }
             worker.step();
             Ok(())

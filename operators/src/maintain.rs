@@ -3,6 +3,7 @@
 //! ```text
 //!  compaction, per partition (identity of a date column)
 //!    live files ──► small ones (< 3/4 of the target size); fewer than `min_small_files`: compact already
+//!                   (a partition with position delete files: all its data files, and the deletes go)
 //!               ──► read them ──► write files near the target ──► one Overwrite snapshot: remove the
 //!                   small files, add the new ones
 //!                   (files appended meanwhile: the commit is re-applied on the newer table;
@@ -112,21 +113,33 @@ fn small(size: u64, target: u64) -> bool {
 /// Compacts every partition of `ident` that has enough small files.
 pub async fn compact(lakehouse: &Lakehouse, ident: &TableIdent, settings: &MaintainSettings) -> Result<Vec<PartitionCompaction>> {
     let mut table = lakehouse.load(ident).await?;
-    let mut by_partition: BTreeMap<i32, Vec<(String, u64, u64)>> = BTreeMap::new();
+    // Per partition: its data files (path, size, rows) and its position delete files (path, rows).
+    let mut by_partition: BTreeMap<i32, (Vec<(String, u64, u64)>, Vec<(String, u64)>)> = BTreeMap::new();
     for file in live_files(&table).await? {
         let Some(day) = file.partition else { continue };
         let data = &file.data_file;
-        if small(data.file_size_in_bytes(), settings.target_file_size) {
-            by_partition.entry(day).or_default().push((data.file_path().to_string(), data.file_size_in_bytes(), data.record_count()));
+        let entry = by_partition.entry(day).or_default();
+        if file.is_deletes() {
+            entry.1.push((data.file_path().to_string(), data.record_count()));
+        } else {
+            entry.0.push((data.file_path().to_string(), data.file_size_in_bytes(), data.record_count()));
         }
     }
     let mut report = Vec::new();
-    for (day, files) in by_partition {
-        if files.len() < settings.min_small_files.max(2) {
+    for (day, (data_files, delete_files)) in by_partition {
+        // With position deletes, every data file of the partition is rewritten (the rows the
+        // deletes mark are dropped) and the delete files go; otherwise only the small files.
+        let files: Vec<(String, u64, u64)> = if delete_files.is_empty() {
+            data_files.into_iter().filter(|f| small(f.1, settings.target_file_size)).collect()
+        } else {
+            data_files
+        };
+        if delete_files.is_empty() && files.len() < settings.min_small_files.max(2) {
             continue;
         }
+        let deleted_rows: u64 = delete_files.iter().map(|f| f.1).sum();
         let small_bytes: u64 = files.iter().map(|f| f.1).sum();
-        let rows: u64 = files.iter().map(|f| f.2).sum();
+        let rows: u64 = files.iter().map(|f| f.2).sum::<u64>().saturating_sub(deleted_rows);
         let mut entry = PartitionCompaction {
             partition: format_date(day),
             small_files: files.len(),
@@ -137,7 +150,8 @@ pub async fn compact(lakehouse: &Lakehouse, ident: &TableIdent, settings: &Maint
         };
         if !settings.dry_run {
             let paths: Vec<String> = files.into_iter().map(|f| f.0).collect();
-            match compact_partition(lakehouse, &table, day, paths, rows, settings).await? {
+            let deletes: Vec<String> = delete_files.into_iter().map(|f| f.0).collect();
+            match compact_partition(lakehouse, &table, day, paths, deletes, rows, settings).await? {
                 Some((committed_table, snapshot_id, written)) => {
                     table = committed_table;
                     entry.files_after = written;
@@ -156,13 +170,16 @@ pub async fn compact(lakehouse: &Lakehouse, ident: &TableIdent, settings: &Maint
     Ok(report)
 }
 
-/// Rewrites `paths` (small files of partition `day`, `rows` rows in all) into files near the
-/// target size. `None`: a conflicting commit came first; nothing changed.
+/// Rewrites `paths` (data files of partition `day`, `rows` live rows in all once the position
+/// delete files `deletes` are applied) into files near the target size, removing `deletes` too.
+/// `None`: a conflicting commit came first; nothing changed.
+#[allow(clippy::too_many_arguments)]
 async fn compact_partition(
     lakehouse: &Lakehouse,
     table: &Table,
     day: i32,
     paths: Vec<String>,
+    deletes: Vec<String>,
     rows: u64,
     settings: &MaintainSettings,
 ) -> Result<Option<(Table, i64, usize)>> {
@@ -203,12 +220,13 @@ async fn compact_partition(
     }
     let files_written = written.len();
     let change = FileChange {
-        remove: paths,
+        remove: paths.into_iter().chain(deletes).collect(),
         add: written.clone(),
         // Files appended to the partition meanwhile do not change what this rewrites; only a
         // removed file that is no longer live is a conflict (checked on every retry).
         guarded_partitions: BTreeSet::new(),
         properties: BTreeMap::from([(OPERATION_PROPERTY.to_string(), "compaction".to_string())]),
+        referenced: Vec::new(),
     };
     match commit(lakehouse, table.clone(), change, settings.commit).await {
         Ok(committed) => Ok(Some((committed.table, committed.snapshot_id, files_written))),
@@ -580,7 +598,7 @@ mod tests {
                 .count()
         };
         let on_disk = parquet_files();
-        let outcome = compact_partition(&f.lakehouse, &stale, 10, paths, 30, &MaintainSettings::default()).await.unwrap();
+        let outcome = compact_partition(&f.lakehouse, &stale, 10, paths, Vec::new(), 30, &MaintainSettings::default()).await.unwrap();
         assert!(outcome.is_none(), "the compaction must give way");
         assert_eq!(keys(&f).await, before, "nothing lost or duplicated");
         assert_eq!(parquet_files(), on_disk, "the compaction's own files are deleted");

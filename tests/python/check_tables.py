@@ -52,7 +52,9 @@ def main() -> None:
     for row in rows:
         day = row["rating_date"].isoformat()
         per_partition[day] = per_partition.get(day, 0) + 1
-    live = sorted(task.file.file_path for task in table.scan().plan_files())
+    tasks = list(table.scan().plan_files())
+    live = sorted(task.file.file_path for task in tasks)
+    position_deletes = sorted({d.file_path for task in tasks for d in task.delete_files})
     deleted = set()
     operations = []
     for snapshot in sorted(table.snapshots(), key=lambda s: s.sequence_number):
@@ -81,6 +83,7 @@ def main() -> None:
                 "checksum": checksum(rows),
                 "live_files": live,
                 "deleted_files": sorted(deleted),
+                "position_delete_files": position_deletes,
                 "operations": operations,
                 "duckdb_rows": len(duck_dicts),
                 "duckdb_checksum": checksum(duck_dicts),

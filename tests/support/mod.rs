@@ -260,11 +260,21 @@ impl Lake {
 
     /// Live data file paths of a table's current snapshot.
     pub fn live_files(&self, name: &str) -> Vec<String> {
+        self.live_files_of_kind(name, false)
+    }
+
+    /// Live position delete file paths of a table's current snapshot.
+    pub fn live_delete_files(&self, name: &str) -> Vec<String> {
+        self.live_files_of_kind(name, true)
+    }
+
+    fn live_files_of_kind(&self, name: &str, deletes: bool) -> Vec<String> {
         let table = self.table(name);
         let mut files: Vec<String> = self
             .block_on(operators::commit::live_files(&table))
             .expect("live files")
             .into_iter()
+            .filter(|f| f.is_deletes() == deletes)
             .map(|f| f.data_file.file_path().to_string())
             .collect();
         files.sort();

@@ -89,6 +89,7 @@ pub struct Committer {
 struct EpochInput {
     files: Vec<DataFile>,
     removed: Vec<String>,
+    referenced: Vec<String>,
     rejections: Vec<Rejection>,
     /// The workers' check evaluations, merged.
     evaluation: Option<Evaluation>,
@@ -104,6 +105,7 @@ impl EpochInput {
         Some(FileChange {
             remove: std::mem::take(&mut self.removed),
             add: std::mem::take(&mut self.files),
+            referenced: std::mem::take(&mut self.referenced),
             guarded_partitions: BTreeSet::new(),
             properties,
         })
@@ -127,6 +129,7 @@ impl Committer {
                             match message {
                                 SinkMessage::CuratedFile(file) => epoch.files.push(file.0),
                                 SinkMessage::RemovedFile(path) => epoch.removed.push(path),
+                                SinkMessage::DeletesIn(path) => epoch.referenced.push(path),
                                 SinkMessage::Rejected(rejection) => epoch.rejections.push(rejection),
                                 SinkMessage::Checked(judged) => {
                                     epoch.newest_ingestion_ms = epoch.newest_ingestion_ms.max(judged.newest_ingestion_ms);

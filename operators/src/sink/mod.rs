@@ -128,8 +128,10 @@ impl EpochLog {
 pub enum SinkMessage {
     /// A curated data file written for one of the changed partitions.
     CuratedFile(LocalDataFile),
-    /// A curated data file the epoch's new files replace.
+    /// A curated data or delete file the epoch's new files replace.
     RemovedFile(String),
+    /// A curated data file in which the epoch's position deletes mark rows.
+    DeletesIn(String),
     /// A record to write to the rejected table.
     Rejected(Rejection),
     /// One worker's data-quality evaluation of the rows it wrote in the epoch.
