@@ -261,7 +261,7 @@ fn a_registry_outage_makes_the_stream_wait_and_drops_nothing() {
 }
 
 #[test]
-fn new_keys_append_files_and_duplicates_rewrite_only_the_files_they_supersede() {
+fn new_keys_append_files_and_superseded_rows_become_position_deletes() {
     let mut s = Scenario::new(2);
     let only_new = ["--duplicates", "0", "--updates", "0", "--ties", "0", "--late", "0", "--invalid", "0", "--malformed", "0"];
     let produce = |s: &mut Scenario, seed: &str| {
@@ -286,12 +286,22 @@ fn new_keys_append_files_and_duplicates_rewrite_only_the_files_they_supersede() 
     assert!(second.len() > first.len());
 
     // The first batch again: each record ties with its earlier copy and, ingested later, wins (its
-    // lineage moves). Exactly the files holding those rows are rewritten; the second run's stay.
+    // lineage moves). No data file is rewritten: the superseded rows are marked by position
+    // deletes, one delete file per changed partition.
+    assert!(s.lake.live_delete_files("curated.movie_ratings").is_empty());
     produce(&mut s, "1");
     s.stream(&[]);
     let third = s.lake.live_files("curated.movie_ratings");
-    assert!(first.iter().all(|f| !third.contains(f)), "a file holding a superseded row is still live");
-    assert!(second.iter().filter(|f| !first.contains(f)).all(|f| third.contains(f)), "a file without superseded rows was rewritten");
+    assert!(second.iter().all(|f| third.contains(f)), "a data file was rewritten");
+    let deletes = s.lake.live_delete_files("curated.movie_ratings");
+    let folder = |path: &String| path.rsplit_once('/').unwrap().0.to_string();
+    let first_partitions: BTreeSet<String> = first.iter().map(folder).collect();
+    assert_eq!(deletes.iter().map(folder).collect::<BTreeSet<_>>(), first_partitions, "one delete file per changed partition");
+    assert_eq!(deletes.len(), first_partitions.len());
+    let curated = s.lake.table("curated.movie_ratings");
+    let summary = &curated.metadata().current_snapshot().unwrap().summary().additional_properties;
+    assert_eq!(summary["total-position-deletes"], "2000", "every row of the first batch superseded once");
+    assert!(summary.get("deleted-data-files").is_none_or(|n| n == "0"), "{summary:?}");
     assert_matches_oracle(&s.lake, &s.oracle());
 }
 
