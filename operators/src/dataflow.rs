@@ -10,7 +10,7 @@
 //!  exchange(event_id) → Upsert arrangement → net changes ──late updates──────────────┤
 //!        │ row removed from / inserted into a rating_date (seeds: with their data file)  │
 //!        ▼ exchange(rating_date)                                                      ▼
-//!  CuratedWriter (per partition: new files, rewritten dirty files) ──► Committer (worker 0)
+//!  CuratedWriter (per partition: new data files, position delete files) ──► Committer (worker 0)
 //! ```
 //!
 //! The driver feeds one epoch, advances its input and waits on the probe until the committer has

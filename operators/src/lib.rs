@@ -8,7 +8,8 @@
 //!                                                 │                                   │ ±rows per epoch
 //!                                                 │                                   ▼
 //!                                                 │                 curated writer (every worker: its keys
-//!                                                 │                 new rows + rewritten dirty files → Parquet)
+//!                                                 │                 new rows → data files, superseded rows →
+//!                                                 │                 position delete files)
 //!                                                 ▼                                   ▼
 //!                                          commit (worker 0): Overwrite snapshot per table, CAS on the catalog
 //! ```

@@ -120,6 +120,8 @@ impl Files {
 #[derive(Default)]
 struct Partition {
     rows: HashMap<u128, (Candidate, Option<(u32, u32)>)>,
+    /// Keys inserted since the last write: an epoch writes these, without scanning `rows`.
+    unwritten: Vec<u128>,
     data_files: BTreeSet<u32>,
     delete_files: BTreeSet<u32>,
 }
@@ -180,7 +182,9 @@ impl CuratedWriter {
                     }
                     for change in inserts {
                         if let DayChange::Insert { day, key, row } = change {
-                            partitions.entry(day).or_default().rows.insert(key, (row, None));
+                            let partition = partitions.entry(day).or_default();
+                            partition.rows.insert(key, (row, None));
+                            partition.unwritten.push(key);
                             touched.insert(day);
                         }
                     }
@@ -243,9 +247,14 @@ impl CuratedWriter {
         judged: &mut Judged,
     ) -> crate::Result<Vec<SinkMessage>> {
         let mut messages = Vec::new();
-        let mut keys: Vec<u128> =
-            partition.rows.iter().filter(|(_, (_, at))| compact || at.is_none()).map(|(key, _)| *key).collect();
+        let unwritten = std::mem::take(&mut partition.unwritten);
+        let mut keys: Vec<u128> = if compact {
+            partition.rows.keys().copied().collect()
+        } else {
+            unwritten.into_iter().filter(|key| partition.rows.get(key).is_some_and(|(_, at)| at.is_none())).collect()
+        };
         keys.sort_unstable();
+        keys.dedup();
         let written = self.write_rows(day, partition, keys, files, judged)?;
         if compact {
             for id in std::mem::take(&mut partition.data_files).into_iter().chain(std::mem::take(&mut partition.delete_files)) {

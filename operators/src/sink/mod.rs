@@ -5,24 +5,25 @@
 //!        │
 //!        ▼
 //!  net changes per epoch: (old row, new row) per key; late updates → rejections
-//!        │ old row → Remove(day), new row → Insert(day); seeds → Seed(day, file)
+//!        │ old row → Remove(day), new row → Insert(day); seeds → Seed(day, file, position)
 //!        ▼ exchange(rating_date)
-//!  curated writer (the worker owning each partition): new rows → a new file; a file holding a
-//!  superseded row is dirty → removed, its surviving rows written again with the new rows
-//!        │ files added, files removed
+//!  curated writer (the worker owning each partition): new rows → a new data file; superseded
+//!  rows → a position delete file (their file and position); a partition at
+//!  `compact_after_files` files → all live rows rewritten, its old files removed
+//!        │ files added (data, deletes), files removed, files the deletes point at
 //!        ▼
 //!        │ before writing: the table's data-quality checks (crate::checks) judge the rows;
 //!        │ `quarantine` rows become rejections, the evaluation goes to the committer
 //!        ▼
 //!  commit (worker 0) ◄── rejections (rules, late updates, quarantined rows)
 //!   gate: merged evaluation → report; a failed `fail` check stops before any commit
-//!   curated: one snapshot removing the dirty files and adding the new ones
+//!   curated: one snapshot adding the new data and delete files (removing compacted ones)
 //!   rejected: replay replaces the epoch's ingestion_date partitions; stream appends
 //! ```
 //!
 //! Every live row of a partition that can still change is in memory (it is inside the lateness
-//! window, or it could not change), with the file it sits in, so nothing is read back from
-//! storage. Rows that only differ in how they were obtained (a reloaded row and its re-processed
+//! window, or it could not change), with the file and position it sits at, so nothing is read
+//! back from storage. Rows that only differ in how they were obtained (a reloaded row and its re-processed
 //! record with the same values) are not a change, so re-running a replay commits nothing to
 //! curated.
 
