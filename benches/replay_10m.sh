@@ -7,7 +7,10 @@ events=${1:-10000000}
 workers=${2:-2}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-sed -e "s|../.lakehouse/catalog.db|$work/catalog.db|" -e "s|../.lakehouse/warehouse|$work/warehouse|" graphs/ratings.toml > "$work/graph.toml"
+# The graph moves to a temporary folder: its schema, blocklist and plugin paths go with it.
+cp -r graphs/schemas graphs/blocklists "$work/"
+sed -e "s|../.lakehouse/catalog.db|$work/catalog.db|" -e "s|../.lakehouse/warehouse|$work/warehouse|" \
+    -e "s|../plugins/lib/|$PWD/plugins/lib/|" graphs/ratings.toml > "$work/graph.toml"
 bin=${CARGO_TARGET_DIR:-target}/release/runtime
 [ -x "$bin" ] || cargo build --release -p runtime
 "$bin" --graph "$work/graph.toml" init > /dev/null

