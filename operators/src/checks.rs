@@ -27,7 +27,7 @@
 //! writes, which is zero for an epoch of duplicates only, so stream graphs usually leave it out.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch};
@@ -140,6 +140,11 @@ pub struct Checks {
 /// Rows a failing check shows in its report.
 const SAMPLE_ROWS: usize = 5;
 
+/// The two hashers of `unique`'s 128-bit fingerprints (fixed seeds: fingerprints from different
+/// workers must agree).
+const UNIQUE_HASH: [foldhash::quality::FixedState; 2] =
+    [foldhash::quality::FixedState::with_seed(0x5eed_0001), foldhash::quality::FixedState::with_seed(0x5eed_0002)];
+
 impl Checks {
     pub fn new(checks: Vec<Check>) -> Result<Checks> {
         let mut names = HashSet::new();
@@ -250,6 +255,9 @@ impl Evaluation {
                 continue;
             }
             let column = column(batch, check.kind.column().expect("row checks name a column"))?;
+            if passes_whole(&check.kind, column)? {
+                continue;
+            }
             let failing = failing_rows(&check.kind, column)?;
             let count = failing.true_count();
             if count == 0 {
@@ -298,15 +306,17 @@ impl Evaluation {
                     let strings = values.as_string_opt::<i32>();
                     let formatter = ArrayFormatter::try_new(values.as_ref(), &FormatOptions::default()).context(ctx)?;
                     for row in 0..values.len() {
-                        let mut hasher = std::hash::DefaultHasher::new();
-                        match (values.is_null(row), strings) {
-                            (true, _) => None::<&str>.hash(&mut hasher),
-                            (false, Some(strings)) => Some(strings.value(row)).hash(&mut hasher),
-                            (false, None) => Some(formatter.value(row).to_string().as_str()).hash(&mut hasher),
-                        }
-                        let low = hasher.finish();
-                        "salt".hash(&mut hasher);
-                        let hash = (u128::from(hasher.finish()) << 64) | u128::from(low);
+                        let text;
+                        let value = match (values.is_null(row), strings) {
+                            (true, _) => None,
+                            (false, Some(strings)) => Some(strings.value(row)),
+                            (false, None) => {
+                                text = formatter.value(row).to_string();
+                                Some(text.as_str())
+                            }
+                        };
+                        // Two independently seeded 64-bit hashes make the 128-bit fingerprint.
+                        let hash = (u128::from(UNIQUE_HASH[0].hash_one(value)) << 64) | u128::from(UNIQUE_HASH[1].hash_one(value));
                         if !state.seen.insert(hash) {
                             state.failing += 1;
                             if state.sample.len() < SAMPLE_ROWS {
@@ -500,6 +510,29 @@ impl Report {
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("checked batch has no column {name}")))
+}
+
+/// Whether every row passes the row check `kind`, decided from the column as a whole (null count,
+/// minimum and maximum) so clean batches skip the per-row pass.
+fn passes_whole(kind: &CheckKind, values: &ArrayRef) -> Result<bool> {
+    if values.null_count() > 0 {
+        return Ok(false);
+    }
+    Ok(match kind {
+        CheckKind::NotNull { .. } => true,
+        CheckKind::Range { min, max, .. } => {
+            let numbers = cast(values, &DataType::Float64).context(|| "running a range check".into())?;
+            let numbers = numbers.as_primitive::<arrow::datatypes::Float64Type>();
+            // Arrow orders NaN above every number, so a NaN shows up as the maximum.
+            match (arrow::compute::min(numbers), arrow::compute::max(numbers)) {
+                (Some(low), Some(high)) => {
+                    !high.is_nan() && min.is_none_or(|m| low >= m) && max.is_none_or(|m| high <= m)
+                }
+                _ => true,
+            }
+        }
+        _ => false,
+    })
 }
 
 /// `true` where the row fails `kind` (a row check).
@@ -697,6 +730,19 @@ mod tests {
         assert_eq!(report.results[0].failing_rows, 1);
         assert_eq!(report.fatal().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["unique", "fresh", "schema"]);
         assert!(report.results[2].found.contains("1m 1s old"), "{}", report.results[2].found);
+    }
+
+    #[test]
+    fn range_refuses_nan_and_clean_batches_take_the_whole_column_path() {
+        let checks =
+            Arc::new(Checks::new(vec![check("r", Policy::Warn, CheckKind::Range { column: "rating".into(), min: Some(0.0), max: Some(10.0) })]).unwrap());
+        let clean = batch(vec![Some(A), Some(B)], vec![Some(0.0), Some(10.0)], vec![0, 0]);
+        assert!(passes_whole(&checks.checks[0].kind, clean.column(1)).unwrap());
+        let with_nan = batch(vec![Some(A), Some(B)], vec![Some(f32::NAN), Some(5.0)], vec![0, 0]);
+        assert!(!passes_whole(&checks.checks[0].kind, with_nan.column(1)).unwrap());
+        let mut evaluation = Evaluation::new(checks);
+        evaluation.observe(&with_nan).unwrap();
+        assert_eq!(evaluation.finish(0, None).results[0].failing_rows, 1);
     }
 
     #[test]
