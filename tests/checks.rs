@@ -68,7 +68,9 @@ fn every_shipped_check_stays_quiet_on_clean_data() {
     assert_matches_oracle(&lake, &expected(&lake.raw_events()));
 
     let report = lake.ok(&["check", "--table", "curated", "--as-of", "2025-05-10T00:00:00Z"]).stdout;
-    for check in ["event_id_is_uuid", "rating_in_range", "user_id_present", "event_id_unique", "curated_schema", "recent_ratings"] {
+    for check in
+        ["event_id_is_uuid", "rating_in_range", "user_id_present", "event_id_unique", "curated_schema", "recent_ratings", "epoch_not_empty"]
+    {
         let line = report.lines().find(|l| l.starts_with(check)).unwrap_or_else(|| panic!("{check} missing: {report}"));
         assert!(line.contains(" ok "), "{line}");
     }

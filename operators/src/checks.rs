@@ -69,7 +69,9 @@ pub enum CheckKind {
     /// A string in the canonical 8-4-4-4-12 hex form.
     Uuid { column: String },
     Unique { column: String },
-    RowCount { min: u64 },
+    /// `in_stream`: also judged on stream epochs (an epoch of only duplicates writes no rows, so
+    /// a stream usually leaves it to replays and `runtime check`).
+    RowCount { min: u64, in_stream: bool },
     /// The table's columns and their types (Arrow type names, e.g. `Utf8`, `Float32`, `Date32`).
     Schema { columns: Vec<(String, String)> },
     /// The newest value of `column` is at most `max_age_secs` older than the reference time.
@@ -114,7 +116,7 @@ impl CheckKind {
             }
             CheckKind::Uuid { column } => format!("{column} is a UUID"),
             CheckKind::Unique { column } => format!("{column} is unique"),
-            CheckKind::RowCount { min } => format!("at least {min} rows"),
+            CheckKind::RowCount { min, .. } => format!("at least {min} rows"),
             CheckKind::Schema { columns } => format!("the {} declared columns, in order", columns.len()),
             CheckKind::Freshness { column, max_age_secs } => {
                 format!("newest {column} at most {} old", humantime::format_duration(std::time::Duration::from_secs(*max_age_secs as u64)))
@@ -225,13 +227,20 @@ pub struct Evaluation {
     schema: Option<Arc<Schema>>,
     /// `false` when judging what a table already holds: nothing is quarantined, every row counts.
     quarantine: bool,
+    /// Judging a stream epoch: `row_count` checks without `in_stream` pass without judging.
+    stream_epoch: bool,
 }
 
 impl Evaluation {
     /// Judges data about to be published: `quarantine` checks refuse rows.
     pub fn new(checks: Arc<Checks>) -> Evaluation {
         let states = vec![CheckState::default(); checks.checks.len()];
-        Evaluation { checks, states, rows: 0, quarantined: 0, schema: None, quarantine: true }
+        Evaluation { checks, states, rows: 0, quarantined: 0, schema: None, quarantine: true, stream_epoch: false }
+    }
+
+    /// The same evaluation, judged as a stream epoch.
+    pub fn for_stream_epoch(self) -> Evaluation {
+        Evaluation { stream_epoch: true, ..self }
     }
 
     /// Judges data already published (`runtime check`): rows are only counted and sampled.
@@ -386,7 +395,10 @@ impl Evaluation {
                         (state.failing == 0, format!("{} failing rows", state.failing))
                     }
                     CheckKind::Unique { .. } => (state.failing == 0, format!("{} duplicate values", state.failing)),
-                    CheckKind::RowCount { min } => (self.rows >= *min, format!("{} rows", self.rows)),
+                    CheckKind::RowCount { in_stream: false, .. } if self.stream_epoch => {
+                        (true, "not judged on stream epochs (in_stream = false)".to_string())
+                    }
+                    CheckKind::RowCount { min, .. } => (self.rows >= *min, format!("{} rows", self.rows)),
                     CheckKind::Schema { columns } => match &schema {
                         Some(schema) => {
                             let found: Vec<(String, String)> =
@@ -686,7 +698,7 @@ mod tests {
             Checks::new(vec![
                 check("ids", Policy::Fail, CheckKind::Uuid { column: "event_id".into() }),
                 check("unique", Policy::Fail, CheckKind::Unique { column: "event_id".into() }),
-                check("rows", Policy::Fail, CheckKind::RowCount { min: 2 }),
+                check("rows", Policy::Fail, CheckKind::RowCount { min: 2, in_stream: false }),
                 check("fresh", Policy::Fail, CheckKind::Freshness { column: "rating_timestamp".into(), max_age_secs: 60 }),
                 check(
                     "schema",
@@ -713,7 +725,7 @@ mod tests {
         let checks = Arc::new(
             Checks::new(vec![
                 check("unique", Policy::Fail, CheckKind::Unique { column: "event_id".into() }),
-                check("rows", Policy::Warn, CheckKind::RowCount { min: 10 }),
+                check("rows", Policy::Warn, CheckKind::RowCount { min: 10, in_stream: false }),
                 check("fresh", Policy::Fail, CheckKind::Freshness { column: "rating_timestamp".into(), max_age_secs: 60 }),
                 check("schema", Policy::Fail, CheckKind::Schema { columns: vec![("event_id".into(), "Utf8".into())] }),
             ])
@@ -746,6 +758,20 @@ mod tests {
     }
 
     #[test]
+    fn row_count_is_left_out_of_stream_epochs_unless_asked() {
+        let checks = Arc::new(
+            Checks::new(vec![
+                check("batch_only", Policy::Fail, CheckKind::RowCount { min: 1, in_stream: false }),
+                check("always", Policy::Fail, CheckKind::RowCount { min: 1, in_stream: true }),
+            ])
+            .unwrap(),
+        );
+        let verdicts = |report: Report| report.results.iter().map(|r| r.passed).collect::<Vec<_>>();
+        assert_eq!(verdicts(Evaluation::new(checks.clone()).finish(0, None)), [false, false]);
+        assert_eq!(verdicts(Evaluation::new(checks).for_stream_epoch().finish(0, None)), [true, false]);
+    }
+
+    #[test]
     fn freshness_reads_dates() {
         let checks =
             Arc::new(Checks::new(vec![check("fresh", Policy::Fail, CheckKind::Freshness { column: "d".into(), max_age_secs: 86_400 })]).unwrap());
@@ -760,7 +786,10 @@ mod tests {
     fn declarations_are_validated() {
         let error = Checks::new(vec![check("u", Policy::Quarantine, CheckKind::Unique { column: "event_id".into() })]).unwrap_err();
         assert!(error.to_string().contains("quarantine needs a row check"), "{error}");
-        let twice = vec![check("x", Policy::Warn, CheckKind::RowCount { min: 1 }), check("x", Policy::Warn, CheckKind::RowCount { min: 2 })];
+        let twice = vec![
+            check("x", Policy::Warn, CheckKind::RowCount { min: 1, in_stream: false }),
+            check("x", Policy::Warn, CheckKind::RowCount { min: 2, in_stream: true }),
+        ];
         assert!(Checks::new(twice).unwrap_err().to_string().contains("declared twice"));
         let schema = batch(vec![], vec![], vec![]).schema();
         let checks = Checks::new(vec![check("r", Policy::Warn, CheckKind::Range { column: "ratin".into(), min: None, max: None })]).unwrap();

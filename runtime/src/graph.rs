@@ -89,6 +89,8 @@ pub struct CheckSection {
     pub max_age: Option<String>,
     /// schema: "name Type" per column, in order (Arrow type names).
     pub columns: Option<Vec<String>>,
+    /// row_count: also judge stream epochs (default false).
+    pub in_stream: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -422,13 +424,14 @@ impl Graph {
 
 /// A check as declared: the keys `kind` needs must be there, the others must not.
 fn check_from(section: CheckSection) -> Result<Check, String> {
-    let CheckSection { name, kind, policy, column, min, max, max_age, columns } = section;
+    let CheckSection { name, kind, policy, column, min, max, max_age, columns, in_stream } = section;
     let given: Vec<&str> = [
         ("column", column.is_some()),
         ("min", min.is_some()),
         ("max", max.is_some()),
         ("max_age", max_age.is_some()),
         ("columns", columns.is_some()),
+        ("in_stream", in_stream.is_some()),
     ]
     .into_iter()
     .filter_map(|(key, present)| present.then_some(key))
@@ -466,12 +469,12 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
             CheckKind::Range { column: need_column()?, min, max }
         }
         "row_count" => {
-            allow(&["min"])?;
+            allow(&["min", "in_stream"])?;
             let min = min.ok_or_else(|| format!("check `{name}`: a row_count check needs `min`"))?;
             if min < 0.0 || min.fract() != 0.0 {
                 return Err(format!("check `{name}`: min must be a whole number of rows, found {min}"));
             }
-            CheckKind::RowCount { min: min as u64 }
+            CheckKind::RowCount { min: min as u64, in_stream: in_stream.unwrap_or(false) }
         }
         "schema" => {
             allow(&["columns"])?;

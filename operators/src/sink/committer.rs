@@ -192,7 +192,10 @@ impl Committer {
         if self.checks.is_empty() {
             return Ok(());
         }
-        let evaluation = input.evaluation.take().unwrap_or_else(|| Evaluation::new(self.checks.clone()));
+        let mut evaluation = input.evaluation.take().unwrap_or_else(|| Evaluation::new(self.checks.clone()));
+        if matches!(self.mode, CommitMode::Stream(_)) {
+            evaluation = evaluation.for_stream_epoch();
+        }
         // Freshness is judged against the epoch's own ingestion time, so a replay judges as the
         // stream did.
         let reference = input.newest_ingestion_ms.map(|ms| ms.div_euclid(1000)).unwrap_or(0);
