@@ -54,6 +54,10 @@ pub struct FileChange {
     /// Data files the added position deletes point at: each must be live in the base (and still
     /// be on a retry), or the deletes would mark rows of a file another writer replaced.
     pub referenced: Vec<String>,
+    /// The snapshot the writer's view of `referenced` comes from. While it is still the base's
+    /// current snapshot nobody else has committed since, so the check reads no manifests (a
+    /// stream's every commit would otherwise read all of them).
+    pub referenced_in: Option<i64>,
     /// Partitions (identity of a date column) whose content this change replaces: another writer
     /// touching one of them in the meantime is a conflict.
     pub guarded_partitions: BTreeSet<i32>,
@@ -167,7 +171,7 @@ pub async fn replace_partitions(
     if remove.is_empty() && add.is_empty() {
         return Ok(None);
     }
-    let change = FileChange { remove, add, guarded_partitions: partitions, properties, referenced: Vec::new() };
+    let change = FileChange { remove, add, guarded_partitions: partitions, properties, ..Default::default() };
     commit(lakehouse, table, change, options).await.map(Some)
 }
 
@@ -378,7 +382,8 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
             detail: format!("file {missing} to remove is not live in the base snapshot"),
         });
     }
-    if !change.referenced.is_empty() {
+    let unchanged_since_writer = change.referenced_in.is_some() && change.referenced_in == metadata.current_snapshot_id();
+    if !change.referenced.is_empty() && !unchanged_since_writer {
         let live: HashSet<String> =
             live_files(base).await?.into_iter().map(|f| f.data_file.file_path().to_string()).collect();
         if let Some(gone) = change.referenced.iter().find(|f| !live.contains(f.as_str())) {

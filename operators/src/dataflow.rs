@@ -164,6 +164,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         metrics: sinks.metrics.clone(),
         failure: shared.failure.clone(),
         checks: sinks.checks.clone(),
+        curated_snapshot: std::cell::Cell::new(sinks.curated.metadata().current_snapshot_id()),
     };
     let (topic, counters) = (sinks.topic.clone(), shared.counters.clone());
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();

@@ -226,7 +226,7 @@ async fn compact_partition(
         // removed file that is no longer live is a conflict (checked on every retry).
         guarded_partitions: BTreeSet::new(),
         properties: BTreeMap::from([(OPERATION_PROPERTY.to_string(), "compaction".to_string())]),
-        referenced: Vec::new(),
+        ..Default::default()
     };
     match commit(lakehouse, table.clone(), change, settings.commit).await {
         Ok(committed) => Ok(Some((committed.table, committed.snapshot_id, files_written))),

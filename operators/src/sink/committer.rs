@@ -83,6 +83,9 @@ pub struct Committer {
     pub failure: Failure,
     /// The curated table's data-quality checks: judged before anything of an epoch is committed.
     pub checks: Arc<Checks>,
+    /// The curated snapshot the writers' state reflects: the one the run started from, then each
+    /// curated commit of this run.
+    pub curated_snapshot: std::cell::Cell<Option<i64>>,
 }
 
 #[derive(Default)]
@@ -97,8 +100,9 @@ struct EpochInput {
 }
 
 impl EpochInput {
-    /// The curated change, or `None` when the epoch changed no curated row.
-    fn curated_change(&mut self, properties: BTreeMap<String, String>) -> Option<FileChange> {
+    /// The curated change, or `None` when the epoch changed no curated row. `known` is the
+    /// snapshot the writers' view of the files comes from.
+    fn curated_change(&mut self, properties: BTreeMap<String, String>, known: Option<i64>) -> Option<FileChange> {
         if self.files.is_empty() && self.removed.is_empty() {
             return None;
         }
@@ -106,6 +110,7 @@ impl EpochInput {
             remove: std::mem::take(&mut self.removed),
             add: std::mem::take(&mut self.files),
             referenced: std::mem::take(&mut self.referenced),
+            referenced_in: known,
             guarded_partitions: BTreeSet::new(),
             properties,
         })
@@ -240,6 +245,7 @@ impl Committer {
 
     fn note(&self, committed: &Committed, curated: bool) {
         if curated {
+            self.curated_snapshot.set(Some(committed.snapshot_id));
             self.stats.curated_snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats.curated_files_added.fetch_add(committed.files_added as u64, Ordering::Relaxed);
             self.stats.curated_files_removed.fetch_add(committed.files_removed as u64, Ordering::Relaxed);
@@ -268,7 +274,7 @@ impl Committer {
             (REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last)),
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
         ]);
-        if let Some(change) = input.curated_change(properties.clone()) {
+        if let Some(change) = input.curated_change(properties.clone(), self.curated_snapshot.get()) {
             let curated = self.lakehouse.load(&self.curated).await?;
             let committed = commit(&self.lakehouse, curated, change, self.options).await?;
             self.note(&committed, true);
@@ -373,7 +379,7 @@ impl Committer {
         advance(&mut positions.curated);
         let properties = properties(&positions.curated, meta.days);
         // Only duplicates or rejections: no rows change, but the position still has to move.
-        let change = match input.curated_change(properties.clone()) {
+        let change = match input.curated_change(properties.clone(), self.curated_snapshot.get()) {
             Some(change) => change,
             None if before == positions.curated => return Ok(()),
             None => FileChange { properties, ..Default::default() },
