@@ -13,13 +13,13 @@
 //!        warn  → logged and counted, the epoch commits
 //! ```
 //!
-//! Row checks (`not_null`, `range`, `uuid`) judge each row on its own and may `quarantine`: the
+//! Row checks (`not_null`, `range`, `uuid`, `pattern`) judge each row on its own and may `quarantine`: the
 //! offending rows go to the rejected table with reason `check_failed` and the check's name, the
 //! rest commits. Table checks (`unique`, `row_count`, `schema`, `freshness`) judge the data as a
 //! whole and can only `fail` or `warn`.
 //!
 //! Edge cases: a null value fails `range` and `uuid` as well as `not_null` (a value that is not
-//! there is not in range); NaN is never in range; `unique` hashes values to 128 bits (a false
+//! there is not in range), and `pattern` (the whole value must match); NaN is never in range; `unique` hashes values to 128 bits (a false
 //! duplicate needs a hash collision, ~2^-64 at a billion rows); `freshness` compares the newest
 //! value with a reference time the caller gives (in the pipeline the newest ingestion time of the
 //! epoch's records, so a replay judges exactly what the stream judged; in `runtime check` the
@@ -68,6 +68,8 @@ pub enum CheckKind {
     Range { column: String, min: Option<f64>, max: Option<f64> },
     /// A string in the canonical 8-4-4-4-12 hex form.
     Uuid { column: String },
+    /// A string the whole of which matches a regular expression.
+    Pattern { column: String, pattern: TextPattern },
     Unique { column: String },
     /// `in_stream`: also judged on stream epochs (an epoch of only duplicates writes no rows, so
     /// a stream usually leaves it to replays and `runtime check`).
@@ -85,6 +87,7 @@ impl CheckKind {
             CheckKind::NotNull { .. } => "not_null",
             CheckKind::Range { .. } => "range",
             CheckKind::Uuid { .. } => "uuid",
+            CheckKind::Pattern { .. } => "pattern",
             CheckKind::Unique { .. } => "unique",
             CheckKind::RowCount { .. } => "row_count",
             CheckKind::Schema { .. } => "schema",
@@ -93,7 +96,7 @@ impl CheckKind {
     }
 
     fn is_row_check(&self) -> bool {
-        matches!(self, CheckKind::NotNull { .. } | CheckKind::Range { .. } | CheckKind::Uuid { .. })
+        matches!(self, CheckKind::NotNull { .. } | CheckKind::Range { .. } | CheckKind::Uuid { .. } | CheckKind::Pattern { .. })
     }
 
     fn column(&self) -> Option<&str> {
@@ -101,6 +104,7 @@ impl CheckKind {
             CheckKind::NotNull { column }
             | CheckKind::Range { column, .. }
             | CheckKind::Uuid { column }
+            | CheckKind::Pattern { column, .. }
             | CheckKind::Unique { column }
             | CheckKind::Freshness { column, .. } => Some(column),
             CheckKind::RowCount { .. } | CheckKind::Schema { .. } => None,
@@ -115,6 +119,7 @@ impl CheckKind {
                 format!("{column} in {}..={}", bound(min), bound(max))
             }
             CheckKind::Uuid { column } => format!("{column} is a UUID"),
+            CheckKind::Pattern { column, pattern } => format!("{column} matches {}", pattern.text()),
             CheckKind::Unique { column } => format!("{column} is unique"),
             CheckKind::RowCount { min, .. } => format!("at least {min} rows"),
             CheckKind::Schema { columns } => format!("the {} declared columns, in order", columns.len()),
@@ -122,6 +127,36 @@ impl CheckKind {
                 format!("newest {column} at most {} old", humantime::format_duration(std::time::Duration::from_secs(*max_age_secs as u64)))
             }
         }
+    }
+}
+
+/// The regular expression of a `pattern` check, anchored at both ends: the whole value must
+/// match, as "exactly two letters" means.
+#[derive(Debug, Clone)]
+pub struct TextPattern {
+    text: String,
+    anchored: regex::Regex,
+}
+
+impl TextPattern {
+    /// Compiles `text` (the `regex` crate's syntax). The error names what is wrong with it.
+    pub fn new(text: &str) -> std::result::Result<TextPattern, String> {
+        let anchored = regex::Regex::new(&format!("^(?:{text})$")).map_err(|e| e.to_string())?;
+        Ok(TextPattern { text: text.to_string(), anchored })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        self.anchored.is_match(value)
+    }
+}
+
+impl PartialEq for TextPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
     }
 }
 
@@ -180,7 +215,9 @@ impl Checks {
             let data_type = field.data_type();
             let fits = match &check.kind {
                 CheckKind::Range { .. } => data_type.is_numeric(),
-                CheckKind::Uuid { .. } => matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+                CheckKind::Uuid { .. } | CheckKind::Pattern { .. } => {
+                    matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+                }
                 CheckKind::Freshness { .. } => {
                     matches!(data_type, DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _))
                 }
@@ -391,7 +428,7 @@ impl Evaluation {
             .zip(self.states)
             .map(|(check, state)| {
                 let (passed, found) = match &check.kind {
-                    CheckKind::NotNull { .. } | CheckKind::Range { .. } | CheckKind::Uuid { .. } => {
+                    CheckKind::NotNull { .. } | CheckKind::Range { .. } | CheckKind::Uuid { .. } | CheckKind::Pattern { .. } => {
                         (state.failing == 0, format!("{} failing rows", state.failing))
                     }
                     CheckKind::Unique { .. } => (state.failing == 0, format!("{} duplicate values", state.failing)),
@@ -569,6 +606,10 @@ fn failing_rows(kind: &CheckKind, values: &ArrayRef) -> Result<BooleanArray> {
         CheckKind::Uuid { .. } => {
             let text = cast(values, &DataType::Utf8).context(ctx)?;
             text.as_string::<i32>().iter().map(|value| Some(!value.is_some_and(is_canonical_uuid))).collect()
+        }
+        CheckKind::Pattern { pattern, .. } => {
+            let text = cast(values, &DataType::Utf8).context(ctx)?;
+            text.as_string::<i32>().iter().map(|value| Some(!value.is_some_and(|v| pattern.matches(v)))).collect()
         }
         _ => return Err(Error::Internal(format!("{} is not a row check", kind.name()))),
     })

@@ -14,6 +14,7 @@
 //!                                          commit (worker 0): Overwrite snapshot per table, CAS on the catalog
 //! ```
 
+pub mod batch;
 pub mod catalog;
 pub mod checks;
 pub mod commit;

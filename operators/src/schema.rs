@@ -31,17 +31,17 @@ fn field(id: i32, name: &str, ty: PrimitiveType, required: bool) -> Arc<NestedFi
 /// A table's Iceberg schema and partition spec (identity on one date column).
 pub struct TableLayout {
     pub schema: Schema,
-    pub partition_column: &'static str,
+    pub partition_column: String,
 }
 
 impl TableLayout {
     pub fn partition_spec(&self) -> Result<UnboundPartitionSpec> {
         let source = self
             .schema
-            .field_by_name(self.partition_column)
+            .field_by_name(&self.partition_column)
             .ok_or_else(|| Error::Internal(format!("no partition column {}", self.partition_column)))?;
         UnboundPartitionSpec::builder()
-            .add_partition_field(source.id, self.partition_column, Transform::Identity)
+            .add_partition_field(source.id, self.partition_column.clone(), Transform::Identity)
             .map(|b| b.build())
             .context(|| "building partition spec".into())
     }
@@ -67,7 +67,7 @@ pub fn raw_layout() -> Result<TableLayout> {
         ])
         .build()
         .context(|| "building raw schema".into())?;
-    Ok(TableLayout { schema, partition_column: "ingestion_date" })
+    Ok(TableLayout { schema, partition_column: "ingestion_date".into() })
 }
 
 pub fn curated_layout() -> Result<TableLayout> {
@@ -88,7 +88,7 @@ pub fn curated_layout() -> Result<TableLayout> {
         .with_identifier_field_ids(vec![1])
         .build()
         .context(|| "building curated schema".into())?;
-    Ok(TableLayout { schema, partition_column: "rating_date" })
+    Ok(TableLayout { schema, partition_column: "rating_date".into() })
 }
 
 pub fn rejected_layout() -> Result<TableLayout> {
@@ -111,7 +111,7 @@ pub fn rejected_layout() -> Result<TableLayout> {
         ])
         .build()
         .context(|| "building rejected schema".into())?;
-    Ok(TableLayout { schema, partition_column: "ingestion_date" })
+    Ok(TableLayout { schema, partition_column: "ingestion_date".into() })
 }
 
 pub fn arrow_schema(schema: &Schema) -> Result<ArrowSchemaRef> {

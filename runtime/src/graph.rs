@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use operators::catalog::CatalogSettings;
-use operators::checks::{Check, CheckKind, Checks, Policy};
+use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
 use operators::rules::Rules;
 use operators::rules::chain::RuleChain;
@@ -79,7 +79,7 @@ impl Default for MaintenanceSection {
 #[serde(deny_unknown_fields)]
 pub struct CheckSection {
     pub name: String,
-    /// not_null, range, uuid, unique, row_count, schema, freshness.
+    /// not_null, range, uuid, pattern, unique, row_count, schema, freshness.
     pub kind: String,
     pub policy: Policy,
     pub column: Option<String>,
@@ -91,6 +91,8 @@ pub struct CheckSection {
     pub columns: Option<Vec<String>>,
     /// row_count: also judge stream epochs (default false).
     pub in_stream: Option<bool>,
+    /// pattern: a regular expression the whole value must match.
+    pub pattern: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,7 +426,7 @@ impl Graph {
 
 /// A check as declared: the keys `kind` needs must be there, the others must not.
 fn check_from(section: CheckSection) -> Result<Check, String> {
-    let CheckSection { name, kind, policy, column, min, max, max_age, columns, in_stream } = section;
+    let CheckSection { name, kind, policy, column, min, max, max_age, columns, in_stream, pattern } = section;
     let given: Vec<&str> = [
         ("column", column.is_some()),
         ("min", min.is_some()),
@@ -432,6 +434,7 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
         ("max_age", max_age.is_some()),
         ("columns", columns.is_some()),
         ("in_stream", in_stream.is_some()),
+        ("pattern", pattern.is_some()),
     ]
     .into_iter()
     .filter_map(|(key, present)| present.then_some(key))
@@ -451,6 +454,12 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
         "uuid" => {
             allow(&["column"])?;
             CheckKind::Uuid { column: need_column()? }
+        }
+        "pattern" => {
+            allow(&["column", "pattern"])?;
+            let text = pattern.ok_or_else(|| format!("check `{name}`: a pattern check needs `pattern` (a regular expression the whole value must match)"))?;
+            let pattern = TextPattern::new(&text).map_err(|e| format!("check `{name}`: pattern {text:?} is not a regular expression: {e}"))?;
+            CheckKind::Pattern { column: need_column()?, pattern }
         }
         "unique" => {
             allow(&["column"])?;
@@ -502,7 +511,7 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
         }
         other => {
             return Err(format!(
-                "check `{name}`: unknown kind {other:?} (expected not_null, range, uuid, unique, row_count, schema or freshness)"
+                "check `{name}`: unknown kind {other:?} (expected not_null, range, uuid, pattern, unique, row_count, schema or freshness)"
             ));
         }
     };
