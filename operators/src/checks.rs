@@ -439,7 +439,7 @@ impl Evaluation {
                     CheckKind::Schema { columns } => match &schema {
                         Some(schema) => {
                             let found: Vec<(String, String)> =
-                                schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
+                                schema.fields().iter().map(|f| (f.name().clone(), type_text(f.data_type()))).collect();
                             (&found == columns, schema_difference(columns, &found))
                         }
                         None => (true, "no rows, nothing to compare".into()),
@@ -613,6 +613,25 @@ fn failing_rows(kind: &CheckKind, values: &ArrayRef) -> Result<BooleanArray> {
         }
         _ => return Err(Error::Internal(format!("{} is not a row check", kind.name()))),
     })
+}
+
+/// How `schema` checks write a type: Arrow's own text of it without what readers and writers
+/// label differently for the same data (field metadata such as Parquet field ids, the name of list
+/// items, nullability of nested fields), so `List(Struct("id": Int64, "name": Utf8))` is one type
+/// whichever file or scan it came from.
+pub fn type_text(data_type: &DataType) -> String {
+    fn plain(data_type: &DataType) -> DataType {
+        use arrow::datatypes::Field;
+        match data_type {
+            DataType::List(item) => DataType::List(Arc::new(Field::new_list_field(plain(item.data_type()), true))),
+            DataType::LargeList(item) => DataType::LargeList(Arc::new(Field::new_list_field(plain(item.data_type()), true))),
+            DataType::Struct(fields) => {
+                DataType::Struct(fields.iter().map(|f| Field::new(f.name(), plain(f.data_type()), true)).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    plain(data_type).to_string()
 }
 
 /// `8-4-4-4-12` hex digits, either case.

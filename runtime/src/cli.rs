@@ -122,6 +122,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
+    /// Load Parquet files (or folders of them) into a batch graph's raw table: columns checked
+    /// against the graph's declaration, rows split by their partition date, one append snapshot;
+    /// a file imported before (same content) is skipped.
+    Import {
+        /// The raw table: role, full name or short name.
+        #[arg(long, default_value = "raw")]
+        table: String,
+        /// Parquet files, or folders searched for *.parquet.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// List a table's snapshots with operation and summary.
     History {
         /// Table: role (raw, curated, rejected), full name or short name.
@@ -264,7 +275,7 @@ fn load_graph(path: &std::path::Path) -> Result<Graph> {
     Graph::load(path).map_err(|e| Error::User(e.to_string()))
 }
 
-fn io_runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -272,11 +283,14 @@ fn io_runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::Internal(format!("starting the I/O runtime: {e}")))
 }
 
-fn date_arg(flag: &str, text: &str) -> Result<i32> {
+pub(crate) fn date_arg(flag: &str, text: &str) -> Result<i32> {
     parse_date(text).ok_or_else(|| Error::User(format!("{flag} {text:?}: expected a date YYYY-MM-DD")))
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if crate::graph::kind_of(&cli.graph).map_err(|e| Error::User(e.to_string()))? == crate::graph::PipelineKind::Batch {
+        return crate::batch::run(cli);
+    }
     let graph = load_graph(&cli.graph)?;
     if let Some(Command::Check { table, partition, format, as_of }) = &cli.command {
         return check(&graph, table, partition.as_deref(), *format, as_of.as_deref());
@@ -296,6 +310,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             None => Err(Error::User("nothing to do: give --mode replay --from YYYY-MM-DD, or a command (see --help)".into())),
         },
         Some(Command::Check { .. }) => unreachable!("handled above"),
+        Some(Command::Import { .. }) => Err(Error::User(format!(
+            "import loads Parquet files into the raw table of a batch graph (pipeline.kind = \"batch\"); {} fills its raw table from Kafka",
+            cli.graph.display()
+        ))),
     }
     .map(|()| ExitCode::SUCCESS)
 }
@@ -399,14 +417,27 @@ fn check(graph: &Graph, name: &str, partition: Option<&str>, format: ReportForma
     if checks.is_empty() {
         return Err(Error::User(format!("the graph declares no checks for {full} (add [[checks.{name}]] entries, see README.md)")));
     }
+    report_checks(&runtime, &table, checks, partition, format, as_of)
+}
+
+/// Runs `checks` over what `table` holds (one partition with `partition`) and prints the report.
+pub(crate) fn report_checks(
+    runtime: &tokio::runtime::Runtime,
+    table: &iceberg::table::Table,
+    checks: Arc<operators::checks::Checks>,
+    partition: Option<&str>,
+    format: ReportFormat,
+    as_of: Option<&str>,
+) -> Result<ExitCode> {
+    let full = table.identifier().to_string();
     let reference = match as_of {
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)
             .map_err(|e| Error::User(format!("--as-of {text:?}: expected an RFC 3339 time such as 2025-05-10T00:00:00Z ({e})")))?
             .timestamp(),
         None => chrono::Utc::now().timestamp(),
     };
-    let filter = partition.map(|p| crate::inspect::parse_where(&table, p)).transpose()?;
-    let report = runtime.block_on(crate::inspect::check(&table, checks, filter, reference))?;
+    let filter = partition.map(|p| crate::inspect::parse_where(table, p)).transpose()?;
+    let report = runtime.block_on(crate::inspect::check(table, checks, filter, reference))?;
     match format {
         ReportFormat::Text => println!("{full}{}\n{}", partition.map(|p| format!(" ({p})")).unwrap_or_default(), report.to_text()),
         ReportFormat::Json => {

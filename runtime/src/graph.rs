@@ -23,6 +23,49 @@ pub struct GraphError {
     pub message: String,
 }
 
+/// What kind of pipeline a graph file describes (`pipeline.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineKind {
+    /// Events from Kafka (or replayed from raw), the ratings pipeline: `--mode stream|replay`.
+    #[default]
+    Events,
+    /// A batch ETL over tables of any schema (see [`crate::batch`]): `import`, `--mode replay`.
+    Batch,
+}
+
+/// The kind a graph file declares, read before the rest so each kind parses its own sections.
+pub fn kind_of(path: &Path) -> Result<PipelineKind, GraphError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        pipeline: Option<PeekPipeline>,
+    }
+    #[derive(Deserialize)]
+    struct PeekPipeline {
+        #[serde(default)]
+        kind: PipelineKind,
+    }
+    let peek: Peek = parse_file(path)?;
+    Ok(peek.pipeline.map(|p| p.kind).unwrap_or_default())
+}
+
+/// Reads and deserializes a graph file; errors name the file, the key, the problem and the line.
+pub fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, GraphError> {
+    let file = path.display().to_string();
+    let fail = |message: String| GraphError { file: file.clone(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the graph file: {e}")))?;
+    let deserializer = toml::Deserializer::new(&text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let location = e.inner().span().map(|span| {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!(" (line {line})")
+        });
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { format!("{key}: ") };
+        fail(format!("{key}{}{}", e.inner().message().trim(), location.unwrap_or_default()))
+    })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GraphFile {
@@ -99,6 +142,9 @@ pub struct CheckSection {
 #[serde(deny_unknown_fields)]
 pub struct PipelineSection {
     pub name: String,
+    /// `events` (default) or `batch`.
+    #[serde(default)]
+    pub kind: PipelineKind,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,41 +260,17 @@ pub struct Graph {
 
 impl Graph {
     pub fn load(path: &Path) -> Result<Graph, GraphError> {
-        let file = path.display().to_string();
-        let fail = |message: String| GraphError { file: file.clone(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the graph file: {e}")))?;
-        let deserializer = toml::Deserializer::new(&text);
-        let parsed: GraphFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let location = e.inner().span().map(|span| {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
-                format!(" (line {line})")
-            });
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { format!("{key}: ") };
-            fail(format!("{key}{}{}", e.inner().message().trim(), location.unwrap_or_default()))
-        })?;
+        let parsed: GraphFile = parse_file(path)?;
         let folder = path.parent().unwrap_or(Path::new("."));
         Self::validate(parsed, folder).map(|mut graph| {
             graph.path = path.to_path_buf();
             graph
         })
-        .map_err(fail)
+        .map_err(|message| GraphError { file: path.display().to_string(), message })
     }
 
     fn validate(file: GraphFile, folder: &Path) -> Result<Graph, String> {
-        let catalog = match file.catalog {
-            CatalogSection::Sql { name, database, warehouse } => {
-                if name.trim().is_empty() {
-                    return Err("catalog.name: expected a non-empty catalog name".into());
-                }
-                CatalogSettings { name, database: folder.join(database), warehouse: folder.join(warehouse) }
-            }
-            CatalogSection::Rest { uri, .. } => {
-                return Err(format!(
-                    "catalog.kind: \"rest\" ({uri}) is recognised but this build commits only through the embedded SQL catalog; use kind = \"sql\""
-                ));
-            }
-        };
+        let catalog = catalog_settings(file.catalog, folder)?;
         let expect = |key: &str, value: &str, supported: &str| -> Result<(), String> {
             if value == supported {
                 Ok(())
@@ -425,7 +447,22 @@ impl Graph {
 }
 
 /// A check as declared: the keys `kind` needs must be there, the others must not.
-fn check_from(section: CheckSection) -> Result<Check, String> {
+/// The catalog a graph names, paths resolved against the graph file's folder.
+pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result<CatalogSettings, String> {
+    match section {
+        CatalogSection::Sql { name, database, warehouse } => {
+            if name.trim().is_empty() {
+                return Err("catalog.name: expected a non-empty catalog name".into());
+            }
+            Ok(CatalogSettings { name, database: folder.join(database), warehouse: folder.join(warehouse) })
+        }
+        CatalogSection::Rest { uri, .. } => Err(format!(
+            "catalog.kind: \"rest\" ({uri}) is recognised but this build commits only through the embedded SQL catalog; use kind = \"sql\""
+        )),
+    }
+}
+
+pub(crate) fn check_from(section: CheckSection) -> Result<Check, String> {
     let CheckSection { name, kind, policy, column, min, max, max_age, columns, in_stream, pattern } = section;
     let given: Vec<&str> = [
         ("column", column.is_some()),
@@ -496,7 +533,7 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
                         let parsed = data_type
                             .parse::<arrow::datatypes::DataType>()
                             .map_err(|e| format!("check `{name}`: {text:?}: {data_type:?} is not an Arrow type ({e})"))?;
-                        Ok((column.to_string(), parsed.to_string()))
+                        Ok((column.to_string(), operators::checks::type_text(&parsed)))
                     }
                     None => Err(format!("check `{name}`: expected \"column Type\" such as \"rating Float32\", found {text:?}")),
                 })
@@ -518,7 +555,7 @@ fn check_from(section: CheckSection) -> Result<Check, String> {
     Ok(Check { name, policy, kind })
 }
 
-fn parse_size(key: &str, text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(key: &str, text: &str) -> Result<u64, String> {
     let size = text
         .parse::<bytesize::ByteSize>()
         .map_err(|e| format!("{key}: expected a size such as \"128MiB\", found \"{text}\" ({e})"))?
@@ -529,7 +566,7 @@ fn parse_size(key: &str, text: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(key: &str, text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{key}: expected a duration such as \"5d\" or \"1h\", found \"{text}\" ({e})"))
 }
 
