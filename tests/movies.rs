@@ -1,0 +1,210 @@
+//! The movies batch pipeline (`graphs/movies.toml`), end to end through the `runtime` binary:
+//! import of real Parquet exports, the batch job per execution date, its checks, and the curated
+//! table compared row by row with an oracle that pyarrow computes from the raw files
+//! (`tests/python/movies.py`), read back by PyIceberg.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ratings_tests::{Lake, Run, python, workspace_root};
+
+const GRAPH: &str = include_str!("../graphs/movies.toml");
+const CURATED: &str = "movies.movie_ratings_curated";
+
+/// A temporary lakehouse with the shipped movies graph pointing at it.
+struct Movies {
+    dir: tempfile::TempDir,
+    graph: PathBuf,
+}
+
+impl Movies {
+    fn new() -> Movies {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let graph = dir.path().join("movies.toml");
+        let text = GRAPH.replace("../.lakehouse/catalog.db", "lake/catalog.db").replace("../.lakehouse/warehouse", "lake/warehouse");
+        std::fs::write(&graph, text).expect("write graph");
+        Movies { dir, graph }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let output = Lake::command_for(&self.graph, args).output().expect("runtime runs");
+        Run {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.status, 0, "runtime {args:?} failed:\n{}\n{}", run.stdout, run.stderr);
+        run
+    }
+
+    fn import(&self, files: &[&Path]) -> Run {
+        let mut args = vec!["import".to_string()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&args)
+    }
+
+    fn python(&self, command: &str, raw: &[&Path]) -> serde_json::Value {
+        let output = Command::new(python())
+            .arg(workspace_root().join("tests/python/movies.py"))
+            .arg(command)
+            .args(raw)
+            .arg("--database")
+            .arg(self.dir.path().join("lake/catalog.db"))
+            .arg("--warehouse")
+            .arg(self.dir.path().join("lake/warehouse"))
+            .args(["--catalog", "ratings_flow", "--table", CURATED])
+            .output()
+            .expect("python runs");
+        assert!(output.status.success(), "movies.py {command}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("movies.py prints JSON")
+    }
+
+    fn snapshots(&self) -> usize {
+        let history = self.ok(&["history", "curated"]).stdout;
+        history.lines().filter(|line| line.starts_with(|c: char| c.is_ascii_digit())).count()
+    }
+}
+
+fn shipped_day(day: u32) -> PathBuf {
+    workspace_root().join(format!("../shared/data/movies-raw/ingestion_date=2021-01-0{day}/part-0.parquet"))
+}
+
+fn crafted(dir: &Path) -> [PathBuf; 3] {
+    let status = Command::new(python())
+        .arg(workspace_root().join("tests/python/movies.py"))
+        .args(["craft", "--out"])
+        .arg(dir)
+        .status()
+        .expect("python runs");
+    assert!(status.success(), "crafting raw files failed");
+    ["day1", "day2", "day3_bad_language"].map(|name| dir.join(format!("{name}.parquet")))
+}
+
+#[test]
+fn the_shipped_exports_become_the_curated_table_the_oracle_computes() {
+    let movies = Movies::new();
+    let (day1, day2) = (shipped_day(1), shipped_day(2));
+    let imported = movies.import(&[&day1, &day2]).stdout;
+    assert!(imported.contains("ingestion_date=2021-01-01: 44678 rows"), "{imported}");
+    assert!(imported.contains("ingestion_date=2021-01-02: 20647 rows"), "{imported}");
+    let again = movies.import(&[&day1]).stdout;
+    assert!(again.contains("already imported") && again.contains("nothing new"), "importing a file twice adds nothing: {again}");
+
+    let run = movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-02"]).stdout;
+    assert!(run.contains("7 checks, 7 passed"), "{run}");
+
+    let found = movies.python("compare", &[&day1, &day2]);
+    assert_eq!(found["rows"], 65_325, "{found}");
+    assert_eq!(found["per_partition"]["2021-01-01"], 44_678);
+    assert_eq!(found["per_partition"]["2021-01-02"], 20_647);
+    assert_eq!(found["duplicates"], serde_json::json!([]));
+    assert_eq!(found["missing"], serde_json::json!([]));
+    assert_eq!(found["mismatch_count"], 0, "rows differing from the oracle: {}", found["mismatches"]);
+    assert_eq!(found["pyiceberg_rows"], 65_325);
+    assert_eq!(found["pyiceberg_mismatches"], 0);
+    let columns: Vec<&str> = found["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(
+        columns,
+        [
+            "rating_id", "movie_id", "user_id", "rating", "timestamp", "original_title", "original_language", "budget", "is_adult",
+            "is_multigenre", "genres", "ingestion_date"
+        ]
+    );
+    // The data has single-genre and genre-less films, so the rule is exercised both ways.
+    let multigenre = found["multigenre_true"].as_u64().unwrap();
+    assert!(multigenre > 40_000 && multigenre < 65_325, "{multigenre}");
+
+    // Re-running a day changes nothing.
+    let before = movies.python("dump", &[]);
+    movies.ok(&["--mode", "replay", "--from", "2021-01-02", "--to", "2021-01-02"]);
+    assert!(movies.python("dump", &[]) == before, "re-running 2021-01-02 changed the table");
+
+    // `runtime check` reports each declared check on one partition.
+    let report = movies.run(&["check", "--table", "movie_ratings_curated", "--partition", "ingestion_date=2021-01-02", "--format", "json"]);
+    assert_eq!(report.status, 0, "{}{}", report.stdout, report.stderr);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let checks = report["report"]["results"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["curated_schema", "not_empty", "rating_id_unique", "rating_in_range", "timestamp_present", "language_is_two_letters", "budget_not_negative"]
+    );
+    assert!(checks.iter().all(|c| c["passed"] == true), "{report}");
+    assert_eq!(checks[1]["found"], "20647 rows");
+
+    // One day at a time gives the table one run over both gives.
+    let stepwise = Movies::new();
+    stepwise.import(&[&day1, &day2]);
+    stepwise.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-01"]);
+    stepwise.ok(&["--mode", "replay", "--from", "2021-01-02", "--to", "2021-01-02"]);
+    assert!(stepwise.python("dump", &[]) == before, "running the days one at a time gave another table");
+}
+
+#[test]
+fn crafted_rows_move_between_days_keep_null_genres_false_and_a_bad_language_stops_the_commit() {
+    let movies = Movies::new();
+    let [day1, day2, day3] = crafted(movies.dir.path());
+    movies.import(&[&day1, &day2, &day3]);
+
+    // Day 1 alone, then day 2: the newer "dup" moves from 2021-01-01 to 2021-01-02.
+    movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-01"]);
+    let run = movies.ok(&["--mode", "replay", "--from", "2021-01-02", "--to", "2021-01-02"]).stdout;
+    assert!(run.contains("superseded rows removed from other days: 2"), "dup and tie leave 2021-01-01: {run}");
+    let found = movies.python("compare", &[&day1, &day2]);
+    assert_eq!(found["mismatch_count"], 0, "{}", found["mismatches"]);
+    assert_eq!(found["pyiceberg_mismatches"], 0);
+    assert_eq!(found["duplicates"], serde_json::json!([]));
+    assert_eq!(found["rows"], 7);
+    assert_eq!(found["per_partition"], serde_json::json!({"2021-01-01": 4, "2021-01-02": 3}));
+    let rows: Vec<serde_json::Value> =
+        movies.python("dump", &[]).as_array().unwrap().iter().map(|r| serde_json::from_str(r.as_str().unwrap()).unwrap()).collect();
+    let by_id = |id: &str| rows.iter().find(|r| r["rating_id"] == id).unwrap_or_else(|| panic!("no row {id}")).clone();
+    assert_eq!(by_id("dup")["original_title"], "Second version");
+    assert_eq!(by_id("dup")["ingestion_date"], "2021-01-02");
+    assert_eq!(by_id("stays")["original_title"], "Newer than its day-2 copy", "an older record ingested later loses");
+    assert_eq!(by_id("tie")["original_title"], "Tie, ingested later");
+    assert_eq!(by_id("nullgenres")["is_multigenre"], false);
+    assert_eq!(by_id("nullgenres")["genres"], serde_json::Value::Null, "genres pass through, null included");
+    assert_eq!(by_id("emptygenres")["is_multigenre"], false);
+    assert_eq!(by_id("twogenres")["is_multigenre"], true);
+    assert_eq!(by_id("twogenres")["original_language"], "EN");
+
+    // Day 3 holds a 3-letter language: the check fails and nothing is committed.
+    let snapshots = movies.snapshots();
+    let refused = movies.run(&["--mode", "replay", "--from", "2021-01-03", "--to", "2021-01-03"]);
+    assert_eq!(refused.status, 2, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("language_is_two_letters") && refused.stderr.contains("nothing was committed"), "{}", refused.stderr);
+    assert_eq!(movies.snapshots(), snapshots, "a failed check must not commit");
+    assert_eq!(movies.python("compare", &[&day1, &day2])["rows"], 7);
+}
+
+#[test]
+fn files_that_do_not_match_the_raw_table_are_refused_column_by_column() {
+    let movies = Movies::new();
+    let [day1, ..] = crafted(movies.dir.path());
+    let other = movies.dir.path().join("other.toml");
+    // The same graph declaring other raw types: the crafted file no longer matches it.
+    let text = std::fs::read_to_string(&movies.graph)
+        .unwrap()
+        .replace("\"movie_id long\"", "\"movie_id int\"")
+        .replace("\"genres list<struct<id long, name string>>\"", "\"genres list<long>\"");
+    std::fs::write(&other, text).unwrap();
+    let output = Lake::command_for(&other, &["import", day1.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("column movie_id is Int64 in the file, the table has Int32"), "{stderr}");
+    assert!(stderr.contains("column genres is List"), "{stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    // A stage that names a column the raw table lacks is refused when the graph loads.
+    let text = std::fs::read_to_string(&movies.graph).unwrap().replace("column = \"original_language\"\n\n", "column = \"language\"\n\n");
+    std::fs::write(&other, text).unwrap();
+    let output = Lake::command_for(&other, &["init"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("stages[1] (upper language): no column \"language\""), "{stderr}");
+}
