@@ -6,12 +6,14 @@ CARGO ?= cargo
 GRAPH ?= graphs/ratings.toml
 DEMO_EVENTS ?= 200000
 DEMO_DAYS ?= 10
+MOVIES_GRAPH ?= graphs/movies.toml
+MOVIES_DATA ?= ../shared/data/movies-raw
 RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay kafka-up kafka-down test bench bench-replay bench-stream clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test bench bench-replay bench-stream clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +54,14 @@ demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw pa
 	$(RUNTIME) --graph $(GRAPH) history movie_ratings
 	$(RUNTIME) --graph $(GRAPH) check --table movie_ratings --partition rating_date=2025-05-10 --as-of 2025-05-11T00:00:00Z
 	$(RUNTIME) --graph $(GRAPH) maintain --dry-run
+
+demo-movies: setup build ## The movies batch ETL (graphs/movies.toml): import the sample Parquet exports, run both execution dates, check and show the result
+	rm -rf .lakehouse/movies
+	$(RUNTIME) --graph $(MOVIES_GRAPH) import $(MOVIES_DATA)
+	$(RUNTIME) --graph $(MOVIES_GRAPH) --mode replay --from 2021-01-01 --to 2021-01-02
+	$(RUNTIME) --graph $(MOVIES_GRAPH) check --table movie_ratings_curated --partition ingestion_date=2021-01-02
+	$(RUNTIME) --graph $(MOVIES_GRAPH) show movie_ratings_curated --limit 5
+	$(RUNTIME) --graph $(MOVIES_GRAPH) history movie_ratings_curated
 
 kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and the test schema registry (127.0.0.1:8081)
 	bash scripts/kafka.sh up

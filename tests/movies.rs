@@ -21,7 +21,7 @@ impl Movies {
     fn new() -> Movies {
         let dir = tempfile::tempdir().expect("temp dir");
         let graph = dir.path().join("movies.toml");
-        let text = GRAPH.replace("../.lakehouse/catalog.db", "lake/catalog.db").replace("../.lakehouse/warehouse", "lake/warehouse");
+        let text = GRAPH.replace("../.lakehouse/movies/catalog.db", "lake/catalog.db").replace("../.lakehouse/movies/warehouse", "lake/warehouse");
         std::fs::write(&graph, text).expect("write graph");
         Movies { dir, graph }
     }
