@@ -197,7 +197,7 @@ mod tests {
     use arrow::buffer::{NullBuffer, OffsetBuffer};
 
     fn batch() -> RecordBatch {
-        let genres = ListArray::new(
+        let tags = ListArray::new(
             Arc::new(Field::new("element", DataType::Int64, true)),
             OffsetBuffer::from_lengths([2, 1, 0, 0]),
             Arc::new(Int64Array::from(vec![1, 2, 3])),
@@ -206,7 +206,7 @@ mod tests {
         RecordBatch::try_from_iter([
             ("language", Arc::new(StringArray::from(vec![Some("en"), Some("fr"), None, Some("ß")])) as ArrayRef),
             ("seconds", Arc::new(Int64Array::from(vec![0, 1_609_459_200, 1, -1])) as ArrayRef),
-            ("genres", Arc::new(genres) as ArrayRef),
+            ("tags", Arc::new(tags) as ArrayRef),
         ])
         .unwrap()
     }
@@ -217,13 +217,13 @@ mod tests {
             Stage::Upper { column: "language".into() },
             Stage::Rename { column: "language".into(), to: "lang".into() },
             Stage::Cast { column: "seconds".into(), to: arrow_type_of("timestamptz").unwrap(), unit: Some(TimeUnit::Second) },
-            Stage::ListLength { column: "genres".into(), into: "many".into(), greater_than: Some(1) },
-            Stage::ListLength { column: "genres".into(), into: "count".into(), greater_than: None },
+            Stage::ListLength { column: "tags".into(), into: "many".into(), greater_than: Some(1) },
+            Stage::ListLength { column: "tags".into(), into: "count".into(), greater_than: None },
         ];
         let out = apply_all(&stages, &batch()).unwrap();
         let schema = out.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["lang", "seconds", "genres", "many", "count"]);
+        assert_eq!(names, ["lang", "seconds", "tags", "many", "count"]);
         let lang: Vec<Option<&str>> = out.column(0).as_string::<i32>().iter().collect();
         assert_eq!(lang, [Some("EN"), Some("FR"), None, Some("SS")]);
         let micros = out.column(1).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();

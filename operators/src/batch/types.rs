@@ -3,7 +3,7 @@
 //! A column is declared as `"name type"` with Iceberg's type names: `boolean`, `int`, `long`,
 //! `float`, `double`, `date`, `timestamp` (no zone), `timestamptz` (UTC), `string`, `binary`,
 //! `list<T>` and `struct<name T, ...>`, nested freely, e.g.
-//! `"genres list<struct<id long, name string>>"`. Every declared column is optional (a raw table
+//! `"tags list<struct<id long, name string>>"`. Every declared column is optional (a raw table
 //! keeps data as it came, nulls included). Field ids are assigned the way Iceberg writers do:
 //! top-level columns 1..n in order, then nested fields depth-first.
 //!
@@ -236,10 +236,10 @@ mod tests {
 
     #[test]
     fn nested_declarations_get_iceberg_style_ids() {
-        let schema = schema_of(&["id string".into(), "genres list<struct<id long, name string>>".into(), "day date".into()]).unwrap();
-        let genres = schema.field_by_name("genres").unwrap();
-        assert_eq!(genres.id, 2);
-        let Type::List(list) = &*genres.field_type else { panic!("{genres:?}") };
+        let schema = schema_of(&["id string".into(), "tags list<struct<id long, name string>>".into(), "day date".into()]).unwrap();
+        let tags = schema.field_by_name("tags").unwrap();
+        assert_eq!(tags.id, 2);
+        let Type::List(list) = &*tags.field_type else { panic!("{tags:?}") };
         assert_eq!(list.element_field.id, 4);
         let Type::Struct(element) = &*list.element_field.field_type else { panic!() };
         let ids: Vec<i32> = element.fields().iter().map(|f| f.id).collect();
