@@ -159,8 +159,8 @@ fn crafted_rows_move_between_days_keep_null_genres_false_and_a_bad_language_stop
     assert_eq!(found["mismatch_count"], 0, "{}", found["mismatches"]);
     assert_eq!(found["pyiceberg_mismatches"], 0);
     assert_eq!(found["duplicates"], serde_json::json!([]));
-    assert_eq!(found["rows"], 7);
-    assert_eq!(found["per_partition"], serde_json::json!({"2021-01-01": 4, "2021-01-02": 3}));
+    assert_eq!(found["rows"], 8);
+    assert_eq!(found["per_partition"], serde_json::json!({"2021-01-01": 4, "2021-01-02": 4}), "no late cut: \"old\" is kept");
     let rows: Vec<serde_json::Value> =
         movies.python("dump", &[]).as_array().unwrap().iter().map(|r| serde_json::from_str(r.as_str().unwrap()).unwrap()).collect();
     let by_id = |id: &str| rows.iter().find(|r| r["rating_id"] == id).unwrap_or_else(|| panic!("no row {id}")).clone();
@@ -180,7 +180,29 @@ fn crafted_rows_move_between_days_keep_null_genres_false_and_a_bad_language_stop
     assert_eq!(refused.status, 2, "{}{}", refused.stdout, refused.stderr);
     assert!(refused.stderr.contains("language_is_two_letters") && refused.stderr.contains("nothing was committed"), "{}", refused.stderr);
     assert_eq!(movies.snapshots(), snapshots, "a failed check must not commit");
-    assert_eq!(movies.python("compare", &[&day1, &day2])["rows"], 7);
+    assert_eq!(movies.python("compare", &[&day1, &day2])["rows"], 8);
+}
+
+#[test]
+fn with_a_lateness_setting_records_rated_too_long_before_their_ingestion_are_counted_and_left_out() {
+    let movies = Movies::new();
+    let text = std::fs::read_to_string(&movies.graph).unwrap().replace("lateness = \"off\"", "lateness = \"1d\"");
+    std::fs::write(&movies.graph, text).unwrap();
+    let [day1, day2, _] = crafted(movies.dir.path());
+    movies.import(&[&day1, &day2]);
+    let run = movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-02"]).stdout;
+    // "old" (rated 2020-12-30, ingested 2021-01-02) is the only record more than a day late; the
+    // day-2 copy of "stays" (rated 2021-01-01) is within the day.
+    assert!(run.contains("late records left out: 1"), "{run}");
+    let rows = movies.python("dump", &[]);
+    let ids: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r.as_str().unwrap()).unwrap()["rating_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 7, "{ids:?}");
+    assert!(!ids.contains(&"old".to_string()), "{ids:?}");
 }
 
 #[test]

@@ -69,6 +69,7 @@ def craft(out: str) -> None:
         row("stays", t1 + 1, day2, title="Older copy ingested later"),
         row("tie", t1 + 600, day2, title="Tie, ingested later"),
         row("new", t1 + 90_500, day2),
+        row("old", t1 - 2 * 86_400, day2, title="Rated two days before its ingestion"),
     ]
     third = [row("three", t1 + 180_000, day3, language="eng")]
     for name, rows in (("day1", first), ("day2", second), ("day3_bad_language", third)):
