@@ -70,8 +70,11 @@ impl Movies {
     }
 }
 
+/// The shipped sample export of one day, beside the checkout (`../shared/data/movies-raw`).
 fn shipped_day(day: u32) -> PathBuf {
-    workspace_root().join(format!("../shared/data/movies-raw/ingestion_date=2021-01-0{day}/part-0.parquet"))
+    let path = workspace_root().join(format!("../shared/data/movies-raw/ingestion_date=2021-01-0{day}/part-0.parquet"));
+    assert!(path.is_file(), "the movies sample data is missing: expected {}", path.display());
+    path
 }
 
 fn crafted(dir: &Path) -> [PathBuf; 3] {
