@@ -18,8 +18,8 @@ use operators::error::{Error, Result};
 use operators::model::format_date;
 use serde::Deserialize;
 
-use crate::cli::{Cli, Command, Mode, ReportFormat, date_arg, io_runtime};
-use crate::graph::{CatalogSection, CheckSection, GraphError, PipelineSection, catalog_settings, check_from, parse_duration, parse_file, parse_size};
+use crate::cli::{self, Cli, Command, Mode, date_arg, io_runtime};
+use crate::graph::{Lake, CatalogSection, CheckSection, GraphError, PipelineSection, catalog_settings, check_from, parse_duration, parse_file, parse_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,21 +232,10 @@ impl BatchGraph {
         Ok(BatchGraph { name: file.pipeline.name, catalog, pipeline, checks })
     }
 
-    /// The graph's tables as (role, full name).
-    fn tables(&self) -> [(&'static str, &str); 2] {
-        [("raw", &self.pipeline.raw.name), ("curated", &self.pipeline.curated.name)]
-    }
-
-    /// A table by role, full name or short name.
-    fn resolve_table(&self, name: &str) -> Result<&str> {
-        self.tables()
-            .into_iter()
-            .find(|(role, full)| *role == name || *full == name || full.rsplit('.').next() == Some(name))
-            .map(|(_, full)| full)
-            .ok_or_else(|| {
-                let known: Vec<String> = self.tables().iter().map(|(role, full)| format!("{role} ({full})")).collect();
-                Error::NotFound(format!("unknown table {name:?}; this graph has {}", known.join(", ")))
-            })
+    /// The graph's catalog, tables and checks, for the commands that look at tables.
+    fn lake(&self) -> Lake<'_> {
+        let tables = vec![("raw", self.pipeline.raw.name.as_str()), ("curated", self.pipeline.curated.name.as_str())];
+        Lake { catalog: &self.catalog, tables, checks: &self.checks }
     }
 }
 
@@ -257,18 +246,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Init) => init(&graph).map(|()| ExitCode::SUCCESS),
         Some(Command::Import { table, files }) => import(&graph, &table, &files).map(|()| ExitCode::SUCCESS),
-        Some(Command::Check { table, partition, format, as_of }) => check(&graph, &table, partition.as_deref(), format, as_of.as_deref()),
-        Some(Command::Show { table, limit, filter }) => {
-            let (runtime, table) = load(&graph, &table)?;
-            let filter = filter.map(|f| crate::inspect::parse_where(&table, &f)).transpose()?;
-            println!("{}", runtime.block_on(crate::inspect::show(&table, filter, limit))?);
-            Ok(ExitCode::SUCCESS)
+        Some(Command::Check { table, partition, format, as_of }) => {
+            cli::check(&graph.lake(), &table, partition.as_deref(), format, as_of.as_deref())
         }
-        Some(Command::History { table }) => {
-            let (_runtime, table) = load(&graph, &table)?;
-            println!("{}", crate::inspect::history(&table));
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(Command::Show { table, limit, filter }) => cli::show(&graph.lake(), &table, limit, filter.as_deref()).map(|()| ExitCode::SUCCESS),
+        Some(Command::History { table }) => cli::history(&graph.lake(), &table).map(|()| ExitCode::SUCCESS),
         Some(Command::Generate(_)) => Err(not_here("`generate`")),
         Some(Command::Produce(_)) => Err(not_here("`produce`")),
         Some(Command::Maintain { .. }) => Err(not_here("`maintain`")),
@@ -292,7 +274,7 @@ fn init(graph: &BatchGraph) -> Result<()> {
 }
 
 fn import(graph: &BatchGraph, table: &str, files: &[PathBuf]) -> Result<()> {
-    let full = graph.resolve_table(table)?;
+    let full = graph.lake().find(table)?;
     if full != graph.pipeline.raw.name {
         return Err(Error::User(format!(
             "import loads files into the raw table ({}); {full} is derived from it by --mode replay",
@@ -359,21 +341,4 @@ fn replay(graph: &BatchGraph, from: Option<&str>, to: Option<&str>) -> Result<()
         None => println!("  nothing to commit"),
     }
     Ok(())
-}
-
-fn load(graph: &BatchGraph, name: &str) -> Result<(tokio::runtime::Runtime, iceberg::table::Table)> {
-    let full = graph.resolve_table(name)?;
-    let runtime = io_runtime()?;
-    let table = runtime.block_on(async { Lakehouse::open(&graph.catalog, false).await?.load(&parse_table_ident(full)?).await })?;
-    Ok((runtime, table))
-}
-
-fn check(graph: &BatchGraph, name: &str, partition: Option<&str>, format: ReportFormat, as_of: Option<&str>) -> Result<ExitCode> {
-    let (runtime, table) = load(graph, name)?;
-    let full = table.identifier().to_string();
-    let checks = graph.checks.get(&full).cloned().unwrap_or_default();
-    if checks.is_empty() {
-        return Err(Error::User(format!("the graph declares no checks for {full} (add [[checks.{name}]] entries, see README.md)")));
-    }
-    crate::cli::report_checks(&runtime, &table, checks, partition, format, as_of)
 }

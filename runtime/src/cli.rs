@@ -14,7 +14,7 @@ use operators::generate::GenerateSettings;
 use operators::model::{format_date, parse_date};
 use operators::replay::{ProgressSink, ReplaySettings, ReplaySummary};
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Lake};
 
 #[derive(Debug, Parser)]
 #[command(name = "runtime", version, about = "ratings-flow: movie-rating events into an upserted, partitioned Iceberg table")]
@@ -293,14 +293,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     let graph = load_graph(&cli.graph)?;
     if let Some(Command::Check { table, partition, format, as_of }) = &cli.command {
-        return check(&graph, table, partition.as_deref(), *format, as_of.as_deref());
+        return check(&graph.lake(), table, partition.as_deref(), *format, as_of.as_deref());
     }
     match cli.command {
         Some(Command::Init) => init(&graph),
         Some(Command::Generate(args)) => generate(&graph, args),
         Some(Command::Produce(args)) => produce(&graph, args),
-        Some(Command::Show { table, limit, filter }) => show(&graph, &table, limit, filter.as_deref()),
-        Some(Command::History { table }) => history(&graph, &table),
+        Some(Command::Show { table, limit, filter }) => show(&graph.lake(), &table, limit, filter.as_deref()),
+        Some(Command::History { table }) => history(&graph.lake(), &table),
         Some(Command::Maintain { table, compact, expire, orphans, dry_run, format }) => {
             maintain(&graph, table.as_deref(), [compact, expire, orphans], dry_run, format)
         }
@@ -410,34 +410,23 @@ fn maintain(graph: &Graph, table: Option<&str>, chosen: [bool; 3], dry_run: bool
     Ok(())
 }
 
-fn check(graph: &Graph, name: &str, partition: Option<&str>, format: ReportFormat, as_of: Option<&str>) -> Result<ExitCode> {
-    let (runtime, table) = load_named(graph, name)?;
+/// `runtime check`: the graph's checks for table `name` over what it holds (one partition with
+/// `partition`), printed as a report.
+pub(crate) fn check(lake: &Lake, name: &str, partition: Option<&str>, format: ReportFormat, as_of: Option<&str>) -> Result<ExitCode> {
+    let (runtime, table) = load_named(lake, name)?;
     let full = table.identifier().to_string();
-    let checks = graph.checks_for(&full);
+    let checks = lake.checks.get(&full).cloned().unwrap_or_default();
     if checks.is_empty() {
         return Err(Error::User(format!("the graph declares no checks for {full} (add [[checks.{name}]] entries, see README.md)")));
     }
-    report_checks(&runtime, &table, checks, partition, format, as_of)
-}
-
-/// Runs `checks` over what `table` holds (one partition with `partition`) and prints the report.
-pub(crate) fn report_checks(
-    runtime: &tokio::runtime::Runtime,
-    table: &iceberg::table::Table,
-    checks: Arc<operators::checks::Checks>,
-    partition: Option<&str>,
-    format: ReportFormat,
-    as_of: Option<&str>,
-) -> Result<ExitCode> {
-    let full = table.identifier().to_string();
     let reference = match as_of {
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)
             .map_err(|e| Error::User(format!("--as-of {text:?}: expected an RFC 3339 time such as 2025-05-10T00:00:00Z ({e})")))?
             .timestamp(),
         None => chrono::Utc::now().timestamp(),
     };
-    let filter = partition.map(|p| crate::inspect::parse_where(table, p)).transpose()?;
-    let report = runtime.block_on(crate::inspect::check(table, checks, filter, reference))?;
+    let filter = partition.map(|p| crate::inspect::parse_where(&table, p)).transpose()?;
+    let report = runtime.block_on(crate::inspect::check(&table, checks, filter, reference))?;
     match format {
         ReportFormat::Text => println!("{full}{}\n{}", partition.map(|p| format!(" ({p})")).unwrap_or_default(), report.to_text()),
         ReportFormat::Json => {
@@ -593,25 +582,22 @@ fn print_outcome(o: &operators::dataflow::Outcome) {
     }
 }
 
-fn load_named(graph: &Graph, name: &str) -> Result<(tokio::runtime::Runtime, iceberg::table::Table)> {
-    let full = graph.resolve_table(name).ok_or_else(|| {
-        let known: Vec<String> = graph.tables().iter().map(|(role, full)| format!("{role} ({full})")).collect();
-        Error::NotFound(format!("unknown table {name:?}; this graph has {}", known.join(", ")))
-    })?;
+fn load_named(lake: &Lake, name: &str) -> Result<(tokio::runtime::Runtime, iceberg::table::Table)> {
+    let full = lake.find(name)?;
     let runtime = io_runtime()?;
-    let table = runtime.block_on(async { Lakehouse::open(&graph.catalog, false).await?.load(&parse_table_ident(full)?).await })?;
+    let table = runtime.block_on(async { Lakehouse::open(lake.catalog, false).await?.load(&parse_table_ident(full)?).await })?;
     Ok((runtime, table))
 }
 
-fn show(graph: &Graph, name: &str, limit: usize, filter: Option<&str>) -> Result<()> {
-    let (runtime, table) = load_named(graph, name)?;
+pub(crate) fn show(lake: &Lake, name: &str, limit: usize, filter: Option<&str>) -> Result<()> {
+    let (runtime, table) = load_named(lake, name)?;
     let filter = filter.map(|f| crate::inspect::parse_where(&table, f)).transpose()?;
     println!("{}", runtime.block_on(crate::inspect::show(&table, filter, limit))?);
     Ok(())
 }
 
-fn history(graph: &Graph, name: &str) -> Result<()> {
-    let (_runtime, table) = load_named(graph, name)?;
+pub(crate) fn history(lake: &Lake, name: &str) -> Result<()> {
+    let (_runtime, table) = load_named(lake, name)?;
     println!("{}", crate::inspect::history(&table));
     Ok(())
 }

@@ -439,10 +439,36 @@ impl Graph {
     /// Finds a table by role (`curated`), full name (`curated.movie_ratings`) or short name
     /// (`movie_ratings`).
     pub fn resolve_table(&self, name: &str) -> Option<&str> {
-        self.tables()
-            .into_iter()
+        self.lake().find(name).ok()
+    }
+
+    /// The graph's catalog, tables and checks, for the commands that look at tables.
+    pub fn lake(&self) -> Lake<'_> {
+        Lake { catalog: &self.catalog, tables: self.tables().to_vec(), checks: &self.checks }
+    }
+}
+
+/// Where a graph's tables are and what they are checked for, whatever kind of pipeline fills them.
+pub struct Lake<'a> {
+    pub catalog: &'a CatalogSettings,
+    /// (role, full name)
+    pub tables: Vec<(&'static str, &'a str)>,
+    /// Data-quality checks by full table name.
+    pub checks: &'a BTreeMap<String, Arc<Checks>>,
+}
+
+impl<'a> Lake<'a> {
+    /// A table by role (`curated`), full name (`curated.movie_ratings`) or short name
+    /// (`movie_ratings`); the error lists the graph's tables.
+    pub fn find(&self, name: &str) -> operators::Result<&'a str> {
+        self.tables
+            .iter()
             .find(|(role, full)| *role == name || *full == name || full.rsplit('.').next() == Some(name))
-            .map(|(_, full)| full)
+            .map(|(_, full)| *full)
+            .ok_or_else(|| {
+                let known: Vec<String> = self.tables.iter().map(|(role, full)| format!("{role} ({full})")).collect();
+                operators::Error::NotFound(format!("unknown table {name:?}; this graph has {}", known.join(", ")))
+            })
     }
 }
 

@@ -198,6 +198,8 @@ pub async fn run(lakehouse: &Lakehouse, pipeline: &BatchPipeline, from: i32, to:
 
     // Seed with the curated rows of every other day: only key, order and day are read.
     let seed_columns = [pipeline.key.as_str(), pipeline.order_by.as_str(), day_column];
+    // The day each seeded key lives in: where a raw winner removes it from.
+    let mut kept_days: HashMap<String, i32> = HashMap::new();
     for batch in scan(&curated, None, Some(&seed_columns)).await? {
         let keys = key_texts(batch.column(0))?;
         let orders = order_values(batch.column(1))?;
@@ -206,19 +208,13 @@ pub async fn run(lakehouse: &Lakehouse, pipeline: &BatchPipeline, from: i32, to:
             if let (Some(key), Some(day)) = (key, day)
                 && !executed.contains(&day)
             {
+                kept_days.insert(key.clone(), day);
                 candidates.push((key, Candidate { order, day, position: 0, slot: Slot::Kept { day } }));
             }
         }
     }
-    let kept_days: HashMap<&String, i32> = candidates
-        .iter()
-        .filter_map(|(key, c)| match c.slot {
-            Slot::Kept { day } => Some((key, day)),
-            Slot::Raw { .. } => None,
-        })
-        .collect();
 
-    let winners = latest_per_key(candidates.clone());
+    let winners = latest_per_key(candidates);
     let mut rows_of_day: BTreeMap<i32, Vec<(usize, usize)>> = executed.iter().map(|day| (*day, Vec::new())).collect();
     let mut superseded: BTreeMap<i32, HashSet<String>> = BTreeMap::new();
     for (key, winner) in winners {

@@ -19,12 +19,11 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int32Array, RecordBatch, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use iceberg::spec::PrimitiveType;
+use iceberg::spec::{PrimitiveType, Type};
+
+use super::types::primitive_named;
 
 use crate::error::{Error, Result};
-
-/// The zone Iceberg's `timestamptz` carries in Arrow.
-pub const UTC: &str = "+00:00";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
@@ -34,35 +33,13 @@ pub enum Stage {
     ListLength { column: String, into: String, greater_than: Option<i64> },
 }
 
-/// The Arrow type an Iceberg primitive type name is written as.
+/// The Arrow type an Iceberg primitive type name is written as, for the targets a cast takes.
 pub fn arrow_type_of(name: &str) -> std::result::Result<DataType, String> {
-    let primitive = match name.trim().to_ascii_lowercase().as_str() {
-        "boolean" => PrimitiveType::Boolean,
-        "int" => PrimitiveType::Int,
-        "long" => PrimitiveType::Long,
-        "float" => PrimitiveType::Float,
-        "double" => PrimitiveType::Double,
-        "date" => PrimitiveType::Date,
-        "timestamp" => PrimitiveType::Timestamp,
-        "timestamptz" => PrimitiveType::Timestamptz,
-        "string" => PrimitiveType::String,
-        other => {
-            return Err(format!(
-                "cannot cast to {other:?} (expected boolean, int, long, float, double, date, timestamp, timestamptz or string)"
-            ));
-        }
-    };
-    Ok(match primitive {
-        PrimitiveType::Boolean => DataType::Boolean,
-        PrimitiveType::Int => DataType::Int32,
-        PrimitiveType::Long => DataType::Int64,
-        PrimitiveType::Float => DataType::Float32,
-        PrimitiveType::Double => DataType::Float64,
-        PrimitiveType::Date => DataType::Date32,
-        PrimitiveType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-        PrimitiveType::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
-        _ => DataType::Utf8,
-    })
+    let refused = || format!("cannot cast to {name:?} (expected boolean, int, long, float, double, date, timestamp, timestamptz or string)");
+    match primitive_named(name) {
+        None | Some(PrimitiveType::Binary) => Err(refused()),
+        Some(primitive) => iceberg::arrow::type_to_arrow_type(&Type::Primitive(primitive)).map_err(|e| format!("{}: {e}", refused())),
+    }
 }
 
 /// `seconds`, `milliseconds` or `microseconds`.
@@ -228,7 +205,7 @@ mod tests {
         assert_eq!(lang, [Some("EN"), Some("FR"), None, Some("SS")]);
         let micros = out.column(1).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         assert_eq!(micros.values().to_vec(), vec![0, 1_609_459_200_000_000, 1_000_000, -1_000_000]);
-        assert_eq!(out.column(1).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())));
+        assert_eq!(out.column(1).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), "Iceberg's timestamptz in Arrow");
         let many: Vec<Option<bool>> = out.column(3).as_boolean().iter().collect();
         assert_eq!(many, [Some(true), Some(false), Some(false), Some(false)], "a null list is empty, not null");
         let count: Vec<Option<i32>> = out.column(4).as_primitive::<arrow::datatypes::Int32Type>().iter().collect();

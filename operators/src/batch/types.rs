@@ -64,17 +64,10 @@ impl<'a> Parser<'a> {
 
     fn parse(&mut self) -> std::result::Result<Declared, String> {
         let word = self.word().ok_or_else(|| self.error("a type name"))?;
-        let primitive = match word.to_ascii_lowercase().as_str() {
-            "boolean" => PrimitiveType::Boolean,
-            "int" => PrimitiveType::Int,
-            "long" => PrimitiveType::Long,
-            "float" => PrimitiveType::Float,
-            "double" => PrimitiveType::Double,
-            "date" => PrimitiveType::Date,
-            "timestamp" => PrimitiveType::Timestamp,
-            "timestamptz" => PrimitiveType::Timestamptz,
-            "string" => PrimitiveType::String,
-            "binary" => PrimitiveType::Binary,
+        if let Some(primitive) = primitive_named(word) {
+            return Ok(Declared::Primitive(primitive));
+        }
+        match word.to_ascii_lowercase().as_str() {
             "list" => {
                 if !self.symbol('<') {
                     return Err(self.error("`<` after list"));
@@ -83,7 +76,7 @@ impl<'a> Parser<'a> {
                 if !self.symbol('>') {
                     return Err(self.error("`>` closing list<"));
                 }
-                return Ok(Declared::List(Box::new(element)));
+                Ok(Declared::List(Box::new(element)))
             }
             "struct" => {
                 if !self.symbol('<') {
@@ -104,15 +97,29 @@ impl<'a> Parser<'a> {
                     }
                 }
             }
-            other => {
-                return Err(format!(
-                    "type {:?}: unknown type {other:?} (expected boolean, int, long, float, double, date, timestamp, timestamptz, string, binary, list<T> or struct<name T, ...>)",
-                    self.text
-                ));
-            }
-        };
-        Ok(Declared::Primitive(primitive))
+            other => Err(format!(
+                "type {:?}: unknown type {other:?} (expected boolean, int, long, float, double, date, timestamp, timestamptz, string, binary, list<T> or struct<name T, ...>)",
+                self.text
+            )),
+        }
     }
+}
+
+/// The Iceberg primitive type a graph file names (case-insensitive), e.g. `long`, `timestamptz`.
+pub fn primitive_named(name: &str) -> Option<PrimitiveType> {
+    Some(match name.trim().to_ascii_lowercase().as_str() {
+        "boolean" => PrimitiveType::Boolean,
+        "int" => PrimitiveType::Int,
+        "long" => PrimitiveType::Long,
+        "float" => PrimitiveType::Float,
+        "double" => PrimitiveType::Double,
+        "date" => PrimitiveType::Date,
+        "timestamp" => PrimitiveType::Timestamp,
+        "timestamptz" => PrimitiveType::Timestamptz,
+        "string" => PrimitiveType::String,
+        "binary" => PrimitiveType::Binary,
+        _ => return None,
+    })
 }
 
 fn parse_type(text: &str) -> std::result::Result<Declared, String> {
