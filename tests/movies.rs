@@ -70,10 +70,12 @@ impl Movies {
     }
 }
 
-/// The shipped sample export of one day, beside the checkout (`../shared/data/movies-raw`).
+/// The shipped sample export of one day: beside the checkout (`../shared/data/movies-raw`), or
+/// under `$MOVIES_DATA` (the variable `make demo-movies` takes too).
 fn shipped_day(day: u32) -> PathBuf {
-    let path = workspace_root().join(format!("../shared/data/movies-raw/ingestion_date=2021-01-0{day}/part-0.parquet"));
-    assert!(path.is_file(), "the movies sample data is missing: expected {}", path.display());
+    let folder = std::env::var_os("MOVIES_DATA").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("../shared/data/movies-raw"));
+    let path = folder.join(format!("ingestion_date=2021-01-0{day}/part-0.parquet"));
+    assert!(path.is_file(), "the movies sample data is missing: expected {} (set MOVIES_DATA to its folder)", path.display());
     path
 }
 
