@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayData, ArrayDataBuilder, ArrayRef, StringArray, StructArray};
-use arrow::datatypes::{DataType, Field};
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi_and_data_type};
+use arrow::array::{Array, ArrayRef, StringArray};
+use arrow::datatypes::{DataType, Field, Fields};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use ratings_plugin_sdk::Description;
 use ratings_plugin_sdk::abi::{self, ApplyFn, CreateFn, DescribeFn, DestroyFn, FreeStringFn, same_type};
+use ratings_plugin_sdk::cdata::{Validation, export_columns, import_array, import_columns};
 
 use crate::error::{Error, Result};
 
@@ -148,23 +149,20 @@ fn file_label(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().trim_start_matches("lib").to_string()).unwrap_or_default()
 }
 
-/// A struct type and its C Data Interface schema, exported once: a call passes the input's by
-/// reference (the plugin only reads it) and compares what the plugin returns with the expected
-/// ones in place ([`same_type`]) instead of parsing the plugin's schema into an arrow type.
+/// The columns of one side of a call and their C Data Interface schema (a struct of them),
+/// exported once: a call passes the input's by reference (the plugin only reads it) and compares
+/// what the plugin returns with the expected ones in place ([`same_type`]) instead of parsing the
+/// plugin's schema into an arrow type.
 struct Exported {
-    data_type: DataType,
+    fields: Fields,
     schema: FFI_ArrowSchema,
 }
 
 impl Exported {
-    fn new(data_type: DataType) -> std::result::Result<Exported, String> {
-        let schema = FFI_ArrowSchema::try_from(&data_type).map_err(|e| e.to_string())?;
-        Ok(Exported { data_type, schema })
-    }
-
     fn of_columns(columns: &[(String, DataType)]) -> std::result::Result<Exported, String> {
-        let fields: Vec<Field> = columns.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect();
-        Exported::new(DataType::Struct(fields.into()))
+        let fields: Fields = columns.iter().map(|(name, data_type)| Field::new(name, data_type.clone(), true)).collect();
+        let schema = FFI_ArrowSchema::try_from(DataType::Struct(fields.clone())).map_err(|e| e.to_string())?;
+        Ok(Exported { fields, schema })
     }
 }
 
@@ -174,7 +172,7 @@ pub struct PluginInstance {
     handle: NonNull<c_void>,
     input: Exported,
     output: Exported,
-    verdicts: Exported,
+    verdicts_schema: FFI_ArrowSchema,
 }
 
 // The ABI lets an instance move between threads; it is never used by two at once (`&mut self`).
@@ -186,7 +184,8 @@ impl PluginInstance {
             columns.map_err(|e| Error::Internal(format!("exporting the column types of plugin `{}`: {e}", plugin.label)))
         };
         let (input, output) = (exported(Exported::of_columns(&plugin.inputs))?, exported(Exported::of_columns(&plugin.outputs))?);
-        let verdicts = exported(Exported::new(DataType::Utf8))?;
+        let verdicts_schema = FFI_ArrowSchema::try_from(DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("exporting the verdicts type of plugin `{}`: {e}", plugin.label)))?;
         let mut handle: *mut c_void = ptr::null_mut();
         let mut error: *mut c_char = ptr::null_mut();
         let status = unsafe {
@@ -201,7 +200,7 @@ impl PluginInstance {
         };
         let message = take_string(error, plugin.free_string);
         match (status, NonNull::new(handle)) {
-            (abi::STATUS_OK, Some(handle)) => Ok(PluginInstance { plugin: plugin.clone(), handle, input, output, verdicts }),
+            (abi::STATUS_OK, Some(handle)) => Ok(PluginInstance { plugin: plugin.clone(), handle, input, output, verdicts_schema }),
             (abi::STATUS_OK, None) => Err(plugin.error("create reported success but returned no instance".into())),
             (abi::STATUS_PANIC, _) => Err(plugin.error(format!("create {}", message.unwrap_or_else(|| "panicked".into())))),
             _ => Err(plugin.error(format!("invalid config: {}", message.unwrap_or_else(|| "no message".into())))),
@@ -217,12 +216,14 @@ impl PluginInstance {
     /// against the declaration.
     pub fn apply(&mut self, columns: Vec<ArrayRef>, rows: usize) -> Result<(Vec<ArrayRef>, Option<StringArray>)> {
         let plugin = &*self.plugin;
-        let input = ArrayDataBuilder::new(self.input.data_type.clone())
-            .len(rows)
-            .child_data(columns.iter().map(|column| column.to_data()).collect())
-            .build()
-            .map_err(|e| Error::Internal(format!("building the input of plugin `{}`: {e}", plugin.label)))?;
-        let mut input = FFI_ArrowArray::new(&input);
+        if let Some(column) = columns.iter().find(|column| column.len() != rows) {
+            return Err(Error::Internal(format!(
+                "the input of plugin `{}` has a column of {} rows in a batch of {rows}",
+                plugin.label,
+                column.len()
+            )));
+        }
+        let mut input = export_columns(&columns, rows);
         let (mut output, mut output_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let (mut verdicts, mut verdicts_schema) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let mut error: *mut c_char = ptr::null_mut();
@@ -250,47 +251,30 @@ impl PluginInstance {
             return Err(plugin.error(format!(
                 "returned columns {}, its description declares {}",
                 schema_text(&output_schema),
-                columns_text(&self.output.data_type)
+                columns_text(&DataType::Struct(self.output.fields.clone()))
             )));
         }
-        let outputs = import(output, &self.output.data_type).map_err(|e| plugin.error(format!("returned an unreadable batch: {e}")))?;
-        if outputs.len() != rows {
-            return Err(plugin.error(format!("returned {} rows for an input of {rows}", outputs.len())));
+        // Imported fully validated (offsets, UTF-8, lengths, child counts): a plugin's bug must
+        // become an error here, not undefined behaviour later.
+        let (outputs, output_rows) = unsafe { import_columns(output, &self.output.fields, Validation::Full) }
+            .map_err(|e| plugin.error(format!("returned an unreadable batch: {e}")))?;
+        if output_rows != rows {
+            return Err(plugin.error(format!("returned {output_rows} rows for an input of {rows}")));
         }
         let verdicts = if verdicts.is_released() {
             None
-        } else if !same_type(&verdicts_schema, &self.verdicts.schema) {
+        } else if !same_type(&verdicts_schema, &self.verdicts_schema) {
             return Err(plugin.error(format!("returned verdicts of type {}; expected Utf8", schema_text(&verdicts_schema))));
         } else {
-            let verdicts = import(verdicts, &DataType::Utf8).map_err(|e| plugin.error(format!("returned unreadable verdicts: {e}")))?;
+            let verdicts = unsafe { import_array(verdicts, &DataType::Utf8, Validation::Full) }
+                .map_err(|e| plugin.error(format!("returned unreadable verdicts: {e}")))?;
             if verdicts.len() != rows {
                 return Err(plugin.error(format!("returned {} verdicts for an input of {rows} rows", verdicts.len())));
             }
-            Some(StringArray::from(verdicts))
+            Some(StringArray::from(verdicts.to_data()))
         };
-        let (_, outputs, _) = StructArray::from(outputs).into_parts();
         Ok((outputs, verdicts))
     }
-}
-
-/// Imports an array the plugin exported, as `data_type` (its schema was compared with that type
-/// already), fully validated (offsets, UTF-8, lengths, child counts): a plugin's bug must become
-/// an error here, not undefined behaviour later.
-fn import(array: FFI_ArrowArray, data_type: &DataType) -> std::result::Result<ArrayData, String> {
-    if array.is_released() {
-        return Err("the array is missing (released)".into());
-    }
-    let children = array.num_children();
-    let expected_children = match data_type {
-        DataType::Struct(fields) => fields.len(),
-        _ => 0,
-    };
-    if children != expected_children {
-        return Err(format!("it has {children} child arrays, its schema {expected_children}"));
-    }
-    let data = unsafe { from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| e.to_string())?;
-    data.validate_full().map_err(|e| e.to_string())?;
-    Ok(data)
 }
 
 /// The type a plugin's schema describes, for error messages.

@@ -4,7 +4,7 @@
 //! another compiler version, or against other versions of arrow and serde, still loads. Batches
 //! cross as Arrow C Data Interface structs ([`FFI_ArrowArray`] + [`FFI_ArrowSchema`]).
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{CStr, c_char, c_void};
 
 pub use arrow_data::ffi::FFI_ArrowArray;
 pub use arrow_schema::ffi::FFI_ArrowSchema;
@@ -72,25 +72,45 @@ pub type FreeStringFn = unsafe extern "C" fn(text: *mut c_char);
 
 /// Whether two C Data Interface schemas describe the same type: the same format strings, child
 /// names and dictionaries, all the way down (nullability flags and metadata are not compared).
-/// It reads the structs in place, without building arrow types, so checking a batch's schema on
-/// every call costs almost nothing. A schema that cannot be read (null or non-UTF-8 strings,
-/// missing children) or a released one is never the same as anything.
+/// It compares the C strings in place, without building arrow types or checking UTF-8, so
+/// checking a batch's schema on every call costs almost nothing. A schema that cannot be read
+/// (null strings or children where there must be some) or a released one is never the same as
+/// anything.
 pub fn same_type(left: &FFI_ArrowSchema, right: &FFI_ArrowSchema) -> bool {
+    fn same_text(left: *const c_char, right: *const c_char) -> bool {
+        match (left.is_null(), right.is_null()) {
+            (true, true) => true,
+            // SAFETY: a non-null string of a schema is NUL-terminated (C Data Interface).
+            (false, false) => unsafe { CStr::from_ptr(left) == CStr::from_ptr(right) },
+            _ => false,
+        }
+    }
+    fn children(schema: &FFI_ArrowSchema) -> Option<&[*mut FFI_ArrowSchema]> {
+        match usize::try_from(schema.n_children) {
+            Ok(0) => Some(&[]),
+            Ok(count) if !schema.children.is_null() => Some(unsafe { std::slice::from_raw_parts(schema.children, count) }),
+            _ => None,
+        }
+    }
     fn same(left: &FFI_ArrowSchema, right: &FFI_ArrowSchema) -> bool {
-        left.release.is_some()
-            && right.release.is_some()
-            && left.format() == right.format()
-            && left.name() == right.name()
-            && left.n_children == right.n_children
-            && left.children().zip(right.children()).all(|(l, r)| same(l, r))
-            && match (left.dictionary(), right.dictionary()) {
+        if left.release.is_none() || right.release.is_none() || left.format.is_null() {
+            return false;
+        }
+        let (Some(left_children), Some(right_children)) = (children(left), children(right)) else { return false };
+        same_text(left.format, right.format)
+            && same_text(left.name, right.name)
+            && left_children.len() == right_children.len()
+            && left_children.iter().zip(right_children).all(|(l, r)| match unsafe { (l.as_ref(), r.as_ref()) } {
+                (Some(l), Some(r)) => same(l, r),
+                _ => false,
+            })
+            && match unsafe { (left.dictionary.as_ref(), right.dictionary.as_ref()) } {
                 (None, None) => true,
                 (Some(l), Some(r)) => same(l, r),
                 _ => false,
             }
     }
-    // The accessors panic on a malformed struct; that is an answer here, not a crash.
-    std::panic::catch_unwind(|| same(left, right)).unwrap_or(false)
+    same(left, right)
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@ use std::any::Any;
 use std::ffi::{CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi_and_data_type, to_ffi};
-use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
-use arrow_data::ArrayDataBuilder;
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{DataType, SchemaRef};
 
 use crate::abi::{ABI_VERSION, STATUS_ERROR, STATUS_OK, STATUS_PANIC, same_type};
+use crate::cdata::{SharedSchema, Validation, export_array, export_columns, import_columns};
 use crate::{Context, Rule, check_output, input_schema, output_schema};
 
 /// One instance: the rule, and the declared input and output types built once at create, so a
@@ -23,7 +24,9 @@ struct Instance<R> {
     input_type: DataType,
     exported_input_type: FFI_ArrowSchema,
     output_schema: SchemaRef,
-    output_type: DataType,
+    /// The C Data Interface schemas of the outputs and of the verdicts, handed out as copies.
+    output_type: SharedSchema,
+    verdicts_type: SharedSchema,
 }
 
 pub fn abi_version() -> u32 {
@@ -99,8 +102,10 @@ pub unsafe fn create<R: Rule>(
         let exported_input_type =
             FFI_ArrowSchema::try_from(&input_type).map_err(|e| format!("exporting the declared input type: {e}"))?;
         let output_schema = output_schema(&description)?;
-        let output_type = DataType::Struct(output_schema.fields().clone());
-        Ok(Box::new(Instance { rule, input_schema, input_type, exported_input_type, output_schema, output_type }))
+        let output_type = SharedSchema::new(&DataType::Struct(output_schema.fields().clone()))
+            .map_err(|e| format!("exporting the declared output type: {e}"))?;
+        let verdicts_type = SharedSchema::new(&DataType::Utf8).map_err(|e| format!("exporting the verdicts type: {e}"))?;
+        Ok(Box::new(Instance { rule, input_schema, input_type, exported_input_type, output_schema, output_type, verdicts_type }))
     }));
     unsafe { report(outcome, error, |created| *instance = Box::into_raw(created).cast::<c_void>()) }
 }
@@ -127,27 +132,19 @@ pub unsafe fn apply<R: Rule>(
             return Err(format!("the input batch does not have the declared input columns {}", instance.input_type));
         }
         // Move the input out of the engine's struct: from here its buffers are released when the
-        // last array that uses them is dropped, through the engine's own release callback.
+        // last array that uses them is dropped, through the engine's own release callback. The
+        // engine validated its batch, so only the layout is checked here.
         let array = unsafe { std::ptr::replace(input, FFI_ArrowArray::empty()) };
-        let data = unsafe { from_ffi_and_data_type(array, instance.input_type.clone()) }
+        let (columns, rows) = unsafe { import_columns(array, instance.input_schema.fields(), Validation::Layout) }
             .map_err(|e| format!("importing the input batch: {e}"))?;
-        let rows = data.len();
-        let (_, columns, _) = StructArray::from(data).into_parts();
         let options = RecordBatchOptions::new().with_row_count(Some(rows));
         let batch = RecordBatch::try_new_with_options(instance.input_schema.clone(), columns, &options)
             .map_err(|e| format!("importing the input batch: {e}"))?;
         let applied = instance.rule.apply(&batch)?;
         check_output(&instance.output_schema, rows, &applied)?;
-        let out = ArrayDataBuilder::new(instance.output_type.clone())
-            .len(rows)
-            .child_data(applied.columns.iter().map(|column| column.to_data()).collect())
-            .build()
-            .map_err(|e| format!("building the output batch: {e}"))?;
-        let exported = to_ffi(&out).map_err(|e| format!("exporting the output: {e}"))?;
-        let verdicts = match applied.verdicts {
-            Some(array) => Some(to_ffi(&array.into_data()).map_err(|e| format!("exporting the verdicts: {e}"))?),
-            None => None,
-        };
+        let exported = export_columns(&applied.columns, rows);
+        let exported = (exported, instance.output_type.export());
+        let verdicts = applied.verdicts.map(|array| (export_array(&(Arc::new(array) as ArrayRef)), instance.verdicts_type.export()));
         Ok((exported, verdicts))
     }));
     unsafe {
@@ -247,7 +244,7 @@ macro_rules! export_rule {
 mod tests {
     use super::*;
     use crate::Description;
-    use arrow_array::Float32Array;
+    use arrow_array::{Array, Float32Array};
     use std::sync::Arc;
 
     #[derive(serde::Deserialize)]

@@ -61,6 +61,7 @@ use arrow_schema::DataType;
 use serde::{Deserialize, Serialize};
 
 pub mod abi;
+pub mod cdata;
 #[doc(hidden)]
 pub mod export;
 pub mod testing;
