@@ -148,6 +148,7 @@ impl Generator {
         let count = self.events_on(self.day_index);
         let per_day = (self.settings.events / self.settings.days as u64).max(1);
         let s = self.settings.clone();
+        let topic: std::sync::Arc<str> = s.topic.as_str().into();
         let mut rows = Vec::with_capacity(count as usize);
         for i in 0..count {
             let ingestion_ts_ms = day as i64 * SECONDS_PER_DAY * 1000 + (i as i64 * SECONDS_PER_DAY * 1000) / count as i64;
@@ -199,7 +200,7 @@ impl Generator {
                 movie_id: Some(event.movie_id),
                 rating: Some(event.rating),
                 rating_timestamp: Some(event.rating_timestamp),
-                source_topic: s.topic.clone(),
+                source_topic: topic.clone(),
                 source_partition: partition,
                 source_offset: offset,
                 ingestion_ts_ms,

@@ -48,7 +48,8 @@ pub struct RawEvent {
     pub movie_id: Option<String>,
     pub rating: Option<f32>,
     pub rating_timestamp: Option<i64>,
-    pub source_topic: String,
+    /// Shared: every record of a topic points at one copy of its name.
+    pub source_topic: std::sync::Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
     pub ingestion_ts_ms: i64,

@@ -126,7 +126,7 @@ pub fn read_topic(topic: &str, count: usize, writers: &HashMap<u32, Schema>, rea
             movie_id: None,
             rating: None,
             rating_timestamp: None,
-            source_topic: topic.to_string(),
+            source_topic: topic.into(),
             source_partition: message.partition(),
             source_offset: message.offset(),
             ingestion_ts_ms: message.timestamp().to_millis().expect("record timestamp"),

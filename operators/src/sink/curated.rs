@@ -356,7 +356,7 @@ fn raw_event(key: u128, row: &Candidate, topic: &str) -> RawEvent {
         movie_id: Some(row.movie_id.to_string()),
         rating: Some(row.rating.0),
         rating_timestamp: Some(row.rating_timestamp),
-        source_topic: topic.to_string(),
+        source_topic: topic.into(),
         source_partition: row.position.partition,
         source_offset: row.position.offset,
         ingestion_ts_ms: row.position.ingestion_ts_ms,
