@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ratings_tests::{Lake, Run, python, workspace_root};
+use ratings_tests::{Lake, Run, python, python_script_json, workspace_root};
 
 const GRAPH: &str = include_str!("../graphs/movies.toml");
 const CURATED: &str = "movies.movie_ratings_curated";
@@ -49,19 +49,10 @@ impl Movies {
     }
 
     fn python(&self, command: &str, raw: &[&Path]) -> serde_json::Value {
-        let output = Command::new(python())
-            .arg(workspace_root().join("tests/python/movies.py"))
-            .arg(command)
-            .args(raw)
-            .arg("--database")
-            .arg(self.dir.path().join("lake/catalog.db"))
-            .arg("--warehouse")
-            .arg(self.dir.path().join("lake/warehouse"))
-            .args(["--catalog", "ratings_flow", "--table", CURATED])
-            .output()
-            .expect("python runs");
-        assert!(output.status.success(), "movies.py {command}: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("movies.py prints JSON")
+        let mut args = vec![std::ffi::OsStr::new(command)];
+        args.extend(raw.iter().map(|path| path.as_os_str()));
+        let lake = self.dir.path().join("lake");
+        python_script_json("movies.py", &args, &lake.join("catalog.db"), &lake.join("warehouse"), CURATED)
     }
 
     fn snapshots(&self) -> usize {

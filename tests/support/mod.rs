@@ -56,16 +56,29 @@ pub fn python() -> PathBuf {
 
 /// Runs `tests/python/SCRIPT` on `table` of `lake`'s catalog and parses the JSON it prints.
 pub fn python_json(lake: &Lake, script: &str, table: &str) -> serde_json::Value {
+    python_script_json(script, &[], &lake.database(), &lake.dir.path().join("lake/warehouse"), table)
+}
+
+/// Runs `tests/python/SCRIPT ARGS…` on `table` of the SQL catalog in `database` and `warehouse`
+/// and parses the JSON it prints.
+pub fn python_script_json(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    database: &Path,
+    warehouse: &Path,
+    table: &str,
+) -> serde_json::Value {
     let output = Command::new(python())
         .arg(workspace_root().join("tests/python").join(script))
+        .args(args)
         .arg("--database")
-        .arg(lake.database())
+        .arg(database)
         .arg("--warehouse")
-        .arg(lake.dir.path().join("lake/warehouse"))
+        .arg(warehouse)
         .args(["--catalog", "ratings_flow", "--table", table])
         .output()
         .expect("python runs");
-    assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{script} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("the script prints JSON")
 }
 

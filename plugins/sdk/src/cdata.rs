@@ -7,14 +7,15 @@
 //! several copies of the large `ArrayData`/builder structs. On a 64k-row batch through the
 //! approval rule that was ~3 µs, over a tenth of the whole call. Here:
 //!
-//! - **export**: a flat column is one allocation holding the column (its `ArrayData`, so the
-//!   buffers stay alive) and its buffer pointers; the struct around the columns is one more. A
-//!   column that is not flat, or whose null bitmap does not start at the column's offset, is
-//!   exported by arrow-rs instead, as a child of the same struct.
+//! - **export**: a flat column is one allocation holding the column (an `ArrayRef`, so the
+//!   buffers stay alive) and its buffer pointers, read through the typed array; the struct around
+//!   the columns is one more. A column that is not flat, or whose null bitmap does not start at
+//!   the column's offset, is exported by arrow-rs instead, as a child of the same struct.
 //! - **import**: each buffer of a flat column is wrapped, without copying, around one shared owner
 //!   of the producer's struct (released through the producer's callback when the last buffer is
-//!   dropped), with lengths computed from the column's type, length and offset, then checked by
-//!   arrow's own validation ([`Validation`]). A batch the fast path cannot read as-is (a nested
+//!   dropped), with lengths computed from the column's type, length and offset. Booleans and
+//!   numbers become typed arrays directly (sizes and alignment checked, nulls counted); strings
+//!   and binaries are checked by arrow's own validation ([`Validation`]). A batch the fast path cannot read as-is (a nested
 //!   column, a parent with an offset or nulls, a missing buffer, children of other lengths) goes
 //!   through arrow-rs's importer, which handles or refuses it as before.
 //!
@@ -91,10 +92,11 @@ unsafe extern "C" fn release_struct(array: *mut FFI_ArrowArray) {
     }
 }
 
-/// The C Data Interface view of a flat column: its offset and its buffer pointers (validity
-/// first, null without nulls), read through the typed array without building an `ArrayData`.
-/// `None` for other columns, and for a null bitmap that does not start at the values' offset.
-fn flat_view(column: &dyn Array) -> Option<(usize, [*const c_void; 3])> {
+/// The C Data Interface view of a flat column: its offset, its buffer pointers (validity first,
+/// null without nulls) and how many of them there are, read through the typed array without
+/// building an `ArrayData`. `None` for other columns, and for a null bitmap that does not start
+/// at the values' offset.
+fn flat_view(column: &dyn Array) -> Option<(usize, [*const c_void; 3], usize)> {
     fn pointer(buffer: &Buffer) -> *const c_void {
         buffer.as_ptr().cast()
     }
@@ -118,22 +120,22 @@ fn flat_view(column: &dyn Array) -> Option<(usize, [*const c_void; 3])> {
         Some(nulls) if nulls.offset() == offset => pointer(nulls.buffer()),
         Some(_) => return None,
     };
-    Some((offset, [validity, values, second]))
+    let count = if second.is_null() { 2 } else { 3 };
+    Some((offset, [validity, values, second], count))
 }
 
 /// Exports one column: the fast path for a flat one, arrow-rs's exporter for anything else.
 pub fn export_array(column: &ArrayRef) -> FFI_ArrowArray {
-    let Some((offset, buffers)) = flat_view(column.as_ref()) else {
+    let Some((offset, buffers, n_buffers)) = flat_view(column.as_ref()) else {
         return FFI_ArrowArray::new(&column.to_data());
     };
-    let n_buffers = flat_buffers(column.data_type()).unwrap_or(2) as i64;
     let (length, null_count) = (column.len() as i64, column.null_count() as i64);
     let mut private = Box::new(ExportedColumn { _column: column.clone(), buffers });
     FFI_ArrowArray {
         length,
         null_count,
         offset: offset as i64,
-        n_buffers,
+        n_buffers: n_buffers as i64,
         n_children: 0,
         buffers: private.buffers.as_mut_ptr(),
         children: ptr::null_mut(),
@@ -359,14 +361,20 @@ pub unsafe fn import_array(array: FFI_ArrowArray, data_type: &DataType, validati
             let owner = Arc::new(array);
             unsafe { import_flat(&owner, &owner, data_type, lengths, validation) }
         }
-        None => {
-            let data = unsafe { from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| e.to_string())?;
-            if validation == Validation::Full {
-                data.validate_full().map_err(|e| e.to_string())?;
-            }
-            Ok(make_array(data))
-        }
+        None => Ok(make_array(unsafe { import_with_arrow(array, data_type.clone(), validation) }?)),
     }
+}
+
+/// arrow-rs's importer, for what the fast path does not read.
+///
+/// # Safety
+/// `array` follows the C Data Interface.
+unsafe fn import_with_arrow(array: FFI_ArrowArray, data_type: DataType, validation: Validation) -> Result<ArrayData, String> {
+    let data = unsafe { from_ffi_and_data_type(array, data_type) }.map_err(|e| e.to_string())?;
+    if validation == Validation::Full {
+        data.validate_full().map_err(|e| e.to_string())?;
+    }
+    Ok(data)
 }
 
 /// Imports a struct array whose children are `fields` (its schema was compared with them
@@ -393,10 +401,7 @@ pub unsafe fn import_columns(array: FFI_ArrowArray, fields: &Fields, validation:
             child(index).is_some_and(|child| unsafe { flat_lengths(child, field.data_type(), array.length) }.is_some())
         });
     if !fast {
-        let data = unsafe { from_ffi_and_data_type(array, DataType::Struct(fields.clone())) }.map_err(|e| e.to_string())?;
-        if validation == Validation::Full {
-            data.validate_full().map_err(|e| e.to_string())?;
-        }
+        let data = unsafe { import_with_arrow(array, DataType::Struct(fields.clone()), validation) }?;
         let rows = data.len();
         let (_, columns, _) = StructArray::from(data).into_parts();
         return Ok((columns, rows));
@@ -408,6 +413,8 @@ pub unsafe fn import_columns(array: FFI_ArrowArray, fields: &Fields, validation:
         .enumerate()
         .map(|(index, field)| {
             let child = unsafe { &**owner.children.add(index) };
+            // Read again rather than kept from the check above: a few loads per column instead of
+            // an allocation per call.
             let lengths = unsafe { flat_lengths(child, field.data_type(), owner.length) }.unwrap_or_default();
             unsafe { import_flat(&owner, child, field.data_type(), lengths, validation) }
                 .map_err(|e| format!("column `{}`: {e}", field.name()))
