@@ -13,8 +13,9 @@
 //!  CuratedWriter (per partition: new data files, position delete files) ──► Committer (worker 0)
 //! ```
 //!
-//! The driver feeds one epoch, advances its input and waits on the probe until the committer has
-//! committed that epoch, so a failed commit stops the run before anything builds on it.
+//! The driver feeds one epoch and advances its input; replay then waits on the probe until the
+//! committer has committed it, stream reads one more epoch meanwhile. The committer commits
+//! nothing after a failure, so nothing lands on top of a failed epoch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

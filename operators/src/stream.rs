@@ -13,13 +13,15 @@
 //!     raw append ─► rejected append ─► curated overwrite, each with its offsets
 //! ```
 //!
-//! An epoch closes every `commit_interval` of each worker's clock; the worker writes its raw
-//! rows as Parquet, advances its input and waits until the epoch is committed before reading on,
-//! so at most one epoch is in memory. `stop_when_idle` ends the run once no partition has
+//! An epoch closes every `commit_interval` of each worker's clock; the worker hands its raw rows
+//! to a Parquet write on the I/O runtime, advances its input and reads the next epoch while the
+//! closed one is upserted, written and committed (the committer awaits the raw writes before the
+//! raw commit). Before closing an epoch a worker waits until the previous one is committed, so at
+//! most two epochs are in memory and a failed commit stops the run one epoch later at most. `stop_when_idle` ends the run once no partition has
 //! delivered a record for that long; a stop request (Ctrl-C, SIGTERM) ends it after the current
 //! epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -88,6 +90,9 @@ pub struct StreamSummary {
     pub epochs: u64,
     pub outcome: Outcome,
     pub elapsed: Duration,
+    /// From the start to the commit of the last epoch that read records: how long the run took to
+    /// land what it read (without the idle wait before a `stop_when_idle` stop).
+    pub committed_after: Option<Duration>,
 }
 
 fn now_ms() -> i64 {
@@ -199,6 +204,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             }
         };
         let mut epoch = 1u64;
+        // Offsets of the closed epochs not yet known to be committed (at most two).
+        let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
@@ -230,19 +237,23 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 metrics.records("source").inc_by(meta.records);
                 metrics.records("raw").inc_by(raw_rows.len() as u64);
             }
-            match handle.block_on(write_raw(&raw, &raw_schema, raw_rows, settings.target_file_size, index)) {
-                Ok(files) => meta.raw_files = files,
-                Err(error) => shared.failure.set(error),
+            if !raw_rows.is_empty() {
+                let write = write_raw(raw.clone(), raw_schema.clone(), raw_rows, settings.target_file_size, index);
+                meta.raw_writes.push(handle.spawn(write));
             }
-            let committed_offsets = meta.offsets.clone();
+            unconfirmed.push_back(meta.offsets.clone());
             shared.epochs.merge(epoch, meta);
             epoch += 1;
             input.advance_to(epoch);
-            worker.step_while(|| probe.less_than(input.time()));
+            // One epoch in flight: the epoch just closed is written and committed while the next
+            // one is read, but the one before it must be committed first.
+            worker.step_while(|| probe.less_than(&(epoch - 1)));
             if shared.failure.is_set() {
                 break;
             }
-            source.after_commit(&committed_offsets);
+            while unconfirmed.len() > 1 {
+                source.after_commit(&unconfirmed.pop_front().expect("two epochs are unconfirmed"));
+            }
             if let (0, Some(metrics)) = (index, &metrics) {
                 let outcome = shared.outcome(&sinks.stats);
                 for (stage, total) in [("accepted", outcome.accepted), ("inserted", outcome.inserted), ("updated", outcome.updated)] {
@@ -258,6 +269,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         }
         drop(input);
         while worker.step_or_park(None) {}
+        if let Some(source) = source.as_ref().filter(|_| !shared.failure.is_set()) {
+            for offsets in unconfirmed {
+                source.after_commit(&offsets);
+            }
+        }
     });
     if let Some(maintenance) = maintenance {
         maintenance.abort();
@@ -267,13 +283,15 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     summary.epochs = stats.stream_epochs.load(Ordering::Relaxed);
     summary.outcome = shared.outcome(&stats);
     summary.elapsed = started.elapsed();
+    let last_commit = *stats.last_stream_commit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    summary.committed_after = last_commit.map(|at| at.duration_since(started));
     Ok(summary)
 }
 
 /// Writes an epoch's raw rows, one set of files per ingestion date.
 async fn write_raw(
-    raw: &iceberg::table::Table,
-    schema: &arrow_schema::SchemaRef,
+    raw: iceberg::table::Table,
+    schema: arrow_schema::SchemaRef,
     mut rows: Vec<RawEvent>,
     target_file_size: usize,
     worker: usize,
@@ -281,8 +299,8 @@ async fn write_raw(
     rows.sort_by_key(|e| (e.ingestion_date(), e.source_partition, e.source_offset));
     let mut files = Vec::new();
     for chunk in rows.chunk_by(|a, b| a.ingestion_date() == b.ingestion_date()) {
-        let batch = raw_to_batch(schema, chunk)?;
-        files.extend(write_partition(raw, chunk[0].ingestion_date(), [batch], target_file_size, &format!("w{worker}")).await?);
+        let batch = raw_to_batch(&schema, chunk)?;
+        files.extend(write_partition(&raw, chunk[0].ingestion_date(), [batch], target_file_size, &format!("w{worker}")).await?);
     }
     Ok(files)
 }

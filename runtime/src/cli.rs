@@ -721,6 +721,13 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         s.records_read as f64 / s.elapsed.as_secs_f64().max(1e-9),
         s.epochs
     );
+    if let Some(landed) = s.committed_after {
+        println!(
+            "  landed:    the last epoch with records committed {:.2}s after the start ({:.0} records/s)",
+            landed.as_secs_f64(),
+            s.records_read as f64 / landed.as_secs_f64().max(1e-9)
+        );
+    }
     println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
     print_outcome(&s.outcome);
     Ok(())

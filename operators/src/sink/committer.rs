@@ -38,6 +38,8 @@ pub struct CommitStats {
     pub raw_snapshots: AtomicU64,
     /// Stream epochs that read records (and therefore committed).
     pub stream_epochs: AtomicU64,
+    /// When the last of those epochs was committed.
+    pub last_stream_commit: Mutex<Option<Instant>>,
     pub curated_files_added: AtomicU64,
     pub curated_files_removed: AtomicU64,
     pub commit_retries: AtomicU64,
@@ -167,6 +169,10 @@ impl Committer {
                     };
                     match committed {
                         Ok(()) => {
+                            if records > 0 && matches!(self.mode, CommitMode::Stream(_)) {
+                                *self.stats.last_stream_commit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                                    Some(Instant::now());
+                            }
                             if let Some(metrics) = &self.metrics {
                                 metrics.epoch_commit_seconds.observe(started.elapsed().as_secs_f64());
                             }
@@ -339,11 +345,15 @@ impl Committer {
         let before = positions.raw.clone();
         advance(&mut positions.raw);
         // After a restart the first records may all be in raw already: nothing to commit there.
-        if !meta.raw_files.is_empty() || before != positions.raw {
+        let mut raw_files = Vec::new();
+        for write in meta.raw_writes {
+            let written = write.await.map_err(|error| crate::Error::Internal(format!("the raw write task failed: {error}")))?;
+            raw_files.extend(written?);
+        }
+        if !raw_files.is_empty() || before != positions.raw {
             let raw = self.lakehouse.load(&stream.raw).await?;
             let done = timer("raw");
-            let change =
-                FileChange { add: meta.raw_files, properties: properties(&positions.raw, meta.days), ..Default::default() };
+            let change = FileChange { add: raw_files, properties: properties(&positions.raw, meta.days), ..Default::default() };
             let committed = commit(&self.lakehouse, raw, change, self.options).await?;
             self.stats.raw_snapshots.fetch_add(1, Ordering::Relaxed);
             self.note(&committed, false);

@@ -69,17 +69,22 @@ impl EpochDays {
     }
 }
 
+/// A worker's raw-table write for one epoch, running on the I/O runtime while the worker reads the
+/// next epoch; the committer awaits it before the raw commit.
+pub type RawWrite = tokio::task::JoinHandle<crate::Result<Vec<DataFile>>>;
+
 /// What the drivers know about an epoch that the operators need when it completes. Replay fills
 /// it from its plan up front; in stream mode every worker merges its share in before it advances
 /// its input past the epoch, so it is complete once the epoch's frontier has passed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct EpochMeta {
     /// Ingestion dates of the epoch's records (`None`: no records).
     pub days: Option<EpochDays>,
     /// Stream: next offset per partition reached in this epoch (partitions with records only).
     pub offsets: crate::source::kafka::Offsets,
-    /// Stream: the raw table's data files written for this epoch's records.
-    pub raw_files: Vec<DataFile>,
+    /// Stream: the writes of the raw table's data files for this epoch's records (one per worker
+    /// that read records).
+    pub raw_writes: Vec<RawWrite>,
     /// Records the drivers read in this epoch.
     pub records: u64,
     /// Stream: when the first worker closed the epoch (for the epoch's latency in the logs).
@@ -92,7 +97,7 @@ impl EpochMeta {
             self.days = Some(EpochDays::merge(self.days, days));
         }
         self.offsets.extend(other.offsets);
-        self.raw_files.extend(other.raw_files);
+        self.raw_writes.extend(other.raw_writes);
         self.records += other.records;
         self.closed = match (self.closed, other.closed) {
             (Some(a), Some(b)) => Some(a.min(b)),

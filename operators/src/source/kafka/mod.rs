@@ -42,6 +42,14 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
+/// librdkafka settings whose defaults the engine changes; a graph's `[source.kafka]` overrides them.
+pub const CONSUMER_DEFAULTS: [(&str, &str); 1] = [
+    // Once a partition's local queue is full, librdkafka postpones its next fetch by this much
+    // (default 1000 ms). A worker busy closing an epoch fills the queue, then would wait up to a
+    // second for data once it reads again: with 10 ms, stream throughput doubled (benches/README).
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 impl KafkaSettings {
     /// Client settings for a consumer: every configured property.
     pub fn client_config(&self) -> ClientConfig {
@@ -68,6 +76,11 @@ impl KafkaSettings {
     /// A consumer that only reads what it is assigned and never commits on its own.
     pub fn consumer(&self) -> Result<BaseConsumer> {
         let mut config = self.client_config();
+        for (key, value) in CONSUMER_DEFAULTS {
+            if !self.properties.contains_key(key) {
+                config.set(key, value);
+            }
+        }
         config
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
