@@ -172,8 +172,16 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     let probe = ProbeHandle::new();
     let lateness_days = context.rules.lateness_days;
     worker.dataflow::<u64, _, _>(|scope| {
-        let records = input.to_stream(scope);
-        let seeds = records.clone().flat_map(|record| match record {
+        // Seeds (epoch 0) go to the rules and to the writer; input records only to the rules, so
+        // they are split off first instead of every record being cloned for both.
+        let (records, seeds) = input
+            .to_stream(scope)
+            .ok_err::<Vec<SourceRecord>, SourceRecord, Vec<SourceRecord>, SourceRecord, _>(|record| match record {
+                SourceRecord::Raw(_) => Ok(record),
+                seed => Err(seed),
+            });
+        let records = records.concat(seeds.clone());
+        let seeds = seeds.flat_map(|record| match record {
             SourceRecord::Seed(key, row, at) => Some(DayChange::Seed { day: row.rating_date, key, row, at }),
             SourceRecord::SeedFile { day, path, deletes } => Some(DayChange::SeedFile { day, path, deletes }),
             SourceRecord::Raw(_) => None,

@@ -29,6 +29,7 @@ use apache_avro::types::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{RejectReason, Undecodable};
+use crate::source::kafka::read_plan::ReadPlan;
 use crate::source::kafka::registry::{Lookup, RegistryClient};
 
 pub const MAGIC_BYTE: u8 = 0;
@@ -63,8 +64,9 @@ pub struct EventFields {
 }
 
 enum Writer {
-    /// Decode with `schema`; resolve into the reader schema unless both are the same.
-    Readable { schema: Schema, resolve: bool },
+    /// Decode with `schema`; resolve into the reader schema unless both are the same. Bodies the
+    /// plan (if any) reads cleanly skip the generic decoding.
+    Readable { schema: Schema, resolve: bool, plan: Option<ReadPlan> },
     Refused { reason: RejectReason, detail: String },
 }
 
@@ -111,7 +113,7 @@ impl Decoder {
         let refuse = |reason: RejectReason, detail: String| {
             Ok(Err(Undecodable { reason, detail, payload: payload.to_vec() }))
         };
-        let (id, mut body) = match split_frame(payload) {
+        let (id, body) = match split_frame(payload) {
             Ok(split) => split,
             Err(detail) => return refuse(RejectReason::BadFraming, detail),
         };
@@ -119,23 +121,14 @@ impl Decoder {
             let writer = self.fetch(id)?;
             self.writers.insert(id, writer);
         }
-        let (schema, resolve) = match &self.writers[&id] {
-            Writer::Readable { schema, resolve } => (schema, *resolve),
+        let (schema, resolve, plan) = match &self.writers[&id] {
+            Writer::Readable { schema, resolve, plan } => (schema, *resolve, plan),
             Writer::Refused { reason, detail } => return refuse(*reason, detail.clone()),
         };
-        let decoded = apache_avro::from_avro_datum(schema, &mut body, None)
-            .and_then(|value| if resolve { value.resolve(&self.reader) } else { Ok(value) });
-        let value = match decoded {
-            Ok(value) => value,
-            Err(e) => return refuse(RejectReason::UndecodableBody, format!("schema id {id}: {e}")),
-        };
-        if !body.is_empty() {
-            return refuse(
-                RejectReason::UndecodableBody,
-                format!("schema id {id}: {} bytes left over after the record", body.len()),
-            );
+        if let Some(fields) = plan.as_ref().and_then(|plan| plan.read(body)) {
+            return Ok(Ok(fields));
         }
-        match fields(value) {
+        match decode_generic(schema, resolve, &self.reader, body) {
             Ok(fields) => Ok(Ok(fields)),
             Err(detail) => refuse(RejectReason::UndecodableBody, format!("schema id {id}: {detail}")),
         }
@@ -182,10 +175,14 @@ impl Decoder {
             }
         };
         if schema.canonical_form() == self.reader_form {
-            return Writer::Readable { schema, resolve: false };
+            let plan = ReadPlan::new(&schema, &self.reader, false);
+            return Writer::Readable { schema, resolve: false, plan };
         }
         match SchemaCompatibility::can_read(&schema, &self.reader) {
-            Ok(()) => Writer::Readable { schema, resolve: true },
+            Ok(()) => {
+                let plan = ReadPlan::new(&schema, &self.reader, true);
+                Writer::Readable { schema, resolve: true, plan }
+            }
             Err(e) => Writer::Refused {
                 reason: RejectReason::IncompatibleSchema,
                 detail: format!("schema id {id} cannot be read as the pipeline's reader schema: {e}"),
@@ -194,7 +191,20 @@ impl Decoder {
     }
 }
 
-fn fields(value: Value) -> std::result::Result<EventFields, String> {
+/// Reads a body with apache-avro: decoded with the writer schema, resolved into the reader schema
+/// (unless `resolve` is false: they are the same), then taken apart. `Err`: why it cannot be read.
+pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<EventFields, String> {
+    let value = apache_avro::from_avro_datum(writer, &mut body, None)
+        .and_then(|value| if resolve { value.resolve(reader) } else { Ok(value) })
+        .map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        return Err(format!("{} bytes left over after the record", body.len()));
+    }
+    fields(value)
+}
+
+/// The event's fields of a record value (in the reader schema's types).
+pub(super) fn fields(value: Value) -> std::result::Result<EventFields, String> {
     let Value::Record(entries) = value else {
         return Err("the body is not a record".into());
     };

@@ -15,6 +15,7 @@
 //!   A record without a timestamp takes the wall clock when it is read.
 
 pub mod confluent;
+pub mod read_plan;
 pub mod registry;
 
 use std::collections::BTreeMap;
