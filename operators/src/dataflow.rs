@@ -17,7 +17,7 @@
 //! committer has committed it, stream reads one more epoch meanwhile. The committer commits
 //! nothing after a failure, so nothing lands on top of a failed epoch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,7 +38,7 @@ use crate::catalog::Lakehouse;
 use crate::commit::CommitOptions;
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{Candidate, RawEvent, RejectReason, Rejection, format_date};
+use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection, format_date};
 use crate::reader::read_tasks;
 use crate::writer::read_position_deletes;
 use crate::rules::Rules;
@@ -70,7 +70,7 @@ pub struct RulesContext {
     /// The graph's rule plugins, instantiated once per worker.
     pub chain: RuleChain,
     /// `event_id` → `rating_date` of every key whose row can no longer change.
-    pub frozen: Arc<HashMap<u128, i32>>,
+    pub frozen: Arc<KeyMap<i32>>,
     /// Stream restart: records below these offsets are already in the curated table; they are
     /// read again only for a table that is behind, so they must not enter the upsert again.
     pub curated_from: Option<Arc<Offsets>>,

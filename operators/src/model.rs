@@ -128,6 +128,10 @@ pub enum Origin {
     Input,
 }
 
+/// A map keyed by `event_id` (as its 128 bits). Hot paths look a key up once or more per record;
+/// foldhash (seeded per map) costs a fraction of the standard SipHash on a 16-byte key.
+pub type KeyMap<V> = std::collections::HashMap<u128, V, foldhash::fast::RandomState>;
+
 /// A curated row plus the lineage that decides upserts. `Ord` is ingestion order, which is the order
 /// the upsert folds candidates in; [`Candidate::beats`] is the "latest wins" order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::checks::{Checks, Evaluation};
-use crate::model::{Candidate, RawEvent, RejectReason, Rejection};
+use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection};
 use crate::schema::{arrow_schema, curated_to_batch};
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::error::Context;
@@ -119,7 +119,7 @@ impl Files {
 /// and the ids of its live data and position delete files.
 #[derive(Default)]
 struct Partition {
-    rows: HashMap<u128, (Candidate, Option<(u32, u32)>)>,
+    rows: KeyMap<(Candidate, Option<(u32, u32)>)>,
     /// Keys inserted since the last write: an epoch writes these, without scanning `rows`.
     unwritten: Vec<u128>,
     data_files: BTreeSet<u32>,
@@ -179,6 +179,16 @@ impl CuratedWriter {
                     }
                     if time == 0 {
                         continue;
+                    }
+                    // Grow each partition's map once for the epoch's inserts, not by doubling.
+                    let mut added: BTreeMap<i32, usize> = BTreeMap::new();
+                    for change in &inserts {
+                        if let DayChange::Insert { day, .. } = change {
+                            *added.entry(*day).or_insert(0usize) += 1;
+                        }
+                    }
+                    for (day, count) in added {
+                        partitions.entry(day).or_default().rows.reserve(count);
                     }
                     for change in inserts {
                         if let DayChange::Insert { day, key, row } = change {

@@ -17,14 +17,14 @@
 //!
 //! Files of an epoch are spread over the workers round-robin; each worker reads its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use arrow_array::{Date32Array, StringArray};
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 
 use crate::error::{Error, Result};
-use crate::model::format_date;
+use crate::model::{KeyMap, format_date};
 use crate::reader::{date_at_least, date_at_most, date_before, plan, read_tasks};
 use crate::rules::parse_event_id;
 use crate::schema::Columns;
@@ -45,7 +45,7 @@ pub struct StatePlan {
     pub seed_tasks: Vec<FileScanTask>,
     pub seed_records: u64,
     /// `event_id` → `rating_date` of every curated row older than the window.
-    pub frozen: HashMap<u128, i32>,
+    pub frozen: KeyMap<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ pub async fn plan_state(curated: &Table, window_start: i32) -> Result<StatePlan>
     let seed_tasks = plan(curated, Some(date_at_least("rating_date", window_start)), None).await?;
     let seed_records = seed_tasks.iter().map(|t| t.record_count.unwrap_or(0)).sum();
 
-    let mut frozen = HashMap::new();
+    let mut frozen = KeyMap::default();
     let frozen_tasks = plan(curated, Some(date_before("rating_date", window_start)), Some(&["event_id", "rating_date"])).await?;
     read_tasks(curated, frozen_tasks, |batch| {
         let columns = Columns(&batch);
