@@ -206,10 +206,12 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let mut epoch = 1u64;
         // Offsets of the closed epochs not yet known to be committed (at most two).
         let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
+        let mut raw_capacity = 0;
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
-            let mut raw_rows = Vec::new();
+            // Sized like the last epoch's: growing by doubling would copy every row a few times.
+            let mut raw_rows = Vec::with_capacity(raw_capacity);
             let mut since_step = 0u32;
             while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
@@ -237,6 +239,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 metrics.records("source").inc_by(meta.records);
                 metrics.records("raw").inc_by(raw_rows.len() as u64);
             }
+            raw_capacity = raw_rows.len();
             if !raw_rows.is_empty() {
                 let write = write_raw(raw.clone(), raw_schema.clone(), raw_rows, settings.target_file_size, index);
                 meta.raw_writes.push(handle.spawn(write));

@@ -132,12 +132,13 @@ impl CuratedWriter {
         changes.unary_frontier(exchange, "CuratedWriter", move |_capability, _info| {
             let mut partitions: BTreeMap<i32, Partition> = BTreeMap::new();
             let mut files = Files::default();
-            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DayChange>)> = BTreeMap::new();
+            // The batches as they arrived: an epoch's changes are never copied into one vector.
+            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<DayChange>>)> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_time(|time, data| {
                     let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
                     for batch in data {
-                        entry.1.append(batch);
+                        entry.1.push(std::mem::take(batch));
                     }
                 });
                 while let Some((&time, _)) = pending.first_key_value() {
@@ -150,7 +151,7 @@ impl CuratedWriter {
                     let mut touched: BTreeSet<i32> = BTreeSet::new();
                     // Removes before inserts: a key updated within one partition is both.
                     let (inserts, others): (Vec<DayChange>, Vec<DayChange>) =
-                        changes.into_iter().partition(|c| matches!(c, DayChange::Insert { .. }));
+                        changes.into_iter().flatten().partition(|c| matches!(c, DayChange::Insert { .. }));
                     for change in others {
                         match change {
                             DayChange::Seed { day, key, row, at } => {
