@@ -17,9 +17,9 @@
 //! to a Parquet write on the I/O runtime, advances its input and reads the next epoch while the
 //! closed one is upserted, written and committed (the committer awaits the raw writes before the
 //! raw commit). Before closing an epoch a worker waits until the previous one is committed, so at
-//! most two epochs are in memory and a failed commit stops the run one epoch later at most. `stop_when_idle` ends the run once no partition has
-//! delivered a record for that long; a stop request (Ctrl-C, SIGTERM) ends it after the current
-//! epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
+//! most two epochs are in memory and a failed commit stops the run one epoch later at most.
+//! `stop_when_idle` ends the run once no partition has delivered a record for that long; a stop
+//! request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -174,20 +174,15 @@ impl Decoder {
                 };
             }
         };
-        if schema.canonical_form() == self.reader_form {
-            let plan = ReadPlan::new(&schema, &self.reader, false);
-            return Writer::Readable { schema, resolve: false, plan };
-        }
-        match SchemaCompatibility::can_read(&schema, &self.reader) {
-            Ok(()) => {
-                let plan = ReadPlan::new(&schema, &self.reader, true);
-                Writer::Readable { schema, resolve: true, plan }
-            }
-            Err(e) => Writer::Refused {
+        let resolve = schema.canonical_form() != self.reader_form;
+        if resolve && let Err(e) = SchemaCompatibility::can_read(&schema, &self.reader) {
+            return Writer::Refused {
                 reason: RejectReason::IncompatibleSchema,
                 detail: format!("schema id {id} cannot be read as the pipeline's reader schema: {e}"),
-            },
+            };
         }
+        let plan = ReadPlan::new(&schema, &self.reader, resolve);
+        Writer::Readable { schema, resolve, plan }
     }
 }
 

@@ -22,7 +22,7 @@
 use apache_avro::Schema;
 use apache_avro::types::Value;
 
-use super::confluent::{EventFields, fields};
+use super::confluent::EventFields;
 
 /// The primitive types a plan reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +146,7 @@ impl ReadPlan {
     /// false: the schemas are the same). `None` when the writer is not a flat record of
     /// primitives, or anything about the pair is unusual: generic decoding handles those.
     pub fn new(writer: &Schema, reader: &Schema, resolve: bool) -> Option<ReadPlan> {
+        let reader_schema = reader;
         let (Schema::Record(writer), Schema::Record(reader)) = (writer, reader) else { return None };
         if reader.aliases.is_some() || reader.fields.iter().any(|f| f.aliases.is_some()) {
             return None;
@@ -194,12 +195,10 @@ impl ReadPlan {
             fields.push(FieldPlan { branches, union });
         }
         let defaults = if resolve {
-            let Ok(Value::Record(resolved)) = Value::Record(representative).resolve(&Schema::Record(reader.clone())) else {
-                return None;
-            };
+            let Ok(Value::Record(resolved)) = Value::Record(representative).resolve(reader_schema) else { return None };
             let missing: Vec<(String, Value)> =
                 resolved.into_iter().filter(|(name, _)| !writer.fields.iter().any(|f| &f.name == name)).collect();
-            fields_of(missing)?
+            super::confluent::fields(Value::Record(missing)).ok()?
         } else {
             EventFields::default()
         };
@@ -225,10 +224,6 @@ impl ReadPlan {
         }
         body.is_empty().then_some(out)
     }
-}
-
-fn fields_of(entries: Vec<(String, Value)>) -> Option<EventFields> {
-    fields(Value::Record(entries)).ok()
 }
 
 /// A value as read from the body (strings checked for UTF-8, as apache-avro does).
