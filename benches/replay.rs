@@ -1,14 +1,14 @@
 //! The replay path on 1M generated events (10 days, realistic mix):
 //! - `replay_1m/end_to_end`: read raw Parquet → rules → upsert → write curated Parquet → commit,
 //!   into fresh curated/rejected tables each iteration (2 workers);
-//! - `replay_1m/rules_and_upsert`: the same records through rules and the differential upsert
+//! - `replay_1m/rules_and_upsert`: the same records through rules and the upsert arrangement
 //!   only, from memory, to separate dataflow cost from I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use differential_dataflow::input::Input;
+use timely::dataflow::operators::Probe;
 use iceberg::Catalog;
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::generate::{GenerateSettings, Generator};
@@ -111,10 +111,9 @@ fn rules_and_upsert(c: &mut Criterion) {
             timely::execute(timely::Config::process(2), move |worker| {
                 let rules = Rules::default();
                 let probe = ProbeHandle::new();
-                let mut input = worker.dataflow::<u64, _, _>(|scope| {
-                    let (input, candidates) = scope.new_collection();
-                    operators::upsert::upsert(candidates, rules.lateness_days).probe_with(&probe);
-                    input
+                let mut input = timely::dataflow::InputHandle::new();
+                worker.dataflow::<u64, _, _>(|scope| {
+                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, Default::default()).probe_with(&probe);
                 });
                 let (index, peers) = (worker.index(), worker.peers());
                 let mut day = None;
@@ -123,10 +122,9 @@ fn rules_and_upsert(c: &mut Criterion) {
                     if day != Some(epoch) {
                         day = Some(epoch);
                         input.advance_to((epoch - START_DAY) as u64 + 1);
-                        input.flush();
                     }
                     if let Ok(candidate) = rules.evaluate(event) {
-                        input.insert(candidate);
+                        input.send(candidate);
                     }
                 }
                 input.close();

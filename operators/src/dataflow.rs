@@ -7,7 +7,7 @@
 //!  Rules: validate, derive, late cut, frozen keys, plugin chain ──rejections─────────┐
 //!        │ (event_id, Candidate)                                                     │
 //!        ▼                                                                           │
-//!  exchange(event_id) → Upsert arrangement → net changes ──late updates──────────────┤
+//!  exchange(event_id) → Upsert arrangement → key changes ──late updates──────────────┤
 //!        │ row removed from / inserted into a rating_date (seeds: with their data file)  │
 //!        ▼ exchange(rating_date)                                                      ▼
 //!  CuratedWriter (per partition: new data files, position delete files) ──► Committer (worker 0)
@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use differential_dataflow::AsCollection;
 use iceberg::TableIdent;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
@@ -44,12 +43,12 @@ use crate::writer::read_position_deletes;
 use crate::rules::Rules;
 use crate::rules::chain::{Pending, RuleChain};
 use crate::schema::curated_from_batch;
-use crate::sink::changes::{Change, KeyChange, UpsertCounters, net_changes};
 use crate::sink::committer::{CommitMode, CommitStats, Committer};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
-use crate::upsert::upsert;
+use crate::schema::late_update_rejection;
+use crate::upsert::{KeyChange, UpsertChange, UpsertCounters, upsert};
 
 /// A record entering the dataflow.
 #[derive(Debug, Clone)]
@@ -61,7 +60,7 @@ pub enum SourceRecord {
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
 }
 
-type Accepted = ((u128, Candidate), u64, isize);
+type Accepted = (u128, Candidate);
 type Evaluated = std::result::Result<Accepted, Box<Rejection>>;
 
 /// What the rules stage needs besides the rules.
@@ -137,7 +136,7 @@ pub struct Sinks {
 /// The input a driver feeds.
 pub type Input = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
 
-/// Builds the dataflow on `worker`: rules → upsert → net changes → curated writer → committer.
+/// Builds the dataflow on `worker`: rules → upsert → curated writer → committer.
 /// Returns the input the driver feeds and the probe that tells which epochs are committed.
 pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks: &Sinks) -> (Input, ProbeHandle<u64>) {
     let writer = CuratedWriter {
@@ -182,7 +181,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             });
         let records = records.concat(seeds.clone());
         let seeds = seeds.flat_map(|record| match record {
-            SourceRecord::Seed(key, row, at) => Some(DayChange::Seed { day: row.rating_date, key, row, at }),
+            SourceRecord::Seed(key, row, at) => Some(DayChange::Seed { day: row.rating_date, key, at }),
             SourceRecord::SeedFile { day, path, deletes } => Some(DayChange::SeedFile { day, path, deletes }),
             SourceRecord::Raw(_) => None,
         });
@@ -191,13 +190,12 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             let mut chain = context.chain.instantiate().map_err(|error| failure.set(error)).ok();
             move |input, output| {
                 input.for_each_time(|time, data| {
-                    let at = *time.time();
                     let mut session = output.session(&time);
                     let mut pending = Vec::new();
                     for batch in data {
                         for record in batch.drain(..) {
                             match evaluate(record, &context) {
-                                Some(Verdict::Seed(key, row)) => session.give(Ok(((key, row), at, 1))),
+                                Some(Verdict::Seed(key, row)) => session.give(Ok((key, row))),
                                 Some(Verdict::Rejected(rejection)) => session.give(Err(rejection)),
                                 Some(Verdict::Pending(record)) => pending.push(record),
                                 None => {}
@@ -209,8 +207,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
                     match chain.apply(pending) {
                         Ok((accepted, rejections)) => {
                             context.accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
-                            for (key, row) in accepted {
-                                session.give(Ok(((key, row), at, 1)));
+                            for accepted in accepted {
+                                session.give(Ok(accepted));
                             }
                             for rejection in rejections {
                                 session.give(Err(Box::new(rejection)));
@@ -223,12 +221,13 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         });
         let (candidates, rule_rejections) =
             evaluated.ok_err::<Vec<Accepted>, Accepted, Vec<Box<Rejection>>, Box<Rejection>, _>(|x| x);
-        let upserted = upsert(candidates.as_collection(), lateness_days).inner;
-        let changes = net_changes(upserted, topic, counters);
-        let (key_changes, sink_messages) =
-            changes.ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(|change| match change {
-                Change::Key(key_change) => Ok(key_change),
-                Change::Sink(message) => Err(message),
+        let (key_changes, late_updates) = upsert(candidates, lateness_days, counters)
+            .ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
+                UpsertChange::Key(key_change) => Ok(key_change),
+                UpsertChange::LateUpdate { key, record } => {
+                    let detail = "the event's current row is older than the lateness window of this record".to_string();
+                    Err(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, detail)))
+                }
             });
         let day_changes = key_changes.flat_map(|change| {
             let removed = change.old.map(|old| DayChange::Remove { day: old.rating_date, key: change.key });
@@ -236,7 +235,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             removed.into_iter().chain(inserted)
         });
         let curated_files = writer.build(day_changes.concat(seeds));
-        let to_commit = sink_messages
+        let to_commit = late_updates
             .concat(curated_files)
             .concat(rule_rejections.map(|rejection| SinkMessage::Rejected(*rejection)));
         committer.build(to_commit).probe_with(&probe);
@@ -337,6 +336,7 @@ impl Shared {
             inserted: load(&self.counters.inserted),
             updated: load(&self.counters.updated),
             moved: load(&self.counters.moved),
+            out_of_order: load(&self.counters.out_of_order),
             rejected: stats.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
             raw_snapshots: load(&stats.raw_snapshots),
             curated_snapshots: load(&stats.curated_snapshots),
@@ -358,6 +358,8 @@ pub struct Outcome {
     pub inserted: u64,
     pub updated: u64,
     pub moved: u64,
+    /// Records ingested before their key's current row of the same run (see [`crate::upsert`]).
+    pub out_of_order: u64,
     pub rejected: BTreeMap<RejectReason, u64>,
     pub raw_snapshots: u64,
     pub curated_snapshots: u64,

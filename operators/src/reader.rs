@@ -44,8 +44,15 @@ pub async fn plan(table: &Table, filter: Option<Predicate>, columns: Option<&[&s
 /// Reads the given tasks, calling `each` per batch.
 pub async fn read_tasks(table: &Table, tasks: Vec<FileScanTask>, mut each: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
     let context = || format!("reading data files of {}", table.identifier());
+    // iceberg 0.10.1 can lose a wake-up when two tasks read concurrently need the same position
+    // delete file (the second waits on a `Notify` created after the first signalled it) and the
+    // scan then hangs. Tasks with delete files are therefore read one after the other.
+    let reader = match tasks.iter().any(|task| !task.deletes.is_empty()) {
+        true => table.reader_builder().with_data_file_concurrency_limit(1),
+        false => table.reader_builder(),
+    };
     let tasks = futures::stream::iter(tasks.into_iter().map(Ok)).boxed();
-    let mut batches = table.reader_builder().build().read(tasks).context(context)?.stream();
+    let mut batches = reader.build().read(tasks).context(context)?.stream();
     while let Some(batch) = batches.next().await {
         each(batch.context(context)?)?;
     }

@@ -22,7 +22,7 @@
 //! request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,13 @@ pub struct StreamSummary {
     /// From the start to the commit of the last epoch that read records: how long the run took to
     /// land what it read (without the idle wait before a `stop_when_idle` stop).
     pub committed_after: Option<Duration>,
+    /// From the start to the first record read: start-up (catalog, seeds, consumer connections).
+    pub first_record_after: Option<Duration>,
 }
+
+/// How long a worker with no epoch in flight waits for the next record before it looks at the
+/// clock and the stop conditions again.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -149,6 +155,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let seed_tasks = Arc::new(state.seed_tasks);
     let stats = Arc::new(CommitStats::default());
     let records_read = Arc::new(AtomicU64::new(0));
+    let first_record_at: Arc<OnceLock<Instant>> = Arc::default();
     let last_record_ms = Arc::new(AtomicI64::new(now_ms()));
     let handle = runtime.handle().clone();
     let curated_from = Arc::new(resume.curated.clone());
@@ -174,6 +181,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
     let worker_shared = shared.clone();
     let worker_records = records_read.clone();
+    let first_record = first_record_at.clone();
     let ran = dataflow::execute(settings.workers, &shared, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
@@ -214,18 +222,31 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             let mut raw_rows = Vec::with_capacity(raw_capacity);
             let mut since_step = 0u32;
             while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
+                // While the previous epoch is being written and committed, the consumer is only
+                // asked for what it holds already and the worker parks on the dataflow, so the
+                // exchanges and the commit never wait behind a blocking poll; otherwise the poll
+                // waits for the next record.
+                let in_flight = probe.less_than(&epoch);
+                let wait = if in_flight { Duration::ZERO } else { IDLE_POLL };
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
                 let mut drained = 0;
                 while drained < 256 {
-                    let Some(event) = source.next(&mut meta, &mut raw_rows, &shared.failure) else { break };
+                    let Some(event) = source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut raw_rows, &shared.failure)
+                    else {
+                        break;
+                    };
                     input.send(SourceRecord::Raw(event));
                     drained += 1;
                 }
                 if drained > 0 {
                     last_record_ms.store(now_ms(), Ordering::Relaxed);
+                    first_record.get_or_init(Instant::now);
                 }
                 since_step += drained;
-                if drained < 256 || since_step >= 4096 {
+                if drained == 0 && in_flight {
+                    since_step = 0;
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                } else if drained < 256 || since_step >= 4096 {
                     since_step = 0;
                     worker.step();
                 }
@@ -288,6 +309,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     summary.elapsed = started.elapsed();
     let last_commit = *stats.last_stream_commit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     summary.committed_after = last_commit.map(|at| at.duration_since(started));
+    summary.first_record_after = first_record_at.get().map(|at| at.duration_since(started));
     Ok(summary)
 }
 
@@ -363,13 +385,13 @@ impl PartitionReader {
     }
 
     /// The next record, after noting it in `meta` and, unless the raw table holds it already,
-    /// in `raw_rows`. `None` when nothing arrived within a short wait or on a failure (set).
-    fn next(&mut self, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
+    /// in `raw_rows`. `None` when nothing arrived within `wait` or on a failure (set).
+    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
         if self.partitions.is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(wait);
             return None;
         }
-        let message = match self.consumer.poll(Duration::from_millis(50))? {
+        let message = match self.consumer.poll(wait)? {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, "Kafka consumer error; librdkafka retries on its own");

@@ -111,21 +111,25 @@ pub async fn write_position_deletes(table: &Table, day: i32, deletes: &[(Arc<str
     }
 }
 
+/// The record batches of the Parquet file at `path` of `table`, every row in file order.
+pub async fn read_parquet(table: &Table, path: &str) -> Result<Vec<RecordBatch>> {
+    let context = || format!("reading {path}");
+    let bytes = table.file_io().new_input(path).context(context)?.read().await.context(context)?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?
+        .build()
+        .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?;
+    reader.map(|batch| batch.context(context)).collect()
+}
+
 /// The positions each position delete file at `paths` marks, by data file path.
 pub async fn read_position_deletes(table: &Table, paths: &[String]) -> Result<std::collections::HashMap<String, Vec<i64>>> {
     use arrow_array::cast::AsArray;
     let mut deleted: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
     for path in paths {
-        let context = || format!("reading position delete file {path}");
-        let bytes = table.file_io().new_input(path).context(context)?.read().await.context(context)?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?
-            .build()
-            .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?;
-        for batch in reader {
-            let batch = batch.context(context)?;
+        for batch in read_parquet(table, path).await? {
             let (Some(files), Some(positions)) = (batch.column_by_name("file_path"), batch.column_by_name("pos")) else {
-                return Err(crate::Error::Internal(format!("{}: no file_path/pos columns", context())));
+                return Err(crate::Error::Internal(format!("position delete file {path}: no file_path/pos columns")));
             };
             let files = files.as_string::<i32>();
             let positions = positions.as_primitive::<arrow_array::types::Int64Type>();

@@ -569,6 +569,12 @@ fn print_outcome(o: &operators::dataflow::Outcome) {
         o.moved,
         o.accepted.saturating_sub(o.inserted + o.updated)
     );
+    if o.out_of_order > 0 {
+        println!(
+            "  order:     {} records were ingested before their key's current row (Kafka timestamps going backwards in a partition); the late rule followed arrival order for them",
+            o.out_of_order
+        );
+    }
     let reasons: Vec<String> = o.rejected.iter().map(|(reason, n)| format!("{}={n}", reason.as_str())).collect();
     println!("  rejected:  {} late, {} invalid, unreadable or refused by a rule [{}]", o.late(), o.invalid(), reasons.join(" "));
     println!(
@@ -727,6 +733,14 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
             landed.as_secs_f64(),
             s.records_read as f64 / landed.as_secs_f64().max(1e-9)
         );
+        if let Some(first) = s.first_record_after {
+            let reading = landed.saturating_sub(first).as_secs_f64();
+            println!(
+                "             {:.2}s from the first record read to that commit ({:.0} records/s)",
+                reading,
+                s.records_read as f64 / reading.max(1e-9)
+            );
+        }
     }
     println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
     print_outcome(&s.outcome);

@@ -2,8 +2,9 @@
 //! not the table.
 //!
 //! Every `rating_date` partition lives on one worker (changes are exchanged by day), which holds
-//! the partition's live rows and, for each, where it sits (data file and row position), plus the
-//! partition's live data and position delete files. When an epoch completes:
+//! where each of the partition's live rows sits (data file and row position; the rows themselves
+//! are in the upsert's arrangement), plus the partition's live data and position delete files.
+//! When an epoch completes:
 //!
 //! - a **new key** is written into a new data file; no old file is touched;
 //! - an **update** (a key's row superseded, possibly moving to another day) marks the old row
@@ -14,13 +15,14 @@
 //! - a **duplicate** (the same values again) is no change at all (the net-change stage drops it);
 //! - a changed partition holding `compact_after_files` files or more (data and delete files,
 //!   graph: `maintenance.compact_after_files`) is **compacted** in the same commit: its live rows
-//!   are written into files near the target size and every old data and delete file of the
-//!   partition is removed. Doing it here, in the one place that knows where each row is, means
+//!   (read back from its data files: a row is live where the partition says its key sits) are
+//!   written into files near the target size and every old data and delete file of the partition
+//!   is removed. Doing it here, in the one place that knows where each row is, means
 //!   curated compaction never conflicts with the pipeline's own commits; `runtime maintain`
 //!   compacts what the pipeline no longer writes.
 //!
-//! Epoch 0 carries the seeds: the curated rows inside the lateness window, each with its data
-//! file and position, and every live file of those partitions; they only build the state.
+//! Epoch 0 carries the seeds: the keys of the curated rows inside the lateness window, each with
+//! its data file and position, and every live file of those partitions; they only build the state.
 //! Partitions older than `latest ingestion date - lateness` can no longer change and leave
 //! memory, which therefore follows the lateness window and not the table's history.
 
@@ -36,10 +38,10 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::checks::{Checks, Evaluation};
 use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection};
-use crate::schema::{arrow_schema, curated_to_batch};
+use crate::schema::{arrow_schema, curated_from_batch, curated_to_batch};
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::error::Context;
-use crate::writer::{write_partition, write_position_deletes};
+use crate::writer::{read_parquet, write_partition, write_position_deletes};
 
 /// Where a curated row sits: its data file and its position in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +53,8 @@ pub struct Location {
 /// One change to one curated partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DayChange {
-    /// A row already in the table, and where it is (epoch 0).
-    Seed { day: i32, key: u128, row: Candidate, at: Location },
+    /// A row already in the table: where it is (epoch 0).
+    Seed { day: i32, key: u128, at: Location },
     /// A live file of a partition in the window: a data file, or a position delete file (epoch 0).
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
     /// The key's row leaves the partition.
@@ -115,13 +117,11 @@ impl Files {
     }
 }
 
-/// A partition's live rows with where each sits (file id, position; `None`: not written yet),
-/// and the ids of its live data and position delete files.
+/// Where each of a partition's live rows sits (file id, position), and the ids of its live data
+/// and position delete files.
 #[derive(Default)]
 struct Partition {
-    rows: KeyMap<(Candidate, Option<(u32, u32)>)>,
-    /// Keys inserted since the last write: an epoch writes these, without scanning `rows`.
-    unwritten: Vec<u128>,
+    rows: KeyMap<(u32, u32)>,
     data_files: BTreeSet<u32>,
     delete_files: BTreeSet<u32>,
 }
@@ -150,14 +150,13 @@ impl CuratedWriter {
                     let mut superseded: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
                     let mut touched: BTreeSet<i32> = BTreeSet::new();
                     // Removes before inserts: a key updated within one partition is both.
-                    let (inserts, others): (Vec<DayChange>, Vec<DayChange>) =
-                        changes.into_iter().flatten().partition(|c| matches!(c, DayChange::Insert { .. }));
-                    for change in others {
+                    let mut inserts: BTreeMap<i32, Vec<(u128, Candidate)>> = BTreeMap::new();
+                    for change in changes.into_iter().flatten() {
                         match change {
-                            DayChange::Seed { day, key, row, at } => {
+                            DayChange::Seed { day, key, at } => {
                                 let id = files.id(&at.file);
                                 let partition = partitions.entry(day).or_default();
-                                partition.rows.insert(key, (row, Some((id, at.pos))));
+                                partition.rows.insert(key, (id, at.pos));
                                 partition.data_files.insert(id);
                             }
                             DayChange::SeedFile { day, path, deletes } => {
@@ -165,40 +164,19 @@ impl CuratedWriter {
                                 let partition = partitions.entry(day).or_default();
                                 if deletes { partition.delete_files.insert(id) } else { partition.data_files.insert(id) };
                             }
-                            // Epoch 0's removes and inserts are the seeds again, as the upsert saw them.
-                            DayChange::Remove { .. } if time == 0 => {}
                             DayChange::Remove { day, key } => {
-                                if let Some((_, at)) = partitions.get_mut(&day).and_then(|p| p.rows.remove(&key)) {
+                                if let Some(at) = partitions.get_mut(&day).and_then(|p| p.rows.remove(&key)) {
                                     touched.insert(day);
-                                    if let Some(at) = at {
-                                        superseded.entry(day).or_default().push(at);
-                                    }
+                                    superseded.entry(day).or_default().push(at);
                                 }
                             }
-                            DayChange::Insert { .. } => unreachable!("inserts were split off"),
+                            DayChange::Insert { day, key, row } => inserts.entry(day).or_default().push((key, row)),
                         }
                     }
                     if time == 0 {
                         continue;
                     }
-                    // Grow each partition's map once for the epoch's inserts, not by doubling.
-                    let mut added: BTreeMap<i32, usize> = BTreeMap::new();
-                    for change in &inserts {
-                        if let DayChange::Insert { day, .. } = change {
-                            *added.entry(*day).or_insert(0usize) += 1;
-                        }
-                    }
-                    for (day, count) in added {
-                        partitions.entry(day).or_default().rows.reserve(count);
-                    }
-                    for change in inserts {
-                        if let DayChange::Insert { day, key, row } = change {
-                            let partition = partitions.entry(day).or_default();
-                            partition.rows.insert(key, (row, None));
-                            partition.unwritten.push(key);
-                            touched.insert(day);
-                        }
-                    }
+                    touched.extend(inserts.keys().copied());
                     if self.failure.is_set() {
                         continue;
                     }
@@ -214,7 +192,8 @@ impl CuratedWriter {
                             .compact_after_files
                             .is_some_and(|limit| partition.data_files.len() + partition.delete_files.len() >= limit);
                         let deletes = superseded.remove(&day).unwrap_or_default();
-                        match self.write_day(day, partition, compact, deletes, &mut files, &mut judged) {
+                        let new_rows = inserts.remove(&day).unwrap_or_default();
+                        match self.write_day(day, partition, compact, deletes, new_rows, &mut files, &mut judged) {
                             Ok(messages) => {
                                 for message in messages {
                                     session.give(message);
@@ -248,25 +227,23 @@ impl CuratedWriter {
     /// Lands one changed partition: its new rows in new data files, the rows this epoch
     /// superseded (`deletes`) in a position delete file; or, when `compact`, every live row in new
     /// files with all old files removed. Returns the messages for the committer.
+    #[allow(clippy::too_many_arguments)]
     fn write_day(
         &self,
         day: i32,
         partition: &mut Partition,
         compact: bool,
         deletes: Vec<(u32, u32)>,
+        mut rows: Vec<(u128, Candidate)>,
         files: &mut Files,
         judged: &mut Judged,
     ) -> crate::Result<Vec<SinkMessage>> {
         let mut messages = Vec::new();
-        let unwritten = std::mem::take(&mut partition.unwritten);
-        let mut keys: Vec<u128> = if compact {
-            partition.rows.keys().copied().collect()
-        } else {
-            unwritten.into_iter().filter(|key| partition.rows.get(key).is_some_and(|(_, at)| at.is_none())).collect()
-        };
-        keys.sort_unstable();
-        keys.dedup();
-        let written = self.write_rows(day, partition, keys, files, judged)?;
+        if compact {
+            self.read_live_rows(partition, files, &mut rows)?;
+        }
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        let written = self.write_rows(day, partition, rows, files, judged)?;
         if compact {
             for id in std::mem::take(&mut partition.data_files).into_iter().chain(std::mem::take(&mut partition.delete_files)) {
                 messages.push(SinkMessage::RemovedFile(files.paths[id as usize].to_string()));
@@ -291,61 +268,82 @@ impl CuratedWriter {
         Ok(messages)
     }
 
-    /// Writes the rows of `keys` (sorted) into new data files and points those rows at their new
-    /// place. The checks judge the rows first; rows a `quarantine` check refuses leave the
-    /// partition and become rejections instead of being written.
+    /// Appends the partition's live rows to `rows`, read back from its data files: the row at
+    /// position `p` of file `f` is live when the partition says its key sits at `(f, p)` (rows the
+    /// position delete files mark are no key's place any more).
+    fn read_live_rows(&self, partition: &Partition, files: &Files, rows: &mut Vec<(u128, Candidate)>) -> crate::Result<()> {
+        let mut in_file = Vec::new();
+        for &id in &partition.data_files {
+            let path = &files.paths[id as usize];
+            let batches = self.runtime.block_on(read_parquet(&self.table, path))?;
+            let mut pos = 0u32;
+            for batch in batches {
+                curated_from_batch(&batch, &mut in_file)?;
+                for (key, row) in in_file.drain(..) {
+                    if partition.rows.get(&key) == Some(&(id, pos)) {
+                        rows.push((key, row));
+                    }
+                    pos += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `rows` (sorted by key) into new data files and records where each now sits. The
+    /// checks judge the rows first; rows a `quarantine` check refuses leave the partition and
+    /// become rejections instead of being written.
     fn write_rows(
         &self,
         day: i32,
         partition: &mut Partition,
-        mut keys: Vec<u128>,
+        rows: Vec<(u128, Candidate)>,
         files: &mut Files,
         judged: &mut Judged,
     ) -> crate::Result<Vec<iceberg::spec::DataFile>> {
-        if keys.is_empty() {
+        if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = &mut partition.rows;
         let schema = arrow_schema(self.table.metadata().current_schema())?;
-        let mut batch = curated_to_batch(&schema, keys.iter().map(|key| (key, &rows[key].0)))?;
+        let mut batch = curated_to_batch(&schema, rows.iter().map(|(key, row)| (key, row)))?;
+        let mut keys: Vec<u128> = rows.iter().map(|(key, _)| *key).collect();
         if !self.checks.is_empty() {
-            let newest = keys.iter().map(|key| rows[key].0.position.ingestion_ts_ms).max();
+            let newest = rows.iter().map(|(_, row)| row.position.ingestion_ts_ms).max();
             judged.newest_ingestion_ms = judged.newest_ingestion_ms.max(newest);
             if let Some(quarantine) = judged.evaluation.observe(&batch)? {
                 let refused = &quarantine.rows;
                 let keep = arrow::compute::not(refused).context(|| "filtering quarantined rows".into())?;
                 batch = arrow::compute::filter_record_batch(&batch, &keep).context(|| "filtering quarantined rows".into())?;
-                let mut kept = Vec::with_capacity(batch.num_rows());
-                for (row, key) in keys.into_iter().enumerate() {
-                    if !refused.value(row) {
-                        kept.push(key);
+                keys.clear();
+                for (index, (key, row)) in rows.iter().enumerate() {
+                    if !refused.value(index) {
+                        keys.push(*key);
                         continue;
                     }
-                    let (candidate, _) = rows.remove(&key).expect("checked rows are in the partition");
-                    let check = quarantine.check_name(row).unwrap_or("?");
+                    partition.rows.remove(key);
+                    let check = quarantine.check_name(index).unwrap_or("?");
                     judged.quarantined.push(Rejection {
                         reason: RejectReason::CheckFailed,
                         detail: format!("check `{check}`: {}", self.checks.expected(check)),
-                        event: raw_event(key, &candidate, &self.topic),
+                        event: raw_event(*key, row, &self.topic),
                     });
                 }
-                keys = kept;
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
             }
         }
+        drop(rows);
         let prefix = format!("w{}", self.worker);
         let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
         // The rolling writer fills files in row order: the first file's `record_count` rows, then
         // the next file's.
+        partition.rows.reserve(keys.len());
         let mut keys = keys.iter();
         for file in &written {
             let id = files.id(&Arc::from(file.file_path()));
             for (pos, key) in keys.by_ref().take(file.record_count() as usize).enumerate() {
-                if let Some(slot) = rows.get_mut(key) {
-                    slot.1 = Some((id, pos as u32));
-                }
+                partition.rows.insert(*key, (id, pos as u32));
             }
         }
         if keys.next().is_some() {

@@ -1,10 +1,8 @@
 //! Sinks: turning the upsert's changes into Iceberg commits.
 //!
 //! ```text
-//!  upsert output (per worker: its keys)
-//!        │
-//!        ▼
-//!  net changes per epoch: (old row, new row) per key; late updates → rejections
+//!  upsert (per worker: its keys): per epoch (old row, new row) per changed key;
+//!        │ late updates → rejections
 //!        │ old row → Remove(day), new row → Insert(day); seeds → Seed(day, file, position)
 //!        ▼ exchange(rating_date)
 //!  curated writer (the worker owning each partition): new rows → a new data file; superseded
@@ -27,7 +25,6 @@
 //! record with the same values) are not a change, so re-running a replay commits nothing to
 //! curated.
 
-pub mod changes;
 pub mod committer;
 pub mod curated;
 
