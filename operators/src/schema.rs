@@ -13,7 +13,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, Date32Builder, Float32Builder, Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Date32Builder, Float32Builder, Int32Builder, Int64Builder, LargeBinaryBuilder, StringBuilder,
+};
 use arrow_array::{Array, ArrayRef, BooleanArray, LargeBinaryArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
@@ -126,27 +128,97 @@ fn batch(schema: &ArrowSchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch>
 
 /// Raw events as a batch of the raw table's schema.
 pub fn raw_to_batch(schema: &ArrowSchemaRef, events: &[RawEvent]) -> Result<RecordBatch> {
-    let strings = |f: fn(&RawEvent) -> Option<&str>| -> ArrayRef {
-        Arc::new(events.iter().map(f).collect::<StringArray>())
-    };
-    batch(
-        schema,
-        vec![
-            strings(|e| e.event_id.as_deref()),
-            strings(|e| e.user_id.as_deref()),
-            strings(|e| e.movie_id.as_deref()),
-            Arc::new(events.iter().map(|e| e.rating).collect::<Float32Array>()),
-            Arc::new(events.iter().map(|e| e.rating_timestamp).collect::<Int64Array>()),
-            strings(|e| Some(&*e.source_topic)),
-            Arc::new(events.iter().map(|e| Some(e.source_partition)).collect::<Int32Array>()),
-            Arc::new(events.iter().map(|e| Some(e.source_offset)).collect::<Int64Array>()),
-            Arc::new(events.iter().map(|e| Some(e.ingestion_ts_ms)).collect::<Int64Array>()),
-            Arc::new(events.iter().map(|e| Some(e.ingestion_date())).collect::<Date32Array>()),
-            strings(|e| e.undecodable.as_ref().map(|u| u.reason.as_str())),
-            strings(|e| e.undecodable.as_ref().map(|u| u.detail.as_str())),
-            Arc::new(events.iter().map(|e| e.undecodable.as_ref().map(|u| u.payload.as_slice())).collect::<LargeBinaryArray>()),
-        ],
-    )
+    let mut builder = RawBatchBuilder::with_capacity(events.len());
+    for event in events {
+        builder.push(event);
+    }
+    builder.finish(schema)
+}
+
+/// Raw rows appended column by column as they arrive: each value is copied once, into the
+/// column's buffer, and the batch is ready without another pass over the events.
+pub struct RawBatchBuilder {
+    event_id: StringBuilder,
+    user_id: StringBuilder,
+    movie_id: StringBuilder,
+    rating: Float32Builder,
+    rating_timestamp: Int64Builder,
+    source_topic: StringBuilder,
+    source_partition: Int32Builder,
+    source_offset: Int64Builder,
+    ingestion_ts_ms: Int64Builder,
+    ingestion_date: Date32Builder,
+    decode_error: StringBuilder,
+    decode_detail: StringBuilder,
+    payload: LargeBinaryBuilder,
+}
+
+impl RawBatchBuilder {
+    /// Room for `rows` rows of typical size without growing.
+    pub fn with_capacity(rows: usize) -> Self {
+        let strings = |bytes_per_row: usize| StringBuilder::with_capacity(rows, rows * bytes_per_row);
+        RawBatchBuilder {
+            event_id: strings(36),
+            user_id: strings(8),
+            movie_id: strings(8),
+            rating: Float32Builder::with_capacity(rows),
+            rating_timestamp: Int64Builder::with_capacity(rows),
+            source_topic: strings(16),
+            source_partition: Int32Builder::with_capacity(rows),
+            source_offset: Int64Builder::with_capacity(rows),
+            ingestion_ts_ms: Int64Builder::with_capacity(rows),
+            ingestion_date: Date32Builder::with_capacity(rows),
+            decode_error: StringBuilder::new(),
+            decode_detail: StringBuilder::new(),
+            payload: LargeBinaryBuilder::new(),
+        }
+    }
+
+    pub fn push(&mut self, e: &RawEvent) {
+        self.event_id.append_option(e.event_id.as_deref());
+        self.user_id.append_option(e.user_id.as_deref());
+        self.movie_id.append_option(e.movie_id.as_deref());
+        self.rating.append_option(e.rating);
+        self.rating_timestamp.append_option(e.rating_timestamp);
+        self.source_topic.append_value(&*e.source_topic);
+        self.source_partition.append_value(e.source_partition);
+        self.source_offset.append_value(e.source_offset);
+        self.ingestion_ts_ms.append_value(e.ingestion_ts_ms);
+        self.ingestion_date.append_value(e.ingestion_date());
+        let undecodable = e.undecodable.as_deref();
+        self.decode_error.append_option(undecodable.map(|u| u.reason.as_str()));
+        self.decode_detail.append_option(undecodable.map(|u| u.detail.as_str()));
+        self.payload.append_option(undecodable.map(|u| u.payload.as_slice()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.source_offset.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn finish(mut self, schema: &ArrowSchemaRef) -> Result<RecordBatch> {
+        batch(
+            schema,
+            vec![
+                Arc::new(self.event_id.finish()),
+                Arc::new(self.user_id.finish()),
+                Arc::new(self.movie_id.finish()),
+                Arc::new(self.rating.finish()),
+                Arc::new(self.rating_timestamp.finish()),
+                Arc::new(self.source_topic.finish()),
+                Arc::new(self.source_partition.finish()),
+                Arc::new(self.source_offset.finish()),
+                Arc::new(self.ingestion_ts_ms.finish()),
+                Arc::new(self.ingestion_date.finish()),
+                Arc::new(self.decode_error.finish()),
+                Arc::new(self.decode_detail.finish()),
+                Arc::new(self.payload.finish()),
+            ],
+        )
+    }
 }
 
 /// Typed access to a batch's columns by name, with errors that name the column.

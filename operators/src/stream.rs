@@ -21,11 +21,12 @@
 //! `stop_when_idle` ends the run once no partition has delivered a record for that long; a stop
 //! request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use iceberg::TableIdent;
 use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -38,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::model::{RawEvent, day_of_millis, parse_date};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
-use crate::schema::{arrow_schema, raw_to_batch};
+use crate::schema::{RawBatchBuilder, arrow_schema};
 use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
@@ -214,12 +215,10 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let mut epoch = 1u64;
         // Offsets of the closed epochs not yet known to be committed (at most two).
         let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
-        let mut raw_capacity = 0;
+        let mut raw_rows = RawRows::default();
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
-            // Sized like the last epoch's: growing by doubling would copy every row a few times.
-            let mut raw_rows = Vec::with_capacity(raw_capacity);
             let mut since_step = 0u32;
             while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
                 // While the previous epoch is being written and committed, the consumer is only
@@ -260,10 +259,10 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 metrics.records("source").inc_by(meta.records);
                 metrics.records("raw").inc_by(raw_rows.len() as u64);
             }
-            raw_capacity = raw_rows.len();
-            if !raw_rows.is_empty() {
-                let write = write_raw(raw.clone(), raw_schema.clone(), raw_rows, settings.target_file_size, index);
-                meta.raw_writes.push(handle.spawn(write));
+            match raw_rows.take(&raw_schema) {
+                Ok(days) if days.is_empty() => {}
+                Ok(days) => meta.raw_writes.push(handle.spawn(write_raw(raw.clone(), days, settings.target_file_size, index))),
+                Err(error) => shared.failure.set(error),
             }
             unconfirmed.push_back(meta.offsets.clone());
             shared.epochs.merge(epoch, meta);
@@ -316,18 +315,54 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
 /// Writes an epoch's raw rows, one set of files per ingestion date.
 async fn write_raw(
     raw: iceberg::table::Table,
-    schema: arrow_schema::SchemaRef,
-    mut rows: Vec<RawEvent>,
+    days: Vec<(i32, Vec<RecordBatch>)>,
     target_file_size: usize,
     worker: usize,
 ) -> Result<Vec<iceberg::spec::DataFile>> {
-    rows.sort_by_key(|e| (e.ingestion_date(), e.source_partition, e.source_offset));
     let mut files = Vec::new();
-    for chunk in rows.chunk_by(|a, b| a.ingestion_date() == b.ingestion_date()) {
-        let batch = raw_to_batch(&schema, chunk)?;
-        files.extend(write_partition(&raw, chunk[0].ingestion_date(), [batch], target_file_size, &format!("w{worker}")).await?);
+    for (day, batches) in days {
+        files.extend(write_partition(&raw, day, batches, target_file_size, &format!("w{worker}")).await?);
     }
     Ok(files)
+}
+
+/// An epoch's raw rows as they are read: per ingestion date and Kafka partition, in offset order,
+/// appended straight to Arrow columns.
+#[derive(Default)]
+struct RawRows {
+    builders: BTreeMap<(i32, i32), RawBatchBuilder>,
+    /// Rows per partition in the last epoch: a new builder starts that large rather than growing
+    /// (and copying) its way there.
+    last_sizes: HashMap<i32, usize>,
+}
+
+impl RawRows {
+    fn push(&mut self, event: &RawEvent) {
+        let sizes = &self.last_sizes;
+        self.builders
+            .entry((event.ingestion_date(), event.source_partition))
+            .or_insert_with(|| RawBatchBuilder::with_capacity(sizes.get(&event.source_partition).copied().unwrap_or(1024)))
+            .push(event);
+    }
+
+    fn len(&self) -> usize {
+        self.builders.values().map(RawBatchBuilder::len).sum()
+    }
+
+    /// The epoch's rows as batches per ingestion date (partitions in order), leaving it empty.
+    fn take(&mut self, schema: &arrow_schema::SchemaRef) -> Result<Vec<(i32, Vec<RecordBatch>)>> {
+        self.last_sizes.clear();
+        let mut days: Vec<(i32, Vec<RecordBatch>)> = Vec::new();
+        for ((day, partition), builder) in std::mem::take(&mut self.builders) {
+            *self.last_sizes.entry(partition).or_default() += builder.len();
+            let batch = builder.finish(schema)?;
+            match days.last_mut() {
+                Some((last, batches)) if *last == day => batches.push(batch),
+                _ => days.push((day, vec![batch])),
+            }
+        }
+        Ok(days)
+    }
 }
 
 /// One worker's consumer and decoder.
@@ -385,8 +420,8 @@ impl PartitionReader {
     }
 
     /// The next record, after noting it in `meta` and, unless the raw table holds it already,
-    /// in `raw_rows`. `None` when nothing arrived within `wait` or on a failure (set).
-    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, raw_rows: &mut Vec<RawEvent>, failure: &crate::sink::Failure) -> Option<RawEvent> {
+    /// in `raw`. `None` when nothing arrived within `wait` or on a failure (set).
+    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, raw: &mut RawRows, failure: &crate::sink::Failure) -> Option<RawEvent> {
         if self.partitions.is_empty() {
             std::thread::sleep(wait);
             return None;
@@ -429,7 +464,7 @@ impl PartitionReader {
         meta.offsets.insert(partition, offset + 1);
         meta.records += 1;
         if offset >= self.raw_from.get(&partition).copied().unwrap_or(0) {
-            raw_rows.push(event.clone());
+            raw.push(&event);
         }
         Some(event)
     }
