@@ -45,7 +45,7 @@ echo "producing $events events to $topic..."
 # The rate is over the time from the process start to the commit of the last epoch that read
 # records (the runtime's "landed" line): the idle wait before the stop is not part of it.
 "$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --commit-interval 1s --stop-when-idle ${idle}s --no-progress 2>/dev/null \
-  | grep -E '^stream|landed'
+  | grep -E "^stream|landed|first record"
 
 topic=bench.freshness.$RANDOM$RANDOM
 "$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null

@@ -151,7 +151,8 @@ pub fn upsert<'scope>(
                 epoch.sort_unstable();
                 epoch.dedup();
                 let mut session = output.session(&capability);
-                let mut updates: Vec<((u128, Candidate), u64, isize)> = Vec::new();
+                // At most a retraction and an insertion per key.
+                let mut updates: Vec<((u128, Candidate), u64, isize)> = Vec::with_capacity(2 * epoch.len());
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {

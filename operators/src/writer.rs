@@ -31,8 +31,12 @@ pub async fn write_partition(
     let context = || format!("writing partition {} of {}", crate::model::format_date(day), table.identifier());
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")))
-        // Event ids are unique: a dictionary would only be built to be thrown away.
+        // Columns whose values are (nearly) all distinct: a dictionary would only be built to be
+        // thrown away once it outgrows its page.
         .set_column_dictionary_enabled("event_id".into(), false)
+        .set_column_dictionary_enabled("rating_timestamp".into(), false)
+        .set_column_dictionary_enabled("ingestion_ts_ms".into(), false)
+        .set_column_dictionary_enabled("source_offset".into(), false)
         .build();
     let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(
