@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
-use ratings_tests::kafka::{Registry, create_topic, read_topic, repo_root, schema};
+use ratings_tests::kafka::{Registry, create_topic, read_topic, repo_root, schema, send_event};
 use ratings_tests::oracle::{Expected, expected};
 use ratings_tests::{Lake, assert_matches_oracle, python_json, set_line};
 
@@ -303,6 +303,40 @@ fn new_keys_append_files_and_superseded_rows_become_position_deletes() {
     assert_eq!(summary["total-position-deletes"], "2000", "every row of the first batch superseded once");
     assert!(summary.get("deleted-data-files").is_none_or(|n| n == "0"), "{summary:?}");
     assert_matches_oracle(&s.lake, &s.oracle());
+}
+
+#[test]
+fn an_update_from_a_partition_days_behind_the_others_still_replaces_the_row() {
+    // Partition 1 lags: its event is ingested on day 0 while partition 0 is already ten days
+    // further. The writer must not let day 0 leave memory while partition 1 can still send an
+    // update that moves the row out of it; otherwise the old row stays and the key has two rows.
+    let mut s = Scenario::new(2);
+    s.produce(1, 1, "2025-09-01", 7, READER);
+    let reader = schema(READER);
+    let day_ms = 86_400_000i64;
+    let day0 = 20_332 * day_ms; // 2025-09-01
+    let lagging = "00000000-0000-4000-8000-000000000001";
+    send_event(&s.topic, 1, day0 + 3_600_000, &reader, 1, lagging, 5.0, day0 / 1000 + 60);
+    for i in 0..20i64 {
+        let at = day0 + 10 * day_ms + i * 60_000;
+        send_event(&s.topic, 0, at, &reader, 1, &format!("00000000-0000-4000-8000-1000000000{i:02}"), 8.0, at / 1000);
+    }
+    s.produced += 21;
+    let mut stream = s.spawn(&["--stop-when-idle", "4s"], None);
+    let ahead: Vec<String> = (0..20).map(|i| format!("00000000-0000-4000-8000-1000000000{i:02}")).collect();
+    wait_until("partition 0's events and the lagging one are committed", Duration::from_secs(60), || {
+        let keys: BTreeSet<String> = s.lake.curated_rows().iter().map(|(key, _)| uuid::Uuid::from_u128(*key).to_string()).collect();
+        keys.contains(lagging) && ahead.iter().all(|key| keys.contains(key))
+    });
+    // Two days later on partition 1: the update is inside the lateness window of the row.
+    let at = day0 + 2 * day_ms;
+    send_event(&s.topic, 1, at, &reader, 1, lagging, 9.0, at / 1000);
+    s.produced += 1;
+    assert!(stream.wait().unwrap().success());
+    assert_matches_oracle(&s.lake, &s.oracle());
+    let rows: Vec<_> = s.lake.curated_rows().into_iter().filter(|(key, _)| uuid::Uuid::from_u128(*key).to_string() == lagging).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1.rating_date, 20_334);
 }
 
 /// Live data files per partition folder of `table`.

@@ -111,7 +111,8 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     let shared = Shared::default();
     for (index, epoch) in plan.epochs.iter().enumerate() {
         let days = EpochDays { first: epoch.first_day, last: epoch.last_day };
-        shared.epochs.merge(index as u64 + 1, EpochMeta { days: Some(days), ..Default::default() });
+        let meta = EpochMeta { days: Some(days), settled_day: Some(epoch.last_day), ..Default::default() };
+        shared.epochs.merge(index as u64 + 1, meta);
     }
     let mut summary = ReplaySummary {
         epochs: plan.epochs.len(),

@@ -254,6 +254,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 }
             }
             meta.closed = Some(Instant::now());
+            meta.settled_day = source.settled_day();
             worker_records.fetch_add(meta.records, Ordering::Relaxed);
             if let Some(metrics) = &metrics {
                 metrics.records("source").inc_by(meta.records);
@@ -374,6 +375,8 @@ struct PartitionReader {
     topic_name: Arc<str>,
     raw_from: Offsets,
     partitions: Vec<i32>,
+    /// The newest ingestion date read from each partition in this run.
+    newest_day: BTreeMap<i32, i32>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -415,6 +418,7 @@ impl PartitionReader {
             topic_name: settings.kafka.topic.as_str().into(),
             raw_from: resume.raw.clone(),
             partitions: partitions.to_vec(),
+            newest_day: BTreeMap::new(),
             metrics,
         })
     }
@@ -461,12 +465,20 @@ impl PartitionReader {
         };
         let day = day_of_millis(ingestion_ts_ms);
         meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
+        let newest = self.newest_day.entry(partition).or_insert(day);
+        *newest = (*newest).max(day);
         meta.offsets.insert(partition, offset + 1);
         meta.records += 1;
         if offset >= self.raw_from.get(&partition).copied().unwrap_or(0) {
             raw.push(&event);
         }
         Some(event)
+    }
+
+    /// The earliest of this worker's partitions' newest ingestion dates (partitions that have
+    /// delivered nothing in this run do not count).
+    fn settled_day(&self) -> Option<i32> {
+        self.newest_day.values().min().copied()
     }
 
     /// After an epoch is in the tables: tell the consumer group where we are (for lag tools

@@ -167,3 +167,35 @@ pub fn read_topic(topic: &str, count: usize, writers: &HashMap<u32, Schema>, rea
 pub fn schema(path: &str) -> Schema {
     Schema::parse_str(&std::fs::read_to_string(repo_root().join(path)).expect("schema file")).expect("schema")
 }
+
+/// Sends one event to `partition` of `topic` with Kafka timestamp `timestamp_ms`, Avro-encoded with
+/// `schema` and framed with `schema_id`, keyed by its event_id (as `runtime produce` does).
+#[allow(clippy::too_many_arguments)]
+pub fn send_event(
+    topic: &str,
+    partition: i32,
+    timestamp_ms: i64,
+    schema: &Schema,
+    schema_id: u32,
+    event_id: &str,
+    rating: f32,
+    rating_timestamp: i64,
+) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let record = Value::Record(vec![
+        ("event_id".into(), Value::String(event_id.into())),
+        ("user_id".into(), Value::String("u1".into())),
+        ("movie_id".into(), Value::String("m1".into())),
+        ("rating".into(), Value::Float(rating)),
+        ("rating_timestamp".into(), Value::Long(rating_timestamp)),
+    ]);
+    let mut payload = vec![0u8];
+    payload.extend(schema_id.to_be_bytes());
+    payload.extend(apache_avro::to_avro_datum(schema, record).expect("an event of the schema"));
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    producer
+        .send(BaseRecord::to(topic).partition(partition).timestamp(timestamp_ms).key(event_id).payload(&payload))
+        .map_err(|(error, _)| error)
+        .expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}

@@ -23,8 +23,11 @@
 //!
 //! Epoch 0 carries the seeds: the keys of the curated rows inside the lateness window, each with
 //! its data file and position, and every live file of those partitions; they only build the state.
-//! Partitions older than `latest ingestion date - lateness` can no longer change and leave
-//! memory, which therefore follows the lateness window and not the table's history.
+//! Partitions older than `settled ingestion date - lateness` can no longer change and leave
+//! memory, which therefore follows the lateness window and not the table's history. The settled
+//! date is the one every later record is ingested on or after ([`crate::sink::EpochMeta`]): in
+//! stream mode the earliest of the partitions' newest dates, because a partition that lags the
+//! others by days still sends updates that move rows out of partitions the others left behind.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -214,9 +217,10 @@ impl CuratedWriter {
                             newest_ingestion_ms: judged.newest_ingestion_ms,
                         }));
                     }
-                    if let Some(days) = self.epochs.days(time) {
-                        // Later epochs ingest after `days.last`: older partitions cannot change.
-                        let frozen_before = days.last - self.lateness_days;
+                    if let Some(settled) = self.epochs.settled_day(time) {
+                        // Later records are ingested on `settled` or after: a row in an older
+                        // partition is late for every one of them, so those partitions cannot change.
+                        let frozen_before = settled - self.lateness_days;
                         partitions.retain(|&day, _| day >= frozen_before);
                     }
                 }

@@ -86,6 +86,11 @@ pub struct EpochMeta {
     pub records: u64,
     /// Stream: when the first worker closed the epoch (for the epoch's latency in the logs).
     pub closed: Option<std::time::Instant>,
+    /// Every record read after this epoch is ingested on this day or later (`None`: unknown).
+    /// Replay: the epoch's last day (it reads ingestion dates in order). Stream: the earliest of
+    /// the partitions' newest ingestion days so far, since each partition is read in offset order
+    /// and its Kafka timestamps do not go back, while partitions can lag each other by days.
+    pub settled_day: Option<i32>,
 }
 
 impl EpochMeta {
@@ -97,6 +102,10 @@ impl EpochMeta {
         self.raw_writes.extend(other.raw_writes);
         self.records += other.records;
         self.closed = match (self.closed, other.closed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.settled_day = match (self.settled_day, other.settled_day) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -118,6 +127,10 @@ impl EpochLog {
 
     pub fn days(&self, epoch: u64) -> Option<EpochDays> {
         self.lock().get(&epoch).and_then(|meta| meta.days)
+    }
+
+    pub fn settled_day(&self, epoch: u64) -> Option<i32> {
+        self.lock().get(&epoch).and_then(|meta| meta.settled_day)
     }
 
     /// Hands the epoch's entry to the committer (it is not needed afterwards).
