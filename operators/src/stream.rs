@@ -13,13 +13,16 @@
 //!     raw append ─► rejected append ─► curated overwrite, each with its offsets
 //! ```
 //!
-//! An epoch closes every `commit_interval` of each worker's clock; the worker hands its raw rows
+//! Raw rows go into Arrow column builders (per ingestion date and partition) as they are read. An
+//! epoch closes every `commit_interval` of each worker's clock; the worker hands its raw columns
 //! to a Parquet write on the I/O runtime, advances its input and reads the next epoch while the
 //! closed one is upserted, written and committed (the committer awaits the raw writes before the
-//! raw commit). Before closing an epoch a worker waits until the previous one is committed, so at
-//! most two epochs are in memory and a failed commit stops the run one epoch later at most.
-//! `stop_when_idle` ends the run once no partition has delivered a record for that long; a stop
-//! request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at any point is safe: each table resumes from its own offsets.
+//! raw commit). Meanwhile the consumer is polled without blocking, so the exchanges and the commit
+//! never wait behind a poll. Before closing an epoch a worker waits until the previous one is
+//! committed, so at most two epochs are in memory and a failed commit stops the run one epoch
+//! later at most. `stop_when_idle` ends the run once no partition has delivered a record for that
+//! long; a stop request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at
+//! any point is safe: each table resumes from its own offsets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
