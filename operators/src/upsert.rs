@@ -55,6 +55,8 @@ use crate::model::{Candidate, Origin};
 /// The arrangement of current rows.
 pub type UpsertSpine = OrdValSpine<u128, Candidate, u64, isize>;
 type UpsertBuilder = RcOrdValBuilder<u128, Candidate, u64, isize>;
+/// A candidate row and its `event_id`.
+type Keyed = (u128, Candidate);
 
 /// One key's change in one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,7 +133,7 @@ pub fn upsert<'scope>(
         let logger = scope.worker().logger_for::<differential_dataflow::logging::DifferentialEventBuilder>("differential/arrange").map(Into::into);
         let activator = Some(scope.activator_for(Rc::clone(&info.address)));
         let (mut state, mut writer) = TraceAgent::new(UpsertSpine::new(info.clone(), logger.clone(), activator), info, logger);
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<(u128, Candidate)>>)> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<Keyed>>)> = BTreeMap::new();
         // The arrangement's upper: each completed epoch's batch starts where the last one ended.
         let mut lower = Antichain::from_elem(0u64);
         move |(input, frontier), output| {
@@ -255,7 +257,7 @@ mod tests {
     }
 
     /// Plain oracle: sort all candidates of a key by ingestion order, then fold.
-    fn oracle(all: &[(u128, Candidate)], lateness: i32) -> (BTreeMap<u128, Candidate>, BTreeSet<(u128, Candidate)>) {
+    fn oracle(all: &[(u128, Candidate)], lateness: i32) -> Checkpoint {
         let mut by_key: BTreeMap<u128, Vec<&Candidate>> = BTreeMap::new();
         for (key, c) in all {
             by_key.entry(*key).or_default().push(c);
@@ -273,9 +275,12 @@ mod tests {
         (current, late_set)
     }
 
+    /// The current row per key, and every late update reported so far.
+    type Checkpoint = (BTreeMap<u128, Candidate>, BTreeSet<(u128, Candidate)>);
+
     /// Runs the operator on `workers` workers, one epoch per element of `epochs` (epoch 0: seeds),
     /// and returns after each epoch the rows its changes add up to and the late updates so far.
-    fn run(epochs: Vec<Vec<(u128, Candidate)>>, workers: usize) -> Vec<(BTreeMap<u128, Candidate>, BTreeSet<(u128, Candidate)>)> {
+    fn run(epochs: Vec<Vec<(u128, Candidate)>>, workers: usize) -> Vec<Checkpoint> {
         let count = epochs.len();
         // Epoch 0's rows are the table's: the operator reports no change for them.
         let seeds: BTreeMap<u128, Candidate> = epochs[0].iter().cloned().collect();
