@@ -221,7 +221,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         });
         let (candidates, rule_rejections) =
             evaluated.ok_err::<Vec<Accepted>, Accepted, Vec<Box<Rejection>>, Box<Rejection>, _>(|x| x);
-        let (key_changes, late_updates) = upsert(candidates, lateness_days, counters)
+        let epochs = shared.epochs.clone();
+        let (key_changes, late_updates) = upsert(candidates, lateness_days, move |epoch| epochs.settled_day(epoch), counters)
             .ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
                 UpsertChange::Key(key_change) => Ok(key_change),
                 UpsertChange::LateUpdate { key, record } => {

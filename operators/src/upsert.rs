@@ -12,7 +12,10 @@
 //! The arrangement (`OrdValSpine<event_id, Candidate>`) holds exactly one row per key: the
 //! current one. Each epoch costs a sort of its own candidates and one cursor seek per key, and the
 //! state is one copy of the live rows (differential's `reduce` kept every input record of a key as
-//! well, plus an output trace).
+//! well, plus an output trace). Rows whose `rating_date` falls behind the settled ingestion date
+//! (see [`crate::sink::EpochMeta`]) by more than the lateness leave the arrangement, as their
+//! partition does the curated writer's memory: every later record of such a key would be a late
+//! update, and it still is, because the key stays behind with its date (20 bytes instead of a row).
 //!
 //! Semantics, per key, folding candidates in ingestion order ([`Candidate`]'s `Ord`):
 //! - The winner is the candidate with the greatest `(rating_timestamp, ingestion position,
@@ -50,7 +53,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
 
-use crate::model::{Candidate, Origin};
+use crate::model::{Candidate, KeyMap, Origin};
 
 /// The arrangement of current rows.
 pub type UpsertSpine = OrdValSpine<u128, Candidate, u64, isize>;
@@ -125,6 +128,7 @@ fn route(key: &u128) -> u64 {
 pub fn upsert<'scope>(
     candidates: StreamVec<'scope, u64, (u128, Candidate)>,
     lateness_days: i32,
+    settled_day: impl Fn(u64) -> Option<i32> + 'static,
     counters: Arc<UpsertCounters>,
 ) -> StreamVec<'scope, u64, UpsertChange> {
     let scope = candidates.scope();
@@ -136,6 +140,10 @@ pub fn upsert<'scope>(
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<Keyed>>)> = BTreeMap::new();
         // The arrangement's upper: each completed epoch's batch starts where the last one ended.
         let mut lower = Antichain::from_elem(0u64);
+        // Keys by the rating_date their row entered with (entries of rows that moved on since are
+        // skipped when the day freezes), and the keys whose row sits in a frozen partition.
+        let mut live_days: BTreeMap<i32, Vec<u128>> = BTreeMap::new();
+        let mut frozen: KeyMap<i32> = KeyMap::default();
         move |(input, frontier), output| {
             input.for_each_time(|time, data| {
                 let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
@@ -159,19 +167,14 @@ pub fn upsert<'scope>(
                 let mut out_of_order = 0u64;
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
-                    cursor.seek_key(&storage, &key);
-                    let current = cursor.get_key(&storage).filter(|k| **k == key).and_then(|_| {
-                        let mut current = None;
-                        while let Some(row) = cursor.get_val(&storage) {
-                            let mut count = 0;
-                            cursor.map_times(&storage, |_, diff| count += *diff);
-                            if count > 0 {
-                                current = Some(row.clone());
-                            }
-                            cursor.step_val(&storage);
+                    if frozen.contains_key(&key) {
+                        // The row left with its partition: every later record is late for it.
+                        for (_, record) in group.iter().filter(|(_, c)| c.origin == Origin::Input) {
+                            session.give(UpsertChange::LateUpdate { key, record: record.clone() });
                         }
-                        current
-                    });
+                        continue;
+                    }
+                    let current = current_row(&mut cursor, &storage, key);
                     // A seed preceded by re-processed records is a replay run again, not disorder.
                     if let Some(row) = current.as_ref().filter(|row| row.origin == Origin::Input)
                         && group[0].1.position < row.position
@@ -195,6 +198,7 @@ pub fn upsert<'scope>(
                         };
                         session.give(UpsertChange::Key(KeyChange { key, old: current.clone(), new: Some(winner.clone()) }));
                     }
+                    live_days.entry(winner.rating_date).or_default().push(key);
                     // The batch wants (key, row) order: the winner may sort before the old row.
                     let new = ((key, winner), time, 1);
                     match current.map(|row| ((key, row), time, -1)) {
@@ -207,6 +211,9 @@ pub fn upsert<'scope>(
                 if out_of_order > 0 {
                     counters.out_of_order.fetch_add(out_of_order, Relaxed);
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
+                }
+                if let Some(settled) = settled_day(time) {
+                    freeze(settled - lateness_days, &mut live_days, &mut frozen, &mut updates, &mut state, time);
                 }
                 let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
                 builder.push(&mut updates);
@@ -221,6 +228,68 @@ pub fn upsert<'scope>(
             writer.exert();
         }
     })
+}
+
+/// The key's row in the arrangement (its value with a positive count). Keys must be asked in
+/// ascending order of one cursor: the cursor only moves forward.
+fn current_row<C>(cursor: &mut C, storage: &C::Storage, key: u128) -> Option<Candidate>
+where
+    C: for<'a> Cursor<Key<'a> = &'a u128, Val<'a> = &'a Candidate, DiffGat<'a> = &'a isize>,
+{
+    cursor.seek_key(storage, &key);
+    if cursor.get_key(storage) != Some(&key) {
+        return None;
+    }
+    let mut current = None;
+    while let Some(row) = cursor.get_val(storage) {
+        let mut count = 0;
+        cursor.map_times(storage, |_, diff| count += *diff);
+        if count > 0 {
+            current = Some(row.clone());
+        }
+        cursor.step_val(storage);
+    }
+    current
+}
+
+/// Rows whose `rating_date` is before `frozen_before` leave the arrangement at `time`: every
+/// later record is ingested on the settled day or after, so it would be a late update for them.
+/// Their keys stay in `frozen` (an `event_id` and a date instead of a whole row), so such a record
+/// is still rejected rather than starting a second row.
+fn freeze(
+    frozen_before: i32,
+    live_days: &mut BTreeMap<i32, Vec<u128>>,
+    frozen: &mut KeyMap<i32>,
+    updates: &mut Vec<((u128, Candidate), u64, isize)>,
+    state: &mut TraceAgent<UpsertSpine>,
+    time: u64,
+) {
+    let mut expired: Vec<(u128, i32)> = Vec::new();
+    while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
+        let (day, keys) = entry.remove_entry();
+        expired.extend(keys.into_iter().map(|key| (key, day)));
+    }
+    if expired.is_empty() {
+        return;
+    }
+    expired.sort_unstable();
+    expired.dedup();
+    // A key's row after this epoch: its winner of this epoch, else the arrangement's.
+    let winners: KeyMap<usize> = updates.iter().enumerate().filter(|(_, u)| u.2 > 0).map(|(index, u)| (u.0.0, index)).collect();
+    let (mut cursor, storage) = state.cursor();
+    let mut retractions = Vec::new();
+    for (key, day) in expired {
+        let row = match winners.get(&key) {
+            Some(&index) => Some(updates[index].0.1.clone()),
+            None => current_row(&mut cursor, &storage, key),
+        };
+        if let Some(row) = row.filter(|row| row.rating_date == day) {
+            frozen.insert(key, day);
+            retractions.push(((key, row), time, -1));
+        }
+    }
+    updates.append(&mut retractions);
+    differential_dataflow::consolidation::consolidate_updates(updates);
 }
 
 #[cfg(test)]
@@ -280,18 +349,19 @@ mod tests {
 
     /// Runs the operator on `workers` workers, one epoch per element of `epochs` (epoch 0: seeds),
     /// and returns after each epoch the rows its changes add up to and the late updates so far.
-    fn run(epochs: Vec<Vec<(u128, Candidate)>>, workers: usize) -> Vec<Checkpoint> {
+    /// `settled[t]`: the settled ingestion day after epoch `t` (`None`: nothing freezes).
+    fn run(epochs: Vec<Vec<(u128, Candidate)>>, settled: Vec<Option<i32>>, workers: usize) -> Vec<Checkpoint> {
         let count = epochs.len();
         // Epoch 0's rows are the table's: the operator reports no change for them.
         let seeds: BTreeMap<u128, Candidate> = epochs[0].iter().cloned().collect();
         let seen: Arc<Mutex<Vec<(u64, UpsertChange)>>> = Arc::default();
         let sink = seen.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
-            let (sink, epochs) = (sink.clone(), epochs.clone());
+            let (sink, epochs, settled) = (sink.clone(), epochs.clone(), settled.clone());
             let probe = ProbeHandle::new();
             let mut input = InputHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
-                upsert(input.to_stream(scope), 5, Arc::default())
+                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), Arc::default())
                     .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
                     .probe_with(&probe);
             });
@@ -340,13 +410,32 @@ mod tests {
             epochs[2].extend(again);
             let (current, _) = oracle(&epochs.concat()[..epochs[..4].concat().len()], 5);
             epochs[4].extend(current.into_iter().take(3));
-            let checkpoints = run(epochs.clone(), 1 + seed as usize % 2);
+            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], 1 + seed as usize % 2);
             let mut prefix = Vec::new();
             for (epoch, batch) in epochs.iter().enumerate() {
                 prefix.extend(batch.iter().cloned());
                 assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
             }
             assert!(!checkpoints.last().unwrap().1.is_empty(), "seed {seed}: no late update exercised");
+
+            // Rows freeze (leave the arrangement) once the settled day passes their date by the
+            // lateness: later records of their keys are late updates, exactly as the full fold
+            // says. (Without the re-delivered rows: those were ingested before the settled day.)
+            epochs[4].truncate(40);
+            let mut newest = i32::MIN;
+            let settled: Vec<Option<i32>> = epochs
+                .iter()
+                .map(|batch| {
+                    newest = batch.iter().map(|(_, c)| c.position.ingestion_date()).fold(newest, i32::max);
+                    (newest > i32::MIN).then_some(newest)
+                })
+                .collect();
+            let checkpoints = run(epochs.clone(), settled, 1 + seed as usize % 2);
+            let mut prefix = Vec::new();
+            for (epoch, batch) in epochs.iter().enumerate() {
+                prefix.extend(batch.iter().cloned());
+                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "frozen: seed {seed}, epoch {epoch}");
+            }
         }
     }
 
@@ -362,7 +451,7 @@ mod tests {
             origin: Origin::Input,
             ..seed.clone()
         };
-        let checkpoints = run(vec![vec![(7, seed.clone())], vec![(7, same)], vec![(7, moved.clone())]], 1);
+        let checkpoints = run(vec![vec![(7, seed.clone())], vec![(7, same)], vec![(7, moved.clone())]], vec![None; 3], 1);
         // Epoch 1 re-derives the same row: no change is reported; epoch 2 moves it.
         assert_eq!(checkpoints[1].0, BTreeMap::from([(7, seed)]));
         assert_eq!(checkpoints[2].0, BTreeMap::from([(7, moved)]));
