@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
-use ratings_tests::kafka::{Registry, create_topic, read_topic, repo_root, schema, send_event};
+use ratings_tests::kafka::{Crafted, Registry, create_topic, read_topic, repo_root, schema, send_events};
 use ratings_tests::oracle::{Expected, expected};
 use ratings_tests::{Lake, assert_matches_oracle, python_json, set_line};
 
@@ -316,21 +316,22 @@ fn an_update_from_a_partition_days_behind_the_others_still_replaces_the_row() {
     let day_ms = 86_400_000i64;
     let day0 = 20_332 * day_ms; // 2025-09-01
     let lagging = "00000000-0000-4000-8000-000000000001";
-    send_event(&s.topic, 1, day0 + 3_600_000, &reader, 1, lagging, 5.0, day0 / 1000 + 60);
-    for i in 0..20i64 {
-        let at = day0 + 10 * day_ms + i * 60_000;
-        send_event(&s.topic, 0, at, &reader, 1, &format!("00000000-0000-4000-8000-1000000000{i:02}"), 8.0, at / 1000);
-    }
-    s.produced += 21;
-    let mut stream = s.spawn(&["--stop-when-idle", "4s"], None);
     let ahead: Vec<String> = (0..20).map(|i| format!("00000000-0000-4000-8000-1000000000{i:02}")).collect();
+    let mut events = vec![Crafted { partition: 1, timestamp_ms: day0 + 3_600_000, event_id: lagging, rating: 5.0, rating_timestamp: day0 / 1000 + 60 }];
+    events.extend(ahead.iter().zip(0i64..).map(|(event_id, i)| {
+        let at = day0 + 10 * day_ms + i * 60_000;
+        Crafted { partition: 0, timestamp_ms: at, event_id, rating: 8.0, rating_timestamp: at / 1000 }
+    }));
+    send_events(&s.topic, &reader, 1, &events);
+    s.produced += events.len();
+    let mut stream = s.spawn(&["--stop-when-idle", "4s"], None);
     wait_until("partition 0's events and the lagging one are committed", Duration::from_secs(60), || {
         let keys: BTreeSet<String> = s.lake.curated_rows().iter().map(|(key, _)| uuid::Uuid::from_u128(*key).to_string()).collect();
         keys.contains(lagging) && ahead.iter().all(|key| keys.contains(key))
     });
     // Two days later on partition 1: the update is inside the lateness window of the row.
     let at = day0 + 2 * day_ms;
-    send_event(&s.topic, 1, at, &reader, 1, lagging, 9.0, at / 1000);
+    send_events(&s.topic, &reader, 1, &[Crafted { partition: 1, timestamp_ms: at, event_id: lagging, rating: 9.0, rating_timestamp: at / 1000 }]);
     s.produced += 1;
     assert!(stream.wait().unwrap().success());
     assert_matches_oracle(&s.lake, &s.oracle());

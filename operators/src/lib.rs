@@ -31,6 +31,7 @@ pub mod rules;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod stash;
 pub mod stream;
 #[cfg(test)]
 mod test_fixture;

@@ -49,17 +49,15 @@ use differential_dataflow::trace::{Builder, Cursor, Description, Trace, TraceRea
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
 
 use crate::model::{Candidate, KeyMap, Origin};
+use crate::stash::EpochStash;
 
 /// The arrangement of current rows.
 pub type UpsertSpine = OrdValSpine<u128, Candidate, u64, isize>;
 type UpsertBuilder = RcOrdValBuilder<u128, Candidate, u64, isize>;
-/// A candidate row and its `event_id`.
-type Keyed = (u128, Candidate);
 
 /// One key's change in one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +135,7 @@ pub fn upsert<'scope>(
         let logger = scope.worker().logger_for::<differential_dataflow::logging::DifferentialEventBuilder>("differential/arrange").map(Into::into);
         let activator = Some(scope.activator_for(Rc::clone(&info.address)));
         let (mut state, mut writer) = TraceAgent::new(UpsertSpine::new(info.clone(), logger.clone(), activator), info, logger);
-        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<Keyed>>)> = BTreeMap::new();
+        let mut pending: EpochStash<(u128, Candidate)> = EpochStash::default();
         // The arrangement's upper: each completed epoch's batch starts where the last one ended.
         let mut lower = Antichain::from_elem(0u64);
         // Keys by the rating_date their row entered with (entries of rows that moved on since are
@@ -145,17 +143,8 @@ pub fn upsert<'scope>(
         let mut live_days: BTreeMap<i32, Vec<u128>> = BTreeMap::new();
         let mut frozen: KeyMap<i32> = KeyMap::default();
         move |(input, frontier), output| {
-            input.for_each_time(|time, data| {
-                let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
-                for batch in data {
-                    entry.1.push(std::mem::take(batch));
-                }
-            });
-            while let Some((&time, _)) = pending.first_key_value() {
-                if frontier.less_equal(&time) {
-                    break;
-                }
-                let (capability, batches) = pending.pop_first().expect("first entry exists").1;
+            input.for_each_time(|time, data| pending.stash(&time, data));
+            while let Some((time, capability, batches)) = pending.pop_complete(frontier.frontier()) {
                 let mut epoch: Vec<(u128, Candidate)> = Vec::with_capacity(batches.iter().map(Vec::len).sum());
                 batches.into_iter().for_each(|mut batch| epoch.append(&mut batch));
                 epoch.sort_unstable();

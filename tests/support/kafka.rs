@@ -168,34 +168,33 @@ pub fn schema(path: &str) -> Schema {
     Schema::parse_str(&std::fs::read_to_string(repo_root().join(path)).expect("schema file")).expect("schema")
 }
 
-/// Sends one event to `partition` of `topic` with Kafka timestamp `timestamp_ms`, Avro-encoded with
-/// `schema` and framed with `schema_id`, keyed by its event_id (as `runtime produce` does).
-#[allow(clippy::too_many_arguments)]
-pub fn send_event(
-    topic: &str,
-    partition: i32,
-    timestamp_ms: i64,
-    schema: &Schema,
-    schema_id: u32,
-    event_id: &str,
-    rating: f32,
-    rating_timestamp: i64,
-) {
+/// An event to send with a chosen partition and Kafka timestamp.
+pub struct Crafted<'a> {
+    pub partition: i32,
+    pub timestamp_ms: i64,
+    pub event_id: &'a str,
+    pub rating: f32,
+    pub rating_timestamp: i64,
+}
+
+/// Sends `events` to `topic` in order, Avro-encoded with `schema` and framed with `schema_id`,
+/// keyed by their event_id (as `runtime produce` does).
+pub fn send_events(topic: &str, schema: &Schema, schema_id: u32, events: &[Crafted]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let record = Value::Record(vec![
-        ("event_id".into(), Value::String(event_id.into())),
-        ("user_id".into(), Value::String("u1".into())),
-        ("movie_id".into(), Value::String("m1".into())),
-        ("rating".into(), Value::Float(rating)),
-        ("rating_timestamp".into(), Value::Long(rating_timestamp)),
-    ]);
-    let mut payload = vec![0u8];
-    payload.extend(schema_id.to_be_bytes());
-    payload.extend(apache_avro::to_avro_datum(schema, record).expect("an event of the schema"));
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
-    producer
-        .send(BaseRecord::to(topic).partition(partition).timestamp(timestamp_ms).key(event_id).payload(&payload))
-        .map_err(|(error, _)| error)
-        .expect("send");
+    for event in events {
+        let record = Value::Record(vec![
+            ("event_id".into(), Value::String(event.event_id.into())),
+            ("user_id".into(), Value::String("u1".into())),
+            ("movie_id".into(), Value::String("m1".into())),
+            ("rating".into(), Value::Float(event.rating)),
+            ("rating_timestamp".into(), Value::Long(event.rating_timestamp)),
+        ]);
+        let mut payload = vec![0u8];
+        payload.extend(schema_id.to_be_bytes());
+        payload.extend(apache_avro::to_avro_datum(schema, record).expect("an event of the schema"));
+        let message = BaseRecord::to(topic).partition(event.partition).timestamp(event.timestamp_ms).key(event.event_id).payload(&payload);
+        producer.send(message).map_err(|(error, _)| error).expect("send");
+    }
     producer.flush(Duration::from_secs(10)).expect("flush");
 }

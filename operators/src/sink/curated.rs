@@ -36,13 +36,13 @@ use iceberg::table::Table;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::checks::{Checks, Evaluation};
 use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection};
 use crate::schema::{arrow_schema, curated_from_batch, curated_to_batch};
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
+use crate::stash::EpochStash;
 use crate::error::Context;
 use crate::writer::{read_parquet, write_partition, write_position_deletes};
 
@@ -135,20 +135,10 @@ impl CuratedWriter {
         changes.unary_frontier(exchange, "CuratedWriter", move |_capability, _info| {
             let mut partitions: BTreeMap<i32, Partition> = BTreeMap::new();
             let mut files = Files::default();
-            // The batches as they arrived: an epoch's changes are never copied into one vector.
-            let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Vec<DayChange>>)> = BTreeMap::new();
+            let mut pending: EpochStash<DayChange> = EpochStash::default();
             move |(input, frontier), output| {
-                input.for_each_time(|time, data| {
-                    let entry = pending.entry(*time.time()).or_insert_with(|| (time.retain(0), Vec::new()));
-                    for batch in data {
-                        entry.1.push(std::mem::take(batch));
-                    }
-                });
-                while let Some((&time, _)) = pending.first_key_value() {
-                    if frontier.less_equal(&time) {
-                        break;
-                    }
-                    let (capability, changes) = pending.pop_first().expect("first entry exists").1;
+                input.for_each_time(|time, data| pending.stash(&time, data));
+                while let Some((time, capability, changes)) = pending.pop_complete(frontier.frontier()) {
                     // Per partition: (file id, position) of the rows this epoch supersedes.
                     let mut superseded: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
                     let mut touched: BTreeSet<i32> = BTreeSet::new();
