@@ -41,6 +41,9 @@ fn main() {
             let (total, partitions, config, first_record) = (&total, &partitions, &config, &first_record);
             scope.spawn(move || {
                 let consumer: BaseConsumer = config().create().expect("consumer");
+                // As the engine does: leaders known before the assignment, or librdkafka's first
+                // offset query finds none and retries 500 ms later.
+                consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
                 let mut assignment = TopicPartitionList::new();
                 for p in partitions.iter().filter(|p| **p as usize % consumers == index) {
                     assignment.add_partition_offset(topic, *p, Offset::Beginning).unwrap();

@@ -340,6 +340,33 @@ fn an_update_from_a_partition_days_behind_the_others_still_replaces_the_row() {
     assert_eq!(rows[0].1.rating_date, 20_334);
 }
 
+#[test]
+fn a_backlog_is_read_in_bounded_epochs_and_the_last_one_lands_before_the_interval_ends() {
+    let mut s = Scenario::new(3);
+    edit_graph(&s.lake, |g| set_line(g, "stream_epoch_events", "1000"));
+    s.produce(6_500, 3, "2025-05-01", 11, READER);
+    let run = s.stream(&["-w", "2", "--commit-interval", "10m", "--stop-when-idle", "8s"]);
+    // Every epoch closed full or when the backlog was drained: the last one landed right after
+    // the last record, not when the run stopped for being idle (nor when the interval ended).
+    let seconds = |after: &str, before: &str| -> f64 {
+        run.split(after).nth(1).and_then(|t| t.split(before).next()).unwrap().trim().trim_end_matches('s').parse().unwrap()
+    };
+    let (landed, ran) = (seconds("committed ", "after the start"), seconds("partitions in ", "("));
+    assert!(landed + 5.0 < ran, "the last epoch waited for the idle stop (landed {landed}s, ran {ran}s):\n{run}");
+    let raw = s.lake.table("raw.movie_ratings_raw");
+    let added: Vec<u64> = raw
+        .metadata()
+        .snapshots()
+        .map(|snapshot| snapshot.summary().additional_properties["added-records"].parse().unwrap())
+        .collect();
+    // Each worker closes after its share (500 of 1000), so an epoch holds at most 1000 records.
+    assert!(added.len() >= 7, "6500 records in epochs of at most 1000: {added:?}");
+    assert!(added.iter().all(|n| *n <= 1000), "an epoch held more than stream_epoch_events: {added:?}");
+    assert_eq!(added.iter().sum::<u64>(), 6_500);
+    assert_matches_oracle(&s.lake, &s.oracle());
+    s.assert_raw_complete();
+}
+
 /// Live data files per partition folder of `table`.
 fn files_per_partition(lake: &Lake, table: &str) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();

@@ -13,16 +13,26 @@
 //!     raw append ─► rejected append ─► curated overwrite, each with its offsets
 //! ```
 //!
-//! Raw rows go into Arrow column builders (per ingestion date and partition) as they are read. An
-//! epoch closes every `commit_interval` of each worker's clock; the worker hands its raw columns
-//! to a Parquet write on the I/O runtime, advances its input and reads the next epoch while the
-//! closed one is upserted, written and committed (the committer awaits the raw writes before the
-//! raw commit). Meanwhile the consumer is polled without blocking, so the exchanges and the commit
-//! never wait behind a poll. Before closing an epoch a worker waits until the previous one is
-//! committed, so at most two epochs are in memory and a failed commit stops the run one epoch
-//! later at most. `stop_when_idle` ends the run once no partition has delivered a record for that
-//! long; a stop request (Ctrl-C, SIGTERM) ends it after the current epoch is committed. A crash at
-//! any point is safe: each table resumes from its own offsets.
+//! Raw rows go into Arrow column builders (per ingestion date and partition) as they are read.
+//!
+//! An epoch closes when the first of these happens:
+//! - `commit_interval` has passed on the worker's clock;
+//! - the worker has read its share of `epoch_events`: a backlog is read in epochs of bounded size
+//!   (bounded memory), each written while the next is read, instead of one epoch holding all an
+//!   interval could read;
+//! - the run is reading a backlog (some worker's previous or current epoch closed full) and nothing
+//!   has arrived for `IDLE_POLL`: the backlog is drained, and its rest lands now rather than when
+//!   the interval ends. Only right after a full epoch: a trickle still gets one epoch per interval;
+//! - no partition has delivered a record for `stop_when_idle`, or a stop was requested (Ctrl-C,
+//!   SIGTERM): the run ends once this epoch is committed.
+//!
+//! At the close the worker hands its raw columns to a Parquet write on the I/O runtime, advances
+//! its input and reads the next epoch while the closed one is upserted, written and committed (the
+//! committer awaits the raw writes before the raw commit). Meanwhile the consumer is polled without
+//! blocking, so the exchanges and the commit never wait behind a poll. Before closing an epoch a
+//! worker waits until the previous one is committed, so at most two epochs are in memory and a
+//! failed commit stops the run one epoch later at most. A crash at any point is safe: each table
+//! resumes from its own offsets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -76,6 +86,10 @@ pub struct StreamSettings {
     pub target_file_size: usize,
     pub commit: CommitOptions,
     pub commit_interval: Duration,
+    /// An epoch also closes once the workers have read this many records (each its share), so
+    /// a backlog is read in epochs of bounded size: bounded memory, and the next epoch is read
+    /// while this one is written instead of everything waiting for the interval to end.
+    pub epoch_events: u64,
     pub stop_when_idle: Option<Duration>,
     pub metrics: Option<Arc<Metrics>>,
     /// Set from outside (a signal handler) to end the run after the current epoch.
@@ -102,8 +116,15 @@ pub struct StreamSummary {
 }
 
 /// How long a worker with no epoch in flight waits for the next record before it looks at the
-/// clock and the stop conditions again.
+/// clock and the stop conditions again; and how long a worker reading a backlog must find nothing
+/// before it takes the backlog as drained.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Whether epoch `epoch` is reading a backlog: some worker closed it or the epoch before it full
+/// (`full_epoch`, 0 for none yet).
+fn catching_up(full_epoch: u64, epoch: u64) -> bool {
+    full_epoch > 0 && full_epoch + 1 >= epoch
+}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -161,6 +182,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let records_read = Arc::new(AtomicU64::new(0));
     let first_record_at: Arc<OnceLock<Instant>> = Arc::default();
     let last_record_ms = Arc::new(AtomicI64::new(now_ms()));
+    // The newest epoch some worker closed because its share was full: while the one before the
+    // current epoch was full somewhere, the run is reading a backlog.
+    let full_epoch = Arc::new(AtomicU64::new(0));
     let handle = runtime.handle().clone();
     let curated_from = Arc::new(resume.curated.clone());
     let stream_commit = StreamCommit { raw: settings.raw.clone(), topic: settings.kafka.topic.clone(), resume };
@@ -219,11 +243,18 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         // Offsets of the closed epochs not yet known to be committed (at most two).
         let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
         let mut raw_rows = RawRows::default();
+        // This worker's share of an epoch's records.
+        let epoch_share = settings.epoch_events.div_ceil(peers as u64).max(1);
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
-            let mut since_step = 0u32;
-            while Instant::now() < deadline && !settings.stop.load(Ordering::Relaxed) {
+            let mut since_step = 0u64;
+            let mut last_read = Instant::now();
+            let idle = || {
+                let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
+                settings.stop_when_idle.is_some_and(|idle| idle_for >= idle)
+            };
+            while Instant::now() < deadline && meta.records < epoch_share && !idle() && !settings.stop.load(Ordering::Relaxed) {
                 // While the previous epoch is being written and committed, the consumer is only
                 // asked for what it holds already and the worker parks on the dataflow, so the
                 // exchanges and the commit never wait behind a blocking poll; otherwise the poll
@@ -232,7 +263,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 let wait = if in_flight { Duration::ZERO } else { IDLE_POLL };
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
                 let mut drained = 0;
-                while drained < 256 {
+                let batch = (epoch_share - meta.records).min(256);
+                while drained < batch {
                     let Some(event) = source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut raw_rows, &shared.failure)
                     else {
                         break;
@@ -242,7 +274,12 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 }
                 if drained > 0 {
                     last_record_ms.store(now_ms(), Ordering::Relaxed);
-                    first_record.get_or_init(Instant::now);
+                    last_read = Instant::now();
+                    first_record.get_or_init(|| last_read);
+                } else if catching_up(full_epoch.load(Ordering::Relaxed), epoch) && last_read.elapsed() >= IDLE_POLL {
+                    // A backlog was being read and this worker's part of it is drained: what it
+                    // left for this epoch lands now, not when the interval ends.
+                    break;
                 }
                 since_step += drained;
                 if drained == 0 && in_flight {
@@ -255,6 +292,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 if shared.failure.is_set() {
                     break;
                 }
+            }
+            if meta.records >= epoch_share {
+                full_epoch.fetch_max(epoch, Ordering::Relaxed);
             }
             meta.closed = Some(Instant::now());
             meta.settled_day = source.settled_day();
@@ -289,8 +329,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 }
                 metrics.upsert_keys.set((seeded_rows + outcome.inserted) as i64);
             }
-            let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
-            if settings.stop_when_idle.is_some_and(|idle| idle_for >= idle) || settings.stop.load(Ordering::Relaxed) {
+            if idle() || settings.stop.load(Ordering::Relaxed) {
                 break;
             }
         }
@@ -392,6 +431,12 @@ impl PartitionReader {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
         let consumer = settings.kafka.consumer()?;
+        // Partition leaders into this consumer's metadata cache first: librdkafka asks for the
+        // start offsets as soon as partitions are assigned, and one that finds no leader yet
+        // retries 500 ms later, so every start (and test) would idle half a second.
+        if !partitions.is_empty() {
+            settings.kafka.partitions(&consumer, Duration::from_secs(15))?;
+        }
         let mut assignment = TopicPartitionList::new();
         for partition in partitions {
             let offset = resume.start(*partition).map(Offset::Offset).unwrap_or(Offset::Beginning);

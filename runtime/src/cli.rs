@@ -708,6 +708,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         target_file_size: graph.target_file_size,
         commit: graph.commit,
         commit_interval: args.commit_interval.unwrap_or(graph.commit_interval),
+        epoch_events: graph.stream_epoch_events,
         stop_when_idle: args.stop_when_idle,
         metrics,
         stop,

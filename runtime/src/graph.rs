@@ -224,6 +224,13 @@ pub struct CommitSection {
     pub target_file_size: String,
     pub max_attempts: u32,
     pub replay_epoch_events: u64,
+    /// Stream: an epoch also closes once it has read this many records.
+    #[serde(default = "default_stream_epoch_events")]
+    pub stream_epoch_events: u64,
+}
+
+fn default_stream_epoch_events() -> u64 {
+    1_000_000
 }
 
 /// A loaded, validated graph.
@@ -248,6 +255,8 @@ pub struct Graph {
     pub target_file_size: usize,
     pub commit: CommitOptions,
     pub replay_epoch_events: u64,
+    /// Stream: an epoch closes after `commit_interval` or once it has read this many records.
+    pub stream_epoch_events: u64,
     /// Data-quality checks by full table name (tables without checks are absent).
     pub checks: BTreeMap<String, Arc<Checks>>,
     /// `runtime maintain` settings (dry_run off).
@@ -300,6 +309,9 @@ impl Graph {
         let target_file_size = parse_size("commit.target_file_size", &file.commit.target_file_size)?;
         if file.commit.replay_epoch_events == 0 {
             return Err("commit.replay_epoch_events: expected at least 1".into());
+        }
+        if file.commit.stream_epoch_events == 0 {
+            return Err("commit.stream_epoch_events: expected at least 1".into());
         }
         if file.commit.max_attempts == 0 {
             return Err("commit.max_attempts: expected at least 1".into());
@@ -418,6 +430,7 @@ impl Graph {
             target_file_size: target_file_size as usize,
             commit: CommitOptions { max_attempts: file.commit.max_attempts, ..CommitOptions::default() },
             replay_epoch_events: file.commit.replay_epoch_events,
+            stream_epoch_events: file.commit.stream_epoch_events,
         })
     }
 
@@ -635,6 +648,7 @@ mod tests {
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),
             (GOOD.replace("key = \"event_id\"", "key = \"user_id\""), "upsert.key"),
             (GOOD.replace("replay_epoch_events = 4000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
+            (GOOD.replace("stream_epoch_events = 1000000", "stream_epoch_events = 0"), "commit.stream_epoch_events: expected at least 1"),
             (GOOD.replace("schemas/movie_rating.avsc", "schemas/missing.avsc"), "source.reader_schema: cannot read"),
             (GOOD.replace("interval = \"10s\"", "interval = \"soon\""), "commit.interval"),
             (GOOD.replace("url = \"http://127.0.0.1:8081\"", "url = \"127.0.0.1:8081\""), "source.registry.url"),
