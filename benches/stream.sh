@@ -3,8 +3,10 @@
 #
 # 1. Produces EVENTS events into a fresh 6-partition topic.
 # 2. Ceiling: a bare librdkafka consumer (bare-consume, same client and fetch settings) reads them.
-# 3. `runtime --mode stream -w WORKERS --commit-interval 1s` reads them into a fresh lakehouse until
-#    idle: committed events/s = EVENTS / (process start -> commit of the last epoch with records).
+# 3. `runtime --mode stream -w WORKERS` with the graph's epoch settings (10 s interval, epochs of at
+#    most 1M records, the one after a full epoch closing once the backlog is drained) reads them
+#    into a fresh lakehouse until idle: committed events/s = EVENTS / (process start -> commit of
+#    the last epoch with records).
 # 4. Freshness: a second topic is produced at RATE events/s for 30 s with send-time timestamps
 #    while the stream runs with the graph's commit interval; p50/p99 of (raw snapshot commit time -
 #    Kafka timestamp) over every row.
@@ -19,7 +21,8 @@ interval=${4:-10s}
 idle=3
 work=$(mktemp -d)
 started_kafka=0
-bash scripts/kafka.sh status | grep -q 'broker: running' || started_kafka=1
+# Captured, not piped into `grep -q` (under pipefail its early exit fails the pipeline).
+[[ $(bash scripts/kafka.sh status) == *'broker: running'* ]] || started_kafka=1
 bash scripts/kafka.sh up >/dev/null
 cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
 trap cleanup EXIT
@@ -41,10 +44,9 @@ graph_for "$topic" "$work/t"
 echo "producing $events events to $topic..."
 "$bin/runtime" --graph "$work/t/graph.toml" produce --count "$events" --days 5 --start 2025-05-01 2>/dev/null
 "$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers"
-# Epochs of 1 s: with the graph's 10 s, a backlog that is read in a few seconds would wait for its epoch to close.
 # The rate is over the time from the process start to the commit of the last epoch that read
 # records (the runtime's "landed" line): the idle wait before the stop is not part of it.
-"$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --commit-interval 1s --stop-when-idle ${idle}s --no-progress 2>/dev/null \
+"$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --stop-when-idle ${idle}s --no-progress 2>/dev/null \
   | grep -E "^stream|landed|first record"
 
 topic=bench.freshness.$RANDOM$RANDOM
