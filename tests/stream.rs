@@ -197,7 +197,8 @@ fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
     // Mid-epoch: records read, nothing committed yet.
     s.produce(3_000, 2, "2025-06-10", 40, READER);
     let before = counts(&s);
-    let mut child = s.spawn(&["--commit-interval", "60s"], None);
+    // Neither the interval nor the idle stop (which closes the open epoch) ends the epoch before the kill.
+    let mut child = s.spawn(&["--commit-interval", "60s", "--stop-when-idle", "60s"], None);
     std::thread::sleep(Duration::from_secs(3));
     child.kill().unwrap();
     child.wait().unwrap();

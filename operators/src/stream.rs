@@ -245,6 +245,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let mut raw_rows = RawRows::default();
         // This worker's share of an epoch's records.
         let epoch_share = settings.epoch_events.div_ceil(peers as u64).max(1);
+        // Idle time counts from when reading starts: a long start (seeding a big lateness window)
+        // is not a quiet topic.
+        last_record_ms.fetch_max(now_ms(), Ordering::Relaxed);
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
