@@ -21,7 +21,7 @@
 //!   (bounded memory), each written while the next is read, instead of one epoch holding all an
 //!   interval could read;
 //! - the run is reading a backlog (some worker's previous or current epoch closed full) and nothing
-//!   has arrived for `IDLE_POLL`: the backlog is drained, and its rest lands now rather than when
+//!   has arrived for `BACKLOG_DRAINED_AFTER`: the backlog is drained, and its rest lands now rather than when
 //!   the interval ends. Only right after a full epoch: a trickle still gets one epoch per interval;
 //! - no partition has delivered a record for `stop_when_idle`, or a stop was requested (Ctrl-C,
 //!   SIGTERM): the run ends once this epoch is committed.
@@ -116,9 +116,13 @@ pub struct StreamSummary {
 }
 
 /// How long a worker with no epoch in flight waits for the next record before it looks at the
-/// clock and the stop conditions again; and how long a worker reading a backlog must find nothing
-/// before it takes the backlog as drained.
+/// clock and the stop conditions again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// How long every poll of a worker reading a backlog must come back empty before it takes the
+/// backlog as drained. Longer than a broker holds an empty fetch and than a producer's batching
+/// pauses, so that a steady stream that fills epochs is not cut into a full and a small one.
+const BACKLOG_DRAINED_AFTER: Duration = Duration::from_millis(250);
 
 /// Whether epoch `epoch` is reading a backlog: some worker closed it or the epoch before it full
 /// (`full_epoch`, 0 for none yet).
@@ -252,7 +256,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
             let mut since_step = 0u64;
-            let mut last_read = Instant::now();
+            // Since when every poll of this epoch has come back empty.
+            let mut empty_since: Option<Instant> = None;
             let idle = || {
                 let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
                 settings.stop_when_idle.is_some_and(|idle| idle_for >= idle)
@@ -277,9 +282,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 }
                 if drained > 0 {
                     last_record_ms.store(now_ms(), Ordering::Relaxed);
-                    last_read = Instant::now();
-                    first_record.get_or_init(|| last_read);
-                } else if catching_up(full_epoch.load(Ordering::Relaxed), epoch) && last_read.elapsed() >= IDLE_POLL {
+                    empty_since = None;
+                    first_record.get_or_init(Instant::now);
+                } else if catching_up(full_epoch.load(Ordering::Relaxed), epoch)
+                    && empty_since.get_or_insert_with(Instant::now).elapsed() >= BACKLOG_DRAINED_AFTER
+                {
                     // A backlog was being read and this worker's part of it is drained: what it
                     // left for this epoch lands now, not when the interval ends.
                     break;

@@ -44,7 +44,11 @@ pub struct KafkaSettings {
 }
 
 /// librdkafka settings whose defaults the engine changes; a graph's `[source.kafka]` overrides them.
-pub const CONSUMER_DEFAULTS: [(&str, &str); 1] = [
+pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
+    // How long the broker may hold a fetch that finds no new data (default 500 ms). A broker that
+    // answers such a fetch only at this deadline delivers a steady stream in bursts; the stream
+    // takes a backlog as drained after 250 ms without records, which such gaps would fake.
+    ("fetch.wait.max.ms", "100"),
     // Once a partition's local queue is full, librdkafka postpones its next fetch by this much
     // (default 1000 ms). A worker busy closing an epoch fills the queue, then would wait up to a
     // second for data once it reads again: with 10 ms, stream throughput doubled (benches/README).
