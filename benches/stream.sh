@@ -21,8 +21,7 @@ interval=${4:-10s}
 idle=3
 work=$(mktemp -d)
 started_kafka=0
-# Captured, not piped into `grep -q` (under pipefail its early exit fails the pipeline).
-[[ $(bash scripts/kafka.sh status) == *'broker: running'* ]] || started_kafka=1
+bash scripts/kafka.sh running || started_kafka=1
 bash scripts/kafka.sh up >/dev/null
 cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
 trap cleanup EXIT

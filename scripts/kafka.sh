@@ -6,6 +6,8 @@
 #                                            create TOPIC (default movie.ratings.v1, 6 partitions)
 #   scripts/kafka.sh down                    stop what `up` started
 #   scripts/kafka.sh status
+#   scripts/kafka.sh running                 exit 0 when the broker runs (for scripts that stop
+#                                            it again only if they started it)
 #
 # Ports: KAFKA_PORT (9092) and REGISTRY_PORT (8081). State (pids, logs, registry file) in .kafka/.
 set -euo pipefail
@@ -70,5 +72,6 @@ case "${1:-}" in
     for name in broker registry; do
       if alive "$name"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
     done ;;
-  *) echo "usage: $0 up [TOPIC PARTITIONS] | down | status" >&2; exit 2 ;;
+  running) alive broker ;;
+  *) echo "usage: $0 up [TOPIC PARTITIONS] | down | status | running" >&2; exit 2 ;;
 esac

@@ -6,11 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 started_kafka=0
-# Captured, not piped into `grep -q`: under pipefail grep's early exit would fail the status
-# command (SIGPIPE) and a broker started by hand would be stopped at the end.
-if [[ $(bash scripts/kafka.sh status) != *'broker: running'* ]]; then
-  started_kafka=1
-fi
+bash scripts/kafka.sh running || started_kafka=1
 bash scripts/kafka.sh up || exit 1
 cleanup() {
   rm -f "$log"

@@ -252,16 +252,16 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         // Idle time counts from when reading starts: a long start (seeding a big lateness window)
         // is not a quiet topic.
         last_record_ms.fetch_max(now_ms(), Ordering::Relaxed);
+        let idle = || {
+            let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
+            settings.stop_when_idle.is_some_and(|idle| idle_for >= idle)
+        };
         while let Some(source) = source.as_mut().filter(|_| !shared.failure.is_set()) {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
             let mut since_step = 0u64;
             // Since when every poll of this epoch has come back empty.
             let mut empty_since: Option<Instant> = None;
-            let idle = || {
-                let idle_for = Duration::from_millis((now_ms() - last_record_ms.load(Ordering::Relaxed)).max(0) as u64);
-                settings.stop_when_idle.is_some_and(|idle| idle_for >= idle)
-            };
             while Instant::now() < deadline && meta.records < epoch_share && !idle() && !settings.stop.load(Ordering::Relaxed) {
                 // While the previous epoch is being written and committed, the consumer is only
                 // asked for what it holds already and the worker parks on the dataflow, so the
