@@ -72,7 +72,7 @@ kafka-down: ## Stop what kafka-up started
 test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, stream against the real broker, PyIceberg/DuckDB readers)
 	bash scripts/test.sh
 
-bench: plugins ## Criterion benchmarks (replay path on 1M generated events, plugin call cost)
+bench: plugins ## Criterion benchmarks (replay path on 1M generated events, commit cost, plugin call cost, the stream floor)
 	$(CARGO) bench -p ratings-benches
 
 bench-replay: build plugins ## Whole-process timing of --mode replay on 10M events (release)

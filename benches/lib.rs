@@ -1,5 +1,5 @@
-//! Benchmarks live in `replay.rs` and `plugin.rs` (criterion), `replay_10m.sh` and `stream.sh`
-//! (whole process); see README.md.
+//! Benchmarks live in `replay.rs`, `commit_cost.rs`, `plugin.rs` and `floor.rs` (criterion),
+//! `replay_10m.sh` and `stream.sh` (whole process); see README.md.
 
 use std::path::PathBuf;
 

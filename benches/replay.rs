@@ -113,7 +113,10 @@ fn rules_and_upsert(c: &mut Criterion) {
                 let probe = ProbeHandle::new();
                 let mut input = timely::dataflow::InputHandle::new();
                 worker.dataflow::<u64, _, _>(|scope| {
-                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, Default::default()).probe_with(&probe);
+                    // Epoch e holds the events ingested on day START_DAY + e - 1, as replay's epochs do.
+                    let settled_day = |epoch: u64| Some(START_DAY + epoch as i32 - 1);
+                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, settled_day, Default::default())
+                        .probe_with(&probe);
                 });
                 let (index, peers) = (worker.index(), worker.peers());
                 let mut day = None;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a broker and registry this script starts (and stops again if
 # it started them), and ends with one aggregate line over every test binary:
-# "tests: N passed, N failed". Exits with cargo's status.
+# "tests: N passed, N failed", and checks that the benchmarks still build. Exits non-zero if
+# any test failed or a benchmark does not build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
@@ -16,5 +17,10 @@ trap cleanup EXIT
 export RATINGS_FLOW_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The criterion benchmarks are not run here (make bench), but they must still build.
+if ! cargo build --workspace --benches; then
+  echo "the benchmarks do not build"
+  status=1
+fi
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$log"
 exit "$status"
