@@ -3,7 +3,7 @@
 //! the raw table reproduces them; SIGKILL at any point loses and duplicates nothing; a v2 writer
 //! schema is read with the v1 reader schema; a registry outage makes the stream wait.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -464,7 +464,8 @@ fn metric(text: &str, name_and_labels: &str) -> Option<u64> {
 #[test]
 fn metrics_count_what_the_run_did() {
     let mut s = Scenario::new(2);
-    s.produce(3_000, 2, "2025-10-01", 11, READER);
+    // Eight ingestion days: rows of the first days freeze and leave the upsert arrangement.
+    s.produce(3_000, 8, "2025-10-01", 11, READER);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
     let child = s.spawn(&["--metrics-addr", &address, "--stop-when-idle", "8s"], None);
@@ -480,6 +481,17 @@ fn metrics_count_what_the_run_did() {
         assert_eq!(metric(&text, &format!(r#"ratings_flow_rejected_total{{reason="{reason}"}}"#)), Some(expected), "{reason}\n{text}");
     }
     assert_eq!(metric(&text, "ratings_flow_upsert_keys"), Some(oracle.rows.len() as u64), "{text}");
+    // Rows behind the settled day (the earliest of the partitions' newest ingestion dates) by
+    // more than the lateness have left the arrangement.
+    let mut newest_day: BTreeMap<i32, i32> = BTreeMap::new();
+    for event in s.events() {
+        let newest = newest_day.entry(event.source_partition).or_insert(i32::MIN);
+        *newest = (*newest).max(operators::model::day_of_millis(event.ingestion_ts_ms));
+    }
+    let frozen_before = newest_day.values().min().unwrap() - 5;
+    let held = oracle.rows.values().filter(|row| row.rating_date >= frozen_before).count();
+    assert!(held < oracle.rows.len(), "no row froze: the check below would not tell held rows from keys");
+    assert_eq!(metric(&text, "ratings_flow_upsert_rows"), Some(held as u64), "{text}");
     assert!(text.contains("ratings_flow_epoch_commit_seconds_count"), "{text}");
     assert!(child.wait_with_output().unwrap().status.success());
 }

@@ -8,6 +8,7 @@
 //! | `ratings_flow_epoch_commit_seconds`      | histogram |             | all commits of one epoch                  |
 //! | `ratings_flow_table_commit_seconds`      | histogram | `table`     | one table's commit                        |
 //! | `ratings_flow_upsert_keys`               | gauge     |             | keys in the upsert state                  |
+//! | `ratings_flow_upsert_rows`               | gauge     |             | rows in the upsert arrangement (keys whose row froze have left it) |
 //! | `ratings_flow_registry_retries_total`    | counter   |             | failed schema registry attempts           |
 //! | `ratings_flow_epochs_total`              | counter   |             | epochs committed                          |
 //! | `ratings_flow_checks_total`              | counter   | `check`, `result` | data-quality check runs per epoch, `passed` or `failed` |
@@ -40,6 +41,7 @@ pub struct Metrics {
     pub epoch_commit_seconds: Histogram,
     table_commit_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     pub upsert_keys: Gauge,
+    pub upsert_rows: Gauge,
     pub registry_retries: Counter,
     pub epochs: Counter,
     checks: Family<Labels, Counter>,
@@ -55,6 +57,7 @@ impl Metrics {
             epoch_commit_seconds: seconds_histogram(),
             table_commit_seconds: Family::new_with_constructor(seconds_histogram),
             upsert_keys: Gauge::default(),
+            upsert_rows: Gauge::default(),
             registry_retries: Counter::default(),
             epochs: Counter::default(),
             checks: Family::default(),
@@ -66,6 +69,7 @@ impl Metrics {
         registry.register("epoch_commit_seconds", "Time to commit one epoch to all tables", metrics.epoch_commit_seconds.clone());
         registry.register("table_commit_seconds", "Time of one table's commit", metrics.table_commit_seconds.clone());
         registry.register("upsert_keys", "Keys held in the upsert state", metrics.upsert_keys.clone());
+        registry.register("upsert_rows", "Rows held in the upsert arrangement (keys whose row froze have left it)", metrics.upsert_rows.clone());
         registry.register("registry_retries", "Failed schema registry attempts", metrics.registry_retries.clone());
         registry.register("epochs", "Epochs committed", metrics.epochs.clone());
         registry.register("checks", "Data-quality check runs, per check and result", metrics.checks.clone());

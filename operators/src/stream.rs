@@ -338,6 +338,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                     counter.inc_by(total.saturating_sub(counter.get()));
                 }
                 metrics.upsert_keys.set((seeded_rows + outcome.inserted) as i64);
+                metrics.upsert_rows.set(shared.counters.held.load(Ordering::Relaxed));
             }
             if idle() || settings.stop.load(Ordering::Relaxed) {
                 break;

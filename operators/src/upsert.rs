@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::ord_neu::{OrdValSpine, RcOrdValBuilder};
@@ -84,6 +84,8 @@ pub struct UpsertCounters {
     pub moved: AtomicU64,
     /// Candidates ingested before the key's current row (see the module doc).
     pub out_of_order: AtomicU64,
+    /// Rows the arrangement holds now: one per key, less the keys whose row froze.
+    pub held: AtomicI64,
 }
 
 /// The fold over one key's candidates, given in ingestion order. Returns the winner and the records
@@ -204,6 +206,7 @@ pub fn upsert<'scope>(
                 if let Some(settled) = settled_day(time) {
                     freeze(settled - lateness_days, &mut live_days, &mut frozen, &mut updates, &mut state, time);
                 }
+                counters.held.fetch_add(updates.iter().map(|update| update.2 as i64).sum(), Relaxed);
                 let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
                 builder.push(&mut updates);
                 let upper = Antichain::from_elem(time + 1);
@@ -245,6 +248,12 @@ where
 /// later record is ingested on the settled day or after, so it would be a late update for them.
 /// Their keys stay in `frozen` (an `event_id` and a date instead of a whole row), so such a record
 /// is still rejected rather than starting a second row.
+///
+/// `updates` is this epoch's batch, sorted by `(key, row)` with at most one insertion (the key's
+/// new row) per key, and stays so: a row that freezes in the epoch that wrote it is not inserted,
+/// any other freezing row is retracted, merged in at its place. Both walks go forward through
+/// sorted keys, so freezing costs a pass over the batch and a cursor seek per frozen key, not a
+/// hash of the batch and a sort.
 fn freeze(
     frozen_before: i32,
     live_days: &mut BTreeMap<i32, Vec<u128>>,
@@ -256,6 +265,7 @@ fn freeze(
     let mut expired: Vec<(u128, i32)> = Vec::new();
     while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
         let (day, keys) = entry.remove_entry();
+        expired.reserve(keys.len());
         expired.extend(keys.into_iter().map(|key| (key, day)));
     }
     if expired.is_empty() {
@@ -263,22 +273,45 @@ fn freeze(
     }
     expired.sort_unstable();
     expired.dedup();
-    // A key's row after this epoch: its winner of this epoch, else the arrangement's.
-    let winners: KeyMap<usize> = updates.iter().enumerate().filter(|(_, u)| u.2 > 0).map(|(index, u)| (u.0.0, index)).collect();
     let (mut cursor, storage) = state.cursor();
+    // Insertions of this epoch that freeze at once, and retractions of older rows, by key.
+    let mut not_inserted = vec![false; updates.len()];
     let mut retractions = Vec::new();
+    let mut next = 0;
     for (key, day) in expired {
-        let row = match winners.get(&key) {
-            Some(&index) => Some(updates[index].0.1.clone()),
-            None => current_row(&mut cursor, &storage, key),
-        };
-        if let Some(row) = row.filter(|row| row.rating_date == day) {
-            frozen.insert(key, day);
-            retractions.push(((key, row), time, -1));
+        // A key's row after this epoch: its insertion in this batch, else the arrangement's.
+        while next < updates.len() && updates[next].0.0 < key {
+            next += 1;
+        }
+        let inserted = (next..updates.len()).take_while(|&i| updates[i].0.0 == key).find(|&i| updates[i].2 > 0);
+        match inserted {
+            Some(index) => {
+                if updates[index].0.1.rating_date == day && !not_inserted[index] {
+                    frozen.insert(key, day);
+                    not_inserted[index] = true;
+                }
+            }
+            None => {
+                if let Some(row) = current_row(&mut cursor, &storage, key).filter(|row| row.rating_date == day) {
+                    frozen.insert(key, day);
+                    retractions.push(((key, row), time, -1));
+                }
+            }
         }
     }
-    updates.append(&mut retractions);
-    differential_dataflow::consolidation::consolidate_updates(updates);
+    // Merge: retractions are for keys without an entry in the batch, in key order.
+    let mut merged = Vec::with_capacity(updates.len() + retractions.len());
+    let mut retractions = retractions.into_iter().peekable();
+    for (update, skip) in updates.drain(..).zip(not_inserted) {
+        while let Some(retraction) = retractions.next_if(|r| r.0 < update.0) {
+            merged.push(retraction);
+        }
+        if !skip {
+            merged.push(update);
+        }
+    }
+    merged.extend(retractions);
+    *updates = merged;
 }
 
 #[cfg(test)]
@@ -340,17 +373,26 @@ mod tests {
     /// and returns after each epoch the rows its changes add up to and the late updates so far.
     /// `settled[t]`: the settled ingestion day after epoch `t` (`None`: nothing freezes).
     fn run(epochs: Vec<Vec<(u128, Candidate)>>, settled: Vec<Option<i32>>, workers: usize) -> Vec<Checkpoint> {
+        run_counting(epochs, settled, workers, Arc::default())
+    }
+
+    fn run_counting(
+        epochs: Vec<Vec<(u128, Candidate)>>,
+        settled: Vec<Option<i32>>,
+        workers: usize,
+        counters: Arc<UpsertCounters>,
+    ) -> Vec<Checkpoint> {
         let count = epochs.len();
         // Epoch 0's rows are the table's: the operator reports no change for them.
         let seeds: BTreeMap<u128, Candidate> = epochs[0].iter().cloned().collect();
         let seen: Arc<Mutex<Vec<(u64, UpsertChange)>>> = Arc::default();
         let sink = seen.clone();
         timely::execute(timely::Config::process(workers), move |worker| {
-            let (sink, epochs, settled) = (sink.clone(), epochs.clone(), settled.clone());
+            let (sink, epochs, settled, counters) = (sink.clone(), epochs.clone(), settled.clone(), counters.clone());
             let probe = ProbeHandle::new();
             let mut input = InputHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
-                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), Arc::default())
+                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), counters)
                     .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
                     .probe_with(&probe);
             });
@@ -411,6 +453,17 @@ mod tests {
             // lateness: later records of their keys are late updates, exactly as the full fold
             // says. (Without the re-delivered rows: those were ingested before the settled day.)
             epochs[4].truncate(40);
+            // A new key whose row is behind the settled day already when it is written: it
+            // freezes in the epoch that inserts it.
+            let last = epochs.last().unwrap().last().unwrap().1.clone();
+            let rating_timestamp = last.position.ingestion_ts_ms / 1000 - 6 * 86_400;
+            let behind = Candidate {
+                position: IngestPosition { offset: last.position.offset + 1, ..last.position },
+                rating_timestamp,
+                rating_date: crate::model::day_of_seconds(rating_timestamp),
+                ..last
+            };
+            epochs.last_mut().unwrap().push((1_000, behind));
             let mut newest = i32::MIN;
             let settled: Vec<Option<i32>> = epochs
                 .iter()
@@ -419,12 +472,20 @@ mod tests {
                     (newest > i32::MIN).then_some(newest)
                 })
                 .collect();
-            let checkpoints = run(epochs.clone(), settled, 1 + seed as usize % 2);
+            let counters = Arc::new(UpsertCounters::default());
+            let checkpoints = run_counting(epochs.clone(), settled.clone(), 1 + seed as usize % 2, counters.clone());
             let mut prefix = Vec::new();
             for (epoch, batch) in epochs.iter().enumerate() {
                 prefix.extend(batch.iter().cloned());
                 assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "frozen: seed {seed}, epoch {epoch}");
             }
+            // Frozen rows have left the arrangement: it holds exactly the rows not behind the last
+            // settled day by more than the lateness.
+            let frozen_before = settled.last().copied().flatten().unwrap() - 5;
+            let (current, _) = oracle(&prefix, 5);
+            let live = current.values().filter(|row| row.rating_date >= frozen_before).count();
+            assert!(live < current.len(), "seed {seed}: no row froze");
+            assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: rows held after freezing");
         }
     }
 
