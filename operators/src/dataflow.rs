@@ -50,6 +50,12 @@ use crate::source::kafka::Offsets;
 use crate::schema::late_update_rejection;
 use crate::upsert::{KeyChange, UpsertChange, UpsertCounters, upsert};
 
+/// How long a driver waiting for an epoch to be committed parks between looks at the probe when
+/// its worker has nothing to do. Parking instead of spinning leaves the core to the operators,
+/// the I/O runtime's writers and the commit the driver is waiting for; a worker is woken early
+/// when data or progress reaches it.
+pub const WAIT_PARK: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A record entering the dataflow.
 #[derive(Debug, Clone)]
 pub enum SourceRecord {
@@ -317,7 +323,7 @@ pub fn feed_seeds(
         }
     }
     input.advance_to(1);
-    worker.step_while(|| probe.less_than(input.time()));
+    worker.step_or_park_while(Some(WAIT_PARK), || probe.less_than(input.time()));
 }
 
 /// Shared handles every worker's operators report into.

@@ -184,7 +184,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
                 break;
             }
             input.advance_to(position as u64 + 2);
-            worker.step_while(|| probe.less_than(input.time()));
+            worker.step_or_park_while(Some(crate::dataflow::WAIT_PARK), || probe.less_than(input.time()));
             if index == 0 && !shared.failure.is_set() {
                 progress.epoch_committed(epoch.last_day);
                 let took = epoch_started.elapsed();

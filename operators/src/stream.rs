@@ -323,8 +323,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             epoch += 1;
             input.advance_to(epoch);
             // One epoch in flight: the epoch just closed is written and committed while the next
-            // one is read, but the one before it must be committed first.
-            worker.step_while(|| probe.less_than(&(epoch - 1)));
+            // one is read, but the one before it must be committed first. The wait parks: a
+            // spinning worker would take a core from the writers and the commit it waits for.
+            worker.step_or_park_while(Some(dataflow::WAIT_PARK), || probe.less_than(&(epoch - 1)));
             if shared.failure.is_set() {
                 break;
             }
