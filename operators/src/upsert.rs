@@ -156,6 +156,8 @@ pub fn upsert<'scope>(
                 let mut updates: Vec<((u128, Candidate), u64, isize)> = Vec::with_capacity(2 * epoch.len());
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
+                // Rows the batch adds to the arrangement: a key without a row gains one.
+                let mut held = 0i64;
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
                     if frozen.contains_key(&key) {
@@ -195,7 +197,10 @@ pub fn upsert<'scope>(
                     match current.map(|row| ((key, row), time, -1)) {
                         Some(old) if old.0 < new.0 => updates.extend([old, new]),
                         Some(old) => updates.extend([new, old]),
-                        None => updates.push(new),
+                        None => {
+                            updates.push(new);
+                            held += 1;
+                        }
                     }
                 }
                 drop(session);
@@ -204,9 +209,9 @@ pub fn upsert<'scope>(
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
                 }
                 if let Some(settled) = settled_day(time) {
-                    freeze(settled - lateness_days, &mut live_days, &mut frozen, &mut updates, &mut state, time);
+                    held -= freeze(settled - lateness_days, &mut live_days, &mut frozen, &mut updates, &mut state, time);
                 }
-                counters.held.fetch_add(updates.iter().map(|update| update.2 as i64).sum(), Relaxed);
+                counters.held.fetch_add(held, Relaxed);
                 let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
                 builder.push(&mut updates);
                 let upper = Antichain::from_elem(time + 1);
@@ -253,7 +258,8 @@ where
 /// new row) per key, and stays so: a row that freezes in the epoch that wrote it is not inserted,
 /// any other freezing row is retracted, merged in at its place. Both walks go forward through
 /// sorted keys, so freezing costs a pass over the batch and a cursor seek per frozen key, not a
-/// hash of the batch and a sort.
+/// hash of the batch and a sort. Returns how many rows leave the arrangement (retracted or not
+/// inserted).
 fn freeze(
     frozen_before: i32,
     live_days: &mut BTreeMap<i32, Vec<u128>>,
@@ -261,7 +267,7 @@ fn freeze(
     updates: &mut Vec<((u128, Candidate), u64, isize)>,
     state: &mut TraceAgent<UpsertSpine>,
     time: u64,
-) {
+) -> i64 {
     let mut expired: Vec<(u128, i32)> = Vec::new();
     while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
         let (day, keys) = entry.remove_entry();
@@ -269,7 +275,7 @@ fn freeze(
         expired.extend(keys.into_iter().map(|key| (key, day)));
     }
     if expired.is_empty() {
-        return;
+        return 0;
     }
     expired.sort_unstable();
     expired.dedup();
@@ -299,19 +305,28 @@ fn freeze(
             }
         }
     }
-    // Merge: retractions are for keys without an entry in the batch, in key order.
+    // Merge: retractions are for keys without an entry in the batch, in key order. Rows leaving
+    // are counted where the batch changes, so the count is what the arrangement loses.
     let mut merged = Vec::with_capacity(updates.len() + retractions.len());
     let mut retractions = retractions.into_iter().peekable();
+    let mut left = 0;
     for (update, skip) in updates.drain(..).zip(not_inserted) {
         while let Some(retraction) = retractions.next_if(|r| r.0 < update.0) {
             merged.push(retraction);
+            left += 1;
         }
-        if !skip {
+        if skip {
+            left += 1;
+        } else {
             merged.push(update);
         }
     }
-    merged.extend(retractions);
+    for retraction in retractions {
+        merged.push(retraction);
+        left += 1;
+    }
     *updates = merged;
+    left
 }
 
 #[cfg(test)]
