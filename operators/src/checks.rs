@@ -20,7 +20,8 @@
 //!
 //! Edge cases: a null value fails `range` and `uuid` as well as `not_null` (a value that is not
 //! there is not in range), and `pattern` (the whole value must match); NaN is never in range; `unique` hashes values to 128 bits (a false
-//! duplicate needs a hash collision, ~2^-64 at a billion rows); `freshness` compares the newest
+//! duplicate needs a hash collision, ~2^-64 at a billion rows) and, since it keeps hashes only,
+//! shows a repeated value in its sample by its hash; `freshness` compares the newest
 //! value with a reference time the caller gives (in the pipeline the newest ingestion time of the
 //! epoch's records, so a replay judges exactly what the stream judged; in `runtime check` the
 //! wall clock unless `--as-of` is given); `row_count` in the gate counts the rows an epoch
@@ -245,8 +246,10 @@ impl Checks {
 struct CheckState {
     failing: u64,
     sample: Vec<String>,
-    /// `unique`: 128-bit hashes of the values seen.
-    seen: HashSet<u128>,
+    /// `unique`: the 128-bit hash of every value seen, in no order. Duplicates are found once, by
+    /// sorting, in `finish`: far cheaper than a hash set probed per row (a cache miss each on a
+    /// set of an epoch's million keys) and merged key by key across workers.
+    seen: Vec<u128>,
     /// `freshness`: the newest value seen, in epoch seconds.
     newest: Option<i64>,
 }
@@ -351,6 +354,7 @@ impl Evaluation {
                     // for the usual string keys).
                     let strings = values.as_string_opt::<i32>();
                     let formatter = ArrayFormatter::try_new(values.as_ref(), &FormatOptions::default()).context(ctx)?;
+                    state.seen.reserve(values.len());
                     for row in 0..values.len() {
                         let text;
                         let value = match (values.is_null(row), strings) {
@@ -362,13 +366,7 @@ impl Evaluation {
                             }
                         };
                         // Two independently seeded 64-bit hashes make the 128-bit fingerprint.
-                        let hash = (u128::from(UNIQUE_HASH[0].hash_one(value)) << 64) | u128::from(UNIQUE_HASH[1].hash_one(value));
-                        if !state.seen.insert(hash) {
-                            state.failing += 1;
-                            if state.sample.len() < SAMPLE_ROWS {
-                                state.sample.push(render_row(&kept, row));
-                            }
-                        }
+                        state.seen.push((u128::from(UNIQUE_HASH[0].hash_one(value)) << 64) | u128::from(UNIQUE_HASH[1].hash_one(value)));
                     }
                 }
                 CheckKind::Freshness { column: name, .. } => {
@@ -396,15 +394,8 @@ impl Evaluation {
                     mine.sample.push(sample);
                 }
             }
-            // A value seen by two workers is a duplicate too.
-            for hash in theirs.seen {
-                if !mine.seen.insert(hash) {
-                    mine.failing += 1;
-                    if mine.sample.len() < SAMPLE_ROWS {
-                        mine.sample.push(format!("(a value seen by two workers, hash {hash:032x})"));
-                    }
-                }
-            }
+            // A value seen by two workers is a duplicate too: `finish` judges all of them at once.
+            mine.seen.extend(theirs.seen);
             mine.newest = match (mine.newest, theirs.newest) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -426,12 +417,15 @@ impl Evaluation {
             .checks
             .iter()
             .zip(self.states)
-            .map(|(check, state)| {
+            .map(|(check, mut state)| {
                 let (passed, found) = match &check.kind {
                     CheckKind::NotNull { .. } | CheckKind::Range { .. } | CheckKind::Uuid { .. } | CheckKind::Pattern { .. } => {
                         (state.failing == 0, format!("{} failing rows", state.failing))
                     }
-                    CheckKind::Unique { .. } => (state.failing == 0, format!("{} duplicate values", state.failing)),
+                    CheckKind::Unique { .. } => {
+                        state.failing += duplicates(&mut state.seen, &mut state.sample);
+                        (state.failing == 0, format!("{} duplicate values", state.failing))
+                    }
                     CheckKind::RowCount { in_stream: false, .. } if self.stream_epoch => {
                         (true, "not judged on stream epochs (in_stream = false)".to_string())
                     }
@@ -471,6 +465,21 @@ impl Evaluation {
             .collect();
         Report { rows: self.rows, quarantined: self.quarantined, results }
     }
+}
+
+/// How many of `fingerprints` repeat an earlier one (a value seen `n` times counts `n - 1`); up to
+/// [`SAMPLE_ROWS`] repeated values go to `sample` (as their hash: the values themselves are not
+/// kept). Sorts `fingerprints`.
+fn duplicates(fingerprints: &mut [u128], sample: &mut Vec<String>) -> u64 {
+    fingerprints.sort_unstable();
+    let mut repeats = 0;
+    for same in fingerprints.chunk_by(|a, b| a == b).filter(|same| same.len() > 1) {
+        repeats += same.len() as u64 - 1;
+        if sample.len() < SAMPLE_ROWS {
+            sample.push(format!("(a value seen {} times, hash {:032x})", same.len(), same[0]));
+        }
+    }
+    repeats
 }
 
 /// Rows refused by `quarantine` checks in one batch.
@@ -821,8 +830,26 @@ mod tests {
         let verdicts: Vec<(&str, bool)> = report.results.iter().map(|r| (r.name.as_str(), r.passed)).collect();
         assert_eq!(verdicts, [("unique", false), ("rows", false), ("fresh", false), ("schema", false)]);
         assert_eq!(report.results[0].failing_rows, 1);
+        assert_eq!(report.results[0].sample.len(), 1);
+        assert!(report.results[0].sample[0].starts_with("(a value seen 2 times, hash "), "{:?}", report.results[0].sample);
         assert_eq!(report.fatal().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["unique", "fresh", "schema"]);
         assert!(report.results[2].found.contains("1m 1s old"), "{}", report.results[2].found);
+    }
+
+    #[test]
+    fn unique_counts_every_repeat_within_and_across_batches_nulls_included() {
+        let checks = Arc::new(Checks::new(vec![check("unique", Policy::Fail, CheckKind::Unique { column: "event_id".into() })]).unwrap());
+        let mut evaluation = Evaluation::new(checks);
+        // A three times (twice in one batch), B once, null twice: 2 + 1 repeats.
+        evaluation.observe(&batch(vec![Some(A), Some(B), Some(A), None], vec![Some(1.0); 4], vec![1; 4])).unwrap();
+        evaluation.observe(&batch(vec![None, Some(A)], vec![Some(1.0); 2], vec![1; 2])).unwrap();
+        let report = evaluation.finish(0, None);
+        assert_eq!(report.results[0].failing_rows, 3);
+        assert_eq!(report.results[0].found, "3 duplicate values");
+        let mut sample = report.results[0].sample.clone();
+        sample.sort();
+        assert_eq!(sample.len(), 2, "{sample:?}");
+        assert!(sample[0].starts_with("(a value seen 2 times") && sample[1].starts_with("(a value seen 3 times"), "{sample:?}");
     }
 
     #[test]
