@@ -69,7 +69,7 @@ fn an_unreachable_broker_is_an_external_error_not_a_hang() {
     assert_ne!(run.status, 0);
     assert!(!run.stderr.contains("panicked"), "panic: {}", run.stderr);
     // librdkafka logs its connection attempts as warnings first; the last line is ours.
-    let last = run.stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+    let last = run.stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
     assert!(last.starts_with("error (external system error)"), "{last}");
     assert!(last.contains("movie.ratings.v1") && last.contains("127.0.0.1:1"), "{last}");
 }

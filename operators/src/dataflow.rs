@@ -41,7 +41,7 @@ use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection, format_
 use crate::reader::read_tasks;
 use crate::writer::read_position_deletes;
 use crate::rules::Rules;
-use crate::rules::chain::{Pending, RuleChain};
+use crate::rules::chain::{Accepted, Pending, RuleChain};
 use crate::schema::curated_from_batch;
 use crate::sink::committer::{CommitMode, CommitStats, Committer};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
@@ -66,7 +66,6 @@ pub enum SourceRecord {
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
 }
 
-type Accepted = (u128, Candidate);
 type Evaluated = std::result::Result<Accepted, Box<Rejection>>;
 
 /// What the rules stage needs besides the rules.
@@ -144,6 +143,7 @@ pub type Input = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
 
 /// Builds the dataflow on `worker`: rules → upsert → curated writer → committer.
 /// Returns the input the driver feeds and the probe that tells which epochs are committed.
+#[expect(clippy::result_large_err, reason = "`ok_err` routes records by returning them as `Ok` or `Err`: both are records, neither an error")]
 pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks: &Sinks) -> (Input, ProbeHandle<u64>) {
     let writer = CuratedWriter {
         table: sinks.curated.clone(),

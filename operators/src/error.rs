@@ -35,12 +35,13 @@ pub enum Error {
     /// A table, namespace or partition the user named does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The catalog or storage failed while doing `context`.
+    /// The catalog or storage failed while doing `context`. Boxed: `iceberg::Error` is large, and
+    /// every `Result` of the crate would otherwise carry its size.
     #[error("{context}: {source}")]
     Iceberg {
         context: String,
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     /// Local file system trouble while doing `context`.
     #[error("{context}: {source}")]
@@ -124,7 +125,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, iceberg::Error> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Iceberg { context: context(), source })
+        self.map_err(|source| Error::Iceberg { context: context(), source: Box::new(source) })
     }
 }
 

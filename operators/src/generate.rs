@@ -14,6 +14,7 @@
 //! - **tie** (`ties`): an earlier event with the same timestamp and a different rating;
 //! - otherwise a **new** event rated up to 30 minutes before ingestion (so some land on the
 //!   previous UTC day).
+//!
 //! Ingestion times are spread evenly over each day; a record's partition is its `event_id`'s hash
 //! modulo `partitions`, and offsets increase per partition, as a keyed Kafka topic would have it.
 

@@ -114,7 +114,8 @@ fn small(size: u64, target: u64) -> bool {
 pub async fn compact(lakehouse: &Lakehouse, ident: &TableIdent, settings: &MaintainSettings) -> Result<Vec<PartitionCompaction>> {
     let mut table = lakehouse.load(ident).await?;
     // Per partition: its data files (path, size, rows) and its position delete files (path, rows).
-    let mut by_partition: BTreeMap<i32, (Vec<(String, u64, u64)>, Vec<(String, u64)>)> = BTreeMap::new();
+    type PartitionFiles = (Vec<(String, u64, u64)>, Vec<(String, u64)>);
+    let mut by_partition: BTreeMap<i32, PartitionFiles> = BTreeMap::new();
     for file in live_files(&table).await? {
         let Some(day) = file.partition else { continue };
         let data = &file.data_file;

@@ -87,10 +87,10 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        if let Err((error, _)) = result {
-            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::error!(%error, "the broker did not take a record");
-            }
+        if let Err((error, _)) = result
+            && self.failed.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            tracing::error!(%error, "the broker did not take a record");
         }
     }
 }
@@ -139,7 +139,7 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
             let body = encode_event(&settings.writer_schema, &event)?;
             let mut value = frame(schema_id, &body);
             let position = summary.sent + 1;
-            if malformed_every > 0 && position % malformed_every == 0 {
+            if malformed_every > 0 && position.is_multiple_of(malformed_every) {
                 malformed_turn += 1;
                 value = match malformed_turn % 3 {
                     0 => {
@@ -173,7 +173,7 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
                 }
             }
             summary.sent += 1;
-            if summary.sent % 10_000 == 0 {
+            if summary.sent.is_multiple_of(10_000) {
                 progress(summary.sent);
             }
             if let Some(rate) = settings.rate {

@@ -246,7 +246,7 @@ impl Lake {
         for batch in self.scan(table) {
             operators::schema::curated_from_batch(&batch, &mut rows).unwrap();
         }
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by_key(|row| row.0);
         rows
     }
 

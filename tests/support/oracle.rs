@@ -52,7 +52,7 @@ fn reject_reason(e: &RawEvent) -> Option<&'static str> {
         return Some("missing_field");
     }
     let Some(rating) = e.rating else { return Some("missing_field") };
-    if !(rating >= 0.0 && rating <= 10.0) {
+    if !(0.0..=10.0).contains(&rating) {
         return Some("rating_out_of_range");
     }
     let Some(ts) = e.rating_timestamp else { return Some("missing_field") };
@@ -98,11 +98,11 @@ pub fn expected_with(raw: &[RawEvent], business: &Business) -> Expected {
             continue;
         }
         let source = (e.ingestion_ts_ms, e.source_partition, e.source_offset);
-        if let Some(current) = out.rows.get(&id) {
-            if (current.rating_date as i64) < ingestion_date - LATENESS_DAYS {
-                out.rejected.push((coordinates.0, coordinates.1, "late_update".into()));
-                continue;
-            }
+        if let Some(current) = out.rows.get(&id)
+            && (current.rating_date as i64) < ingestion_date - LATENESS_DAYS
+        {
+            out.rejected.push((coordinates.0, coordinates.1, "late_update".into()));
+            continue;
         }
         if (business.reject)(e).is_some() {
             out.rejected.push((coordinates.0, coordinates.1, "rule_rejected".into()));

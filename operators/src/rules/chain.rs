@@ -140,10 +140,13 @@ fn offered_column(name: &str, pending: &[Pending], rows: &[usize]) -> Option<Arr
     })
 }
 
+/// A row the chain accepted: its key and its curated row.
+pub type Accepted = (u128, Candidate);
+
 impl ChainInstance {
     /// Runs the chain over `pending`: the accepted rows with the rules' columns applied, and the
     /// rows a plugin rejected.
-    pub fn apply(&mut self, pending: Vec<Pending>) -> Result<(Vec<(u128, Candidate)>, Vec<Rejection>)> {
+    pub fn apply(&mut self, pending: Vec<Pending>) -> Result<(Vec<Accepted>, Vec<Rejection>)> {
         let mut rejections = Vec::new();
         if pending.is_empty() {
             return Ok((Vec::new(), rejections));

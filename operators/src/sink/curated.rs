@@ -253,11 +253,11 @@ impl CuratedWriter {
             for target in targets {
                 messages.push(SinkMessage::DeletesIn(files.paths[target as usize].to_string()));
             }
-            messages.push(SinkMessage::CuratedFile(LocalDataFile(file)));
+            messages.push(SinkMessage::CuratedFile(Box::new(LocalDataFile(file))));
         }
         for file in written {
             partition.data_files.insert(files.id(&Arc::from(file.file_path())));
-            messages.push(SinkMessage::CuratedFile(LocalDataFile(file)));
+            messages.push(SinkMessage::CuratedFile(Box::new(LocalDataFile(file))));
         }
         Ok(messages)
     }

@@ -143,7 +143,7 @@ impl EpochLog {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SinkMessage {
     /// A curated data file written for one of the changed partitions.
-    CuratedFile(LocalDataFile),
+    CuratedFile(Box<LocalDataFile>),
     /// A curated data or delete file the epoch's new files replace.
     RemovedFile(String),
     /// A curated data file in which the epoch's position deletes mark rows.

@@ -63,6 +63,7 @@ pub struct EventFields {
     pub rating_timestamp: Option<i64>,
 }
 
+#[expect(clippy::large_enum_variant, reason = "one per writer schema id, held in the decoder's cache")]
 enum Writer {
     /// Decode with `schema`; resolve into the reader schema unless both are the same. Bodies the
     /// plan (if any) reads cleanly skip the generic decoding.

@@ -105,7 +105,6 @@ impl KafkaSettings {
             .find(|t| t.name() == self.topic)
             .ok_or_else(|| Error::User(format!("broker {} does not know topic {}", self.brokers, self.topic)))?;
         if let Some(error) = topic.error() {
-            let error = rdkafka::types::RDKafkaRespErr::from(error);
             return Err(Error::User(format!("topic {} on {}: {error:?}", self.topic, self.brokers)));
         }
         let mut partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
