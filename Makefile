@@ -78,7 +78,7 @@ bench: plugins ## Criterion benchmarks (replay path on 1M generated events, comm
 bench-replay: build plugins ## Whole-process timing of --mode replay on 10M events (release)
 	bash benches/replay_10m.sh
 
-bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer, and produce-to-snapshot freshness
+bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer (with each side's and the broker's CPU time), and produce-to-snapshot freshness
 	bash benches/stream.sh
 
 clean: ## Remove build output, the demo lakehouse, broker state and the Python environment
