@@ -215,10 +215,13 @@ impl ChainInstance {
         if let Some(bad) = ratings.and_then(|r| r.values().iter().find(|r| !(MIN_RATING..=MAX_RATING).contains(*r))) {
             return Err(blame("rating", format!("returned rating {bad}, outside {MIN_RATING}..={MAX_RATING}")));
         }
-        let mut pending: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
         let mut accepted = Vec::with_capacity(rows.len());
+        // `rows` ascends (filtering keeps the order), so one pass over `pending` finds them all.
+        let mut surviving = pending.into_iter().enumerate();
         for (index, row) in rows.iter().enumerate() {
-            let Pending { key, mut candidate, .. } = pending[*row].take().expect("each surviving row once");
+            let Some((_, Pending { key, mut candidate, .. })) = surviving.find(|(at, _)| at == row) else {
+                return Err(Error::Internal(format!("surviving row {row} is not among the pending rows")));
+            };
             candidate.is_approved = approved.value(index);
             if let Some(ids) = user_ids {
                 candidate.user_id = ids.value(index).into();
