@@ -18,11 +18,20 @@
 //!  → compare-and-swap of the catalog pointer, expecting the base's metadata location
 //! ```
 //!
+//! Fencing: an engine commit names the table's newest engine snapshot it was computed from
+//! ([`Fence`]; an engine snapshot is one that carries [`EPOCH_PROPERTY`]: a stream's or a replay's
+//! epoch). Before every attempt the base's newest engine snapshot must still be that one: if another
+//! engine run committed since (a second stream on the same graph, a zombie that woke up, a replay
+//! while a stream runs), the change was computed from state that no longer holds and is refused
+//! with [`Error::Fenced`], never re-applied. Snapshots of other writers (maintenance, `generate`,
+//! `import`) do not move the fence; they are handled as conflicts below.
+//!
 //! Conflicts: when the swap finds another writer's commit first, the change is re-validated on the
-//! new base. It is re-applied only if every file it removes is still live and no file was added to
-//! or removed from the partitions it guards since its base; otherwise [`Error::CommitConflict`]
-//! tells the caller to recompute. Retries are bounded. Files written for a lost attempt (manifests,
-//! manifest list, metadata) are deleted; the change's data files belong to the caller.
+//! new base. It is re-applied only if the fence still holds, every file it removes is still live
+//! and no file was added to or removed from the partitions it guards since its base; otherwise
+//! [`Error::CommitConflict`] tells the caller to recompute. Retries are bounded. Files written for
+//! a lost attempt (manifests, manifest list, metadata) are deleted; the change's data files belong
+//! to the caller.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
@@ -40,8 +49,33 @@ use crate::error::{Context, Error, Result};
 
 /// Snapshot summary property: the replay position a curated snapshot reflects.
 pub const REPLAY_CURSOR_PROPERTY: &str = "ratings-flow.replay-cursor";
-/// Snapshot summary property: the dataflow epoch that produced the snapshot.
+/// Snapshot summary property: the dataflow epoch that produced the snapshot. Every engine commit
+/// (stream or replay) carries it, which is what makes a snapshot an engine snapshot for [`Fence`].
 pub const EPOCH_PROPERTY: &str = "ratings-flow.epoch";
+/// Snapshot summary property: the engine run that made the snapshot (a fresh id per run).
+pub const WRITER_PROPERTY: &str = "ratings-flow.writer";
+/// Snapshot summary property: the engine snapshot of the same table the commit was computed from
+/// (`none` for a table no engine had committed to).
+pub const BASE_SNAPSHOT_PROPERTY: &str = "ratings-flow.base-snapshot";
+
+/// What an engine commit was computed from: the table's newest engine snapshot when the run read
+/// the table (its offsets, replay cursor and rows), then each of the run's own commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub engine_snapshot: Option<i64>,
+}
+
+impl Fence {
+    /// The fence of a table as loaded now.
+    pub fn of(table: &Table) -> Fence {
+        Fence { engine_snapshot: newest_with(table, EPOCH_PROPERTY).map(|s| s.snapshot_id()) }
+    }
+}
+
+/// A fresh writer id for one engine run.
+pub fn new_writer_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
 
 /// What one commit does to a table.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +97,9 @@ pub struct FileChange {
     pub guarded_partitions: BTreeSet<i32>,
     /// Extra snapshot summary properties (positions, epoch).
     pub properties: BTreeMap<String, String>,
+    /// For engine commits: the engine snapshot this change was computed from. The commit is
+    /// refused ([`Error::Fenced`]) once another engine snapshot has replaced it.
+    pub fence: Option<Fence>,
 }
 
 /// The outcome of a successful commit.
@@ -116,18 +153,53 @@ pub fn partition_day(file: &DataFile) -> Option<i32> {
     }
 }
 
+/// The newest snapshot of the current branch whose summary has property `key`.
+fn newest_with<'a>(table: &'a Table, key: &str) -> Option<&'a iceberg::spec::SnapshotRef> {
+    let metadata = table.metadata();
+    let mut snapshot = metadata.current_snapshot();
+    while let Some(current) = snapshot {
+        if current.summary().additional_properties.contains_key(key) {
+            return Some(current);
+        }
+        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id));
+    }
+    None
+}
+
 /// The value of summary property `key` in the newest snapshot of the current branch that has it.
 /// Snapshots without it (another writer's, or a mode that does not record it) are passed over.
 pub fn newest_property(table: &Table, key: &str) -> Option<String> {
-    let metadata = table.metadata();
-    let mut snapshot = metadata.current_snapshot().cloned();
-    while let Some(current) = snapshot {
-        if let Some(value) = current.summary().additional_properties.get(key) {
-            return Some(value.clone());
-        }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id).cloned());
+    newest_with(table, key).map(|snapshot| snapshot.summary().additional_properties[key].clone())
+}
+
+/// Refuses a change whose fence no longer holds on `base`.
+fn check_fence(base: &Table, fence: Fence) -> Result<()> {
+    let Some(head) = newest_with(base, EPOCH_PROPERTY) else {
+        return match fence.engine_snapshot {
+            None => Ok(()),
+            // Only expiry or a rollback can take an engine snapshot out of the branch: either way
+            // the state this change was computed from is gone.
+            Some(expected) => Err(Error::Fenced {
+                table: base.identifier().to_string(),
+                detail: format!("snapshot {expected}, which this change was computed from, is no longer on the table's branch"),
+            }),
+        };
+    };
+    if Some(head.snapshot_id()) == fence.engine_snapshot {
+        return Ok(());
     }
-    None
+    let summary = &head.summary().additional_properties;
+    let said = |key: &str| summary.get(key).map(String::as_str).unwrap_or("?");
+    let computed_from = fence.engine_snapshot.map_or_else(|| "an empty table".to_string(), |id| format!("snapshot {id}"));
+    Err(Error::Fenced {
+        table: base.identifier().to_string(),
+        detail: format!(
+            "snapshot {} (writer {}, epoch {}) was committed after {computed_from}, which this change was computed from",
+            head.snapshot_id(),
+            said(WRITER_PROPERTY),
+            said(EPOCH_PROPERTY)
+        ),
+    })
 }
 
 /// Every live data file of the table's current snapshot.
@@ -162,6 +234,7 @@ pub async fn replace_partitions(
     partitions: BTreeSet<i32>,
     add: Vec<DataFile>,
     properties: BTreeMap<String, String>,
+    fence: Option<Fence>,
     options: CommitOptions,
 ) -> Result<Option<Committed>> {
     let table = lakehouse.load(ident).await?;
@@ -174,7 +247,7 @@ pub async fn replace_partitions(
     if remove.is_empty() && add.is_empty() {
         return Ok(None);
     }
-    let change = FileChange { remove, add, guarded_partitions: partitions, properties, ..Default::default() };
+    let change = FileChange { remove, add, guarded_partitions: partitions, properties, fence, ..Default::default() };
     commit(lakehouse, table, change, options).await.map(Some)
 }
 
@@ -184,6 +257,9 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
     let mut base = base;
     let mut backoff = options.initial_backoff;
     for attempt in 1..=options.max_attempts {
+        if let Some(fence) = change.fence {
+            check_fence(&base, fence)?;
+        }
         let prepared = prepare(&base, &change).await?;
         // Crash tests stop the process here: every file of the commit is written, the pointer is not.
         fail::fail_point!("commit-before-swap");
@@ -502,6 +578,10 @@ fn summarize(base: &Table, change: &FileChange, removed: &[DataFile], operation:
         properties.insert(key.to_string(), value.to_string());
     }
     properties.extend(change.properties.clone());
+    if let Some(fence) = change.fence {
+        let base = fence.engine_snapshot.map_or_else(|| "none".to_string(), |id| id.to_string());
+        properties.insert(BASE_SNAPSHOT_PROPERTY.to_string(), base);
+    }
     Summary { operation, additional_properties: properties }
 }
 
@@ -543,7 +623,7 @@ mod tests {
         assert_eq!(first.operation, Operation::Append);
 
         let a2 = data_file(&f, 100, 0, 7).await;
-        let replaced = replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![a2.clone()], BTreeMap::new(), CommitOptions::default())
+        let replaced = replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![a2.clone()], BTreeMap::new(), None, CommitOptions::default())
             .await
             .unwrap()
             .unwrap();
@@ -626,12 +706,73 @@ mod tests {
 
         // The other writer removed the very file we remove.
         let base = f.lakehouse.load(&f.ident).await.unwrap();
-        replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![], BTreeMap::new(), CommitOptions::default()).await.unwrap();
+        replace_partitions(&f.lakehouse, &f.ident, BTreeSet::from([100]), vec![], BTreeMap::new(), None, CommitOptions::default()).await.unwrap();
         let error = commit(&f.lakehouse, base, FileChange { guarded_partitions: BTreeSet::new(), ..change }, CommitOptions::default())
             .await
             .unwrap_err();
         assert!(matches!(&error, Error::CommitConflict { detail, .. } if detail.contains("removed by another writer")), "{error}");
         assert_eq!(row_count(&f).await, 0, "the conflicting commits changed nothing");
+    }
+
+    /// An engine commit: it carries an epoch, and a fence on what it was computed from.
+    fn engine_change(files: Vec<DataFile>, fence: Fence, writer: &str) -> FileChange {
+        let properties = BTreeMap::from([
+            (EPOCH_PROPERTY.to_string(), "1".to_string()),
+            (WRITER_PROPERTY.to_string(), writer.to_string()),
+        ]);
+        FileChange { add: files, properties, fence: Some(fence), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_commit_computed_from_a_superseded_engine_snapshot_is_refused_not_reapplied() {
+        let f = fixture().await;
+        // Two engines read the table while it is empty: both compute from "no engine snapshot".
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+        let fence = Fence::of(&base);
+        assert_eq!(fence, Fence { engine_snapshot: None });
+        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], fence, "first");
+        let winner = commit(&f.lakehouse, base.clone(), first, CommitOptions::default()).await.unwrap();
+        let summary = &winner.table.metadata().current_snapshot().unwrap().summary().additional_properties;
+        assert_eq!(summary[BASE_SNAPSHOT_PROPERTY], "none");
+        assert_eq!(Fence::of(&winner.table), Fence { engine_snapshot: Some(winner.snapshot_id) });
+
+        // The second engine's commit touches another partition (a plain conflict check would let
+        // it through) but was computed from the same empty table: refused, whatever base it is
+        // handed, on the first attempt and after a lost swap alike.
+        let second = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "second");
+        for handed in [base, f.lakehouse.load(&f.ident).await.unwrap()] {
+            let error = commit(&f.lakehouse, handed, second.clone(), CommitOptions::default()).await.unwrap_err();
+            assert!(matches!(&error, Error::Fenced { detail, .. } if detail.contains("writer first")), "{error}");
+            assert_eq!(error.fault(), crate::error::Fault::User);
+            assert!(!error.retryable());
+        }
+        assert_eq!(live_paths(&f).await.len(), 1, "the refused commit added nothing");
+        assert_eq!(row_count(&f).await, 10);
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_reapplied_over_another_writers_append_but_not_over_an_engines() {
+        let f = fixture().await;
+        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], Fence { engine_snapshot: None }, "run");
+        let first = commit(&f.lakehouse, f.lakehouse.load(&f.ident).await.unwrap(), first, CommitOptions::default()).await.unwrap();
+        let fence = Fence { engine_snapshot: Some(first.snapshot_id) };
+        let base = f.lakehouse.load(&f.ident).await.unwrap();
+
+        // Maintenance (no epoch) appends meanwhile: the fence still holds, the change is re-applied.
+        append(&f, vec![data_file(&f, 102, 500, 5).await]).await;
+        let next = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "run");
+        let next = commit(&f.lakehouse, base, next, CommitOptions::default()).await.unwrap();
+        assert_eq!(next.attempts, 2, "the first swap lost to the append");
+        assert_eq!(row_count(&f).await, 25);
+        let summary = &next.table.metadata().current_snapshot().unwrap().summary().additional_properties;
+        assert_eq!(summary[BASE_SNAPSHOT_PROPERTY], first.snapshot_id.to_string());
+
+        // Built on the same first snapshot, a commit that lost to that engine commit is refused.
+        let stale = engine_change(vec![data_file(&f, 103, 900, 3).await], fence, "zombie");
+        let error = commit(&f.lakehouse, next.table.clone(), stale, CommitOptions::default()).await.unwrap_err();
+        assert!(matches!(&error, Error::Fenced { .. }), "{error}");
+        assert!(error.to_string().contains("another writer is committing to curated.movie_ratings"), "{error}");
+        assert_eq!(row_count(&f).await, 25);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

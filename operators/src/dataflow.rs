@@ -43,7 +43,7 @@ use crate::writer::read_position_deletes;
 use crate::rules::Rules;
 use crate::rules::chain::{Accepted, Pending, RuleChain};
 use crate::schema::curated_from_batch;
-use crate::sink::committer::{CommitMode, CommitStats, Committer};
+use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
@@ -136,6 +136,8 @@ pub struct Sinks {
     pub checks: Arc<crate::checks::Checks>,
     /// The curated writer rewrites a changed partition holding this many files or more.
     pub compact_after_files: Option<usize>,
+    /// This run's writer id, recorded in every snapshot it commits.
+    pub writer: Arc<str>,
 }
 
 /// The input a driver feeds.
@@ -171,6 +173,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         failure: shared.failure.clone(),
         checks: sinks.checks.clone(),
         curated_snapshot: std::cell::Cell::new(sinks.curated.metadata().current_snapshot_id()),
+        writer: sinks.writer.clone(),
+        fences: Fences::at_start(&sinks.mode, &sinks.rejected, &sinks.curated),
     };
     let (topic, counters) = (sinks.topic.clone(), shared.counters.clone());
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();

@@ -60,6 +60,14 @@ pub enum Error {
     /// Another writer changed the table in a way that overlaps this commit.
     #[error("commit conflict on {table}: {detail}")]
     CommitConflict { table: String, detail: String },
+    /// Another engine run committed to the table after the state this commit was computed from:
+    /// two engines are writing the same tables. Nothing of this commit was applied.
+    #[error(
+        "another writer is committing to {table} ({detail}); this engine stopped without committing its epoch. \
+         Stop the other engine (a second stream on this graph, or a replay while a stream runs); \
+         then restart this one if it should go on: it resumes from what the tables hold"
+    )]
+    Fenced { table: String, detail: String },
     /// Arrow or Parquet encoding failed while doing `context`.
     #[error("{context}: {source}")]
     Arrow {
@@ -88,7 +96,7 @@ pub enum Error {
 impl Error {
     pub fn fault(&self) -> Fault {
         match self {
-            Error::User(_) | Error::NotFound(_) | Error::ChecksFailed { .. } => Fault::User,
+            Error::User(_) | Error::NotFound(_) | Error::ChecksFailed { .. } | Error::Fenced { .. } => Fault::User,
             Error::Iceberg { source, .. } => match source.kind() {
                 iceberg::ErrorKind::DataInvalid
                 | iceberg::ErrorKind::FeatureUnsupported

@@ -142,6 +142,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         metrics: None,
         checks: settings.checks.clone(),
         compact_after_files: settings.compact_after_files,
+        writer: Arc::from(crate::commit::new_writer_id()),
     };
 
     let worker_shared = shared.clone();

@@ -45,7 +45,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::catalog::{CatalogSettings, Lakehouse};
-use crate::commit::{CommitOptions, REPLAY_CURSOR_PROPERTY, newest_property};
+use crate::commit::{CommitOptions, Fence, REPLAY_CURSOR_PROPERTY, new_writer_id, newest_property};
 use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
@@ -191,7 +191,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     let full_epoch = Arc::new(AtomicU64::new(0));
     let handle = runtime.handle().clone();
     let curated_from = Arc::new(resume.curated.clone());
-    let stream_commit = StreamCommit { raw: settings.raw.clone(), topic: settings.kafka.topic.clone(), resume };
+    let stream_commit =
+        StreamCommit { raw: settings.raw.clone(), raw_fence: Fence::of(&raw), topic: settings.kafka.topic.clone(), resume };
     let partitions = Arc::new(partitions);
     let seeded_rows = state.seed_records;
     let sinks = Sinks {
@@ -208,6 +209,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         metrics: settings.metrics.clone(),
         checks: settings.checks.clone(),
         compact_after_files: settings.compact_after_files,
+        writer: Arc::from(new_writer_id()),
     };
 
     let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));

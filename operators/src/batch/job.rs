@@ -278,7 +278,7 @@ pub async fn run(lakehouse: &Lakehouse, pipeline: &BatchPipeline, from: i32, to:
     summary.partitions_replaced = partitions.iter().map(|d| format_date(*d)).collect();
     let dates = summary.executed.join(",");
     let properties = BTreeMap::from([(EXECUTION_DATES_PROPERTY.to_string(), dates)]);
-    let committed = replace_partitions(lakehouse, &curated_ident, partitions, add, properties, pipeline.commit).await?;
+    let committed = replace_partitions(lakehouse, &curated_ident, partitions, add, properties, None, pipeline.commit).await?;
     summary.snapshot_id = committed.map(|c| c.snapshot_id);
     Ok(summary)
 }

@@ -4,6 +4,11 @@
 //!
 //! Later epochs are not committed after a failure: their changes build on the failed one.
 //!
+//! Fencing: every commit carries the table's engine snapshot it was computed from ([`Fence`]): at
+//! the start the one the run read its offsets, cursor and state from, then the run's own previous
+//! commit. A commit whose table another engine run has committed to since is refused
+//! ([`crate::Error::Fenced`]) and the run stops; see [`crate::commit`].
+//!
 //! Failpoints (`FAILPOINTS=name=action`, for crash tests): `stream-before-raw-commit`,
 //! `stream-after-raw-commit`, `stream-after-rejected-commit`, `stream-after-curated-commit`.
 
@@ -22,7 +27,9 @@ use timely::dataflow::StreamVec;
 
 use crate::catalog::Lakehouse;
 use crate::checks::{Checks, Evaluation};
-use crate::commit::{CommitOptions, Committed, EPOCH_PROPERTY, FileChange, REPLAY_CURSOR_PROPERTY, commit, replace_partitions};
+use crate::commit::{
+    CommitOptions, Committed, EPOCH_PROPERTY, Fence, FileChange, REPLAY_CURSOR_PROPERTY, WRITER_PROPERTY, commit, replace_partitions,
+};
 use crate::metrics::Metrics;
 use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, Resume, format_offsets};
 use crate::error::Result;
@@ -66,9 +73,39 @@ pub enum CommitMode {
 #[derive(Clone)]
 pub struct StreamCommit {
     pub raw: TableIdent,
+    /// The raw table's fence when the run read its offsets.
+    pub raw_fence: Fence,
     pub topic: String,
     /// What each table held when the run started.
     pub resume: Resume,
+}
+
+/// Per table, the engine snapshot the run's next commit builds on.
+pub struct Fences {
+    /// Stream only: a replay does not write raw.
+    pub raw: std::cell::Cell<Fence>,
+    pub rejected: std::cell::Cell<Fence>,
+    pub curated: std::cell::Cell<Fence>,
+}
+
+impl Fences {
+    /// The fences of a run that read `rejected` and `curated` (and, streaming, raw) at its start.
+    pub fn at_start(mode: &CommitMode, rejected: &Table, curated: &Table) -> Fences {
+        let raw = match mode {
+            CommitMode::Stream(stream) => stream.raw_fence,
+            CommitMode::Replay => Fence { engine_snapshot: None },
+        };
+        Fences {
+            raw: std::cell::Cell::new(raw),
+            rejected: std::cell::Cell::new(Fence::of(rejected)),
+            curated: std::cell::Cell::new(Fence::of(curated)),
+        }
+    }
+
+    /// After a commit of this run, its snapshot is what the next one builds on.
+    fn advance(cell: &std::cell::Cell<Fence>, committed: &Committed) {
+        cell.set(Fence { engine_snapshot: Some(committed.snapshot_id) });
+    }
 }
 
 pub struct Committer {
@@ -88,6 +125,9 @@ pub struct Committer {
     /// The curated snapshot the writers' state reflects: the one the run started from, then each
     /// curated commit of this run.
     pub curated_snapshot: std::cell::Cell<Option<i64>>,
+    /// This run's id, recorded in every snapshot it makes.
+    pub writer: std::sync::Arc<str>,
+    pub fences: Fences,
 }
 
 #[derive(Default)]
@@ -104,7 +144,7 @@ struct EpochInput {
 impl EpochInput {
     /// The curated change, or `None` when the epoch changed no curated row. `known` is the
     /// snapshot the writers' view of the files comes from.
-    fn curated_change(&mut self, properties: BTreeMap<String, String>, known: Option<i64>) -> Option<FileChange> {
+    fn curated_change(&mut self, properties: BTreeMap<String, String>, known: Option<i64>, fence: Fence) -> Option<FileChange> {
         if self.files.is_empty() && self.removed.is_empty() {
             return None;
         }
@@ -115,6 +155,7 @@ impl EpochInput {
             referenced_in: known,
             guarded_partitions: BTreeSet::new(),
             properties,
+            fence: Some(fence),
         })
     }
 }
@@ -279,11 +320,13 @@ impl Committer {
         let properties = BTreeMap::from([
             (REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last)),
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
+            (WRITER_PROPERTY.to_string(), self.writer.to_string()),
         ]);
-        if let Some(change) = input.curated_change(properties.clone(), self.curated_snapshot.get()) {
+        if let Some(change) = input.curated_change(properties.clone(), self.curated_snapshot.get(), self.fences.curated.get()) {
             let curated = self.lakehouse.load(&self.curated).await?;
             let committed = commit(&self.lakehouse, curated, change, self.options).await?;
             self.note(&committed, true);
+            Fences::advance(&self.fences.curated, &committed);
         }
         let mut rejections = input.rejections;
         rejections.sort_by_key(|r| r.event.position());
@@ -291,9 +334,11 @@ impl Committer {
         let files = self.write_rejections(&rejections).await?;
         let ident = self.rejected.identifier();
         let replaced: BTreeSet<i32> = (days.first..=days.last).collect();
-        if let Some(committed) = replace_partitions(&self.lakehouse, ident, replaced, files, properties, self.options).await? {
+        let fence = Some(self.fences.rejected.get());
+        if let Some(committed) = replace_partitions(&self.lakehouse, ident, replaced, files, properties, fence, self.options).await? {
             self.stats.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
             self.note(&committed, false);
+            Fences::advance(&self.fences.rejected, &committed);
         }
         Ok(())
     }
@@ -324,6 +369,7 @@ impl Committer {
             let mut properties = BTreeMap::from([
                 (OFFSETS_PROPERTY.to_string(), format_offsets(&stream.topic, offsets)),
                 (EPOCH_PROPERTY.to_string(), epoch.to_string()),
+                (WRITER_PROPERTY.to_string(), self.writer.to_string()),
             ]);
             if let Some(days) = days {
                 properties.insert(REPLAY_CURSOR_PROPERTY.to_string(), format_date(days.last));
@@ -353,10 +399,16 @@ impl Committer {
         if !raw_files.is_empty() || before != positions.raw {
             let raw = self.lakehouse.load(&stream.raw).await?;
             let done = timer("raw");
-            let change = FileChange { add: raw_files, properties: properties(&positions.raw, meta.days), ..Default::default() };
+            let change = FileChange {
+                add: raw_files,
+                properties: properties(&positions.raw, meta.days),
+                fence: Some(self.fences.raw.get()),
+                ..Default::default()
+            };
             let committed = commit(&self.lakehouse, raw, change, self.options).await?;
             self.stats.raw_snapshots.fetch_add(1, Ordering::Relaxed);
             self.note(&committed, false);
+            Fences::advance(&self.fences.raw, &committed);
             done();
         }
         fail::fail_point!("stream-after-raw-commit");
@@ -376,11 +428,16 @@ impl Committer {
         if !files.is_empty() || before != positions.rejected {
             let rejected = self.lakehouse.load(self.rejected.identifier()).await?;
             let done = timer("rejected");
-            let change =
-                FileChange { add: files, properties: properties(&positions.rejected, meta.days), ..Default::default() };
+            let change = FileChange {
+                add: files,
+                properties: properties(&positions.rejected, meta.days),
+                fence: Some(self.fences.rejected.get()),
+                ..Default::default()
+            };
             let committed = commit(&self.lakehouse, rejected, change, self.options).await?;
             self.stats.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
             self.note(&committed, false);
+            Fences::advance(&self.fences.rejected, &committed);
             done();
         }
         fail::fail_point!("stream-after-rejected-commit");
@@ -389,15 +446,17 @@ impl Committer {
         advance(&mut positions.curated);
         let properties = properties(&positions.curated, meta.days);
         // Only duplicates or rejections: no rows change, but the position still has to move.
-        let change = match input.curated_change(properties.clone(), self.curated_snapshot.get()) {
+        let fence = self.fences.curated.get();
+        let change = match input.curated_change(properties.clone(), self.curated_snapshot.get(), fence) {
             Some(change) => change,
             None if before == positions.curated => return Ok(()),
-            None => FileChange { properties, ..Default::default() },
+            None => FileChange { properties, fence: Some(fence), ..Default::default() },
         };
         let done = timer("curated");
         let curated = self.lakehouse.load(&self.curated).await?;
         let committed = commit(&self.lakehouse, curated, change, self.options).await?;
         self.note(&committed, true);
+        Fences::advance(&self.fences.curated, &committed);
         done();
         fail::fail_point!("stream-after-curated-commit");
         Ok(())
