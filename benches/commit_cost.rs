@@ -65,6 +65,7 @@ fn stored(i: u64) -> (u128, Candidate) {
         movie_id: format!("m{}", i % 5_000).into(),
         rating: Rating((i % 101) as f32 / 10.0),
         is_approved: (i % 101) >= 70,
+        as_ingested: None,
     };
     (key(i), candidate)
 }

@@ -58,24 +58,53 @@ fn replaying_again_changes_nothing_and_commits_nothing_to_curated() {
     assert_eq!(lake.rejected(), rejected);
 }
 
+/// EDGY, plus event ids in other UUID spellings, generated under another topic than the graph's.
+fn edgy_respelled() -> Vec<&'static str> {
+    let mut args = EDGY.to_vec();
+    args.extend(["--id-spellings", "0.5"]);
+    args
+}
+
+/// A lake with EDGY's raw rows (ids respelled) whose graph then names another topic: raw rows
+/// keep the topic they were ingested from.
+fn generated_then_topic_renamed(epoch_events: Option<u64>) -> Lake {
+    let lake = Lake::with_epoch_events(epoch_events);
+    lake.ok(&edgy_respelled());
+    let graph = std::fs::read_to_string(&lake.graph).unwrap();
+    std::fs::write(&lake.graph, ratings_tests::set_line(graph, "topic", "\"movie.ratings.renamed\"")).unwrap();
+    lake
+}
+
 #[test]
 fn replay_in_pieces_equals_replay_in_one_go_for_any_worker_count_and_epoch_size() {
     // In one go: all nine days in a single epoch.
-    let whole = Lake::new();
-    whole.ok(EDGY);
+    let whole = generated_then_topic_renamed(None);
     let run = whole.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-09", "--no-progress", "-w", "2"]);
     assert!(run.stdout.contains("9 partitions in 1 epochs"), "{}", run.stdout);
 
     // In pieces, one epoch per day.
-    let pieces = Lake::with_epoch_events(Some(1));
-    pieces.ok(EDGY);
+    let pieces = generated_then_topic_renamed(Some(1));
     pieces.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-03", "--no-progress", "-w", "1"]);
     let middle = pieces.ok(&["--mode", "replay", "--from", "2025-05-04", "--to", "2025-05-08", "--no-progress", "-w", "3"]);
-    assert!(!middle.stdout.contains("0 curated rows reloaded"), "second piece must seed from curated: {}", middle.stdout);
+    assert!(!middle.stdout.contains(" 0 curated rows reloaded"), "second piece must seed from curated: {}", middle.stdout);
     pieces.ok(&["--mode", "replay", "--from", "2025-05-09", "--no-progress"]);
 
     assert!(whole.curated_rows().len() > 15_000);
     assert_eq!(pieces.curated_rows(), whole.curated_rows());
     assert_eq!(pieces.rejected(), whole.rejected());
+    // Every column of every rejected row, late updates included: the record as ingested (its
+    // own id spelling and topic) and the same detail, whichever way the replay was cut.
+    let (rows, whole_rows) = (pieces.rejected_rows_of("curated.movie_ratings_rejected"), whole.rejected_rows_of("curated.movie_ratings_rejected"));
+    let late_updates: Vec<&String> = rows.iter().filter(|r| r.starts_with("late_update |")).collect();
+    assert!(late_updates.len() >= 3, "the data has late updates: {}", late_updates.len());
+    let respelled = |row: &&&String| row.split(" | ").nth(2).is_some_and(|id| uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() != id));
+    assert!(late_updates.iter().any(|r| respelled(&r)), "a late update keeps its respelled id: {late_updates:#?}");
+    assert!(late_updates.iter().all(|r| r.contains("| movie.ratings.v1 |")), "late updates keep the record's topic");
+    assert_eq!(rows, whole_rows);
     assert_matches_oracle(&pieces, &expected(&pieces.raw_events()));
+    // The curated table holds each event once, in canonical form, whatever spelling it came in.
+    assert!(pieces.scan("curated.movie_ratings").iter().all(|batch| {
+        let ids = operators::schema::Columns(batch).get::<arrow_array::StringArray>("event_id").unwrap().clone();
+        ids.iter().flatten().all(|id| uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id))
+    }));
 }

@@ -37,7 +37,7 @@ use crate::catalog::Lakehouse;
 use crate::commit::CommitOptions;
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection, format_date};
+use crate::model::{AsIngested, Candidate, KeyMap, RawEvent, RejectReason, Rejection};
 use crate::reader::read_tasks;
 use crate::writer::read_position_deletes;
 use crate::rules::Rules;
@@ -47,7 +47,7 @@ use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
-use crate::schema::late_update_rejection;
+use crate::schema::{late_update_detail, late_update_rejection};
 use crate::upsert::{KeyChange, UpsertChange, UpsertCounters, upsert};
 
 /// How long a driver waiting for an epoch to be committed parks between looks at the probe when
@@ -80,6 +80,8 @@ pub struct RulesContext {
     pub curated_from: Option<Arc<Offsets>>,
     /// Input records that passed the rules and entered the upsert.
     pub accepted: Arc<AtomicU64>,
+    /// The graph's topic: a record from another topic keeps its own name for the rejected table.
+    pub topic: Arc<str>,
 }
 
 /// The engine's part of the rules stage for one record: a seed passes, a raw record is validated
@@ -96,16 +98,13 @@ fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
         SourceRecord::Seed(key, row, _) => Some(Verdict::Seed(key, row)),
         SourceRecord::SeedFile { .. } => None,
         SourceRecord::Raw(event) => {
-            let (key, candidate) = match context.rules.evaluate(&event) {
+            let (key, mut candidate) = match context.rules.evaluate(&event) {
                 Ok(accepted) => accepted,
                 Err(rejection) => return Some(Verdict::Rejected(rejection)),
             };
+            candidate.as_ingested = as_ingested(&event, key, &context.topic);
             if let Some(day) = context.frozen.get(&key) {
-                return Some(Verdict::Rejected(Box::new(Rejection {
-                    reason: RejectReason::LateUpdate,
-                    detail: format!("the event's current row is in frozen partition rating_date={}", format_date(*day)),
-                    event,
-                })));
+                return Some(Verdict::Rejected(Box::new(Rejection { reason: RejectReason::LateUpdate, detail: late_update_detail(*day), event })));
             }
             if let Some(from) = &context.curated_from
                 && event.source_offset < from.get(&event.source_partition).copied().unwrap_or(0)
@@ -115,6 +114,16 @@ fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
             Some(Verdict::Pending(Pending { key, candidate, event }))
         }
     }
+}
+
+/// What `event` said that its candidate would lose: an event id spelled other than canonically,
+/// a topic other than the graph's. `None` for (nearly) every record.
+fn as_ingested(event: &RawEvent, key: u128, topic: &Arc<str>) -> Option<Box<AsIngested>> {
+    let event_id = event.event_id.as_deref().unwrap_or_default();
+    let canonical = event_id.len() == 36 && uuid::Uuid::try_parse(event_id).is_ok_and(|id| id.as_u128() == key)
+        && !event_id.bytes().any(|b| b.is_ascii_uppercase());
+    (!canonical || *event.source_topic != **topic)
+        .then(|| Box::new(AsIngested { event_id: event_id.to_string(), topic: event.source_topic.clone() }))
 }
 
 /// Where the dataflow's output goes: the same for every worker of a run.
@@ -235,9 +244,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         let (key_changes, late_updates) = upsert(candidates, lateness_days, move |epoch| epochs.settled_day(epoch), counters)
             .ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
                 UpsertChange::Key(key_change) => Ok(key_change),
-                UpsertChange::LateUpdate { key, record } => {
-                    let detail = "the event's current row is older than the lateness window of this record".to_string();
-                    Err(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, detail)))
+                UpsertChange::LateUpdate { key, record, frozen_day } => {
+                    Err(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, frozen_day)))
                 }
             });
         let day_changes = key_changes.flat_map(|change| {

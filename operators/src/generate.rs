@@ -39,6 +39,9 @@ pub struct GenerateSettings {
     pub ties: f64,
     pub late: f64,
     pub invalid: f64,
+    /// Fraction of records whose `event_id` is spelled other than canonically (uppercase, in
+    /// braces, as `urn:uuid:`, without hyphens): still the same event.
+    pub id_spellings: f64,
     pub seed: u64,
     pub partitions: i32,
     pub topic: String,
@@ -59,6 +62,7 @@ impl GenerateSettings {
             ties: 0.005,
             late: 0.004,
             invalid: 0.003,
+            id_spellings: 0.0,
             seed: 42,
             partitions: 6,
             topic: DEFAULT_TOPIC.to_string(),
@@ -67,7 +71,7 @@ impl GenerateSettings {
 
     pub fn validate(&self) -> Result<(), String> {
         let fractions = [self.duplicates, self.updates, self.ties, self.late, self.invalid];
-        if fractions.iter().any(|f| !(0.0..=1.0).contains(f)) {
+        if fractions.iter().chain([&self.id_spellings]).any(|f| !(0.0..=1.0).contains(f)) {
             return Err("fractions must be between 0 and 1".into());
         }
         if fractions.iter().sum::<f64>() > 1.0 {
@@ -195,8 +199,14 @@ impl Generator {
             let partition = self.partition_of(&event.event_id);
             let offset = self.offsets[partition as usize];
             self.offsets[partition as usize] += 1;
+            // No draw at all without respelling, so the default mix keeps its rows.
+            let event_id = if s.id_spellings > 0.0 && !event.event_id.is_empty() && self.rng.random::<f64>() < s.id_spellings {
+                respell(&event.event_id, self.rng.random_range(0..4))
+            } else {
+                event.event_id
+            };
             rows.push(RawEvent {
-                event_id: Some(event.event_id),
+                event_id: Some(event_id),
                 user_id: Some(event.user_id),
                 movie_id: Some(event.movie_id),
                 rating: Some(event.rating),
@@ -223,6 +233,16 @@ impl Generator {
             rating: self.rating(),
             rating_timestamp,
         }
+    }
+}
+
+/// A canonical UUID in one of its other accepted spellings.
+fn respell(canonical: &str, how: u32) -> String {
+    match how {
+        0 => canonical.to_uppercase(),
+        1 => format!("{{{canonical}}}"),
+        2 => format!("urn:uuid:{canonical}"),
+        _ => canonical.replace('-', ""),
     }
 }
 

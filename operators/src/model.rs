@@ -145,6 +145,18 @@ pub struct Candidate {
     pub movie_id: CompactString,
     pub rating: Rating,
     pub is_approved: bool,
+    /// What the record said that the fields above do not keep, for the rare record that differs:
+    /// so a late update is written to the rejected table exactly as it was ingested.
+    pub as_ingested: Option<Box<AsIngested>>,
+}
+
+/// The parts of a raw record a [`Candidate`] does not keep: its `event_id` in another UUID
+/// spelling than the canonical one the key is written back as (uppercase, braces, `urn:uuid:`,
+/// no hyphens), and its topic when it is not the graph's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AsIngested {
+    pub event_id: String,
+    pub topic: std::sync::Arc<str>,
 }
 
 impl Candidate {

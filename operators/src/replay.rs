@@ -159,6 +159,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             frozen: frozen.clone(),
             curated_from: None,
             accepted: shared.accepted.clone(),
+            topic: sinks.topic.clone(),
         };
         let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
         dataflow::feed_seeds(worker, &mut input, &probe, &curated, &plan.state.seed_tasks, &handle, &shared.failure);

@@ -364,6 +364,7 @@ pub fn curated_from_batch(batch: &RecordBatch, out: &mut Vec<(u128, Candidate)>)
                 movie_id: movie_id.value(row).into(),
                 rating: Rating(rating.value(row)),
                 is_approved: approved.value(row),
+                as_ingested: None,
             },
         ));
     }
@@ -400,22 +401,34 @@ pub fn rejected_to_batch(schema: &ArrowSchemaRef, rejections: &[Rejection]) -> R
     )
 }
 
-/// A late update, as the rejected table records it: the record's values and coordinates.
-pub fn late_update_rejection(key: u128, candidate: &Candidate, topic: &str, detail: String) -> Rejection {
+/// A late update, as the rejected table records it: the record's values and coordinates as they
+/// were ingested (its own event id spelling and topic, where they differ from the canonical id and
+/// the graph's topic), whichever path found it late, so a replay writes the same row however it
+/// is cut into runs.
+pub fn late_update_rejection(key: u128, candidate: &Candidate, topic: &Arc<str>, frozen_day: i32) -> Rejection {
+    let (event_id, source_topic) = match &candidate.as_ingested {
+        Some(original) => (original.event_id.clone(), original.topic.clone()),
+        None => (format_event_id(key), topic.clone()),
+    };
     Rejection {
         reason: crate::model::RejectReason::LateUpdate,
-        detail,
+        detail: late_update_detail(frozen_day),
         event: RawEvent {
-            event_id: Some(format_event_id(key)),
+            event_id: Some(event_id),
             user_id: Some(candidate.user_id.to_string()),
             movie_id: Some(candidate.movie_id.to_string()),
             rating: Some(candidate.rating.0),
             rating_timestamp: Some(candidate.rating_timestamp),
-            source_topic: topic.into(),
+            source_topic,
             source_partition: candidate.position.partition,
             source_offset: candidate.position.offset,
             ingestion_ts_ms: candidate.position.ingestion_ts_ms,
             undecodable: None,
         },
     }
+}
+
+/// The detail of every late update: where the event's row sits, frozen.
+pub fn late_update_detail(frozen_day: i32) -> String {
+    format!("the event's current row is in frozen partition rating_date={}", crate::model::format_date(frozen_day))
 }

@@ -226,6 +226,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             frozen: frozen.clone(),
             curated_from: Some(curated_from.clone()),
             accepted: shared.accepted.clone(),
+            topic: sinks.topic.clone(),
         };
         let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
         dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &handle, &shared.failure);

@@ -41,6 +41,7 @@ pub async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFi
                 movie_id: "m".into(),
                 rating: Rating(7.5),
                 is_approved: true,
+                as_ingested: None,
             })
         })
         .collect();

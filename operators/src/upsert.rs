@@ -72,8 +72,8 @@ pub struct KeyChange {
 pub enum UpsertChange {
     /// The key's row changed (or appeared).
     Key(KeyChange),
-    /// A record that arrived after the key's row was frozen.
-    LateUpdate { key: u128, record: Candidate },
+    /// A record that arrived after the key's row was frozen in partition `frozen_day`.
+    LateUpdate { key: u128, record: Candidate, frozen_day: i32 },
 }
 
 /// Counters of what the upsert did, summed over workers.
@@ -89,11 +89,11 @@ pub struct UpsertCounters {
 }
 
 /// The fold over one key's candidates, given in ingestion order. Returns the winner and the records
-/// rejected as late updates.
+/// rejected as late updates, each with the `rating_date` of the frozen row it met.
 pub fn fold<'a>(
     candidates: impl IntoIterator<Item = &'a Candidate>,
     lateness_days: i32,
-) -> (Option<&'a Candidate>, Vec<&'a Candidate>) {
+) -> (Option<&'a Candidate>, Vec<(&'a Candidate, i32)>) {
     let mut current: Option<&Candidate> = None;
     let mut late = Vec::new();
     for candidate in candidates {
@@ -102,7 +102,7 @@ pub fn fold<'a>(
             Some(row) => {
                 let frozen_before = candidate.position.ingestion_date() - lateness_days;
                 if candidate.origin == Origin::Input && row.rating_date < frozen_before {
-                    late.push(candidate);
+                    late.push((candidate, row.rating_date));
                     Some(row)
                 } else if candidate.beats(row) {
                     Some(candidate)
@@ -115,8 +115,10 @@ pub fn fold<'a>(
     (current, late)
 }
 
+/// Equal but for how the row was obtained (a reloaded seed, its re-processed record): the table
+/// row is the same.
 fn same_row(a: &Candidate, b: &Candidate) -> bool {
-    Candidate { origin: b.origin, ..a.clone() } == *b
+    Candidate { origin: b.origin, as_ingested: b.as_ingested.clone(), ..a.clone() } == *b
 }
 
 /// Which worker holds a key: event ids are UUIDs, so their bits are already spread.
@@ -160,10 +162,10 @@ pub fn upsert<'scope>(
                 let mut held = 0i64;
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
-                    if frozen.contains_key(&key) {
+                    if let Some(&frozen_day) = frozen.get(&key) {
                         // The row left with its partition: every later record is late for it.
                         for (_, record) in group.iter().filter(|(_, c)| c.origin == Origin::Input) {
-                            session.give(UpsertChange::LateUpdate { key, record: record.clone() });
+                            session.give(UpsertChange::LateUpdate { key, record: record.clone(), frozen_day });
                         }
                         continue;
                     }
@@ -175,8 +177,8 @@ pub fn upsert<'scope>(
                         out_of_order += 1;
                     }
                     let (winner, late) = fold(current.iter().chain(group.iter().map(|(_, c)| c)), lateness_days);
-                    for record in late {
-                        session.give(UpsertChange::LateUpdate { key, record: record.clone() });
+                    for (record, frozen_day) in late {
+                        session.give(UpsertChange::LateUpdate { key, record: record.clone(), frozen_day });
                     }
                     let Some(winner) = winner.filter(|w| Some(*w) != current.as_ref()).cloned() else { continue };
                     // Epoch 0 holds the seeds: they are what the table holds, not changes to it.
@@ -359,6 +361,7 @@ mod tests {
             movie_id: "m".into(),
             rating: Rating(rng.random_range(0..=10) as f32),
             is_approved: false,
+            as_ingested: None,
         }
     }
 
@@ -376,7 +379,7 @@ mod tests {
             if let Some(row) = winner {
                 current.insert(key, row.clone());
             }
-            late_set.extend(late.into_iter().map(|c| (key, c.clone())));
+            late_set.extend(late.into_iter().map(|(c, _)| (key, c.clone())));
         }
         (current, late_set)
     }
@@ -434,7 +437,7 @@ mod tests {
                             None => current.remove(key),
                         };
                     }
-                    UpsertChange::LateUpdate { key, record } => assert!(late.insert((*key, record.clone())), "late update reported twice"),
+                    UpsertChange::LateUpdate { key, record, .. } => assert!(late.insert((*key, record.clone())), "late update reported twice"),
                 }
             }
             checkpoints.push((current.clone(), late.clone()));
@@ -533,6 +536,7 @@ mod tests {
             movie_id: "m".into(),
             rating: Rating(8.0),
             is_approved: true,
+            as_ingested: None,
         };
         let reprocessed = Candidate { origin: Origin::Input, is_approved: false, ..base.clone() };
         let (winner, late) = fold([&base, &reprocessed], 5);
@@ -563,6 +567,6 @@ mod tests {
         };
         let (winner, late) = fold([&base, &six_days_later], 5);
         assert_eq!(winner, Some(&base));
-        assert_eq!(late, vec![&six_days_later]);
+        assert_eq!(late, vec![(&six_days_later, base.rating_date)]);
     }
 }

@@ -222,6 +222,10 @@ pub struct MixArgs {
     /// Fraction of invalid records (rating out of range, empty event_id, future timestamp).
     #[arg(long, default_value_t = 0.003)]
     pub invalid: f64,
+    /// Fraction of records whose event_id is spelled other than canonically (uppercase, braces,
+    /// urn:uuid:, no hyphens); the engine keys them as the same event.
+    #[arg(long, default_value_t = 0.0)]
+    pub id_spellings: f64,
     /// Random seed: the same seed and settings give the same rows.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -240,6 +244,7 @@ impl MixArgs {
             ties: self.ties,
             late: self.late,
             invalid: self.invalid,
+            id_spellings: self.id_spellings,
             seed: self.seed,
             partitions,
             topic: topic.to_string(),

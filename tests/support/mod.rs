@@ -219,7 +219,7 @@ impl Lake {
         })
     }
 
-    fn scan(&self, name: &str) -> Vec<arrow_array::RecordBatch> {
+    pub fn scan(&self, name: &str) -> Vec<arrow_array::RecordBatch> {
         let table = self.table(name);
         self.block_on(async { operators::reader::scan(&table, None, None).await.expect("scan") })
     }
@@ -269,6 +269,25 @@ impl Lake {
         }
         out.sort();
         out
+    }
+
+    /// Every rejected row with all its columns (reason, detail, the values as ingested,
+    /// coordinates, payload), one text line per row, sorted: two tables that hold the same rows
+    /// give the same lines.
+    pub fn rejected_rows_of(&self, table: &str) -> Vec<String> {
+        let mut rows = Vec::new();
+        for batch in self.scan(table) {
+            let columns = batch.columns();
+            for row in 0..batch.num_rows() {
+                let values: Vec<String> = columns
+                    .iter()
+                    .map(|column| arrow::util::display::array_value_to_string(column, row).expect("displayable"))
+                    .collect();
+                rows.push(values.join(" | "));
+            }
+        }
+        rows.sort();
+        rows
     }
 
     /// Live data file paths of a table's current snapshot.

@@ -30,7 +30,11 @@ const LATENESS_DAYS: i64 = 5;
 const FUTURE_TOLERANCE: i64 = 3_600;
 
 fn canonical_uuid(text: &str) -> Option<String> {
-    let hex: String = text.trim().chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
+    // The spellings RFC 9562 tools write: plain, braced, or as a URN.
+    let text = text.trim();
+    let text = text.strip_prefix("urn:uuid:").unwrap_or(text);
+    let text = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).unwrap_or(text);
+    let hex: String = text.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }

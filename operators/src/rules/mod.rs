@@ -114,6 +114,7 @@ impl Rules {
                 movie_id: movie_id.into(),
                 rating: Rating(rating),
                 is_approved: false,
+                as_ingested: None,
             },
         ))
     }
