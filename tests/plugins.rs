@@ -216,6 +216,31 @@ fn a_plugin_that_cannot_be_loaded_stops_the_engine_at_start_with_one_line() {
 }
 
 #[test]
+fn a_plugin_that_panicked_is_never_called_again_and_the_panic_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = broken_plugin("panics", dir.path());
+    let lake = Lake::with_graph(|text| with_approval_plugin(text, &path, "{}"));
+    // Many batches on three workers, one epoch per day: plenty of calls a run that went on would make.
+    lake.ok(&["generate", "--events", "50000", "--days", "5", "--start", "2025-05-01", "--seed", "3"]);
+    let calls = dir.path().join("calls.log");
+    let run = Lake::command_for(&lake.graph, &["--mode", "replay", "--from", "2025-05-01", "--no-progress", "-w", "3"])
+        .env("RUST_BACKTRACE", "1")
+        .env("BROKEN_PLUGIN_CALL_LOG", &calls)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let run = Run { status: run.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&run.stdout).into_owned(), stderr: stderr.to_string() };
+    assert_fails_without_commit(&lake, &run, &["plugin `approval`", "panicked: rule exploded on a batch of", "(at src/lib.rs:"]);
+    // The error line is the only report: no panic message or backtrace printed per call.
+    assert_eq!(stderr.matches("rule exploded").count(), 1, "{stderr}");
+    assert!(!stderr.contains("stack backtrace") && !stderr.contains("thread '"), "{stderr}");
+    assert!(stderr.lines().count() < 10, "{stderr}");
+    // Each worker may be inside a call when the first panic happens; none calls after that.
+    let calls = std::fs::read_to_string(&calls).unwrap().lines().count();
+    assert!((1..=3).contains(&calls), "{calls} calls to a plugin that had panicked");
+}
+
+#[test]
 fn a_plugin_that_fails_on_a_batch_stops_the_run_before_any_commit() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

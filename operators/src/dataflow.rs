@@ -221,9 +221,14 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
                             }
                         }
                     }
-                    // One call per plugin for everything this activation holds at this time.
-                    let Some(chain) = chain.as_mut() else { return };
-                    match chain.apply(pending) {
+                    // One call per plugin for everything this activation holds at this time. Once
+                    // the run has failed (a plugin's error or panic here or on another worker) no
+                    // plugin is called again: the run stops before this epoch commits.
+                    if failure.is_set() {
+                        chain = None;
+                    }
+                    let Some(live) = chain.as_mut() else { return };
+                    match live.apply(pending) {
                         Ok((accepted, rejections)) => {
                             context.accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
                             for accepted in accepted {
@@ -233,7 +238,10 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
                                 session.give(Err(Box::new(rejection)));
                             }
                         }
-                        Err(error) => failure.set(error),
+                        Err(error) => {
+                            chain = None;
+                            failure.set(error)
+                        }
                     }
                 });
             }

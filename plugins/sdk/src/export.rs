@@ -3,6 +3,7 @@
 //! status code plus a plugin-owned message.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -38,10 +39,43 @@ fn c_string(text: String) -> *mut c_char {
     CString::new(text.replace('\0', " ")).map(CString::into_raw).unwrap_or(std::ptr::null_mut())
 }
 
+thread_local! {
+    /// Set while this thread runs a rule's code on behalf of the engine.
+    static IN_RULE: Cell<bool> = const { Cell::new(false) };
+    /// Where the last panic inside a rule happened, for its error message.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs rule code with panics caught. A panic inside it is not printed by the plugin's panic hook
+/// (the engine reports the error once, with this message and location, and stops the run); a
+/// panic anywhere else in the plugin still goes to the hook that was installed before.
+fn guarded<T>(run: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_RULE.with(Cell::get) {
+                let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+            } else {
+                previous(info)
+            }
+        }));
+    });
+    let was = IN_RULE.with(|flag| flag.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(run));
+    IN_RULE.with(|flag| flag.set(was));
+    outcome
+}
+
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
+    let text = match payload.downcast::<String>() {
         Ok(text) => *text,
         Err(payload) => payload.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_else(|| "a non-text panic".into()),
+    };
+    match PANIC_LOCATION.with(|slot| slot.borrow_mut().take()) {
+        Some(location) => format!("{text} (at {location})"),
+        None => text,
     }
 }
 
@@ -91,7 +125,7 @@ pub unsafe fn create<R: Rule>(
     instance: *mut *mut c_void,
     error: *mut *mut c_char,
 ) -> i32 {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let outcome = guarded(|| {
         let config = unsafe { bytes(config, config_len) };
         let base_dir = String::from_utf8_lossy(unsafe { bytes(base_dir, base_dir_len) }).into_owned();
         let mut rule: R = serde_json::from_slice(config).map_err(|e| format!("config: {e}"))?;
@@ -106,7 +140,7 @@ pub unsafe fn create<R: Rule>(
             .map_err(|e| format!("exporting the declared output type: {e}"))?;
         let verdicts_type = SharedSchema::new(&DataType::Utf8).map_err(|e| format!("exporting the verdicts type: {e}"))?;
         Ok(Box::new(Instance { rule, input_schema, input_type, exported_input_type, output_schema, output_type, verdicts_type }))
-    }));
+    });
     unsafe { report(outcome, error, |created| *instance = Box::into_raw(created).cast::<c_void>()) }
 }
 
@@ -123,7 +157,7 @@ pub unsafe fn apply<R: Rule>(
     verdicts_schema: *mut FFI_ArrowSchema,
     error: *mut *mut c_char,
 ) -> i32 {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let outcome = guarded(|| {
         if instance.is_null() || input.is_null() || input_schema.is_null() || output.is_null() || output_schema.is_null() {
             return Err("apply was called with a null pointer".to_string());
         }
@@ -146,7 +180,7 @@ pub unsafe fn apply<R: Rule>(
         let exported = (exported, instance.output_type.export());
         let verdicts = applied.verdicts.map(|array| (export_array(&(Arc::new(array) as ArrayRef)), instance.verdicts_type.export()));
         Ok((exported, verdicts))
-    }));
+    });
     unsafe {
         report(outcome, error, |((array, schema), verdict)| {
             std::ptr::write(output, array);
@@ -164,7 +198,7 @@ pub unsafe fn apply<R: Rule>(
 pub unsafe fn destroy<R: Rule>(instance: *mut c_void) {
     if !instance.is_null() {
         // Dropping a rule's state may run user code; keep a panic inside the plugin.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(instance.cast::<Instance<R>>()) })));
+        let _ = guarded(|| drop(unsafe { Box::from_raw(instance.cast::<Instance<R>>()) }));
     }
 }
 
