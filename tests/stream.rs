@@ -3,110 +3,15 @@
 //! the raw table reproduces them; SIGKILL at any point loses and duplicates nothing; a v2 writer
 //! schema is read with the v1 reader schema; a registry outage makes the stream wait.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use apache_avro::Schema;
-use ratings_tests::kafka::{Crafted, Registry, create_topic, read_topic, repo_root, schema, send_events};
-use ratings_tests::oracle::{Expected, expected};
+use ratings_tests::kafka::{Crafted, repo_root, schema, send_events};
+use ratings_tests::scenario::{FENCED, MIX, READER, Scenario, assert_gave_way, spawn_logged, stream_args, wait_until};
 use ratings_tests::{Lake, assert_matches_oracle, python_json, set_line};
 
-const READER: &str = "graphs/schemas/movie_rating.avsc";
 const V2: &str = "tests/schemas/movie_rating_v2.avsc";
 const INCOMPATIBLE: &str = "tests/schemas/movie_rating_no_rating.avsc";
-const MIX: &[&str] = &[
-    "--users", "400", "--movies", "50", "--duplicates", "0.05", "--updates", "0.10", "--ties", "0.03", "--late", "0.02",
-    "--invalid", "0.02", "--malformed", "0.01",
-];
-/// `--mode stream` with short epochs and a short idle stop unless `extra` sets them.
-fn stream_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--mode", "stream", "--no-progress"];
-    if !extra.contains(&"--commit-interval") {
-        args.extend(["--commit-interval", "500ms"]);
-    }
-    if !extra.contains(&"--stop-when-idle") {
-        args.extend(["--stop-when-idle", "2s"]);
-    }
-    args.extend_from_slice(extra);
-    args
-}
-
-/// A topic, a registry, a lake, and what has been produced so far.
-struct Scenario {
-    _registry_state: tempfile::TempDir,
-    lake: Lake,
-    registry: Registry,
-    topic: String,
-    produced: usize,
-    /// Schema id → writer schema, in registration order (the fixture hands out 1, 2, …).
-    writers: HashMap<u32, Schema>,
-}
-
-impl Scenario {
-    fn new(partitions: i32) -> Scenario {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::start(dir.path());
-        let topic = create_topic("ratings-test", partitions);
-        let lake = Lake::for_stream(&topic, &registry.url());
-        Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
-    }
-
-    fn produce(&mut self, count: usize, days: u32, start: &str, seed: u64, writer: &str) {
-        let writer_path = repo_root().join(writer);
-        let writer_schema = schema(writer);
-        let count_text = count.to_string();
-        let days_text = days.to_string();
-        let seed_text = seed.to_string();
-        let mut args = vec![
-            "produce", "--count", &count_text, "--days", &days_text, "--start", start, "--seed", &seed_text,
-        ];
-        args.extend_from_slice(MIX);
-        let path_text = writer_path.display().to_string();
-        args.extend(["--writer-schema", &path_text]);
-        let run = self.lake.ok(&args);
-        let id: u32 = run.stdout.split("schema id ").nth(1).and_then(|t| t.split(')').next()).unwrap().parse().unwrap();
-        self.writers.insert(id, writer_schema);
-        self.produced += count;
-    }
-
-    fn events(&self) -> Vec<operators::model::RawEvent> {
-        read_topic(&self.topic, self.produced, &self.writers, &schema(READER))
-    }
-
-    fn oracle(&self) -> Expected {
-        expected(&self.events())
-    }
-
-    fn stream(&self, extra: &[&str]) -> String {
-        self.lake.ok(&stream_args(extra)).stdout
-    }
-
-    fn spawn(&self, extra: &[&str], failpoints: Option<&str>) -> Child {
-        let mut command = self.lake.command(&stream_args(extra));
-        if let Some(failpoints) = failpoints {
-            command.env("FAILPOINTS", failpoints);
-        }
-        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("spawn runtime")
-    }
-
-    /// Raw holds every produced record exactly once.
-    fn assert_raw_complete(&self) {
-        let raw = self.lake.raw_events();
-        let coordinates: BTreeSet<(i32, i64)> = raw.iter().map(|e| (e.source_partition, e.source_offset)).collect();
-        assert_eq!(coordinates.len(), raw.len(), "a raw row appears twice");
-        assert_eq!(raw.len(), self.produced, "raw rows vs records produced");
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn stream_equals_the_oracle_and_replay_reproduces_it() {
     let mut s = Scenario::new(4);
@@ -170,9 +75,12 @@ fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
     };
     type Parked = fn([usize; 3], [usize; 3], usize, usize) -> bool;
     // (failpoint, where the process is parked, how to tell from the tables and the files on disk)
-    let points: [(&str, &str, Parked); 3] = [
+    let points: [(&str, &str, Parked); 4] = [
         ("stream-after-raw-commit=sleep(60000)", "raw committed, rejected and curated not", |before, now, _, _| {
             now[0] == before[0] + 1 && now[1..] == before[1..]
+        }),
+        ("stream-after-curated-commit=sleep(60000)", "all three committed, the epoch not yet confirmed", |before, now, _, _| {
+            now.iter().zip(before).all(|(now, before)| *now == before + 1)
         }),
         ("stream-after-rejected-commit=sleep(60000)", "rejected committed, curated not", |before, now, _, _| {
             now[1] == before[1] + 1 && now[2] == before[2]
@@ -194,6 +102,14 @@ fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
         child.wait().unwrap();
         assert_eq!(counts(&s), at_kill, "{failpoint}: tables moved after the kill");
     }
+    // Parked before the raw commit: records read and written to raw files, no snapshot yet.
+    s.produce(3_000, 2, "2025-06-20", 39, READER);
+    let before = counts(&s);
+    let mut child = s.spawn(&["-w", "2"], Some("stream-before-raw-commit=sleep(60000)"));
+    std::thread::sleep(Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(counts(&s), before, "committed past stream-before-raw-commit");
     // Mid-epoch: records read, nothing committed yet.
     s.produce(3_000, 2, "2025-06-10", 40, READER);
     let before = counts(&s);
@@ -207,25 +123,6 @@ fn a_sigkill_at_any_point_loses_and_duplicates_nothing() {
     s.stream(&["-w", "2"]);
     assert_matches_oracle(&s.lake, &s.oracle());
     s.assert_raw_complete();
-}
-
-/// A stream run whose stdout and stderr the test reads once it ends.
-fn spawn_logged(s: &Scenario, extra: &[&str], failpoints: Option<&str>) -> Child {
-    let mut command = s.lake.command(&stream_args(extra));
-    if let Some(failpoints) = failpoints {
-        command.env("FAILPOINTS", failpoints);
-    }
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn runtime")
-}
-
-const FENCED: &str = "another writer is committing to";
-
-/// The engine gave way to another writer: exit 2 and the one line that says so.
-fn assert_gave_way(output: &std::process::Output) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error (user error): another writer is committing to "), "{stderr}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
@@ -111,6 +112,10 @@ impl Lakehouse {
     }
 
     pub async fn load(&self, ident: &TableIdent) -> Result<Table> {
+        while_busy(|| self.load_once(ident)).await
+    }
+
+    async fn load_once(&self, ident: &TableIdent) -> Result<Table> {
         if !self.catalog.table_exists(ident).await.context(|| format!("looking up table {ident}"))? {
             return Err(Error::NotFound(format!(
                 "table {ident} does not exist in catalog {:?} (run `runtime init --graph <graph>` to create the pipeline's tables)",
@@ -159,6 +164,11 @@ impl Lakehouse {
     /// Atomically moves the table's metadata pointer from `expected` to `new`. Returns false when
     /// the pointer is no longer `expected` (another writer committed first).
     pub async fn swap_metadata_pointer(&self, ident: &TableIdent, expected: &str, new: &str) -> Result<bool> {
+        // A busy database refused the whole statement, so running it again is safe.
+        while_busy(|| self.swap_once(ident, expected, new)).await
+    }
+
+    async fn swap_once(&self, ident: &TableIdent, expected: &str, new: &str) -> Result<bool> {
         let result = sqlx::query(
             "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
@@ -173,6 +183,35 @@ impl Lakehouse {
         .await
         .context(|| format!("swapping the metadata pointer of {ident}"))?;
         Ok(result.rows_affected() == 1)
+    }
+}
+
+/// How long catalog calls are retried while another process holds the SQLite database locked
+/// (a backup, a reader's long transaction, a second engine's commit), before giving up.
+const BUSY_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Whether `error` is SQLite refusing a statement because another connection holds the lock
+/// (SQLITE_BUSY, "database is locked"; SQLITE_LOCKED, "database table is locked").
+fn is_busy(error: &Error) -> bool {
+    let text = error.to_string();
+    text.contains("database is locked") || text.contains("database table is locked")
+}
+
+/// Runs `call` again, with capped exponential backoff, while the catalog database is busy, for at
+/// most [`BUSY_PATIENCE`]. SQLite's own busy wait (the connections' busy timeout) comes first; this
+/// covers locks held longer than that.
+async fn while_busy<T, F: std::future::Future<Output = Result<T>>>(mut call: impl FnMut() -> F) -> Result<T> {
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(error) if is_busy(&error) && started.elapsed() < BUSY_PATIENCE => {
+                tracing::warn!(retry_in = ?wait, "the catalog is busy (another process holds its database locked); retrying: {error}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            outcome => return outcome,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod oracle;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
