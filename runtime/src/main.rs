@@ -22,5 +22,6 @@ fn main() -> ExitCode {
         // SAFETY: called before any other thread exists (the function is not thread safe).
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
+    operators::source::kafka::confluent::bound_avro_allocations();
     runtime::cli::main()
 }

@@ -34,6 +34,22 @@ use crate::source::kafka::registry::{Lookup, RegistryClient};
 
 pub const MAGIC_BYTE: u8 = 0;
 
+/// The longest string, bytes, array or map a record may declare, and so the most Avro decoding
+/// allocates at once: 16 MiB (Kafka's default record limit is 1 MiB). A hostile body declaring
+/// gigabytes is refused as `undecodable_body` before anything is reserved; apache-avro's own
+/// default would reserve up to 512 MiB per such record.
+pub const MAX_AVRO_ALLOCATION: usize = 16 << 20;
+
+/// Caps apache-avro's allocations at [`MAX_AVRO_ALLOCATION`] for the whole process. The cap is
+/// set once, by whoever decodes Avro first (manifests are Avro too), so the runtime calls this
+/// at start; the stream's decoder calls it as well.
+pub fn bound_avro_allocations() {
+    let cap = apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+    if cap != MAX_AVRO_ALLOCATION {
+        tracing::warn!(cap, "Avro decoding was used before its allocation cap was set; the cap stays at {cap} bytes");
+    }
+}
+
 /// Splits a Confluent-framed value into its schema id and Avro body.
 pub fn split_frame(payload: &[u8]) -> std::result::Result<(u32, &[u8]), String> {
     match payload {
@@ -105,6 +121,7 @@ impl Decoder {
         stop: Arc<AtomicBool>,
         on_retry: Box<dyn Fn() + Send>,
     ) -> Self {
+        bound_avro_allocations();
         let reader_form = reader.canonical_form();
         Decoder { reader, reader_form, registry, runtime, writers: HashMap::new(), backoff, stop, on_retry }
     }
