@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test bench bench-replay bench-stream clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ kafka-down: ## Stop what kafka-up started
 
 test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, stream against the real broker, PyIceberg/DuckDB readers)
 	bash scripts/test.sh
+
+chaos: setup ## The long reliability campaign: 60 seeded SIGKILLs while producing, a 20 s broker pause, a locked catalog, a full disk, every failpoint, 1M fuzzed frames; prints the figures
+	bash scripts/chaos.sh
 
 bench: plugins ## Criterion benchmarks (replay path on 1M generated events, commit cost, plugin call cost, the stream floor)
 	$(CARGO) bench -p ratings-benches

@@ -153,15 +153,27 @@ pub fn partition_day(file: &DataFile) -> Option<i32> {
     }
 }
 
-/// The newest snapshot of the current branch whose summary has property `key`.
+/// The newest snapshot of the current branch whose summary has property `key`. Walks the parent
+/// chain; where expiry removed a parent, goes on with the older snapshots by sequence number (the
+/// tables' history is linear: every commit of ours and of maintenance goes to `main`).
 fn newest_with<'a>(table: &'a Table, key: &str) -> Option<&'a iceberg::spec::SnapshotRef> {
     let metadata = table.metadata();
+    let has = |snapshot: &iceberg::spec::SnapshotRef| snapshot.summary().additional_properties.contains_key(key);
     let mut snapshot = metadata.current_snapshot();
     while let Some(current) = snapshot {
-        if current.summary().additional_properties.contains_key(key) {
+        if has(current) {
             return Some(current);
         }
-        snapshot = current.parent_snapshot_id().and_then(|id| metadata.snapshot_by_id(id));
+        snapshot = match current.parent_snapshot_id() {
+            None => return None,
+            Some(id) => match metadata.snapshot_by_id(id) {
+                Some(parent) => Some(parent),
+                None => {
+                    let below = current.sequence_number();
+                    return metadata.snapshots().filter(|s| s.sequence_number() < below && has(s)).max_by_key(|s| s.sequence_number());
+                }
+            },
+        };
     }
     None
 }
@@ -170,6 +182,14 @@ fn newest_with<'a>(table: &'a Table, key: &str) -> Option<&'a iceberg::spec::Sna
 /// Snapshots without it (another writer's, or a mode that does not record it) are passed over.
 pub fn newest_property(table: &Table, key: &str) -> Option<String> {
     newest_with(table, key).map(|snapshot| snapshot.summary().additional_properties[key].clone())
+}
+
+/// The snapshots that record where the engine is (the newest carrying each of the epoch, Kafka
+/// offsets and replay cursor properties): a restart resumes from them and fences on them, so
+/// expiry keeps them whatever else it removes.
+pub fn progress_snapshots(table: &Table) -> Vec<i64> {
+    let keys = [EPOCH_PROPERTY, crate::source::kafka::OFFSETS_PROPERTY, REPLAY_CURSOR_PROPERTY];
+    keys.iter().filter_map(|key| newest_with(table, key)).map(|snapshot| snapshot.snapshot_id()).collect()
 }
 
 /// Refuses a change whose fence no longer holds on `base`.
