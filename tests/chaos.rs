@@ -78,10 +78,15 @@ fn sigkill_at_seeded_random_instants_while_a_producer_sends_loses_and_duplicates
     let seed: u64 = env_or("CHAOS_SEED", 2026);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut s = Scenario::new(4);
-    // The producer sends a batch per kill at a bounded rate: it keeps sending while the kills go on.
+    // The producer sends a batch per kill at a bounded rate: it keeps sending while the kills go
+    // on. Each batch covers the two days after the previous one, so Kafka timestamps only grow.
     let batches = kills.max(2);
+    let first_day = operators::model::parse_date("2025-05-01").unwrap();
     let producers: Vec<Command> = (0..batches)
-        .map(|batch| produce_command(&s, 2_000, &format!("2025-05-{:02}", 1 + 2 * (batch % 12)), 500 + batch as u64, 1_000))
+        .map(|batch| {
+            let start = operators::model::format_date(first_day + 2 * batch as i32);
+            produce_command(&s, 2_000, &start, 500 + batch as u64, 1_000)
+        })
         .collect();
     let producer = std::thread::spawn(move || {
         producers.into_iter().map(|mut command| command.output().expect("produce runs")).collect::<Vec<_>>()

@@ -57,7 +57,7 @@ use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
 use crate::source::kafka::registry::RegistryClient;
-use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets};
+use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets, committed_partition_days};
 use crate::source::raw::{StatePlan, plan_state};
 use crate::writer::write_partition;
 
@@ -153,12 +153,20 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             raw: committed_offsets(&raw, topic)?,
             rejected: committed_offsets(&rejected, topic)?,
             curated: committed_offsets(&curated, topic)?,
+            partition_days: committed_partition_days(&curated, topic)?,
         };
-        // The last ingestion date the curated table reflects.
+        // The day the curated table's rows are settled to: the earliest of the partitions' newest
+        // ingestion dates, as the run that committed it froze rows by (a partition that lags the
+        // others keeps older rows updatable). Tables a replay wrote give only the last ingestion
+        // date they reflect.
         let cursor = newest_property(&curated, REPLAY_CURSOR_PROPERTY).and_then(|text| parse_date(&text));
-        let state = match (curated.metadata().current_snapshot(), cursor) {
+        let settled = match (resume.settled_day(), cursor) {
+            (Some(settled), Some(cursor)) => Some(settled.min(cursor)),
+            (settled, cursor) => settled.or(cursor),
+        };
+        let state = match (curated.metadata().current_snapshot(), settled) {
             (None, _) => StatePlan::default(),
-            (Some(_), Some(cursor)) => plan_state(&curated, cursor - settings.rules.lateness_days).await?,
+            (Some(_), Some(settled)) => plan_state(&curated, settled - settings.rules.lateness_days).await?,
             (Some(_), None) => plan_state(&curated, i32::MIN).await?,
         };
         Ok::<_, Error>((lakehouse, raw, curated, rejected, resume, state))
@@ -311,6 +319,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             }
             meta.closed = Some(Instant::now());
             meta.settled_day = source.settled_day();
+            meta.partition_days = source.newest_day.clone();
             worker_records.fetch_add(meta.records, Ordering::Relaxed);
             if let Some(metrics) = &metrics {
                 metrics.records("source").inc_by(meta.records);
@@ -481,7 +490,8 @@ impl PartitionReader {
             topic_name: settings.kafka.topic.as_str().into(),
             raw_from: resume.raw.clone(),
             partitions: partitions.to_vec(),
-            newest_day: BTreeMap::new(),
+            // What curated reflects of these partitions: a restart settles days as the run did.
+            newest_day: resume.partition_days.iter().filter(|(p, _)| partitions.contains(p)).map(|(p, d)| (*p, *d)).collect(),
             metrics,
         })
     }
@@ -538,8 +548,8 @@ impl PartitionReader {
         Some(event)
     }
 
-    /// The earliest of this worker's partitions' newest ingestion dates (partitions that have
-    /// delivered nothing in this run do not count).
+    /// The earliest of this worker's partitions' newest ingestion dates (what curated reflects of
+    /// them at the start, then what this run read; partitions that never delivered do not count).
     fn settled_day(&self) -> Option<i32> {
         self.newest_day.values().min().copied()
     }

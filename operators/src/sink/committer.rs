@@ -31,7 +31,7 @@ use crate::commit::{
     CommitOptions, Committed, EPOCH_PROPERTY, Fence, FileChange, REPLAY_CURSOR_PROPERTY, WRITER_PROPERTY, commit, replace_partitions,
 };
 use crate::metrics::Metrics;
-use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, Resume, format_offsets};
+use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, PARTITION_DAYS_PROPERTY, Resume, format_offsets, format_partition_days};
 use crate::error::Result;
 use crate::model::{RejectReason, Rejection, format_date};
 use crate::schema::{arrow_schema, rejected_to_batch};
@@ -444,7 +444,12 @@ impl Committer {
 
         let before = positions.curated.clone();
         advance(&mut positions.curated);
-        let properties = properties(&positions.curated, meta.days);
+        for (partition, day) in &meta.partition_days {
+            let newest = positions.partition_days.entry(*partition).or_insert(*day);
+            *newest = (*newest).max(*day);
+        }
+        let mut properties = properties(&positions.curated, meta.days);
+        properties.insert(PARTITION_DAYS_PROPERTY.to_string(), format_partition_days(&stream.topic, &positions.partition_days));
         // Only duplicates or rejections: no rows change, but the position still has to move.
         let fence = self.fences.curated.get();
         let change = match input.curated_change(properties.clone(), self.curated_snapshot.get(), fence) {

@@ -91,6 +91,9 @@ pub struct EpochMeta {
     /// the partitions' newest ingestion days so far, since each partition is read in offset order
     /// and its Kafka timestamps do not go back, while partitions can lag each other by days.
     pub settled_day: Option<i32>,
+    /// Stream: per Kafka partition, the newest ingestion date read so far (by the run, or read
+    /// back from curated at its start).
+    pub partition_days: crate::source::kafka::PartitionDays,
 }
 
 impl EpochMeta {
@@ -109,6 +112,10 @@ impl EpochMeta {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        for (partition, day) in other.partition_days {
+            let newest = self.partition_days.entry(partition).or_insert(day);
+            *newest = (*newest).max(day);
+        }
     }
 }
 

@@ -33,6 +33,36 @@ pub const OFFSETS_PROPERTY: &str = "ratings-flow.offsets";
 /// Partition → next offset to read.
 pub type Offsets = BTreeMap<i32, i64>;
 
+/// Snapshot summary property of curated stream snapshots: per Kafka partition, the newest
+/// ingestion date read from it so far (`{topic: {partition: "YYYY-MM-DD"}}`). The settled day
+/// (the earliest of them) decides which rows can no longer change; a restart reads it back, so
+/// a partition that lags the others keeps its rows updatable across restarts as in one run.
+pub const PARTITION_DAYS_PROPERTY: &str = "ratings-flow.partition-days";
+
+/// Partition → newest ingestion date (day number) read from it.
+pub type PartitionDays = BTreeMap<i32, i32>;
+
+/// `{topic: {partition: "YYYY-MM-DD"}}` as stored in a snapshot summary.
+pub fn format_partition_days(topic: &str, days: &PartitionDays) -> String {
+    let partitions: BTreeMap<String, String> = days.iter().map(|(p, d)| (p.to_string(), crate::model::format_date(*d))).collect();
+    serde_json::json!({ topic: partitions }).to_string()
+}
+
+/// The partition days of `topic` the table's newest snapshot with them records (empty if none).
+pub fn committed_partition_days(table: &Table, topic: &str) -> Result<PartitionDays> {
+    let Some(text) = crate::commit::newest_property(table, PARTITION_DAYS_PROPERTY) else { return Ok(PartitionDays::new()) };
+    let bad = |detail: String| Error::User(format!("snapshot property {PARTITION_DAYS_PROPERTY} of {}: {detail}: {text}", table.identifier()));
+    let all: BTreeMap<String, BTreeMap<String, String>> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let Some(partitions) = all.get(topic) else { return Ok(PartitionDays::new()) };
+    partitions
+        .iter()
+        .map(|(p, d)| match (p.parse::<i32>(), crate::model::parse_date(d)) {
+            (Ok(p), Some(d)) => Ok((p, d)),
+            _ => Err(bad(format!("partition {p:?} with date {d:?}"))),
+        })
+        .collect()
+}
+
 /// Where and how to consume, from the graph file.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -153,6 +183,15 @@ pub struct Resume {
     pub raw: Offsets,
     pub rejected: Offsets,
     pub curated: Offsets,
+    /// What curated reflects: the newest ingestion date of each partition.
+    pub partition_days: PartitionDays,
+}
+
+impl Resume {
+    /// The settled day curated reflects: the earliest of the partitions' newest ingestion dates.
+    pub fn settled_day(&self) -> Option<i32> {
+        self.partition_days.values().min().copied()
+    }
 }
 
 impl Resume {
@@ -178,11 +217,14 @@ mod tests {
         assert_eq!(parse_offsets("movie.ratings.v1", &text).unwrap(), offsets);
         assert!(parse_offsets("other", &text).unwrap().is_empty());
         assert!(parse_offsets("t", "not json").is_err());
+        let days = PartitionDays::from([(0, 20_255), (3, 20_250)]);
+        assert_eq!(format_partition_days("t", &days), r#"{"t":{"0":"2025-06-16","3":"2025-06-11"}}"#);
 
         let resume = Resume {
             raw: Offsets::from([(0, 10), (1, 5)]),
             rejected: Offsets::from([(0, 8), (1, 5)]),
             curated: Offsets::from([(0, 9)]),
+            partition_days: PartitionDays::new(),
         };
         assert_eq!(resume.start(0), Some(8));
         // Curated never saw partition 1: read it from the beginning.
