@@ -54,27 +54,66 @@ pub const REPLAY_CURSOR_PROPERTY: &str = "ratings-flow.replay-cursor";
 pub const EPOCH_PROPERTY: &str = "ratings-flow.epoch";
 /// Snapshot summary property: the engine run that made the snapshot (a fresh id per run).
 pub const WRITER_PROPERTY: &str = "ratings-flow.writer";
-/// Snapshot summary property: the engine snapshot of the same table the commit was computed from
-/// (`none` for a table no engine had committed to).
-pub const BASE_SNAPSHOT_PROPERTY: &str = "ratings-flow.base-snapshot";
+/// Snapshot summary property: the engine commit the change was computed from (`writer/epoch` of
+/// the table's newest engine commit when the run read it, or `none`).
+pub const BASE_PROPERTY: &str = "ratings-flow.base";
 
-/// What an engine commit was computed from: the table's newest engine snapshot when the run read
+/// The properties that say where the engine is: every snapshot carries them forward from its
+/// base unless it sets them itself, so the current snapshot always tells, whatever maintenance
+/// committed since and whatever expiry removed.
+const PROGRESS_PROPERTIES: [&str; 5] = [
+    EPOCH_PROPERTY,
+    WRITER_PROPERTY,
+    crate::source::kafka::OFFSETS_PROPERTY,
+    REPLAY_CURSOR_PROPERTY,
+    crate::source::kafka::PARTITION_DAYS_PROPERTY,
+];
+
+/// One engine commit, as its snapshot (and every snapshot carrying its progress forward) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCommit {
+    /// The run's writer id (0 for snapshots of versions before writer ids).
+    pub writer: u64,
+    pub epoch: u64,
+}
+
+impl EngineCommit {
+    fn of(summary: &HashMap<String, String>) -> Option<EngineCommit> {
+        let epoch = summary.get(EPOCH_PROPERTY)?.parse().unwrap_or(0);
+        let writer = summary.get(WRITER_PROPERTY).and_then(|w| u64::from_str_radix(w, 16).ok()).unwrap_or(0);
+        Some(EngineCommit { writer, epoch })
+    }
+}
+
+impl std::fmt::Display for EngineCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}/{}", self.writer, self.epoch)
+    }
+}
+
+/// What an engine commit was computed from: the table's newest engine commit when the run read
 /// the table (its offsets, replay cursor and rows), then each of the run's own commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence {
-    pub engine_snapshot: Option<i64>,
+    pub base: Option<EngineCommit>,
 }
 
 impl Fence {
     /// The fence of a table as loaded now.
     pub fn of(table: &Table) -> Fence {
-        Fence { engine_snapshot: newest_with(table, EPOCH_PROPERTY).map(|s| s.snapshot_id()) }
+        Fence { base: newest_with(table, EPOCH_PROPERTY).and_then(|s| EngineCommit::of(&s.summary().additional_properties)) }
+    }
+
+    /// The fence after `committed`, a commit of this run.
+    pub fn after(committed: &Committed) -> Fence {
+        let snapshot = committed.table.metadata().snapshot_by_id(committed.snapshot_id);
+        Fence { base: snapshot.and_then(|s| EngineCommit::of(&s.summary().additional_properties)) }
     }
 }
 
-/// A fresh writer id for one engine run.
+/// A fresh writer id for one engine run: 12 hex digits.
 pub fn new_writer_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+    format!("{:012x}", uuid::Uuid::new_v4().as_u64_pair().0 >> 16)
 }
 
 /// What one commit does to a table.
@@ -184,42 +223,20 @@ pub fn newest_property(table: &Table, key: &str) -> Option<String> {
     newest_with(table, key).map(|snapshot| snapshot.summary().additional_properties[key].clone())
 }
 
-/// The snapshots that record where the engine is (the newest carrying each of the epoch, Kafka
-/// offsets and replay cursor properties): a restart resumes from them and fences on them, so
-/// expiry keeps them whatever else it removes.
-pub fn progress_snapshots(table: &Table) -> Vec<i64> {
-    let keys = [EPOCH_PROPERTY, crate::source::kafka::OFFSETS_PROPERTY, REPLAY_CURSOR_PROPERTY];
-    keys.iter().filter_map(|key| newest_with(table, key)).map(|snapshot| snapshot.snapshot_id()).collect()
-}
-
 /// Refuses a change whose fence no longer holds on `base`.
 fn check_fence(base: &Table, fence: Fence) -> Result<()> {
-    let Some(head) = newest_with(base, EPOCH_PROPERTY) else {
-        return match fence.engine_snapshot {
-            None => Ok(()),
-            // Only expiry or a rollback can take an engine snapshot out of the branch: either way
-            // the state this change was computed from is gone.
-            Some(expected) => Err(Error::Fenced {
-                table: base.identifier().to_string(),
-                detail: format!("snapshot {expected}, which this change was computed from, is no longer on the table's branch"),
-            }),
-        };
-    };
-    if Some(head.snapshot_id()) == fence.engine_snapshot {
+    let now = Fence::of(base);
+    if now == fence {
         return Ok(());
     }
-    let summary = &head.summary().additional_properties;
-    let said = |key: &str| summary.get(key).map(String::as_str).unwrap_or("?");
-    let computed_from = fence.engine_snapshot.map_or_else(|| "an empty table".to_string(), |id| format!("snapshot {id}"));
-    Err(Error::Fenced {
-        table: base.identifier().to_string(),
-        detail: format!(
-            "snapshot {} (writer {}, epoch {}) was committed after {computed_from}, which this change was computed from",
-            head.snapshot_id(),
-            said(WRITER_PROPERTY),
-            said(EPOCH_PROPERTY)
-        ),
-    })
+    let computed_from = fence.base.map_or_else(|| "an empty table".to_string(), |c| format!("writer/epoch {c}"));
+    let detail = match now.base {
+        Some(head) => format!("writer/epoch {head} committed after {computed_from}, which this change was computed from"),
+        // Only a rollback takes every engine commit out of the branch: the state this change was
+        // computed from is gone either way.
+        None => format!("{computed_from}, which this change was computed from, is no longer on the table's branch"),
+    };
+    Err(Error::Fenced { table: base.identifier().to_string(), detail })
 }
 
 /// Every live data file of the table's current snapshot.
@@ -597,10 +614,14 @@ fn summarize(base: &Table, change: &FileChange, removed: &[DataFile], operation:
     for (key, value) in totals {
         properties.insert(key.to_string(), value.to_string());
     }
+    for key in PROGRESS_PROPERTIES {
+        if let Some(value) = newest_property(base, key) {
+            properties.insert(key.to_string(), value);
+        }
+    }
     properties.extend(change.properties.clone());
     if let Some(fence) = change.fence {
-        let base = fence.engine_snapshot.map_or_else(|| "none".to_string(), |id| id.to_string());
-        properties.insert(BASE_SNAPSHOT_PROPERTY.to_string(), base);
+        properties.insert(BASE_PROPERTY.to_string(), fence.base.map_or_else(|| "none".to_string(), |c| c.to_string()));
     }
     Summary { operation, additional_properties: properties }
 }
@@ -735,9 +756,9 @@ mod tests {
     }
 
     /// An engine commit: it carries an epoch, and a fence on what it was computed from.
-    fn engine_change(files: Vec<DataFile>, fence: Fence, writer: &str) -> FileChange {
+    fn engine_change(files: Vec<DataFile>, fence: Fence, writer: &str, epoch: u64) -> FileChange {
         let properties = BTreeMap::from([
-            (EPOCH_PROPERTY.to_string(), "1".to_string()),
+            (EPOCH_PROPERTY.to_string(), epoch.to_string()),
             (WRITER_PROPERTY.to_string(), writer.to_string()),
         ]);
         FileChange { add: files, properties, fence: Some(fence), ..Default::default() }
@@ -749,20 +770,21 @@ mod tests {
         // Two engines read the table while it is empty: both compute from "no engine snapshot".
         let base = f.lakehouse.load(&f.ident).await.unwrap();
         let fence = Fence::of(&base);
-        assert_eq!(fence, Fence { engine_snapshot: None });
-        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], fence, "first");
+        assert_eq!(fence, Fence { base: None });
+        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], fence, "a1", 1);
         let winner = commit(&f.lakehouse, base.clone(), first, CommitOptions::default()).await.unwrap();
         let summary = &winner.table.metadata().current_snapshot().unwrap().summary().additional_properties;
-        assert_eq!(summary[BASE_SNAPSHOT_PROPERTY], "none");
-        assert_eq!(Fence::of(&winner.table), Fence { engine_snapshot: Some(winner.snapshot_id) });
+        assert_eq!(summary[BASE_PROPERTY], "none");
+        assert_eq!(Fence::of(&winner.table), Fence { base: Some(EngineCommit { writer: 0xa1, epoch: 1 }) });
+        assert_eq!(Fence::after(&winner), Fence::of(&winner.table));
 
         // The second engine's commit touches another partition (a plain conflict check would let
         // it through) but was computed from the same empty table: refused, whatever base it is
         // handed, on the first attempt and after a lost swap alike.
-        let second = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "second");
+        let second = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "b2", 1);
         for handed in [base, f.lakehouse.load(&f.ident).await.unwrap()] {
             let error = commit(&f.lakehouse, handed, second.clone(), CommitOptions::default()).await.unwrap_err();
-            assert!(matches!(&error, Error::Fenced { detail, .. } if detail.contains("writer first")), "{error}");
+            assert!(matches!(&error, Error::Fenced { detail, .. } if detail.contains("writer/epoch 0000000000a1/1 committed after an empty table")), "{error}");
             assert_eq!(error.fault(), crate::error::Fault::User);
             assert!(!error.retryable());
         }
@@ -773,22 +795,27 @@ mod tests {
     #[tokio::test]
     async fn a_commit_is_reapplied_over_another_writers_append_but_not_over_an_engines() {
         let f = fixture().await;
-        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], Fence { engine_snapshot: None }, "run");
+        let first = engine_change(vec![data_file(&f, 100, 0, 10).await], Fence { base: None }, "c3", 1);
         let first = commit(&f.lakehouse, f.lakehouse.load(&f.ident).await.unwrap(), first, CommitOptions::default()).await.unwrap();
-        let fence = Fence { engine_snapshot: Some(first.snapshot_id) };
+        let fence = Fence::after(&first);
         let base = f.lakehouse.load(&f.ident).await.unwrap();
 
-        // Maintenance (no epoch) appends meanwhile: the fence still holds, the change is re-applied.
+        // Maintenance (no epoch of its own) appends meanwhile: it carries the engine's progress
+        // forward, the fence still holds, the change is re-applied.
         append(&f, vec![data_file(&f, 102, 500, 5).await]).await;
-        let next = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "run");
+        let carried = f.lakehouse.load(&f.ident).await.unwrap();
+        assert_eq!(carried.metadata().current_snapshot().unwrap().summary().additional_properties[WRITER_PROPERTY], "c3");
+        assert_eq!(Fence::of(&carried), fence);
+        let next = engine_change(vec![data_file(&f, 101, 100, 10).await], fence, "c3", 2);
         let next = commit(&f.lakehouse, base, next, CommitOptions::default()).await.unwrap();
         assert_eq!(next.attempts, 2, "the first swap lost to the append");
         assert_eq!(row_count(&f).await, 25);
         let summary = &next.table.metadata().current_snapshot().unwrap().summary().additional_properties;
-        assert_eq!(summary[BASE_SNAPSHOT_PROPERTY], first.snapshot_id.to_string());
+        assert_eq!(summary[BASE_PROPERTY], "0000000000c3/1");
+        assert_eq!(Fence::after(&next), Fence { base: Some(EngineCommit { writer: 0xc3, epoch: 2 }) });
 
-        // Built on the same first snapshot, a commit that lost to that engine commit is refused.
-        let stale = engine_change(vec![data_file(&f, 103, 900, 3).await], fence, "zombie");
+        // Built on the same first commit, another run's change (a zombie waking up) is refused.
+        let stale = engine_change(vec![data_file(&f, 103, 900, 3).await], fence, "d4", 1);
         let error = commit(&f.lakehouse, next.table.clone(), stale, CommitOptions::default()).await.unwrap_err();
         assert!(matches!(&error, Error::Fenced { .. }), "{error}");
         assert!(error.to_string().contains("another writer is committing to curated.movie_ratings"), "{error}");

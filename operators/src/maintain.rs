@@ -296,13 +296,7 @@ pub async fn expire(lakehouse: &Lakehouse, ident: &TableIdent, settings: &Mainta
     let mut snapshots: Vec<_> = metadata.snapshots().map(|s| (s.timestamp_ms(), s.snapshot_id())).collect();
     snapshots.sort_unstable_by(|a, b| b.cmp(a));
     let cutoff = now_ms - settings.snapshot_retention.as_millis() as i64;
-    // Besides the refs: the snapshots holding the engine's offsets, replay cursor and fence, even
-    // when maintenance snapshots made after them push them out of the newest `keep_snapshots`.
-    let named: HashSet<i64> = referenced_snapshots(metadata)?
-        .into_iter()
-        .chain(metadata.current_snapshot_id())
-        .chain(crate::commit::progress_snapshots(&table))
-        .collect();
+    let named: HashSet<i64> = referenced_snapshots(metadata)?.into_iter().chain(metadata.current_snapshot_id()).collect();
     let (kept, expired): (Vec<_>, Vec<_>) = snapshots
         .iter()
         .enumerate()
@@ -662,7 +656,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn expiry_keeps_the_snapshot_holding_the_engines_offsets_and_fence() {
+    async fn the_engines_offsets_and_fence_survive_maintenance_and_expiry_of_its_snapshot() {
         let f = fixture().await;
         let table = f.lakehouse.load(&f.ident).await.unwrap();
         let properties = BTreeMap::from([
@@ -670,17 +664,19 @@ mod tests {
             (crate::source::kafka::OFFSETS_PROPERTY.to_string(), r#"{"t":{"0":10}}"#.to_string()),
         ]);
         let change = FileChange { add: vec![data_file(&f, 10, 0, 10).await], properties, ..Default::default() };
-        let engine = commit(&f.lakehouse, table, change, CommitOptions::default()).await.unwrap().snapshot_id;
-        // Three snapshots of other writers (maintenance, an import) after the engine's.
+        let engine = commit(&f.lakehouse, table, change, CommitOptions::default()).await.unwrap();
+        let fence = crate::commit::Fence::after(&engine);
+        // Three snapshots of other writers (maintenance, an import) after the engine's: each
+        // carries its progress forward, so expiring the engine's own snapshot loses nothing.
         for round in 1..=3u128 {
             append(&f, vec![data_file(&f, 10, round * 100, 10).await]).await.unwrap();
         }
         let keep_one = MaintainSettings { snapshot_retention: Duration::ZERO, keep_snapshots: 1, ..MaintainSettings::default() };
         let report = expire(&f.lakehouse, &f.ident, &keep_one, chrono::Utc::now().timestamp_millis()).await.unwrap();
-        assert!(!report.expired_snapshots.contains(&engine), "{:?}", report.expired_snapshots);
-        assert_eq!(report.expired_snapshots.len(), 2);
+        assert!(report.expired_snapshots.contains(&engine.snapshot_id), "{:?}", report.expired_snapshots);
+        assert_eq!(report.expired_snapshots.len(), 3);
         let table = f.lakehouse.load(&f.ident).await.unwrap();
-        assert_eq!(crate::commit::Fence::of(&table), crate::commit::Fence { engine_snapshot: Some(engine) });
+        assert_eq!(crate::commit::Fence::of(&table), fence);
         assert_eq!(crate::source::kafka::committed_offsets(&table, "t").unwrap(), crate::source::kafka::Offsets::from([(0, 10)]));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Later epochs are not committed after a failure: their changes build on the failed one.
 //!
-//! Fencing: every commit carries the table's engine snapshot it was computed from ([`Fence`]): at
+//! Fencing: every commit carries the table's engine commit it was computed from ([`Fence`]): at
 //! the start the one the run read its offsets, cursor and state from, then the run's own previous
 //! commit. A commit whose table another engine run has committed to since is refused
 //! ([`crate::Error::Fenced`]) and the run stops; see [`crate::commit`].
@@ -93,7 +93,7 @@ impl Fences {
     pub fn at_start(mode: &CommitMode, rejected: &Table, curated: &Table) -> Fences {
         let raw = match mode {
             CommitMode::Stream(stream) => stream.raw_fence,
-            CommitMode::Replay => Fence { engine_snapshot: None },
+            CommitMode::Replay => Fence { base: None },
         };
         Fences {
             raw: std::cell::Cell::new(raw),
@@ -104,7 +104,7 @@ impl Fences {
 
     /// After a commit of this run, its snapshot is what the next one builds on.
     fn advance(cell: &std::cell::Cell<Fence>, committed: &Committed) {
-        cell.set(Fence { engine_snapshot: Some(committed.snapshot_id) });
+        cell.set(Fence::after(committed));
     }
 }
 
