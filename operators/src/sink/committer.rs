@@ -80,7 +80,7 @@ pub struct StreamCommit {
     pub resume: Resume,
 }
 
-/// Per table, the engine snapshot the run's next commit builds on.
+/// Per table, the engine commit the run's next commit builds on.
 pub struct Fences {
     /// Stream only: a replay does not write raw.
     pub raw: std::cell::Cell<Fence>,
@@ -102,7 +102,7 @@ impl Fences {
         }
     }
 
-    /// After a commit of this run, its snapshot is what the next one builds on.
+    /// After a commit of this run, it is what the next one builds on.
     fn advance(cell: &std::cell::Cell<Fence>, committed: &Committed) {
         cell.set(Fence::after(committed));
     }
