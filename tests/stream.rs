@@ -130,7 +130,8 @@ fn a_zombie_that_wakes_after_another_engine_took_over_is_fenced_and_loses_nothin
     let mut s = Scenario::new(3);
     s.produce(6_000, 3, "2025-05-01", 61, READER);
     // The zombie reads the records, then sleeps before its first commit (a GC pause, SIGSTOP).
-    let zombie = spawn_logged(&s, &["-w", "2"], Some("stream-before-raw-commit=1*sleep(10000)"));
+    // Long enough for the second engine to start, read and commit even on a loaded machine.
+    let zombie = spawn_logged(&s, &["-w", "2"], Some("stream-before-raw-commit=1*sleep(20000)"));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(s.lake.snapshot_count("raw.movie_ratings_raw"), 0, "the zombie committed before it slept");
     // Meanwhile a second engine takes over and commits everything.
@@ -158,8 +159,11 @@ fn a_zombie_that_wakes_after_another_engine_took_over_is_fenced_and_loses_nothin
 fn two_engines_started_on_one_graph_commit_each_record_once() {
     let mut s = Scenario::new(4);
     s.produce(20_000, 4, "2025-05-01", 63, READER);
-    // A double deploy: both start at once from the same (empty) tables and read everything.
-    let (a, b) = (spawn_logged(&s, &["-w", "2"], None), spawn_logged(&s, &["-w", "2"], None));
+    // A double deploy: both start at once from the same (empty) tables and read everything. The
+    // first commit waits a moment, so both have read the tables before either commits, however
+    // slowly one of them starts.
+    let slow_start = Some("stream-before-raw-commit=1*sleep(3000)");
+    let (a, b) = (spawn_logged(&s, &["-w", "2"], slow_start), spawn_logged(&s, &["-w", "2"], slow_start));
     let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
     let fenced = outputs.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains(FENCED)).count();
     let succeeded = outputs.iter().filter(|o| o.status.success()).count();
@@ -189,7 +193,7 @@ fn a_replay_while_a_stream_runs_fences_the_stream_and_a_restart_completes() {
     s.stream(&[]);
     s.produce(4_000, 2, "2025-05-03", 65, READER);
     // The stream commits raw and rejected, then pauses before curated ...
-    let stream = spawn_logged(&s, &[], Some("stream-after-rejected-commit=1*sleep(12000)"));
+    let stream = spawn_logged(&s, &[], Some("stream-after-rejected-commit=1*sleep(30000)"));
     let raw_snapshots = s.lake.snapshot_count("curated.movie_ratings_rejected");
     wait_until("the stream committed rejected", Duration::from_secs(60), || {
         s.lake.snapshot_count("curated.movie_ratings_rejected") > raw_snapshots
@@ -202,7 +206,7 @@ fn a_replay_while_a_stream_runs_fences_the_stream_and_a_restart_completes() {
     // A replay that read the tables before the stream committed is refused the same way.
     s.produce(2_000, 1, "2025-05-05", 66, READER);
     let replay = s.lake.command(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"])
-        .env("FAILPOINTS", "commit-before-swap=1*sleep(6000)")
+        .env("FAILPOINTS", "commit-before-swap=1*sleep(20000)")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
