@@ -18,13 +18,15 @@
 //!  → compare-and-swap of the catalog pointer, expecting the base's metadata location
 //! ```
 //!
-//! Fencing: an engine commit names the table's newest engine snapshot it was computed from
-//! ([`Fence`]; an engine snapshot is one that carries [`EPOCH_PROPERTY`]: a stream's or a replay's
-//! epoch). Before every attempt the base's newest engine snapshot must still be that one: if another
-//! engine run committed since (a second stream on the same graph, a zombie that woke up, a replay
-//! while a stream runs), the change was computed from state that no longer holds and is refused
-//! with [`Error::Fenced`], never re-applied. Snapshots of other writers (maintenance, `generate`,
-//! `import`) do not move the fence; they are handled as conflicts below.
+//! Fencing: an engine commit (a stream's or a replay's epoch) names the table's newest engine
+//! commit it was computed from ([`Fence`]: that commit's writer id and epoch). Before every attempt
+//! the base's newest engine commit must still be that one: if another engine run committed since
+//! (a second stream on the same graph, a zombie that woke up, a replay while a stream runs), the
+//! change was computed from state that no longer holds and is refused with [`Error::Fenced`],
+//! never re-applied. Every other commit (maintenance, `generate`, `import`) carries the engine's
+//! progress properties forward from its base, so it never moves the fence, the current snapshot
+//! always says where the engine is, and expiry may drop the engine's own snapshots; such commits
+//! are handled as conflicts below.
 //!
 //! Conflicts: when the swap finds another writer's commit first, the change is re-validated on the
 //! new base. It is re-applied only if the fence still holds, every file it removes is still live
@@ -49,8 +51,8 @@ use crate::error::{Context, Error, Result};
 
 /// Snapshot summary property: the replay position a curated snapshot reflects.
 pub const REPLAY_CURSOR_PROPERTY: &str = "ratings-flow.replay-cursor";
-/// Snapshot summary property: the dataflow epoch that produced the snapshot. Every engine commit
-/// (stream or replay) carries it, which is what makes a snapshot an engine snapshot for [`Fence`].
+/// Snapshot summary property: the dataflow epoch that produced the snapshot (with
+/// [`WRITER_PROPERTY`], the engine commit a [`Fence`] names; other commits carry both forward).
 pub const EPOCH_PROPERTY: &str = "ratings-flow.epoch";
 /// Snapshot summary property: the engine run that made the snapshot (a fresh id per run).
 pub const WRITER_PROPERTY: &str = "ratings-flow.writer";
