@@ -317,6 +317,41 @@ fn new_keys_append_files_and_superseded_rows_become_position_deletes() {
     assert_matches_oracle(&s.lake, &s.oracle());
 }
 
+/// Day 0 (2025-09-01) in Kafka milliseconds, and one day.
+const DAY0_MS: i64 = 20_332 * 86_400_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// Partition 1 lags: `lagging` is ingested there on day 0 while 20 events (ids
+/// `00000000-0000-4000-8000-{prefix}000000000NN`) on partition 0 are ten days further. Returns
+/// their ids.
+fn send_lagging_partition(s: &mut Scenario, lagging: &str, prefix: char) -> Vec<String> {
+    let ahead: Vec<String> = (0..20).map(|i| format!("00000000-0000-4000-8000-{prefix}000000000{i:02}")).collect();
+    let mut events =
+        vec![Crafted { partition: 1, timestamp_ms: DAY0_MS + 3_600_000, event_id: lagging, rating: 5.0, rating_timestamp: DAY0_MS / 1000 + 60 }];
+    events.extend(ahead.iter().zip(0i64..).map(|(event_id, i)| {
+        let at = DAY0_MS + 10 * DAY_MS + i * 60_000;
+        Crafted { partition: 0, timestamp_ms: at, event_id, rating: 8.0, rating_timestamp: at / 1000 }
+    }));
+    send_events(&s.topic, &schema(READER), 1, &events);
+    s.produced += events.len();
+    ahead
+}
+
+/// Two days later on partition 1, the lagging event's update: inside the lateness window of its row.
+fn send_lagging_update(s: &mut Scenario, lagging: &str) {
+    let at = DAY0_MS + 2 * DAY_MS;
+    send_events(&s.topic, &schema(READER), 1, &[Crafted { partition: 1, timestamp_ms: at, event_id: lagging, rating: 9.0, rating_timestamp: at / 1000 }]);
+    s.produced += 1;
+}
+
+/// The lagging event's update replaced its row: one row, moved to day 2.
+fn assert_lagging_row_moved(s: &Scenario, lagging: &str) {
+    assert_matches_oracle(&s.lake, &s.oracle());
+    let rows: Vec<_> = s.lake.curated_rows().into_iter().filter(|(key, _)| uuid::Uuid::from_u128(*key).to_string() == lagging).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1.rating_date, 20_334);
+}
+
 #[test]
 fn an_update_from_a_partition_days_behind_the_others_still_replaces_the_row() {
     // Partition 1 lags: its event is ingested on day 0 while partition 0 is already ten days
@@ -324,32 +359,16 @@ fn an_update_from_a_partition_days_behind_the_others_still_replaces_the_row() {
     // update that moves the row out of it; otherwise the old row stays and the key has two rows.
     let mut s = Scenario::new(2);
     s.produce(1, 1, "2025-09-01", 7, READER);
-    let reader = schema(READER);
-    let day_ms = 86_400_000i64;
-    let day0 = 20_332 * day_ms; // 2025-09-01
     let lagging = "00000000-0000-4000-8000-000000000001";
-    let ahead: Vec<String> = (0..20).map(|i| format!("00000000-0000-4000-8000-1000000000{i:02}")).collect();
-    let mut events = vec![Crafted { partition: 1, timestamp_ms: day0 + 3_600_000, event_id: lagging, rating: 5.0, rating_timestamp: day0 / 1000 + 60 }];
-    events.extend(ahead.iter().zip(0i64..).map(|(event_id, i)| {
-        let at = day0 + 10 * day_ms + i * 60_000;
-        Crafted { partition: 0, timestamp_ms: at, event_id, rating: 8.0, rating_timestamp: at / 1000 }
-    }));
-    send_events(&s.topic, &reader, 1, &events);
-    s.produced += events.len();
+    let ahead = send_lagging_partition(&mut s, lagging, '1');
     let mut stream = s.spawn(&["--stop-when-idle", "4s"], None);
     wait_until("partition 0's events and the lagging one are committed", Duration::from_secs(60), || {
         let keys: BTreeSet<String> = s.lake.curated_rows().iter().map(|(key, _)| uuid::Uuid::from_u128(*key).to_string()).collect();
         keys.contains(lagging) && ahead.iter().all(|key| keys.contains(key))
     });
-    // Two days later on partition 1: the update is inside the lateness window of the row.
-    let at = day0 + 2 * day_ms;
-    send_events(&s.topic, &reader, 1, &[Crafted { partition: 1, timestamp_ms: at, event_id: lagging, rating: 9.0, rating_timestamp: at / 1000 }]);
-    s.produced += 1;
+    send_lagging_update(&mut s, lagging);
     assert!(stream.wait().unwrap().success());
-    assert_matches_oracle(&s.lake, &s.oracle());
-    let rows: Vec<_> = s.lake.curated_rows().into_iter().filter(|(key, _)| uuid::Uuid::from_u128(*key).to_string() == lagging).collect();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].1.rating_date, 20_334);
+    assert_lagging_row_moved(&s, lagging);
 }
 
 #[test]
@@ -359,31 +378,16 @@ fn a_restart_keeps_the_rows_of_a_lagging_partition_updatable_as_one_run_does() {
     // newest ingestion date curated reflects, or the update would be rejected as a late update.
     let mut s = Scenario::new(2);
     s.produce(1, 1, "2025-09-01", 7, READER);
-    let reader = schema(READER);
-    let day_ms = 86_400_000i64;
-    let day0 = 20_332 * day_ms; // 2025-09-01
     let lagging = "00000000-0000-4000-8000-000000000002";
-    let mut events = vec![Crafted { partition: 1, timestamp_ms: day0 + 3_600_000, event_id: lagging, rating: 5.0, rating_timestamp: day0 / 1000 + 60 }];
-    let ahead: Vec<String> = (0..20).map(|i| format!("00000000-0000-4000-8000-2000000000{i:02}")).collect();
-    events.extend(ahead.iter().zip(0i64..).map(|(event_id, i)| {
-        let at = day0 + 10 * day_ms + i * 60_000;
-        Crafted { partition: 0, timestamp_ms: at, event_id, rating: 8.0, rating_timestamp: at / 1000 }
-    }));
-    send_events(&s.topic, &reader, 1, &events);
-    s.produced += events.len();
+    send_lagging_partition(&mut s, lagging, '2');
     s.stream(&[]);
     let curated = s.lake.table("curated.movie_ratings");
     let summary = &curated.metadata().current_snapshot().unwrap().summary().additional_properties;
     assert!(summary["ratings-flow.partition-days"].contains(r#""1":"2025-09-01""#), "{summary:?}");
-    // Two days later on partition 1, after the restart.
-    let at = day0 + 2 * day_ms;
-    send_events(&s.topic, &reader, 1, &[Crafted { partition: 1, timestamp_ms: at, event_id: lagging, rating: 9.0, rating_timestamp: at / 1000 }]);
-    s.produced += 1;
+    // The update, after the restart.
+    send_lagging_update(&mut s, lagging);
     s.stream(&[]);
-    assert_matches_oracle(&s.lake, &s.oracle());
-    let rows: Vec<_> = s.lake.curated_rows().into_iter().filter(|(key, _)| uuid::Uuid::from_u128(*key).to_string() == lagging).collect();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].1.rating_date, 20_334);
+    assert_lagging_row_moved(&s, lagging);
 }
 
 #[test]

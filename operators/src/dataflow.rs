@@ -102,7 +102,7 @@ fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
                 Ok(accepted) => accepted,
                 Err(rejection) => return Some(Verdict::Rejected(rejection)),
             };
-            candidate.as_ingested = as_ingested(&event, key, &context.topic);
+            candidate.as_ingested = as_ingested(&event, &context.topic);
             if let Some(day) = context.frozen.get(&key) {
                 return Some(Verdict::Rejected(Box::new(Rejection { reason: RejectReason::LateUpdate, detail: late_update_detail(*day), event })));
             }
@@ -116,12 +116,13 @@ fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
     }
 }
 
-/// What `event` said that its candidate would lose: an event id spelled other than canonically,
-/// a topic other than the graph's. `None` for (nearly) every record.
-fn as_ingested(event: &RawEvent, key: u128, topic: &Arc<str>) -> Option<Box<AsIngested>> {
+/// What `event`, which passed validation, said that its candidate would lose: an event id spelled
+/// other than canonically, a topic other than the graph's. `None` for (nearly) every record.
+fn as_ingested(event: &RawEvent, topic: &Arc<str>) -> Option<Box<AsIngested>> {
     let event_id = event.event_id.as_deref().unwrap_or_default();
-    let canonical = event_id.len() == 36 && uuid::Uuid::try_parse(event_id).is_ok_and(|id| id.as_u128() == key)
-        && !event_id.bytes().any(|b| b.is_ascii_uppercase());
+    // The (trimmed) id parsed as a UUID already: of its spellings only the hyphenated one has 36
+    // characters of hex digits and hyphens alone (simple 32, braced 38, URN 45, padding is neither).
+    let canonical = event_id.len() == 36 && event_id.bytes().all(|b| matches!(b, b'-' | b'0'..=b'9' | b'a'..=b'f'));
     (!canonical || *event.source_topic != **topic)
         .then(|| Box::new(AsIngested { event_id: event_id.to_string(), topic: event.source_topic.clone() }))
 }

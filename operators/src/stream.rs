@@ -57,7 +57,7 @@ use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
 use crate::source::kafka::registry::RegistryClient;
-use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets, committed_partition_days};
+use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets, committed_partition_days, note_day};
 use crate::source::raw::{StatePlan, plan_state};
 use crate::writer::write_partition;
 
@@ -538,8 +538,7 @@ impl PartitionReader {
         };
         let day = day_of_millis(ingestion_ts_ms);
         meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
-        let newest = self.newest_day.entry(partition).or_insert(day);
-        *newest = (*newest).max(day);
+        note_day(&mut self.newest_day, partition, day);
         meta.offsets.insert(partition, offset + 1);
         meta.records += 1;
         if offset >= self.raw_from.get(&partition).copied().unwrap_or(0) {

@@ -31,7 +31,9 @@ use crate::commit::{
     CommitOptions, Committed, EPOCH_PROPERTY, Fence, FileChange, REPLAY_CURSOR_PROPERTY, WRITER_PROPERTY, commit, replace_partitions,
 };
 use crate::metrics::Metrics;
-use crate::source::kafka::{OFFSETS_PROPERTY, Offsets, PARTITION_DAYS_PROPERTY, Resume, format_offsets, format_partition_days};
+use crate::source::kafka::{
+    OFFSETS_PROPERTY, Offsets, PARTITION_DAYS_PROPERTY, Resume, format_offsets, format_partition_days, note_day,
+};
 use crate::error::Result;
 use crate::model::{RejectReason, Rejection, format_date};
 use crate::schema::{arrow_schema, rejected_to_batch};
@@ -445,8 +447,7 @@ impl Committer {
         let before = positions.curated.clone();
         advance(&mut positions.curated);
         for (partition, day) in &meta.partition_days {
-            let newest = positions.partition_days.entry(*partition).or_insert(*day);
-            *newest = (*newest).max(*day);
+            note_day(&mut positions.partition_days, *partition, *day);
         }
         let mut properties = properties(&positions.curated, meta.days);
         properties.insert(PARTITION_DAYS_PROPERTY.to_string(), format_partition_days(&stream.topic, &positions.partition_days));

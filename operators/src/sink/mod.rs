@@ -113,8 +113,7 @@ impl EpochMeta {
             (a, b) => a.or(b),
         };
         for (partition, day) in other.partition_days {
-            let newest = self.partition_days.entry(partition).or_insert(day);
-            *newest = (*newest).max(day);
+            crate::source::kafka::note_day(&mut self.partition_days, partition, day);
         }
     }
 }

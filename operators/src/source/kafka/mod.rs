@@ -42,6 +42,12 @@ pub const PARTITION_DAYS_PROPERTY: &str = "ratings-flow.partition-days";
 /// Partition → newest ingestion date (day number) read from it.
 pub type PartitionDays = BTreeMap<i32, i32>;
 
+/// Notes that `partition` delivered a record ingested on `day`: the newest date is kept.
+pub fn note_day(days: &mut PartitionDays, partition: i32, day: i32) {
+    let newest = days.entry(partition).or_insert(day);
+    *newest = (*newest).max(day);
+}
+
 /// `{topic: {partition: "YYYY-MM-DD"}}` as stored in a snapshot summary.
 pub fn format_partition_days(topic: &str, days: &PartitionDays) -> String {
     let partitions: BTreeMap<String, String> = days.iter().map(|(p, d)| (p.to_string(), crate::model::format_date(*d))).collect();
