@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench: plugins ## Criterion benchmarks (replay path on 1M generated events, comm
 
 bench-replay: build plugins ## Whole-process timing of --mode replay on 10M events (release)
 	bash benches/replay_10m.sh
+
+bench-peers: setup build plugins ## The same N raw rows (default 10M) through DuckDB 1.5.5 (the rules as SQL) and through --mode replay, in one run: times, ratio, max RSS, row counts
+	bash benches/peers.sh $(or $(EVENTS),10000000)
 
 bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer (with each side's and the broker's CPU time), and produce-to-snapshot freshness
 	bash benches/stream.sh
