@@ -149,9 +149,9 @@ async fn lake(rows: u64, with_table: bool) -> Lake {
         parse_table_ident("curated.movie_ratings").unwrap(),
         parse_table_ident("curated.movie_ratings_rejected").unwrap(),
     );
-    lakehouse.ensure_table(&raw, &operators::schema::raw_layout().unwrap()).await.unwrap();
-    lakehouse.ensure_table(&curated, &operators::schema::curated_layout().unwrap()).await.unwrap();
-    lakehouse.ensure_table(&rejected, &operators::schema::rejected_layout().unwrap()).await.unwrap();
+    lakehouse.ensure_table(&raw, &ratings_benches::shipped_graph().pipeline.raw_layout().unwrap()).await.unwrap();
+    lakehouse.ensure_table(&curated, &ratings_benches::shipped_graph().pipeline.curated_layout().unwrap()).await.unwrap();
+    lakehouse.ensure_table(&rejected, &ratings_benches::shipped_graph().pipeline.rejected_layout().unwrap()).await.unwrap();
 
     let table = lakehouse.load(&curated).await.unwrap();
     let schema = arrow_schema(table.metadata().current_schema()).unwrap();

@@ -51,8 +51,8 @@ fn floor(c: &mut Criterion) {
         let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
         let raw = parse_table_ident("raw.movie_ratings_raw").unwrap();
         let curated = parse_table_ident("curated.movie_ratings").unwrap();
-        let raw = lakehouse.ensure_table(&raw, &operators::schema::raw_layout().unwrap()).await.unwrap();
-        let curated = lakehouse.ensure_table(&curated, &operators::schema::curated_layout().unwrap()).await.unwrap();
+        let raw = lakehouse.ensure_table(&raw, &ratings_benches::shipped_graph().pipeline.raw_layout().unwrap()).await.unwrap();
+        let curated = lakehouse.ensure_table(&curated, &ratings_benches::shipped_graph().pipeline.curated_layout().unwrap()).await.unwrap();
         (raw, curated)
     });
     let raw_schema = arrow_schema(raw.metadata().current_schema()).unwrap();

@@ -18,3 +18,9 @@ pub fn approval_plugin() -> PluginSpec {
 pub fn approval_chain() -> RuleChain {
     RuleChain::load(&[approval_plugin()]).expect("the approval plugin loads")
 }
+
+/// The shipped ratings graph (`graphs/ratings.toml`): its pipeline declares the tables.
+pub fn shipped_graph() -> runtime::graph::Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../graphs/ratings.toml");
+    runtime::graph::Graph::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}

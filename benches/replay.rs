@@ -49,15 +49,15 @@ fn end_to_end(c: &mut Criterion) {
     );
     let lakehouse = runtime.block_on(async {
         let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
-        lakehouse.ensure_table(&raw, &operators::schema::raw_layout().unwrap()).await.unwrap();
+        lakehouse.ensure_table(&raw, &ratings_benches::shipped_graph().pipeline.raw_layout().unwrap()).await.unwrap();
         operators::generate::write_generated(&lakehouse, &raw, settings(), 128 << 20, |_, _| {}).await.unwrap();
         lakehouse
     });
     let reset = || {
         runtime.block_on(async {
             for (ident, layout) in [
-                (&curated, operators::schema::curated_layout().unwrap()),
-                (&rejected, operators::schema::rejected_layout().unwrap()),
+                (&curated, ratings_benches::shipped_graph().pipeline.curated_layout().unwrap()),
+                (&rejected, ratings_benches::shipped_graph().pipeline.rejected_layout().unwrap()),
             ] {
                 if lakehouse.catalog().table_exists(ident).await.unwrap() {
                     lakehouse.catalog().drop_table(ident).await.unwrap();

@@ -14,9 +14,9 @@ fn assert_one_line_error(run: &ratings_tests::Run, mentions: &str) {
 #[test]
 fn malformed_graph_file_names_file_and_key() {
     let lake = Lake::new();
-    std::fs::write(&lake.graph, GRAPH_TEMPLATE.replace("future_tolerance = \"1h\"", "future_tolerance = 7")).unwrap();
+    std::fs::write(&lake.graph, GRAPH_TEMPLATE.replace("tolerance = \"1h\"", "tolerance = 7")).unwrap();
     let run = lake.run(&["--mode", "replay", "--from", "2025-05-01"]);
-    assert_one_line_error(&run, "rules.future_tolerance");
+    assert_one_line_error(&run, "validate[5].tolerance");
     assert!(run.stderr.contains("graph.toml"), "{}", run.stderr);
     assert_eq!(run.status, 2);
 

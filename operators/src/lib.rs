@@ -24,6 +24,7 @@ pub mod generate;
 pub mod maintain;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod produce;
 pub mod reader;
 pub mod replay;

@@ -18,17 +18,12 @@ use arrow_array::builder::{
 };
 use arrow_array::{Array, ArrayRef, BooleanArray, LargeBinaryArray, Date32Array, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec};
+use iceberg::spec::{Schema, Transform, UnboundPartitionSpec};
 
 use crate::error::{Context, Error, Result};
 use crate::model::{
     Candidate, IngestPosition, Origin, RawEvent, Rating, RejectReason, Rejection, Undecodable, day_of_millis, format_event_id,
 };
-
-fn field(id: i32, name: &str, ty: PrimitiveType, required: bool) -> Arc<NestedField> {
-    let ty = Type::Primitive(ty);
-    Arc::new(if required { NestedField::required(id, name, ty) } else { NestedField::optional(id, name, ty) })
-}
 
 /// A table's Iceberg schema and partition spec (identity on one date column).
 pub struct TableLayout {
@@ -47,73 +42,6 @@ impl TableLayout {
             .map(|b| b.build())
             .context(|| "building partition spec".into())
     }
-}
-
-pub fn raw_layout() -> Result<TableLayout> {
-    use PrimitiveType::*;
-    let schema = Schema::builder()
-        .with_fields(vec![
-            field(1, "event_id", String, false),
-            field(2, "user_id", String, false),
-            field(3, "movie_id", String, false),
-            field(4, "rating", Float, false),
-            field(5, "rating_timestamp", Long, false),
-            field(6, "source_topic", String, true),
-            field(7, "source_partition", Int, true),
-            field(8, "source_offset", Long, true),
-            field(9, "ingestion_ts_ms", Long, true),
-            field(10, "ingestion_date", Date, true),
-            field(11, "decode_error", String, false),
-            field(12, "decode_detail", String, false),
-            field(13, "payload", Binary, false),
-        ])
-        .build()
-        .context(|| "building raw schema".into())?;
-    Ok(TableLayout { schema, partition_column: "ingestion_date".into() })
-}
-
-pub fn curated_layout() -> Result<TableLayout> {
-    use PrimitiveType::*;
-    let schema = Schema::builder()
-        .with_fields(vec![
-            field(1, "event_id", String, true),
-            field(2, "user_id", String, true),
-            field(3, "movie_id", String, true),
-            field(4, "rating", Float, true),
-            field(5, "is_approved", Boolean, true),
-            field(6, "rating_timestamp", Long, true),
-            field(7, "rating_date", Date, true),
-            field(8, "ingestion_ts_ms", Long, true),
-            field(9, "source_partition", Int, true),
-            field(10, "source_offset", Long, true),
-        ])
-        .with_identifier_field_ids(vec![1])
-        .build()
-        .context(|| "building curated schema".into())?;
-    Ok(TableLayout { schema, partition_column: "rating_date".into() })
-}
-
-pub fn rejected_layout() -> Result<TableLayout> {
-    use PrimitiveType::*;
-    let schema = Schema::builder()
-        .with_fields(vec![
-            field(1, "reason", String, true),
-            field(2, "detail", String, true),
-            field(3, "event_id", String, false),
-            field(4, "user_id", String, false),
-            field(5, "movie_id", String, false),
-            field(6, "rating", Float, false),
-            field(7, "rating_timestamp", Long, false),
-            field(8, "source_topic", String, true),
-            field(9, "source_partition", Int, true),
-            field(10, "source_offset", Long, true),
-            field(11, "ingestion_ts_ms", Long, true),
-            field(12, "ingestion_date", Date, true),
-            field(13, "payload", Binary, false),
-        ])
-        .build()
-        .context(|| "building rejected schema".into())?;
-    Ok(TableLayout { schema, partition_column: "ingestion_date".into() })
 }
 
 pub fn arrow_schema(schema: &Schema) -> Result<ArrowSchemaRef> {

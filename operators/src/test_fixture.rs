@@ -6,7 +6,31 @@ use iceberg::spec::DataFile;
 
 use crate::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use crate::model::{Candidate, IngestPosition, Origin, Rating};
-use crate::schema::{arrow_schema, curated_layout, curated_to_batch};
+use crate::pipeline::{CuratedSection, KeyColumns, KeyKind, Pipeline, UpsertSection, ValidationSection};
+use crate::schema::{arrow_schema, curated_to_batch};
+
+/// The shipped ratings pipeline's declarations (graphs/ratings.toml), for tests of this crate.
+pub fn ratings_pipeline() -> Pipeline {
+    let reader = apache_avro::Schema::parse_str(include_str!("../../graphs/schemas/movie_rating.avsc")).unwrap();
+    let upsert = UpsertSection {
+        key: KeyColumns::One("event_id".into()),
+        key_type: KeyKind::Uuid,
+        order_by: "rating_timestamp".into(),
+        partition_by: "day(rating_timestamp, seconds) as rating_date".into(),
+        lateness: "5d".into(),
+    };
+    let present = ["user_id", "movie_id", "rating", "rating_timestamp"].map(|column| ValidationSection {
+        column: column.into(),
+        rule: "present".into(),
+        min: None,
+        max: None,
+        unit: None,
+        tolerance: None,
+        reason: None,
+    });
+    let curated = ["event_id", "user_id", "movie_id", "rating", "is_approved boolean", "rating_timestamp", "rating_date"];
+    Pipeline::new(&reader, &upsert, &present, &CuratedSection { columns: curated.map(String::from).to_vec() }).unwrap()
+}
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
@@ -23,7 +47,7 @@ pub async fn fixture() -> Fixture {
     };
     let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
     let ident = parse_table_ident("curated.movie_ratings").unwrap();
-    lakehouse.ensure_table(&ident, &curated_layout().unwrap()).await.unwrap();
+    lakehouse.ensure_table(&ident, &ratings_pipeline().curated_layout().unwrap()).await.unwrap();
     Fixture { _dir: dir, lakehouse, ident }
 }
 

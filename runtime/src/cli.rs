@@ -446,9 +446,9 @@ fn init(graph: &Graph) -> Result<()> {
     io_runtime()?.block_on(async {
         let lakehouse = Lakehouse::open(&graph.catalog, true).await?;
         let layouts = [
-            (&graph.raw, operators::schema::raw_layout()?),
-            (&graph.curated, operators::schema::curated_layout()?),
-            (&graph.rejected, operators::schema::rejected_layout()?),
+            (&graph.raw, graph.pipeline.raw_layout()?),
+            (&graph.curated, graph.pipeline.curated_layout()?),
+            (&graph.rejected, graph.pipeline.rejected_layout()?),
         ];
         for (name, layout) in layouts {
             let table = lakehouse.ensure_table(&parse_table_ident(name)?, &layout).await?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use operators::catalog::CatalogSettings;
 use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
+use operators::pipeline::Pipeline;
 use operators::rules::Rules;
 use operators::rules::chain::RuleChain;
 use operators::rules::plugin::PluginSpec;
@@ -73,7 +74,11 @@ pub struct GraphFile {
     pub catalog: CatalogSection,
     pub source: SourceSection,
     pub tables: TablesSection,
-    pub upsert: UpsertSection,
+    pub upsert: operators::pipeline::UpsertSection,
+    pub curated: operators::pipeline::CuratedSection,
+    /// Validation rules, in order (see README, "Writing a graph").
+    #[serde(default)]
+    pub validate: Vec<operators::pipeline::ValidationSection>,
     pub rules: RulesSection,
     pub commit: CommitSection,
     /// Data-quality checks per table (role `raw`/`curated`/`rejected` or the table's name).
@@ -187,17 +192,9 @@ pub struct TablesSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpsertSection {
-    pub key: String,
-    pub order_by: String,
-    pub partition_by: String,
-    pub lateness: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RulesSection {
-    pub future_tolerance: String,
+    /// Only to say where it went (a `[[validate]]` rule now).
+    pub future_tolerance: Option<toml::Value>,
     /// Only to say where it went (the approval plugin's config).
     pub approval_threshold: Option<toml::Value>,
     /// Business rules as plugins, applied in this order.
@@ -245,6 +242,8 @@ pub struct Graph {
     pub registry_timeout: std::time::Duration,
     pub reader_schema_path: PathBuf,
     pub reader_schema: apache_avro::Schema,
+    /// The pipeline the graph declares: its tables' columns, key, order and partitioning.
+    pub pipeline: Arc<Pipeline>,
     pub commit_interval: std::time::Duration,
     pub raw: String,
     pub curated: String,
@@ -280,21 +279,15 @@ impl Graph {
 
     fn validate(file: GraphFile, folder: &Path) -> Result<Graph, String> {
         let catalog = catalog_settings(file.catalog, folder)?;
-        let expect = |key: &str, value: &str, supported: &str| -> Result<(), String> {
-            if value == supported {
-                Ok(())
-            } else {
-                Err(format!("{key}: expected \"{supported}\" (the ratings pipeline's column), found \"{value}\""))
-            }
-        };
-        expect("upsert.key", &file.upsert.key, "event_id")?;
-        expect("upsert.order_by", &file.upsert.order_by, "rating_timestamp")?;
-        expect("upsert.partition_by", &file.upsert.partition_by, "rating_date")?;
         let lateness = parse_duration("upsert.lateness", &file.upsert.lateness)?;
         if lateness.as_secs() % 86_400 != 0 {
             return Err(format!("upsert.lateness: expected whole days such as \"5d\", found \"{}\"", file.upsert.lateness));
         }
-        let tolerance = parse_duration("rules.future_tolerance", &file.rules.future_tolerance)?;
+        if file.rules.future_tolerance.is_some() {
+            return Err("rules.future_tolerance: declared as a validation rule now: [[validate]] column = \"<time column>\", \
+                        rule = \"not_after_ingestion\", tolerance = \"1h\""
+                .into());
+        }
         if file.rules.approval_threshold.is_some() {
             return Err("rules.approval_threshold: the approval rule is a plugin now; set `threshold` in its config \
                         ([[rules.plugins]] name = \"approval\", config = { threshold = 7.0 })"
@@ -333,6 +326,7 @@ impl Graph {
             .map_err(|e| format!("source.reader_schema: cannot read {}: {e}", reader_schema_path.display()))?;
         let reader_schema = apache_avro::Schema::parse_str(&schema_text)
             .map_err(|e| format!("source.reader_schema: {} is not an Avro schema: {e}", reader_schema_path.display()))?;
+        let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, &file.curated)?);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
             let text = match value {
@@ -370,9 +364,9 @@ impl Graph {
                 .collect::<Result<Vec<Check>, String>>()?;
             let declared = Checks::new(declared).map_err(|e| format!("checks.{table}: {e}"))?;
             let layout = match *role {
-                "raw" => operators::schema::raw_layout(),
-                "curated" => operators::schema::curated_layout(),
-                _ => operators::schema::rejected_layout(),
+                "raw" => pipeline.raw_layout(),
+                "curated" => pipeline.curated_layout(),
+                _ => pipeline.rejected_layout(),
             }
             .and_then(|layout| operators::schema::arrow_schema(&layout.schema))
             .map_err(|e| format!("checks.{table}: {e}"))?;
@@ -404,6 +398,17 @@ impl Graph {
             "off" => None,
             text => Some(parse_duration("maintenance.schedule", text)?),
         };
+        let rules = Rules {
+            lateness_days: (lateness.as_secs() / 86_400) as i32,
+            future_tolerance_secs: pipeline
+                .validations
+                .iter()
+                .find_map(|v| match v.rule {
+                    operators::pipeline::Rule::NotAfterIngestion { tolerance_ms, .. } => Some(tolerance_ms / 1000),
+                    _ => None,
+                })
+                .unwrap_or(i64::MAX / 2),
+        };
         Ok(Graph {
             checks,
             maintenance,
@@ -418,15 +423,13 @@ impl Graph {
             registry_timeout,
             reader_schema_path,
             reader_schema,
+            pipeline,
             commit_interval,
             raw: file.tables.raw,
             curated: file.tables.curated,
             rejected: file.tables.rejected,
             plugins,
-            rules: Rules {
-                lateness_days: (lateness.as_secs() / 86_400) as i32,
-                future_tolerance_secs: tolerance.as_secs() as i64,
-            },
+            rules,
             target_file_size: target_file_size as usize,
             commit: CommitOptions { max_attempts: file.commit.max_attempts, ..CommitOptions::default() },
             replay_epoch_events: file.commit.replay_epoch_events,
@@ -646,7 +649,11 @@ mod tests {
             (GOOD.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),
-            (GOOD.replace("key = \"event_id\"", "key = \"user_id\""), "upsert.key"),
+            (GOOD.replace("key = \"event_id\"", "key = \"user\""), "upsert.key: no event column \"user\""),
+            (GOOD.replace("[rules]\n#", "[rules]\nfuture_tolerance = \"1h\"\n#"), "rules.future_tolerance: declared as a validation rule now"),
+            (GOOD.replace("tolerance = \"1h\"", "tolerance = \"soon\""), "validate[5].tolerance: expected a duration"),
+            (GOOD.replace("rule = \"range\"", "rule = \"between\""), "validate[3].rule: unknown rule \"between\""),
+            (GOOD.replace("\"is_approved boolean\"", "\"is_approved\""), "curated.columns[4]: no column \"is_approved\""),
             (GOOD.replace("replay_epoch_events = 4000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
             (GOOD.replace("stream_epoch_events = 1000000", "stream_epoch_events = 0"), "commit.stream_epoch_events: expected at least 1"),
             (GOOD.replace("schemas/movie_rating.avsc", "schemas/missing.avsc"), "source.reader_schema: cannot read"),

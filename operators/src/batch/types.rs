@@ -131,6 +131,13 @@ fn parse_type(text: &str) -> std::result::Result<Declared, String> {
     Ok(declared)
 }
 
+/// The Iceberg type a graph file names, e.g. `boolean` or `list<struct<id long, name string>>`
+/// (nested field ids from 1: a table renumbers them where it places the column).
+pub fn type_named(text: &str) -> std::result::Result<Type, String> {
+    let declared = parse_type(text)?;
+    Ok(build(&declared, &mut 1))
+}
+
 /// Builds nested types, taking ids for nested fields from `next_id`.
 fn build(declared: &Declared, next_id: &mut i32) -> Type {
     match declared {
