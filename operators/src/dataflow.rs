@@ -1,15 +1,15 @@
 //! The one dataflow both modes run: only the source differs.
 //!
 //! ```text
-//!  driver (per worker): seeds at epoch 0, then raw partitions (replay) or Kafka partitions (stream)
+//!  driver (per worker): seeds at epoch 0, then raw batches (replay: raw Parquet; stream: Kafka)
 //!        │ SourceRecord
 //!        ▼
-//!  Rules: validate, derive, late cut, frozen keys, plugin chain ──rejections─────────┐
-//!        │ (event_id, Candidate)                                                     │
-//!        ▼                                                                           │
-//!  exchange(event_id) → Upsert arrangement → key changes ──late updates──────────────┤
-//!        │ row removed from / inserted into a rating_date (seeds: with their data file)  │
-//!        ▼ exchange(rating_date)                                                      ▼
+//!  Rules on each batch: validate, derive, late cut, frozen keys, plugin chain ──rejected rows──┐
+//!        │ Candidates batches, split by the worker owning their keys                          │
+//!        ▼                                                                                    │
+//!  exchange(owner) → Upsert arrangement (key → Slot) ──late updates, as ingested──────────────┤
+//!        │ per partition: keys whose row leaves it, new rows as one batch                      │
+//!        ▼ exchange(partition)                                                                 ▼
 //!  CuratedWriter (per partition: new data files, position delete files) ──► Committer (worker 0)
 //! ```
 //!
@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use iceberg::TableIdent;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
@@ -30,25 +32,25 @@ use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Probe;
-use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
+use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::catalog::Lakehouse;
 use crate::commit::CommitOptions;
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{AsIngested, Candidate, KeyMap, RawEvent, RejectReason, Rejection};
+use crate::model::{KeyMap, Origin, RejectReason, format_date};
+use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::writer::read_position_deletes;
+use crate::records::{Batch, Candidates, Slot, fingerprints, order_values, positions, rejected_batch, uuid_text};
 use crate::rules::Rules;
-use crate::rules::chain::{Accepted, Pending, RuleChain};
-use crate::schema::curated_from_batch;
+use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
 use crate::sink::{EpochLog, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
-use crate::schema::{late_update_detail, late_update_rejection};
-use crate::upsert::{KeyChange, UpsertChange, UpsertCounters, upsert};
+use crate::upsert::{UpsertChange, UpsertCounters, UpsertInput, route, upsert};
+use crate::writer::read_position_deletes;
 
 /// How long a driver waiting for an epoch to be committed parks between looks at the probe when
 /// its worker has nothing to do. Parking instead of spinning leaves the core to the operators,
@@ -59,72 +61,201 @@ pub const WAIT_PARK: std::time::Duration = std::time::Duration::from_millis(1);
 /// A record entering the dataflow.
 #[derive(Debug, Clone)]
 pub enum SourceRecord {
-    Raw(RawEvent),
-    /// A curated row inside the lateness window and where it sits.
-    Seed(u128, Candidate, Location),
+    /// Raw rows: a batch in the raw table's schema.
+    Raw(RecordBatch),
+    /// A curated row inside the lateness window: its key, slot and where it sits.
+    Seed(u128, Slot, Location),
     /// A live data or position delete file of a curated partition inside the lateness window.
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
 }
-
-type Evaluated = std::result::Result<Accepted, Box<Rejection>>;
 
 /// What the rules stage needs besides the rules.
 pub struct RulesContext {
     pub rules: Rules,
     /// The graph's rule plugins, instantiated once per worker.
     pub chain: RuleChain,
-    /// `event_id` → `rating_date` of every key whose row can no longer change.
+    /// Key → partition day of every key whose row can no longer change.
     pub frozen: Arc<KeyMap<i32>>,
     /// Stream restart: records below these offsets are already in the curated table; they are
     /// read again only for a table that is behind, so they must not enter the upsert again.
     pub curated_from: Option<Arc<Offsets>>,
     /// Input records that passed the rules and entered the upsert.
     pub accepted: Arc<AtomicU64>,
-    /// The graph's topic: a record from another topic keeps its own name for the rejected table.
-    pub topic: Arc<str>,
+    /// The curated table's Arrow schema (curated columns, then lineage).
+    pub curated_schema: SchemaRef,
+    /// The rejected table's Arrow schema.
+    pub rejected_schema: SchemaRef,
 }
 
-/// The engine's part of the rules stage for one record: a seed passes, a raw record is validated
-/// ([`Rules::evaluate`]), checked against frozen keys and against what curated holds already.
-/// `None`: the record's effect on curated is already committed.
-enum Verdict {
-    Seed(u128, Candidate),
-    Pending(Pending),
-    Rejected(Box<Rejection>),
+/// The detail of every late update: where the key's row sits, frozen.
+pub fn late_update_detail(partition_column: &str, frozen_day: i32) -> String {
+    format!("the key's current row is in frozen partition {partition_column}={}", format_date(frozen_day))
 }
 
-fn evaluate(record: SourceRecord, context: &RulesContext) -> Option<Verdict> {
-    match record {
-        SourceRecord::Seed(key, row, _) => Some(Verdict::Seed(key, row)),
-        SourceRecord::SeedFile { .. } => None,
-        SourceRecord::Raw(event) => {
-            let (key, mut candidate) = match context.rules.evaluate(&event) {
-                Ok(accepted) => accepted,
-                Err(rejection) => return Some(Verdict::Rejected(rejection)),
-            };
-            candidate.as_ingested = as_ingested(&event, &context.topic);
-            if let Some(day) = context.frozen.get(&key) {
-                return Some(Verdict::Rejected(Box::new(Rejection { reason: RejectReason::LateUpdate, detail: late_update_detail(*day), event })));
-            }
-            if let Some(from) = &context.curated_from
-                && event.source_offset < from.get(&event.source_partition).copied().unwrap_or(0)
-            {
-                return None;
-            }
-            Some(Verdict::Pending(Pending { key, candidate, event }))
+/// One raw batch after the engine's rules: its rejected rows (a rejected-table batch) and, for the
+/// rows that go on to the plugins, the offered columns, the rows as ingested, and their keys,
+/// order values and partition days.
+struct Judged {
+    rejected: Option<RecordBatch>,
+    working: RecordBatch,
+    ingested: RecordBatch,
+    keys: Vec<u128>,
+    orders: Vec<i64>,
+    days: Vec<i32>,
+}
+
+fn take(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.to_vec())).context(|| "selecting rows".into())
+}
+
+fn project(batch: &RecordBatch, names: &[&str]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let indices = names
+        .iter()
+        .map(|name| schema.index_of(name).map_err(|_| Error::Internal(format!("column {name} is missing"))))
+        .collect::<Result<Vec<_>>>()?;
+    batch.project(&indices).context(|| "projecting rows".into())
+}
+
+/// The engine's part of the rules stage for one raw batch: validation ([`Rules::judge`]), frozen
+/// keys, and what curated holds already (stream restart).
+fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
+    let rules = &context.rules;
+    let pipeline = &rules.pipeline;
+    let judged = rules.judge(raw)?;
+    let mut rejected_rows = judged.rejected;
+    let (mut reasons, mut details) = (judged.reasons, judged.details);
+    let coordinates = positions(raw)?;
+    let mut kept = Vec::with_capacity(judged.accepted.len());
+    let (mut keys, mut orders, mut days) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, &row) in judged.accepted.iter().enumerate() {
+        let key = judged.keys[i];
+        if let Some(day) = context.frozen.get(&key) {
+            rejected_rows.push(row);
+            reasons.push(RejectReason::LateUpdate.as_str().to_string());
+            details.push(late_update_detail(&pipeline.partitioning.column, *day));
+            continue;
         }
+        let position = coordinates[row as usize];
+        if let Some(from) = &context.curated_from
+            && position.offset < from.get(&position.partition).copied().unwrap_or(0)
+        {
+            continue;
+        }
+        kept.push(row);
+        keys.push(key);
+        orders.push(judged.orders[i]);
+        days.push(judged.days[i]);
     }
+    let rejected = if rejected_rows.is_empty() {
+        None
+    } else {
+        Some(rejected_batch(&context.rejected_schema, &take(raw, &rejected_rows)?, reasons, details)?)
+    };
+    let rows = take(raw, &kept)?;
+    let event_names: Vec<&str> = pipeline.event_columns.iter().map(|f| f.name.as_str()).collect();
+    let mut ingested_names = event_names.clone();
+    ingested_names.extend(crate::records::COORDINATES);
+    let ingested = project(&rows, &ingested_names)?;
+    // The offered columns: event columns (a uuid key in canonical form), the partition column,
+    // the lineage.
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for name in &event_names {
+        let column = rows.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
+        let column: ArrayRef = if rules.keys.canonical() && *name == pipeline.key[0] {
+            Arc::new(uuid_text(keys.iter().copied()))
+        } else {
+            column.clone()
+        };
+        fields.push(Field::new(*name, column.data_type().clone(), true));
+        columns.push(column);
+    }
+    if !event_names.contains(&pipeline.partitioning.column.as_str()) {
+        fields.push(Field::new(&pipeline.partitioning.column, arrow::datatypes::DataType::Date32, false));
+        columns.push(Arc::new(Date32Array::from(days.clone())));
+    }
+    for (name, _) in LINEAGE {
+        let column = rows.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
+        fields.push(Field::new(name, column.data_type().clone(), false));
+        columns.push(column.clone());
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(kept.len()));
+    let working = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "assembling the rules' columns".into())?;
+    Ok(Judged { rejected, working, ingested, keys, orders, days })
 }
 
-/// What `event`, which passed validation, said that its candidate would lose: an event id spelled
-/// other than canonically, a topic other than the graph's. `None` for (nearly) every record.
-fn as_ingested(event: &RawEvent, topic: &Arc<str>) -> Option<Box<AsIngested>> {
-    let event_id = event.event_id.as_deref().unwrap_or_default();
-    // The (trimmed) id parsed as a UUID already: of its spellings only the hyphenated one has 36
-    // characters of hex digits and hyphens alone (simple 32, braced 38, URN 45, padding is neither).
-    let canonical = event_id.len() == 36 && event_id.bytes().all(|b| matches!(b, b'-' | b'0'..=b'9' | b'a'..=b'f'));
-    (!canonical || *event.source_topic != **topic)
-        .then(|| Box::new(AsIngested { event_id: event_id.to_string(), topic: event.source_topic.clone() }))
+/// The candidates of the rows the plugin chain kept, in the curated table's columns.
+fn candidates(
+    applied: crate::rules::chain::Applied,
+    ingested: &RecordBatch,
+    keys: &[u128],
+    orders: &[i64],
+    days: &[i32],
+    context: &RulesContext,
+) -> Result<Candidates> {
+    let schema = &context.curated_schema;
+    let rows = applied.batch;
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = rows.column_by_name(field.name()).ok_or_else(|| Error::Internal(format!("curated column {} is missing after the rules", field.name())))?;
+        let column = if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            arrow::compute::cast(column, field.data_type()).context(|| format!("curated column {}", field.name()))?
+        };
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
+    let rows = RecordBatch::try_new_with_options(schema.clone(), columns, &options).context(|| "assembling curated rows".into())?;
+    let declared = context.rules.pipeline.curated.len();
+    let prints = fingerprints(&rows.columns()[..declared])?;
+    let positions = positions(&rows)?;
+    let kept = &applied.kept;
+    let slots = kept
+        .iter()
+        .enumerate()
+        .map(|(i, &row)| Slot {
+            position: positions[i],
+            origin: Origin::Input,
+            order: orders[row as usize],
+            day: days[row as usize],
+            fingerprint: prints[i],
+        })
+        .collect();
+    Ok(Candidates {
+        rows,
+        ingested: take(ingested, kept)?,
+        keys: kept.iter().map(|&row| keys[row as usize]).collect(),
+        slots,
+    })
+}
+
+/// The rows the plugins rejected, as rejected-table rows.
+fn plugin_rejections(rejected: &[(u32, String)], ingested: &RecordBatch, context: &RulesContext) -> Result<Option<RecordBatch>> {
+    if rejected.is_empty() {
+        return Ok(None);
+    }
+    let rows: Vec<u32> = rejected.iter().map(|(row, _)| *row).collect();
+    let reasons = vec![RejectReason::RuleRejected.as_str().to_string(); rows.len()];
+    let details = rejected.iter().map(|(_, detail)| detail.clone()).collect();
+    Ok(Some(rejected_batch(&context.rejected_schema, &take(ingested, &rows)?, reasons, details)?))
+}
+
+/// `candidates` split by the worker owning each key.
+fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
+    if peers == 1 {
+        return Ok(vec![UpsertInput::Rows { owner: 0, candidates }]);
+    }
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); peers];
+    for (row, key) in candidates.keys.iter().enumerate() {
+        rows[(route(*key) % peers as u64) as usize].push(row as u32);
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(owner, rows)| Ok(UpsertInput::Rows { owner: owner as u64, candidates: candidates.take(&rows)? }))
+        .collect()
 }
 
 /// Where the dataflow's output goes: the same for every worker of a run.
@@ -138,7 +269,7 @@ pub struct Sinks {
     pub mode: CommitMode,
     pub options: CommitOptions,
     pub target_file_size: usize,
-    /// The topic late updates are attributed to in the rejected table.
+    /// The topic rows quarantined by a check are attributed to in the rejected table.
     pub topic: Arc<str>,
     pub stats: Arc<CommitStats>,
     pub metrics: Option<Arc<Metrics>>,
@@ -168,6 +299,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         checks: sinks.checks.clone(),
         topic: sinks.topic.clone(),
         compact_after_files: sinks.compact_after_files,
+        pipeline: context.rules.pipeline.clone(),
+        rejected_schema: context.rejected_schema.clone(),
     };
     let committer = Committer {
         lakehouse: sinks.lakehouse.clone(),
@@ -186,57 +319,85 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         writer: sinks.writer.clone(),
         fences: Fences::at_start(&sinks.mode, &sinks.rejected, &sinks.curated),
     };
-    let (topic, counters) = (sinks.topic.clone(), shared.counters.clone());
+    let counters = shared.counters.clone();
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();
     let probe = ProbeHandle::new();
     let lateness_days = context.rules.lateness_days;
+    let partition_column = context.rules.pipeline.partitioning.column.clone();
+    let rejected_schema = context.rejected_schema.clone();
+    let peers = worker.peers();
     worker.dataflow::<u64, _, _>(|scope| {
-        // Seeds (epoch 0) go to the rules and to the writer; input records only to the rules, so
-        // they are split off first instead of every record being cloned for both.
-        let (records, seeds) = input
+        // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules.
+        let (raw, seeds) = input
             .to_stream(scope)
-            .ok_err::<Vec<SourceRecord>, SourceRecord, Vec<SourceRecord>, SourceRecord, _>(|record| match record {
-                SourceRecord::Raw(_) => Ok(record),
+            .ok_err::<Vec<RecordBatch>, RecordBatch, Vec<SourceRecord>, SourceRecord, _>(|record| match record {
+                SourceRecord::Raw(batch) => Ok(batch),
                 seed => Err(seed),
             });
-        let records = records.concat(seeds.clone());
+        let seed_slots = seeds.clone().flat_map(|record| match record {
+            SourceRecord::Seed(key, slot, _) => Some(UpsertInput::Seed { key, slot }),
+            _ => None,
+        });
         let seeds = seeds.flat_map(|record| match record {
-            SourceRecord::Seed(key, row, at) => Some(DayChange::Seed { day: row.rating_date, key, at }),
+            SourceRecord::Seed(key, slot, at) => Some(DayChange::Seed { day: slot.day, key, at }),
             SourceRecord::SeedFile { day, path, deletes } => Some(DayChange::SeedFile { day, path, deletes }),
             SourceRecord::Raw(_) => None,
         });
         let failure = shared.failure.clone();
-        let evaluated: StreamVec<u64, Evaluated> = records.unary(Pipeline, "Rules", move |_capability, _info| {
+        let evaluated: timely::dataflow::StreamVec<u64, SinkOrUpsert> = raw.unary(Pipeline, "Rules", move |_capability, _info| {
             let mut chain = context.chain.instantiate().map_err(|error| failure.set(error)).ok();
             move |input, output| {
                 input.for_each_time(|time, data| {
                     let mut session = output.session(&time);
-                    let mut pending = Vec::new();
-                    for batch in data {
-                        for record in batch.drain(..) {
-                            match evaluate(record, &context) {
-                                Some(Verdict::Seed(key, row)) => session.give(Ok((key, row))),
-                                Some(Verdict::Rejected(rejection)) => session.give(Err(rejection)),
-                                Some(Verdict::Pending(record)) => pending.push(record),
-                                None => {}
+                    // One call per plugin for everything this activation holds at this time.
+                    let mut judged = Vec::new();
+                    for batch in data.flat_map(|batches| batches.drain(..)) {
+                        match judge(&batch, &context) {
+                            Ok(mut verdict) => {
+                                if let Some(rejected) = verdict.rejected.take() {
+                                    session.give(Err(SinkMessage::Rejected(Batch(rejected))));
+                                }
+                                judged.push(verdict);
                             }
+                            Err(error) => failure.set(error),
                         }
                     }
-                    // One call per plugin for everything this activation holds at this time. Once
-                    // the run has failed (a plugin's error or panic here or on another worker) no
-                    // plugin is called again: the run stops before this epoch commits.
+                    // Once the run has failed (a plugin's error or panic here or on another
+                    // worker) no plugin is called again: the run stops before this epoch commits.
                     if failure.is_set() {
                         chain = None;
                     }
                     let Some(live) = chain.as_mut() else { return };
-                    match live.apply(pending) {
-                        Ok((accepted, rejections)) => {
-                            context.accepted.fetch_add(accepted.len() as u64, Ordering::Relaxed);
-                            for accepted in accepted {
-                                session.give(Ok(accepted));
-                            }
-                            for rejection in rejections {
-                                session.give(Err(Box::new(rejection)));
+                    if judged.iter().all(|j| j.working.num_rows() == 0) {
+                        return;
+                    }
+                    let concat = |pick: fn(&Judged) -> &RecordBatch| -> Result<RecordBatch> {
+                        let batches: Vec<&RecordBatch> = judged.iter().map(pick).collect();
+                        arrow::compute::concat_batches(&batches[0].schema(), batches).context(|| "joining the rules' batches".into())
+                    };
+                    let step = (|| -> Result<Vec<SinkOrUpsert>> {
+                        let working = concat(|j| &j.working)?;
+                        let ingested = concat(|j| &j.ingested)?;
+                        let keys: Vec<u128> = judged.iter().flat_map(|j| j.keys.iter().copied()).collect();
+                        let orders: Vec<i64> = judged.iter().flat_map(|j| j.orders.iter().copied()).collect();
+                        let days: Vec<i32> = judged.iter().flat_map(|j| j.days.iter().copied()).collect();
+                        let applied = match live.apply(working) {
+                            Ok(applied) => applied,
+                            Err(error) => return Err(error),
+                        };
+                        let mut out = Vec::new();
+                        if let Some(rejected) = plugin_rejections(&applied.rejected, &ingested, &context)? {
+                            out.push(Err(SinkMessage::Rejected(Batch(rejected))));
+                        }
+                        let candidates = candidates(applied, &ingested, &keys, &orders, &days, &context)?;
+                        context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);
+                        out.extend(by_owner(candidates, peers)?.into_iter().map(Ok));
+                        Ok(out)
+                    })();
+                    match step {
+                        Ok(out) => {
+                            for item in out {
+                                session.give(item);
                             }
                         }
                         Err(error) => {
@@ -248,42 +409,72 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             }
         });
         let (candidates, rule_rejections) =
-            evaluated.ok_err::<Vec<Accepted>, Accepted, Vec<Box<Rejection>>, Box<Rejection>, _>(|x| x);
+            evaluated.ok_err::<Vec<UpsertInput>, UpsertInput, Vec<SinkMessage>, SinkMessage, _>(|x| x);
         let epochs = shared.epochs.clone();
-        let (key_changes, late_updates) = upsert(candidates, lateness_days, move |epoch| epochs.settled_day(epoch), counters)
-            .ok_err::<Vec<KeyChange>, KeyChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
-                UpsertChange::Key(key_change) => Ok(key_change),
-                UpsertChange::LateUpdate { key, record, frozen_day } => {
-                    Err(SinkMessage::Rejected(late_update_rejection(key, &record, &topic, frozen_day)))
+        let changes = upsert(candidates.concat(seed_slots), lateness_days, move |epoch| epochs.settled_day(epoch), counters, shared.failure.clone());
+        let failure = shared.failure.clone();
+        let (day_changes, late_updates) = changes.ok_err::<Vec<DayChange>, DayChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
+            UpsertChange::Remove { day, key } => Ok(DayChange::Remove { day, key }),
+            UpsertChange::Insert { day, keys, rows } => Ok(DayChange::Insert { day, keys, rows }),
+            UpsertChange::LateUpdates { ingested, frozen_days } => {
+                let reasons = vec![RejectReason::LateUpdate.as_str().to_string(); frozen_days.len()];
+                let details = frozen_days.iter().map(|day| late_update_detail(&partition_column, *day)).collect();
+                match rejected_batch(&rejected_schema, &ingested.0, reasons, details) {
+                    Ok(batch) => Err(SinkMessage::Rejected(Batch(batch))),
+                    Err(error) => {
+                        failure.set(error);
+                        Err(SinkMessage::Rejected(Batch(RecordBatch::new_empty(rejected_schema.clone()))))
+                    }
                 }
-            });
-        let day_changes = key_changes.flat_map(|change| {
-            let removed = change.old.map(|old| DayChange::Remove { day: old.rating_date, key: change.key });
-            let inserted = change.new.map(|new| DayChange::Insert { day: new.rating_date, key: change.key, row: new });
-            removed.into_iter().chain(inserted)
+            }
         });
         let curated_files = writer.build(day_changes.concat(seeds));
-        let to_commit = late_updates
-            .concat(curated_files)
-            .concat(rule_rejections.map(|rejection| SinkMessage::Rejected(*rejection)));
+        let to_commit = late_updates.concat(curated_files).concat(rule_rejections);
         committer.build(to_commit).probe_with(&probe);
     });
     (input, probe)
 }
+
+/// What the rules stage emits: rows for the upsert, or rejected rows for the committer.
+type SinkOrUpsert = std::result::Result<UpsertInput, SinkMessage>;
 
 /// This worker's share of `tasks` (round-robin).
 pub fn share_of(tasks: &[FileScanTask], index: usize, peers: usize) -> Vec<FileScanTask> {
     tasks.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, t)| t.clone()).collect()
 }
 
+/// The slot of every row of a curated batch, and its key (rows read back at start).
+pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Slot)>> {
+    let pipeline = &rules.pipeline;
+    let keys = rules.keys.keys(batch)?;
+    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("curated column {name} is missing from the table")));
+    let orders = order_values(column(&pipeline.order_by)?)?;
+    let days = order_values(column(&pipeline.partitioning.column)?)?;
+    let declared: Vec<ArrayRef> = pipeline.curated.iter().map(|(name, _)| column(name).cloned()).collect::<Result<_>>()?;
+    let prints = fingerprints(&declared)?;
+    let positions = positions(batch)?;
+    let mut slots = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let key = keys[row].as_ref().map_err(|problem| Error::User(format!("curated table holds a row without a valid key: {problem:?}")))?;
+        let (Some(order), Some(day)) = (orders[row], days[row]) else {
+            return Err(Error::User(format!("curated table holds a row without {} or {}", pipeline.order_by, pipeline.partitioning.column)));
+        };
+        let day = i32::try_from(day).map_err(|_| Error::User(format!("curated partition value {day} is not a day")))?;
+        slots.push((*key, Slot { position: positions[row], origin: Origin::Seed, order, day, fingerprint: prints[row] }));
+    }
+    Ok(slots)
+}
+
 /// Epoch 0: feeds this worker's share of the curated rows inside the lateness window as seeds,
 /// then waits until every worker's seeds are in the upsert.
+#[allow(clippy::too_many_arguments)]
 pub fn feed_seeds(
     worker: &mut Worker,
     input: &mut Input,
     probe: &ProbeHandle<u64>,
     curated: &Table,
     seed_tasks: &[FileScanTask],
+    rules: &Rules,
     runtime: &tokio::runtime::Handle,
     failure: &Failure,
 ) {
@@ -299,7 +490,6 @@ pub fn feed_seeds(
             return;
         }
     };
-    let mut seeds = Vec::new();
     let mut announced: BTreeSet<String> = BTreeSet::new();
     // One task (one data file) at a time: every seed carries the file holding it and its position.
     for task in tasks {
@@ -307,7 +497,7 @@ pub fn feed_seeds(
         let day = match task.partition.as_ref().and_then(|p| p.fields().first().cloned().flatten()) {
             Some(iceberg::spec::Literal::Primitive(iceberg::spec::PrimitiveLiteral::Int(day))) => day,
             _ => {
-                failure.set(Error::Internal(format!("curated data file {file} has no rating_date partition value")));
+                failure.set(Error::Internal(format!("curated data file {file} has no day partition value")));
                 break;
             }
         };
@@ -320,8 +510,7 @@ pub fn feed_seeds(
         let mut skipped = deleted.get(file.as_ref()).map(|p| p.iter().copied().peekable());
         let mut next_pos: i64 = 0;
         let seeded = runtime.block_on(read_tasks(curated, vec![task], |batch| {
-            curated_from_batch(&batch, &mut seeds)?;
-            for (key, row) in seeds.drain(..) {
+            for (key, slot) in curated_slots(&batch, rules)? {
                 while let Some(skipped) = skipped.as_mut() {
                     match skipped.peek() {
                         Some(&p) if p < next_pos => drop(skipped.next()),
@@ -332,7 +521,7 @@ pub fn feed_seeds(
                         _ => break,
                     }
                 }
-                input.send(SourceRecord::Seed(key, row, Location { file: file.clone(), pos: next_pos as u32 }));
+                input.send(SourceRecord::Seed(key, slot, Location { file: file.clone(), pos: next_pos as u32 }));
                 next_pos += 1;
             }
             worker.step();
@@ -388,7 +577,8 @@ pub struct Outcome {
     pub moved: u64,
     /// Records ingested before their key's current row of the same run (see [`crate::upsert`]).
     pub out_of_order: u64,
-    pub rejected: BTreeMap<RejectReason, u64>,
+    /// Rows written to the rejected table, per reason.
+    pub rejected: BTreeMap<String, u64>,
     pub raw_snapshots: u64,
     pub curated_snapshots: u64,
     pub rejected_snapshots: u64,
@@ -403,12 +593,17 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn late(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| r.is_late()).map(|(_, n)| n).sum()
+        self.rejected.iter().filter(|(r, _)| is_late(r)).map(|(_, n)| n).sum()
     }
 
     pub fn invalid(&self) -> u64 {
-        self.rejected.iter().filter(|(r, _)| !r.is_late()).map(|(_, n)| n).sum()
+        self.rejected.iter().filter(|(r, _)| !is_late(r)).map(|(_, n)| n).sum()
     }
+}
+
+/// Whether a reject reason is the late cut's (`late`, `late_update`).
+fn is_late(reason: &str) -> bool {
+    RejectReason::parse(reason).is_some_and(RejectReason::is_late)
 }
 
 /// Runs `logic` on `workers` timely worker threads of this process and returns the first error

@@ -27,6 +27,7 @@ pub mod model;
 pub mod pipeline;
 pub mod produce;
 pub mod reader;
+pub mod records;
 pub mod replay;
 pub mod rules;
 pub mod schema;

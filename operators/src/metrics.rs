@@ -24,7 +24,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
-use crate::model::RejectReason;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -85,8 +84,8 @@ impl Metrics {
         self.checks.get_or_create(&vec![("check", check.to_string()), ("result", result.to_string())]).clone()
     }
 
-    pub fn rejected(&self, reason: RejectReason) -> Counter {
-        self.rejected.get_or_create(&vec![("reason", reason.as_str().to_string())]).clone()
+    pub fn rejected(&self, reason: &str) -> Counter {
+        self.rejected.get_or_create(&vec![("reason", reason.to_string())]).clone()
     }
 
     pub fn consumer_lag(&self, partition: i32) -> Gauge {

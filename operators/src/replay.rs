@@ -1,7 +1,7 @@
 //! `--mode replay`: drive raw partitions `from..=to` through the dataflow and commit each epoch.
 //!
 //! One process, `workers` timely worker threads. Every worker reads its share of each epoch's raw
-//! files, evaluates the rules on them, and the upsert exchanges candidates by `event_id`. The
+//! files, evaluates the rules on them, and the upsert exchanges candidates by key. The
 //! driver feeds one epoch, then waits until worker 0 has committed it before reading the next, so
 //! memory holds one raw partition at a time plus the upsert state, and a failed commit stops the
 //! run before anything builds on it.
@@ -20,7 +20,7 @@ use crate::reader::read_tasks;
 use crate::model::format_date;
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
-use crate::schema::raw_from_batch;
+use crate::schema::arrow_schema;
 use crate::sink::committer::{CommitMode, CommitStats};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::raw::plan_replay;
@@ -32,7 +32,7 @@ pub struct ReplaySettings {
     pub raw: TableIdent,
     pub curated: TableIdent,
     pub rejected: TableIdent,
-    /// The topic late updates are attributed to in the rejected table.
+    /// The topic rows quarantined by a check are attributed to in the rejected table.
     pub topic: String,
     pub rules: Rules,
     /// The graph's rule plugins (loaded and checked).
@@ -93,7 +93,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             &curated,
             settings.from,
             settings.to,
-            settings.rules.lateness_days,
+            &settings.rules,
             settings.max_epoch_events,
         )
         .await?;
@@ -124,6 +124,8 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         ..Default::default()
     };
     let frozen = Arc::new(std::mem::take(&mut plan.state.frozen));
+    let curated_schema = arrow_schema(curated.metadata().current_schema())?;
+    let rejected_schema = arrow_schema(rejected.metadata().current_schema())?;
     let plan = Arc::new(plan);
     let stats = Arc::new(CommitStats::default());
     let events_read = Arc::new(AtomicU64::new(0));
@@ -132,7 +134,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         lakehouse: Arc::new(lakehouse),
         curated_ident: settings.curated.clone(),
         curated: curated.clone(),
-        rejected,
+        rejected: rejected.clone(),
         runtime: handle.clone(),
         mode: CommitMode::Replay,
         options: settings.commit,
@@ -154,28 +156,25 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let context = RulesContext {
-            rules: settings.rules,
+            rules: settings.rules.clone(),
             chain: settings.chain.clone(),
             frozen: frozen.clone(),
             curated_from: None,
             accepted: shared.accepted.clone(),
-            topic: sinks.topic.clone(),
+            curated_schema: curated_schema.clone(),
+            rejected_schema: rejected_schema.clone(),
         };
         let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
-        dataflow::feed_seeds(worker, &mut input, &probe, &curated, &plan.state.seed_tasks, &handle, &shared.failure);
+        dataflow::feed_seeds(worker, &mut input, &probe, &curated, &plan.state.seed_tasks, &settings.rules, &handle, &shared.failure);
 
-        let mut events = Vec::new();
         for (position, epoch) in plan.epochs.iter().enumerate() {
             if shared.failure.is_set() {
                 break;
             }
             let epoch_started = Instant::now();
             let read = handle.block_on(read_tasks(&raw, dataflow::share_of(&epoch.tasks, index, peers), |batch| {
-                raw_from_batch(&batch, &mut events)?;
-                let count = events.len() as u64;
-                for event in events.drain(..) {
-                    input.send(SourceRecord::Raw(event));
-                }
+                let count = batch.num_rows() as u64;
+                input.send(SourceRecord::Raw(batch));
                 worker_events.fetch_add(count, Ordering::Relaxed);
                 progress.advance(count);
                 worker.step();

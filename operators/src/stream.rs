@@ -166,8 +166,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         };
         let state = match (curated.metadata().current_snapshot(), settled) {
             (None, _) => StatePlan::default(),
-            (Some(_), Some(settled)) => plan_state(&curated, settled - settings.rules.lateness_days).await?,
-            (Some(_), None) => plan_state(&curated, i32::MIN).await?,
+            (Some(_), Some(settled)) => plan_state(&curated, settled - settings.rules.lateness_days, &settings.rules).await?,
+            (Some(_), None) => plan_state(&curated, i32::MIN, &settings.rules).await?,
         };
         Ok::<_, Error>((lakehouse, raw, curated, rejected, resume, state))
     })?;
@@ -207,7 +207,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         lakehouse: Arc::new(lakehouse),
         curated_ident: settings.curated.clone(),
         curated: curated.clone(),
-        rejected,
+        rejected: rejected.clone(),
         runtime: handle.clone(),
         mode: CommitMode::Stream(stream_commit.clone()),
         options: settings.commit,
@@ -220,6 +220,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         writer: Arc::from(new_writer_id()),
     };
 
+    let curated_schema = arrow_schema(curated.metadata().current_schema())?;
+    let rejected_schema = arrow_schema(rejected.metadata().current_schema())?;
     let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
     let worker_shared = shared.clone();
     let worker_records = records_read.clone();
@@ -229,15 +231,16 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let shared = worker_shared.clone();
         let metrics = settings.metrics.clone();
         let context = RulesContext {
-            rules: settings.rules,
+            rules: settings.rules.clone(),
             chain: settings.chain.clone(),
             frozen: frozen.clone(),
             curated_from: Some(curated_from.clone()),
             accepted: shared.accepted.clone(),
-            topic: sinks.topic.clone(),
+            curated_schema: curated_schema.clone(),
+            rejected_schema: rejected_schema.clone(),
         };
         let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
-        dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &handle, &shared.failure);
+        dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &settings.rules, &handle, &shared.failure);
 
         let mine: Vec<i32> = partitions.iter().copied().filter(|p| (*p as usize) % peers == index).collect();
         let mut source = match PartitionReader::new(&settings, &mine, &stream_commit.resume, &handle, metrics.clone()) {
@@ -283,13 +286,20 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
                 let mut drained = 0;
                 let batch = (epoch_share - meta.records).min(256);
+                let mut rows = RawBatchBuilder::with_capacity(batch as usize);
                 while drained < batch {
                     let Some(event) = source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut raw_rows, &shared.failure)
                     else {
                         break;
                     };
-                    input.send(SourceRecord::Raw(event));
+                    rows.push(&event);
                     drained += 1;
+                }
+                if drained > 0 {
+                    match rows.finish(&raw_schema) {
+                        Ok(rows) => input.send(SourceRecord::Raw(rows)),
+                        Err(error) => shared.failure.set(error),
+                    }
                 }
                 if drained > 0 {
                     last_record_ms.store(now_ms(), Ordering::Relaxed);

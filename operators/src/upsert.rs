@@ -1,28 +1,30 @@
-//! The upsert: the latest row per `event_id`, held in a differential arrangement.
+//! The upsert: the latest row per key, held in a differential arrangement.
 //!
 //! ```text
-//!  (event_id, Candidate) ── exchange(event_id) ──► per epoch, once the frontier passes it:
-//!     sort the epoch's candidates by key, then ingestion order
-//!     per key: current row (arrangement cursor) + the epoch's candidates ─ fold ─► winner, late
-//!     one batch (-old row, +winner per changed key) into the arrangement
-//!        │ KeyChange { old, new } per changed key; LateUpdate per rejected record
+//!  Candidates batches ── exchange(owner of their keys) ──► per epoch, once the frontier passes it:
+//!  (+ seeds: key, Slot)    sort the epoch's (key, slot, row) by key, then ingestion order
+//!     per key: current slot (arrangement cursor) + the epoch's candidates ─ fold ─► winner, late
+//!     one batch (-old slot, +winner per changed key) into the arrangement
+//!        │ per partition: the keys whose row leaves it, the new rows (gathered from the epoch's
+//!        │ batches into one batch per partition); late updates, as ingested
 //!        ▼
 //! ```
 //!
-//! The arrangement (`OrdValSpine<event_id, Candidate>`) holds exactly one row per key: the
-//! current one. Each epoch costs a sort of its own candidates and one cursor seek per key, and the
-//! state is one copy of the live rows (differential's `reduce` kept every input record of a key as
-//! well, plus an output trace). Rows whose `rating_date` falls behind the settled ingestion date
-//! (see [`crate::sink::EpochMeta`]) by more than the lateness leave the arrangement, as their
-//! partition does the curated writer's memory: every later record of such a key would be a late
-//! update, and it still is, because the key stays behind with its date (20 bytes instead of a row).
+//! The arrangement (`OrdValSpine<key, Slot>`) holds exactly one [`Slot`] per key: order value,
+//! ingestion position, partition and a fingerprint of the row, never the row itself (it lives in
+//! the epoch's batch until written, then in its data file; the curated writer knows where).
+//! Each epoch costs a sort of its own candidates and one cursor seek per key. Slots whose
+//! partition day falls behind the settled ingestion date (see [`crate::sink::EpochMeta`]) by more
+//! than the lateness leave the arrangement, as their partition does the curated writer's memory:
+//! every later record of such a key would be a late update, and it still is, because the key stays
+//! behind with its day (20 bytes instead of a slot).
 //!
-//! Semantics, per key, folding candidates in ingestion order ([`Candidate`]'s `Ord`):
-//! - The winner is the candidate with the greatest `(rating_timestamp, ingestion position,
-//!   origin)`: latest rating wins, ties go to the later ingested record, and a re-processed record
-//!   replaces its reloaded copy (so changed rules re-derive the row). Exact duplicates (the same
-//!   record twice) are idempotent.
-//! - Late update: once the current row's `rating_date` is older than `ingestion_date - lateness`
+//! Semantics, per key, folding candidates in ingestion order ([`Slot`]'s `Ord`):
+//! - The winner is the candidate with the greatest `(order value, ingestion position, origin)`:
+//!   the latest wins, ties go to the later ingested record, and a re-processed record replaces its
+//!   reloaded copy (so changed rules re-derive the row). Exact duplicates (the same record twice)
+//!   are idempotent.
+//! - Late update: once the current row's day is older than `ingestion_date - lateness`
 //!   of an incoming input record, that row's partition is frozen and the record is rejected as a
 //!   late update instead of moving the row. Seeds are never rejected: they are what was committed.
 //! - A key's records reach the upsert in ingestion order: replay feeds ingestion dates in order
@@ -36,13 +38,15 @@
 //!   seeds ingested after its first records; that is no disorder: such records are never late
 //!   against a seed inside the lateness window, and the winner is the greatest either way.)
 //! - A row that only differs from the current one in how it was obtained (a reloaded seed and its
-//!   re-processed record) replaces it in the arrangement but is no change for the table.
+//!   re-processed record: same position, same fingerprint) replaces it in the arrangement but is
+//!   no change for the table.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use arrow::array::RecordBatch;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::ord_neu::{OrdValSpine, RcOrdValBuilder};
 use differential_dataflow::trace::{Builder, Cursor, Description, Trace, TraceReader};
@@ -52,28 +56,35 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
 
-use crate::model::{Candidate, KeyMap, Origin};
+use crate::error::Context;
+use crate::model::{KeyMap, Origin};
+use crate::records::{Batch, Candidates, Slot};
+use crate::sink::Failure;
 use crate::stash::EpochStash;
 
-/// The arrangement of current rows.
-pub type UpsertSpine = OrdValSpine<u128, Candidate, u64, isize>;
-type UpsertBuilder = RcOrdValBuilder<u128, Candidate, u64, isize>;
+/// The arrangement of current slots.
+pub type UpsertSpine = OrdValSpine<u128, Slot, u64, isize>;
+type UpsertBuilder = RcOrdValBuilder<u128, Slot, u64, isize>;
 
-/// One key's change in one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyChange {
-    pub key: u128,
-    pub old: Option<Candidate>,
-    pub new: Option<Candidate>,
+/// What enters the upsert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum UpsertInput {
+    /// Rows of an epoch whose keys worker `owner` holds.
+    Rows { owner: u64, candidates: Candidates },
+    /// A key's row already in the table (epoch 0).
+    Seed { key: u128, slot: Slot },
 }
 
 /// What the upsert emits per epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum UpsertChange {
-    /// The key's row changed (or appeared).
-    Key(KeyChange),
-    /// A record that arrived after the key's row was frozen in partition `frozen_day`.
-    LateUpdate { key: u128, record: Candidate, frozen_day: i32 },
+    /// The key's row leaves partition `day` (superseded, or moved to another partition).
+    Remove { day: i32, key: u128 },
+    /// New rows of partition `day` (curated columns, then lineage), one per key of `keys`.
+    Insert { day: i32, keys: Vec<u128>, rows: Batch },
+    /// Records that arrived after their key's row froze: the records as ingested, and per record
+    /// the partition its key's row is frozen in.
+    LateUpdates { ingested: Batch, frozen_days: Vec<i32> },
 }
 
 /// Counters of what the upsert did, summed over workers.
@@ -84,30 +95,27 @@ pub struct UpsertCounters {
     pub moved: AtomicU64,
     /// Candidates ingested before the key's current row (see the module doc).
     pub out_of_order: AtomicU64,
-    /// Rows the arrangement holds now: one per key, less the keys whose row froze.
+    /// Slots the arrangement holds now: one per key, less the keys whose row froze.
     pub held: AtomicI64,
 }
 
 /// The fold over one key's candidates, given in ingestion order. Returns the winner and the records
-/// rejected as late updates, each with the `rating_date` of the frozen row it met.
-pub fn fold<'a>(
-    candidates: impl IntoIterator<Item = &'a Candidate>,
-    lateness_days: i32,
-) -> (Option<&'a Candidate>, Vec<(&'a Candidate, i32)>) {
-    let mut current: Option<&Candidate> = None;
+/// rejected as late updates, each with the day of the frozen row it met.
+pub fn fold<'a, T>(candidates: impl IntoIterator<Item = (&'a Slot, T)>, lateness_days: i32) -> (Option<(&'a Slot, T)>, Vec<(T, i32)>) {
+    let mut current: Option<(&Slot, T)> = None;
     let mut late = Vec::new();
-    for candidate in candidates {
+    for (candidate, tag) in candidates {
         current = match current {
-            None => Some(candidate),
-            Some(row) => {
+            None => Some((candidate, tag)),
+            Some((row, row_tag)) => {
                 let frozen_before = candidate.position.ingestion_date() - lateness_days;
-                if candidate.origin == Origin::Input && row.rating_date < frozen_before {
-                    late.push((candidate, row.rating_date));
-                    Some(row)
+                if candidate.origin == Origin::Input && row.day < frozen_before {
+                    late.push((tag, row.day));
+                    Some((row, row_tag))
                 } else if candidate.beats(row) {
-                    Some(candidate)
+                    Some((candidate, tag))
                 } else {
-                    Some(row)
+                    Some((row, row_tag))
                 }
             }
         };
@@ -115,88 +123,121 @@ pub fn fold<'a>(
     (current, late)
 }
 
-/// Equal but for how the row was obtained (a reloaded seed, its re-processed record): the table
-/// row is the same.
-fn same_row(a: &Candidate, b: &Candidate) -> bool {
-    Candidate { origin: b.origin, as_ingested: b.as_ingested.clone(), ..a.clone() } == *b
+/// Which worker holds a key: UUIDs and xxh3 hashes have their bits spread already.
+pub fn route(key: u128) -> u64 {
+    (key ^ (key >> 64)) as u64
 }
 
-/// Which worker holds a key: event ids are UUIDs, so their bits are already spread.
-fn route(key: &u128) -> u64 {
-    (*key ^ (*key >> 64)) as u64
+/// Where a candidate of the epoch sits: (batch, row), or the arrangement's current slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Current,
+    Seed,
+    Row(u32, u32),
 }
 
-/// Maintains the current row per key (epoch 0: the seeds) and emits each epoch's changes.
+/// Maintains the current slot per key (epoch 0: the seeds) and emits each epoch's changes.
 pub fn upsert<'scope>(
-    candidates: StreamVec<'scope, u64, (u128, Candidate)>,
+    input: StreamVec<'scope, u64, UpsertInput>,
     lateness_days: i32,
     settled_day: impl Fn(u64) -> Option<i32> + 'static,
     counters: Arc<UpsertCounters>,
+    failure: Failure,
 ) -> StreamVec<'scope, u64, UpsertChange> {
-    let scope = candidates.scope();
-    let exchange = Exchange::new(|(key, _): &(u128, Candidate)| route(key));
-    candidates.unary_frontier(exchange, "Upsert", move |_capability, info| {
+    let scope = input.scope();
+    let exchange = Exchange::new(|input: &UpsertInput| match input {
+        UpsertInput::Rows { owner, .. } => *owner,
+        UpsertInput::Seed { key, .. } => route(*key),
+    });
+    input.unary_frontier(exchange, "Upsert", move |_capability, info| {
         let logger = scope.worker().logger_for::<differential_dataflow::logging::DifferentialEventBuilder>("differential/arrange").map(Into::into);
         let activator = Some(scope.activator_for(Rc::clone(&info.address)));
         let (mut state, mut writer) = TraceAgent::new(UpsertSpine::new(info.clone(), logger.clone(), activator), info, logger);
-        let mut pending: EpochStash<(u128, Candidate)> = EpochStash::default();
+        let mut pending: EpochStash<UpsertInput> = EpochStash::default();
         // The arrangement's upper: each completed epoch's batch starts where the last one ended.
         let mut lower = Antichain::from_elem(0u64);
-        // Keys by the rating_date their row entered with (entries of rows that moved on since are
+        // Keys by the day their row entered with (entries of rows that moved on since are
         // skipped when the day freezes), and the keys whose row sits in a frozen partition.
         let mut live_days: BTreeMap<i32, Vec<u128>> = BTreeMap::new();
         let mut frozen: KeyMap<i32> = KeyMap::default();
         move |(input, frontier), output| {
             input.for_each_time(|time, data| pending.stash(&time, data));
-            while let Some((time, capability, batches)) = pending.pop_complete(frontier.frontier()) {
-                let mut epoch: Vec<(u128, Candidate)> = Vec::with_capacity(batches.iter().map(Vec::len).sum());
-                batches.into_iter().for_each(|mut batch| epoch.append(&mut batch));
-                epoch.sort_unstable();
-                epoch.dedup();
-                let mut session = output.session(&capability);
+            while let Some((time, capability, arrived)) = pending.pop_complete(frontier.frontier()) {
+                let mut batches: Vec<Candidates> = Vec::new();
+                // (key, slot, where the row is), sorted by key, then ingestion order.
+                let mut epoch: Vec<(u128, Slot, Source)> = Vec::new();
+                for item in arrived.into_iter().flatten() {
+                    match item {
+                        UpsertInput::Seed { key, slot } => epoch.push((key, slot, Source::Seed)),
+                        UpsertInput::Rows { candidates, .. } => {
+                            let index = batches.len() as u32;
+                            epoch.reserve(candidates.len());
+                            epoch.extend(candidates.keys.iter().zip(&candidates.slots).enumerate().map(|(row, (key, slot))| (*key, *slot, Source::Row(index, row as u32))));
+                            batches.push(candidates);
+                        }
+                    }
+                }
+                epoch.sort_unstable_by_key(|(key, slot, _)| (*key, *slot));
+                // The same record twice is one candidate.
+                epoch.dedup_by_key(|(key, slot, _)| (*key, *slot));
                 // At most a retraction and an insertion per key.
-                let mut updates: Vec<((u128, Candidate), u64, isize)> = Vec::with_capacity(2 * epoch.len());
+                let mut updates: Vec<((u128, Slot), u64, isize)> = Vec::with_capacity(2 * epoch.len());
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
-                // Rows the batch adds to the arrangement: a key without a row gains one.
+                // Slots the batch adds to the arrangement: a key without a slot gains one.
                 let mut held = 0i64;
+                let mut removed: Vec<(i32, u128)> = Vec::new();
+                // Per partition: (key, batch, row) of the new rows.
+                let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
+                let mut late: Vec<(u32, u32, i32)> = Vec::new();
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
                     if let Some(&frozen_day) = frozen.get(&key) {
                         // The row left with its partition: every later record is late for it.
-                        for (_, record) in group.iter().filter(|(_, c)| c.origin == Origin::Input) {
-                            session.give(UpsertChange::LateUpdate { key, record: record.clone(), frozen_day });
+                        for (_, _, source) in group {
+                            if let Source::Row(batch, row) = source {
+                                late.push((*batch, *row, frozen_day));
+                            }
                         }
                         continue;
                     }
-                    let current = current_row(&mut cursor, &storage, key);
+                    let current = current_slot(&mut cursor, &storage, key);
                     // A seed preceded by re-processed records is a replay run again, not disorder.
-                    if let Some(row) = current.as_ref().filter(|row| row.origin == Origin::Input)
-                        && group[0].1.position < row.position
+                    if let Some(slot) = current.as_ref().filter(|slot| slot.origin == Origin::Input)
+                        && group[0].1.position < slot.position
                     {
                         out_of_order += 1;
                     }
-                    let (winner, late) = fold(current.iter().chain(group.iter().map(|(_, c)| c)), lateness_days);
-                    for (record, frozen_day) in late {
-                        session.give(UpsertChange::LateUpdate { key, record: record.clone(), frozen_day });
+                    let candidates = current.iter().map(|slot| (slot, Source::Current)).chain(group.iter().map(|(_, slot, source)| (slot, *source)));
+                    let (winner, late_here) = fold(candidates, lateness_days);
+                    for (source, frozen_day) in late_here {
+                        if let Source::Row(batch, row) = source {
+                            late.push((batch, row, frozen_day));
+                        }
                     }
-                    let Some(winner) = winner.filter(|w| Some(*w) != current.as_ref()).cloned() else { continue };
+                    let Some((winner, source)) = winner.filter(|(_, source)| *source != Source::Current) else { continue };
+                    let winner = *winner;
                     // Epoch 0 holds the seeds: they are what the table holds, not changes to it.
-                    if time > 0 && !current.as_ref().is_some_and(|row| same_row(row, &winner)) {
+                    if time > 0 && !current.as_ref().is_some_and(|slot| slot.same_row(&winner)) {
                         match &current {
                             None => counters.inserted.fetch_add(1, Relaxed),
-                            Some(row) if row.rating_date != winner.rating_date => {
+                            Some(slot) if slot.day != winner.day => {
                                 counters.moved.fetch_add(1, Relaxed);
                                 counters.updated.fetch_add(1, Relaxed)
                             }
                             Some(_) => counters.updated.fetch_add(1, Relaxed),
                         };
-                        session.give(UpsertChange::Key(KeyChange { key, old: current.clone(), new: Some(winner.clone()) }));
+                        if let Some(slot) = &current {
+                            removed.push((slot.day, key));
+                        }
+                        if let Source::Row(batch, row) = source {
+                            inserted.entry(winner.day).or_default().push((key, batch, row));
+                        }
                     }
-                    live_days.entry(winner.rating_date).or_default().push(key);
-                    // The batch wants (key, row) order: the winner may sort before the old row.
+                    live_days.entry(winner.day).or_default().push(key);
+                    // The batch wants (key, slot) order: the winner may sort before the old slot.
                     let new = ((key, winner), time, 1);
-                    match current.map(|row| ((key, row), time, -1)) {
+                    match current.map(|slot| ((key, slot), time, -1)) {
                         Some(old) if old.0 < new.0 => updates.extend([old, new]),
                         Some(old) => updates.extend([new, old]),
                         None => {
@@ -205,7 +246,24 @@ pub fn upsert<'scope>(
                         }
                     }
                 }
+                let mut session = output.session(&capability);
+                for (day, key) in removed {
+                    session.give(UpsertChange::Remove { day, key });
+                }
+                let gathered = gather(&batches, inserted, late);
+                match gathered {
+                    Ok((inserts, late)) => {
+                        for insert in inserts {
+                            session.give(insert);
+                        }
+                        if let Some(late) = late {
+                            session.give(late);
+                        }
+                    }
+                    Err(error) => failure.set(error),
+                }
                 drop(session);
+                drop(batches);
                 if out_of_order > 0 {
                     counters.out_of_order.fetch_add(out_of_order, Relaxed);
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
@@ -229,11 +287,34 @@ pub fn upsert<'scope>(
     })
 }
 
-/// The key's row in the arrangement (its value with a positive count). Keys must be asked in
+/// The epoch's new rows as one batch per partition (in key order), and its late updates as
+/// ingested.
+fn gather(
+    batches: &[Candidates],
+    inserted: BTreeMap<i32, Vec<(u128, u32, u32)>>,
+    late: Vec<(u32, u32, i32)>,
+) -> crate::Result<(Vec<UpsertChange>, Option<UpsertChange>)> {
+    let rows: Vec<&RecordBatch> = batches.iter().map(|c| &c.rows).collect();
+    let mut inserts = Vec::with_capacity(inserted.len());
+    for (day, entries) in inserted {
+        let indices: Vec<(usize, usize)> = entries.iter().map(|(_, batch, row)| (*batch as usize, *row as usize)).collect();
+        let batch = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering the epoch's new rows".into())?;
+        inserts.push(UpsertChange::Insert { day, keys: entries.iter().map(|(key, _, _)| *key).collect(), rows: Batch(batch) });
+    }
+    if late.is_empty() {
+        return Ok((inserts, None));
+    }
+    let ingested: Vec<&RecordBatch> = batches.iter().map(|c| &c.ingested).collect();
+    let indices: Vec<(usize, usize)> = late.iter().map(|(batch, row, _)| (*batch as usize, *row as usize)).collect();
+    let batch = arrow::compute::interleave_record_batch(&ingested, &indices).context(|| "gathering late updates".into())?;
+    Ok((inserts, Some(UpsertChange::LateUpdates { ingested: Batch(batch), frozen_days: late.iter().map(|(_, _, day)| *day).collect() })))
+}
+
+/// The key's slot in the arrangement (its value with a positive count). Keys must be asked in
 /// ascending order of one cursor: the cursor only moves forward.
-fn current_row<C>(cursor: &mut C, storage: &C::Storage, key: u128) -> Option<Candidate>
+fn current_slot<C>(cursor: &mut C, storage: &C::Storage, key: u128) -> Option<Slot>
 where
-    C: for<'a> Cursor<Key<'a> = &'a u128, Val<'a> = &'a Candidate, DiffGat<'a> = &'a isize>,
+    C: for<'a> Cursor<Key<'a> = &'a u128, Val<'a> = &'a Slot, DiffGat<'a> = &'a isize>,
 {
     cursor.seek_key(storage, &key);
     if cursor.get_key(storage) != Some(&key) {
@@ -244,14 +325,14 @@ where
         let mut count = 0;
         cursor.map_times(storage, |_, diff| count += *diff);
         if count > 0 {
-            current = Some(row.clone());
+            current = Some(*row);
         }
         cursor.step_val(storage);
     }
     current
 }
 
-/// Rows whose `rating_date` is before `frozen_before` leave the arrangement at `time`: every
+/// Slots whose day is before `frozen_before` leave the arrangement at `time`: every
 /// later record is ingested on the settled day or after, so it would be a late update for them.
 /// Their keys stay in `frozen` (an `event_id` and a date instead of a whole row), so such a record
 /// is still rejected rather than starting a second row.
@@ -266,7 +347,7 @@ fn freeze(
     frozen_before: i32,
     live_days: &mut BTreeMap<i32, Vec<u128>>,
     frozen: &mut KeyMap<i32>,
-    updates: &mut Vec<((u128, Candidate), u64, isize)>,
+    updates: &mut Vec<((u128, Slot), u64, isize)>,
     state: &mut TraceAgent<UpsertSpine>,
     time: u64,
 ) -> i64 {
@@ -294,13 +375,13 @@ fn freeze(
         let inserted = (next..updates.len()).take_while(|&i| updates[i].0.0 == key).find(|&i| updates[i].2 > 0);
         match inserted {
             Some(index) => {
-                if updates[index].0.1.rating_date == day && !not_inserted[index] {
+                if updates[index].0.1.day == day && !not_inserted[index] {
                     frozen.insert(key, day);
                     not_inserted[index] = true;
                 }
             }
             None => {
-                if let Some(row) = current_row(&mut cursor, &storage, key).filter(|row| row.rating_date == day) {
+                if let Some(row) = current_slot(&mut cursor, &storage, key).filter(|row| row.day == day) {
                     frozen.insert(key, day);
                     retractions.push(((key, row), time, -1));
                 }
@@ -331,242 +412,3 @@ fn freeze(
     left
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::Mutex;
-
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-    use timely::dataflow::InputHandle;
-    use timely::dataflow::operators::probe::Handle as ProbeHandle;
-    use timely::dataflow::operators::{Inspect, Probe};
-
-    use super::*;
-    use crate::model::{IngestPosition, Rating};
-
-    const DAY_MS: i64 = 86_400_000;
-
-    fn random_candidate(rng: &mut ChaCha8Rng, seq: i64) -> Candidate {
-        // Ingestion moves forward ~1 day every 20 records; ratings land up to 4 days before it, so
-        // late updates, ties (coarse timestamps) and partition moves all happen.
-        let ingestion_ts_ms = seq * DAY_MS / 20;
-        let rating_timestamp = (ingestion_ts_ms / 1000 - rng.random_range(0..4) * 86_400) / 3600 * 3600;
-        Candidate {
-            position: IngestPosition { ingestion_ts_ms, partition: rng.random_range(0..3), offset: seq },
-            origin: Origin::Input,
-            rating_timestamp,
-            rating_date: crate::model::day_of_seconds(rating_timestamp),
-            user_id: format!("u{}", rng.random_range(0..5)).into(),
-            movie_id: "m".into(),
-            rating: Rating(rng.random_range(0..=10) as f32),
-            is_approved: false,
-            as_ingested: None,
-        }
-    }
-
-    /// Plain oracle: sort all candidates of a key by ingestion order, then fold.
-    fn oracle(all: &[(u128, Candidate)], lateness: i32) -> Checkpoint {
-        let mut by_key: BTreeMap<u128, Vec<&Candidate>> = BTreeMap::new();
-        for (key, c) in all {
-            by_key.entry(*key).or_default().push(c);
-        }
-        let (mut current, mut late_set) = (BTreeMap::new(), BTreeSet::new());
-        for (key, mut list) in by_key {
-            list.sort();
-            list.dedup();
-            let (winner, late) = fold(list.iter().copied(), lateness);
-            if let Some(row) = winner {
-                current.insert(key, row.clone());
-            }
-            late_set.extend(late.into_iter().map(|(c, _)| (key, c.clone())));
-        }
-        (current, late_set)
-    }
-
-    /// The current row per key, and every late update reported so far.
-    type Checkpoint = (BTreeMap<u128, Candidate>, BTreeSet<(u128, Candidate)>);
-
-    /// Runs the operator on `workers` workers, one epoch per element of `epochs` (epoch 0: seeds),
-    /// and returns after each epoch the rows its changes add up to and the late updates so far.
-    /// `settled[t]`: the settled ingestion day after epoch `t` (`None`: nothing freezes).
-    fn run(epochs: Vec<Vec<(u128, Candidate)>>, settled: Vec<Option<i32>>, workers: usize) -> Vec<Checkpoint> {
-        run_counting(epochs, settled, workers, Arc::default())
-    }
-
-    fn run_counting(
-        epochs: Vec<Vec<(u128, Candidate)>>,
-        settled: Vec<Option<i32>>,
-        workers: usize,
-        counters: Arc<UpsertCounters>,
-    ) -> Vec<Checkpoint> {
-        let count = epochs.len();
-        // Epoch 0's rows are the table's: the operator reports no change for them.
-        let seeds: BTreeMap<u128, Candidate> = epochs[0].iter().cloned().collect();
-        let seen: Arc<Mutex<Vec<(u64, UpsertChange)>>> = Arc::default();
-        let sink = seen.clone();
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let (sink, epochs, settled, counters) = (sink.clone(), epochs.clone(), settled.clone(), counters.clone());
-            let probe = ProbeHandle::new();
-            let mut input = InputHandle::new();
-            worker.dataflow::<u64, _, _>(|scope| {
-                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), counters)
-                    .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
-                    .probe_with(&probe);
-            });
-            for (epoch, records) in epochs.into_iter().enumerate() {
-                // Every worker feeds its share; the exchange brings each key to its owner.
-                for record in records.into_iter().skip(worker.index()).step_by(worker.peers()) {
-                    input.send(record);
-                }
-                input.advance_to(epoch as u64 + 1);
-                worker.step_while(|| probe.less_than(input.time()));
-            }
-        })
-        .unwrap();
-        let seen = seen.lock().unwrap();
-        let (mut current, mut late) = (seeds, BTreeSet::new());
-        let mut checkpoints = Vec::new();
-        for epoch in 0..count as u64 {
-            for (_, change) in seen.iter().filter(|(time, _)| *time == epoch) {
-                match change {
-                    UpsertChange::Key(KeyChange { key, old, new }) => {
-                        assert_eq!(current.get(key).map(|c| Candidate { origin: Origin::Input, ..c.clone() }), old.clone().map(|c| Candidate { origin: Origin::Input, ..c }), "old row of {key}");
-                        match new {
-                            Some(row) => current.insert(*key, row.clone()),
-                            None => current.remove(key),
-                        };
-                    }
-                    UpsertChange::LateUpdate { key, record, .. } => assert!(late.insert((*key, record.clone())), "late update reported twice"),
-                }
-            }
-            checkpoints.push((current.clone(), late.clone()));
-        }
-        checkpoints
-    }
-
-    #[test]
-    fn upsert_matches_oracle_after_every_epoch() {
-        for seed in 0..8u64 {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut epochs: Vec<Vec<(u128, Candidate)>> = vec![Vec::new()];
-            epochs.extend((0..6).map(|epoch| {
-                (0..40).map(|i| (rng.random_range(0..25u128), random_candidate(&mut rng, epoch * 40 + i))).collect::<Vec<_>>()
-            }));
-            // Duplicates are idempotent: records delivered twice within an epoch, and a later
-            // epoch delivering a key's current row again.
-            let again: Vec<_> = epochs[2].iter().take(5).cloned().collect();
-            epochs[2].extend(again);
-            let (current, _) = oracle(&epochs.concat()[..epochs[..4].concat().len()], 5);
-            epochs[4].extend(current.into_iter().take(3));
-            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], 1 + seed as usize % 2);
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().cloned());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
-            }
-            assert!(!checkpoints.last().unwrap().1.is_empty(), "seed {seed}: no late update exercised");
-
-            // Rows freeze (leave the arrangement) once the settled day passes their date by the
-            // lateness: later records of their keys are late updates, exactly as the full fold
-            // says. (Without the re-delivered rows: those were ingested before the settled day.)
-            epochs[4].truncate(40);
-            // A new key whose row is behind the settled day already when it is written: it
-            // freezes in the epoch that inserts it.
-            let last = epochs.last().unwrap().last().unwrap().1.clone();
-            let rating_timestamp = last.position.ingestion_ts_ms / 1000 - 6 * 86_400;
-            let behind = Candidate {
-                position: IngestPosition { offset: last.position.offset + 1, ..last.position },
-                rating_timestamp,
-                rating_date: crate::model::day_of_seconds(rating_timestamp),
-                ..last
-            };
-            epochs.last_mut().unwrap().push((1_000, behind));
-            let mut newest = i32::MIN;
-            let settled: Vec<Option<i32>> = epochs
-                .iter()
-                .map(|batch| {
-                    newest = batch.iter().map(|(_, c)| c.position.ingestion_date()).fold(newest, i32::max);
-                    (newest > i32::MIN).then_some(newest)
-                })
-                .collect();
-            let counters = Arc::new(UpsertCounters::default());
-            let checkpoints = run_counting(epochs.clone(), settled.clone(), 1 + seed as usize % 2, counters.clone());
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().cloned());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "frozen: seed {seed}, epoch {epoch}");
-            }
-            // Frozen rows have left the arrangement: it holds exactly the rows not behind the last
-            // settled day by more than the lateness.
-            let frozen_before = settled.last().copied().flatten().unwrap() - 5;
-            let (current, _) = oracle(&prefix, 5);
-            let live = current.values().filter(|row| row.rating_date >= frozen_before).count();
-            assert!(live < current.len(), "seed {seed}: no row froze");
-            assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: rows held after freezing");
-        }
-    }
-
-    #[test]
-    fn a_seed_replaced_by_the_same_values_is_no_change() {
-        let seed = random_candidate(&mut ChaCha8Rng::seed_from_u64(1), 3);
-        let seed = Candidate { origin: Origin::Seed, ..seed };
-        let same = Candidate { origin: Origin::Input, ..seed.clone() };
-        let moved = Candidate {
-            position: IngestPosition { offset: 4, ..seed.position },
-            rating_timestamp: seed.rating_timestamp + 86_400,
-            rating_date: seed.rating_date + 1,
-            origin: Origin::Input,
-            ..seed.clone()
-        };
-        let checkpoints = run(vec![vec![(7, seed.clone())], vec![(7, same)], vec![(7, moved.clone())]], vec![None; 3], 1);
-        // Epoch 1 re-derives the same row: no change is reported; epoch 2 moves it.
-        assert_eq!(checkpoints[1].0, BTreeMap::from([(7, seed)]));
-        assert_eq!(checkpoints[2].0, BTreeMap::from([(7, moved)]));
-    }
-
-    #[test]
-    fn seed_is_replaced_by_its_reprocessed_record_and_ties_go_to_later_ingest() {
-        let base = Candidate {
-            position: IngestPosition { ingestion_ts_ms: 10 * DAY_MS, partition: 0, offset: 1 },
-            origin: Origin::Seed,
-            rating_timestamp: 10 * 86_400,
-            rating_date: 10,
-            user_id: "u".into(),
-            movie_id: "m".into(),
-            rating: Rating(8.0),
-            is_approved: true,
-            as_ingested: None,
-        };
-        let reprocessed = Candidate { origin: Origin::Input, is_approved: false, ..base.clone() };
-        let (winner, late) = fold([&base, &reprocessed], 5);
-        assert_eq!(winner, Some(&reprocessed));
-        assert!(late.is_empty());
-
-        let tie_later = Candidate {
-            position: IngestPosition { offset: 2, ..base.position },
-            rating: Rating(1.0),
-            origin: Origin::Input,
-            ..base.clone()
-        };
-        let older_rating = Candidate {
-            position: IngestPosition { offset: 3, ..base.position },
-            rating_timestamp: base.rating_timestamp - 1,
-            origin: Origin::Input,
-            ..base.clone()
-        };
-        let (winner, _) = fold([&base, &tie_later, &older_rating], 5);
-        assert_eq!(winner, Some(&tie_later));
-
-        let six_days_later = Candidate {
-            position: IngestPosition { ingestion_ts_ms: 16 * DAY_MS, partition: 0, offset: 9 },
-            rating_timestamp: 16 * 86_400,
-            rating_date: 16,
-            origin: Origin::Input,
-            ..base.clone()
-        };
-        let (winner, late) = fold([&base, &six_days_later], 5);
-        assert_eq!(winner, Some(&base));
-        assert_eq!(late, vec![(&six_days_later, base.rating_date)]);
-    }
-}

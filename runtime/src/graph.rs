@@ -398,17 +398,7 @@ impl Graph {
             "off" => None,
             text => Some(parse_duration("maintenance.schedule", text)?),
         };
-        let rules = Rules {
-            lateness_days: (lateness.as_secs() / 86_400) as i32,
-            future_tolerance_secs: pipeline
-                .validations
-                .iter()
-                .find_map(|v| match v.rule {
-                    operators::pipeline::Rule::NotAfterIngestion { tolerance_ms, .. } => Some(tolerance_ms / 1000),
-                    _ => None,
-                })
-                .unwrap_or(i64::MAX / 2),
-        };
+        let rules = Rules::new(pipeline.clone(), (lateness.as_secs() / 86_400) as i32);
         Ok(Graph {
             checks,
             maintenance,
@@ -444,7 +434,7 @@ impl Graph {
 
     /// Loads the rule plugins and checks them against the columns the chain offers.
     pub fn rule_chain(&self) -> operators::Result<RuleChain> {
-        RuleChain::load(&self.plugins)
+        RuleChain::load(&self.plugins, &self.pipeline)
     }
 
     /// The graph's tables as (role, full name).
@@ -631,7 +621,10 @@ mod tests {
     #[test]
     fn shipped_graph_loads_with_paths_relative_to_its_folder() {
         let graph = load(GOOD).unwrap();
-        assert_eq!(graph.rules, Rules { lateness_days: 5, future_tolerance_secs: 3600 });
+        assert_eq!(graph.rules.lateness_days, 5);
+        assert_eq!(graph.pipeline.key, ["event_id"]);
+        assert_eq!(graph.pipeline.partitioning.column, "rating_date");
+        assert_eq!(graph.pipeline.validations.len(), 6);
         let names: Vec<_> = graph.plugins.iter().map(|p| p.label.clone().unwrap()).collect();
         assert_eq!(names, ["approval", "blocklist"]);
         assert_eq!(graph.plugins[0].config, serde_json::json!({"threshold": 7.0}));

@@ -1,61 +1,77 @@
 //! The plugin chain: the business rules the graph file lists, applied in order to the records
-//! that passed the engine's own validation.
+//! that passed the engine's own validation, as Arrow batches.
 //!
 //! Semantics:
-//! - The chain starts with the engine's columns ([`OFFERED`]); each plugin gets exactly its
-//!   declared inputs and returns its declared outputs, which add a column or replace one for the
-//!   plugins after it. Checked at start: every input exists at the plugin's place with its type;
-//!   no plugin replaces an engine-owned column (the key, the ordering and partition columns,
-//!   lineage); a plugin that replaces `user_id`, `movie_id` or `rating` keeps its type; some
-//!   plugin adds `is_approved` (Boolean), which the curated table needs.
+//! - The chain starts with the engine's columns ([`offered`]): the event columns (a `uuid` key in
+//!   canonical form), the partition column and the lineage. Each plugin gets exactly its declared
+//!   inputs and returns its declared outputs, which add a column or replace one for the plugins
+//!   after it. Checked at start: every input exists at the plugin's place with its type; no plugin
+//!   replaces an engine-owned column (the key, the order and partition columns, lineage); a plugin
+//!   that replaces a column keeps its type; every curated column the engine does not derive is
+//!   added by some plugin with the type the graph declares.
 //! - A row a plugin rejects goes to the rejected table as `rule_rejected`, with the plugin's name
 //!   and reason as detail; later plugins never see it.
-//! - After the chain, `user_id`, `movie_id`, `rating` and `is_approved` are read back (when some
-//!   plugin wrote them). A null there, or a rating outside 0..=10, is the plugin's error.
+//! - After the chain, a curated column a plugin wrote may hold no null, and a replaced column must
+//!   still pass the graph's `range` rules on it; otherwise it is the plugin's error.
 //! - Any plugin error (a refusal, a panic, a batch of the wrong length or schema) fails the
 //!   batch: the engine stops before committing the epoch, and a restart retries it.
-//! - Seeds (rows reloaded from the curated table) never pass through the chain: they are the
-//!   chain's earlier output.
+//! - Rows reloaded from the curated table never pass through the chain: they are its earlier
+//!   output.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, StringArray,
-};
+use std::collections::BTreeSet;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter;
 use arrow::datatypes::DataType;
 
 use super::plugin::{Plugin, PluginInstance, PluginSpec};
-use crate::error::{Error, Result};
-use crate::model::{Candidate, RawEvent, Rating, RejectReason, Rejection, format_event_id};
-use crate::rules::{MAX_RATING, MIN_RATING};
+use crate::error::{Context, Error, Result};
+use crate::pipeline::{LINEAGE, Pipeline, Rule};
 
-/// The columns the engine offers the first plugin, and whether a plugin may replace them.
-pub const OFFERED: [(&str, DataType, bool); 9] = [
-    ("event_id", DataType::Utf8, false),
-    ("user_id", DataType::Utf8, true),
-    ("movie_id", DataType::Utf8, true),
-    ("rating", DataType::Float32, true),
-    ("rating_timestamp", DataType::Int64, false),
-    ("rating_date", DataType::Date32, false),
-    ("ingestion_ts_ms", DataType::Int64, false),
-    ("source_partition", DataType::Int32, false),
-    ("source_offset", DataType::Int64, false),
-];
-
-/// The column the curated table needs from the chain.
-pub const APPROVAL_COLUMN: &str = "is_approved";
+/// The columns the engine offers the first plugin, with their types, and whether a plugin may
+/// replace them.
+pub fn offered(pipeline: &Pipeline) -> Result<Vec<(String, DataType, bool)>> {
+    let owned: BTreeSet<&str> = pipeline
+        .key
+        .iter()
+        .map(String::as_str)
+        .chain([pipeline.order_by.as_str(), pipeline.partitioning.source.as_str(), pipeline.partitioning.column.as_str()])
+        .chain(LINEAGE.iter().map(|(name, _)| *name))
+        .collect();
+    let mut columns = Vec::new();
+    for field in &pipeline.event_columns {
+        let ty = iceberg::arrow::type_to_arrow_type(&field.field_type).context(|| format!("the Arrow type of {}", field.name))?;
+        columns.push((field.name.clone(), ty, !owned.contains(field.name.as_str())));
+    }
+    if !columns.iter().any(|(name, _, _)| *name == pipeline.partitioning.column) {
+        let ty = pipeline.curated.iter().find(|(name, _)| *name == pipeline.partitioning.column).map(|(_, ty)| ty.clone());
+        let ty = ty.ok_or_else(|| Error::Internal("the partition column is not curated".into()))?;
+        columns.push((pipeline.partitioning.column.clone(), iceberg::arrow::type_to_arrow_type(&ty).context(|| "the partition column's type".into())?, false));
+    }
+    for (name, ty) in LINEAGE {
+        let ty = iceberg::arrow::type_to_arrow_type(&iceberg::spec::Type::Primitive(ty)).context(|| "a lineage type".into())?;
+        columns.push((name.to_string(), ty, false));
+    }
+    Ok(columns)
+}
 
 /// The loaded, checked plugins of a graph.
 #[derive(Debug, Clone, Default)]
 pub struct RuleChain {
     plugins: Vec<Arc<Plugin>>,
+    /// The graph's range rules (column, min, max): a plugin's replacement must pass them too.
+    ranges: Vec<(String, Option<f64>, Option<f64>)>,
+    /// Curated columns that may hold no null.
+    required: BTreeSet<String>,
 }
 
 impl RuleChain {
-    pub fn load(specs: &[PluginSpec]) -> Result<RuleChain> {
-        let mut columns: BTreeMap<String, DataType> = OFFERED.iter().map(|(n, t, _)| (n.to_string(), t.clone())).collect();
+    pub fn load(specs: &[PluginSpec], pipeline: &Pipeline) -> Result<RuleChain> {
+        let offered = offered(pipeline)?;
+        let mut columns: BTreeMap<String, DataType> = offered.iter().map(|(n, t, _)| (n.clone(), t.clone())).collect();
         let mut plugins = Vec::with_capacity(specs.len());
         for spec in specs {
             let plugin = Plugin::load(spec)?;
@@ -76,27 +92,41 @@ impl RuleChain {
                 }
             }
             for (name, produced) in &plugin.outputs {
-                if let Some((_, offered, replaceable)) = OFFERED.iter().find(|(n, _, _)| n == name) {
+                if let Some((_, engine_type, replaceable)) = offered.iter().find(|(n, _, _)| n == name) {
                     if !replaceable {
                         return Err(problem(format!("may not replace `{name}`: the engine owns that column")));
                     }
-                    if offered != produced {
-                        return Err(problem(format!("replaces `{name}` ({offered}) with a {produced} column")));
+                    if engine_type != produced {
+                        return Err(problem(format!("replaces `{name}` ({engine_type}) with a {produced} column")));
                     }
                 }
-                if name == APPROVAL_COLUMN && produced != &DataType::Boolean {
-                    return Err(problem(format!("produces `{APPROVAL_COLUMN}` as {produced}; the curated table needs Boolean")));
+                if let Some((_, declared)) = pipeline.curated.iter().find(|(n, _)| n == name) {
+                    let declared = iceberg::arrow::type_to_arrow_type(declared).context(|| format!("the Arrow type of {name}"))?;
+                    if &declared != produced {
+                        return Err(problem(format!("produces `{name}` as {produced}; the graph's curated.columns declare it {declared}")));
+                    }
                 }
                 columns.insert(name.clone(), produced.clone());
             }
             plugins.push(plugin);
         }
-        if !columns.contains_key(APPROVAL_COLUMN) {
-            return Err(Error::User(format!(
-                "no rule plugin adds `{APPROVAL_COLUMN}`, which the curated table needs: list the approval plugin under [[rules.plugins]]"
-            )));
+        for (name, _) in &pipeline.curated {
+            if !columns.contains_key(name) {
+                return Err(Error::User(format!(
+                    "curated column `{name}` is neither an event column nor derived, and no rule plugin adds it: list the plugin that does under [[rules.plugins]]"
+                )));
+            }
         }
-        Ok(RuleChain { plugins })
+        let ranges = pipeline
+            .validations
+            .iter()
+            .filter_map(|v| match v.rule {
+                Rule::Range { min, max } => Some((v.column.clone(), min, max)),
+                _ => None,
+            })
+            .collect();
+        let required = pipeline.required.iter().cloned().collect();
+        Ok(RuleChain { plugins, ranges, required })
     }
 
     /// `name version` of each plugin, in order.
@@ -107,73 +137,46 @@ impl RuleChain {
     /// Instances for one worker.
     pub fn instantiate(&self) -> Result<ChainInstance> {
         let stages = self.plugins.iter().map(PluginInstance::new).collect::<Result<_>>()?;
-        Ok(ChainInstance { stages })
+        Ok(ChainInstance { stages, ranges: self.ranges.clone(), required: self.required.clone() })
     }
 }
 
 /// One worker's instances of the chain.
 pub struct ChainInstance {
     stages: Vec<PluginInstance>,
+    ranges: Vec<(String, Option<f64>, Option<f64>)>,
+    required: BTreeSet<String>,
 }
 
-/// A record that passed the engine's validation, waiting for the chain.
-pub struct Pending {
-    pub key: u128,
-    pub candidate: Candidate,
-    pub event: RawEvent,
+/// What the chain made of a batch: the rows it kept (indices into the input batch, ascending), the
+/// batch over exactly those rows with the plugins' columns, and the rows a plugin rejected with the
+/// detail (`plugin: reason`).
+pub struct Applied {
+    pub kept: Vec<u32>,
+    pub batch: RecordBatch,
+    pub rejected: Vec<(u32, String)>,
 }
-
-/// An engine column over the rows `rows` of `pending`.
-fn offered_column(name: &str, pending: &[Pending], rows: &[usize]) -> Option<ArrayRef> {
-    let each = || rows.iter().map(|row| &pending[*row]);
-    Some(match name {
-        "event_id" => Arc::new(each().map(|p| Some(format_event_id(p.key))).collect::<StringArray>()),
-        "user_id" => Arc::new(each().map(|p| Some(p.candidate.user_id.as_str())).collect::<StringArray>()),
-        "movie_id" => Arc::new(each().map(|p| Some(p.candidate.movie_id.as_str())).collect::<StringArray>()),
-        "rating" => Arc::new(Float32Array::from_iter_values(each().map(|p| p.candidate.rating.0))),
-        "rating_timestamp" => Arc::new(Int64Array::from_iter_values(each().map(|p| p.candidate.rating_timestamp))),
-        "rating_date" => Arc::new(Date32Array::from_iter_values(each().map(|p| p.candidate.rating_date))),
-        "ingestion_ts_ms" => Arc::new(Int64Array::from_iter_values(each().map(|p| p.candidate.position.ingestion_ts_ms))),
-        "source_partition" => Arc::new(Int32Array::from_iter_values(each().map(|p| p.candidate.position.partition))),
-        "source_offset" => Arc::new(Int64Array::from_iter_values(each().map(|p| p.candidate.position.offset))),
-        _ => return None,
-    })
-}
-
-/// A row the chain accepted: its key and its curated row.
-pub type Accepted = (u128, Candidate);
 
 impl ChainInstance {
-    /// Runs the chain over `pending`: the accepted rows with the rules' columns applied, and the
-    /// rows a plugin rejected.
-    pub fn apply(&mut self, pending: Vec<Pending>) -> Result<(Vec<Accepted>, Vec<Rejection>)> {
-        let mut rejections = Vec::new();
-        if pending.is_empty() {
-            return Ok((Vec::new(), rejections));
-        }
-        // The surviving rows (indices into `pending`) and the columns built or produced so far,
-        // each over exactly those rows; `written` names the plugin that last wrote a column.
-        let mut rows: Vec<usize> = (0..pending.len()).collect();
-        let mut columns: BTreeMap<String, ArrayRef> = BTreeMap::new();
+    /// Runs the chain over `working` (the offered columns of the rows that passed validation).
+    pub fn apply(&mut self, working: RecordBatch) -> Result<Applied> {
+        let mut rejected = Vec::new();
+        let mut kept: Vec<u32> = (0..working.num_rows() as u32).collect();
+        let mut columns: BTreeMap<String, ArrayRef> =
+            working.schema().fields().iter().zip(working.columns()).map(|(f, c)| (f.name().clone(), c.clone())).collect();
+        let order: Vec<String> = working.schema().fields().iter().map(|f| f.name().clone()).collect();
         let mut written: BTreeMap<String, usize> = BTreeMap::new();
         for (stage_index, stage) in self.stages.iter_mut().enumerate() {
-            if rows.is_empty() {
+            if kept.is_empty() {
                 break;
             }
-            let mut inputs = Vec::with_capacity(stage.plugin().inputs.len());
-            for (name, _) in &stage.plugin().inputs {
-                let column = match columns.get(name) {
-                    Some(column) => column.clone(),
-                    None => {
-                        let column = offered_column(name, &pending, &rows)
-                            .ok_or_else(|| Error::Internal(format!("column {name} checked at load is missing")))?;
-                        columns.insert(name.clone(), column.clone());
-                        column
-                    }
-                };
-                inputs.push(column);
-            }
-            let (outputs, verdicts) = stage.apply(inputs, rows.len())?;
+            let inputs = stage
+                .plugin()
+                .inputs
+                .iter()
+                .map(|(name, _)| columns.get(name).cloned().ok_or_else(|| Error::Internal(format!("column {name} checked at load is missing"))))
+                .collect::<Result<Vec<_>>>()?;
+            let (outputs, verdicts) = stage.apply(inputs, kept.len())?;
             for ((name, _), column) in stage.plugin().outputs.iter().zip(outputs) {
                 columns.insert(name.clone(), column);
                 written.insert(name.clone(), stage_index);
@@ -183,57 +186,40 @@ impl ChainInstance {
             let keep: BooleanArray = verdicts.iter().map(|v| Some(v.is_none())).collect();
             for (index, verdict) in verdicts.iter().enumerate() {
                 if let Some(reason) = verdict {
-                    let event = pending[rows[index]].event.clone();
-                    rejections.push(Rejection { reason: RejectReason::RuleRejected, detail: format!("{label}: {reason}"), event });
+                    rejected.push((kept[index], format!("{label}: {reason}")));
                 }
             }
-            rows = rows.iter().zip(keep.values().iter()).filter(|(_, keep)| *keep).map(|(row, _)| *row).collect();
+            kept = kept.iter().zip(keep.values().iter()).filter(|(_, keep)| *keep).map(|(row, _)| *row).collect();
             for column in columns.values_mut() {
                 *column = filter(column.as_ref(), &keep)
                     .map_err(|e| Error::Internal(format!("filtering rows rejected by plugin `{label}`: {e}")))?;
             }
         }
-        let blame = |column: &str, problem: String| self.stages[written[column]].plugin().error(problem);
-        let read_back = |name: &str| -> Result<Option<&ArrayRef>> {
-            match (written.contains_key(name), columns.get(name)) {
-                (true, Some(column)) if column.null_count() > 0 => {
-                    Err(blame(name, format!("returned {} nulls in `{name}`, which may not be null", column.null_count())))
+        for (name, stage) in &written {
+            let blame = |problem: String| self.stages[*stage].plugin().error(problem);
+            let column = &columns[name];
+            if self.required.contains(name) && column.null_count() > 0 {
+                return Err(blame(format!("returned {} nulls in `{name}`, which may not be null", column.null_count())));
+            }
+            for (_, min, max) in self.ranges.iter().filter(|(column, _, _)| column == name) {
+                let as_f64 = arrow::compute::cast(column, &DataType::Float64).map_err(|e| Error::Internal(format!("reading back `{name}`: {e}")))?;
+                let outside = as_f64.as_primitive::<arrow::datatypes::Float64Type>().iter().flatten().find(|v| {
+                    v.is_nan() || min.is_some_and(|min| *v < min) || max.is_some_and(|max| *v > max)
+                });
+                if let Some(bad) = outside {
+                    let bounds = format!("{}..={}", min.map(|m| m.to_string()).unwrap_or_default(), max.map(|m| m.to_string()).unwrap_or_default());
+                    return Err(blame(format!("returned {name} {bad}, outside {bounds}")));
                 }
-                (true, Some(column)) => Ok(Some(column)),
-                _ => Ok(None),
             }
-        };
-        let strings = |name: &str| -> Result<Option<&StringArray>> {
-            Ok(read_back(name)?.and_then(|c| c.as_any().downcast_ref::<StringArray>()))
-        };
-        let user_ids = strings("user_id")?;
-        let movie_ids = strings("movie_id")?;
-        let ratings = read_back("rating")?.and_then(|c| c.as_any().downcast_ref::<Float32Array>());
-        let approved = read_back(APPROVAL_COLUMN)?
-            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-            .ok_or_else(|| Error::Internal(format!("`{APPROVAL_COLUMN}` checked at load is missing")))?;
-        if let Some(bad) = ratings.and_then(|r| r.values().iter().find(|r| !(MIN_RATING..=MAX_RATING).contains(*r))) {
-            return Err(blame("rating", format!("returned rating {bad}, outside {MIN_RATING}..={MAX_RATING}")));
         }
-        let mut accepted = Vec::with_capacity(rows.len());
-        // `rows` ascends (filtering keeps the order), so one pass over `pending` finds them all.
-        let mut surviving = pending.into_iter().enumerate();
-        for (index, row) in rows.iter().enumerate() {
-            let Some((_, Pending { key, mut candidate, .. })) = surviving.find(|(at, _)| at == row) else {
-                return Err(Error::Internal(format!("surviving row {row} is not among the pending rows")));
-            };
-            candidate.is_approved = approved.value(index);
-            if let Some(ids) = user_ids {
-                candidate.user_id = ids.value(index).into();
-            }
-            if let Some(ids) = movie_ids {
-                candidate.movie_id = ids.value(index).into();
-            }
-            if let Some(ratings) = ratings {
-                candidate.rating = Rating(ratings.value(index));
-            }
-            accepted.push((key, candidate));
-        }
-        Ok((accepted, rejections))
+        let mut names: Vec<String> = order;
+        names.extend(columns.keys().filter(|name| !names.contains(name)).cloned().collect::<Vec<_>>());
+        let fields: Vec<arrow::datatypes::Field> =
+            names.iter().map(|name| arrow::datatypes::Field::new(name, columns[name].data_type().clone(), true)).collect();
+        let arrays: Vec<ArrayRef> = names.iter().map(|name| columns[name].clone()).collect();
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(kept.len()));
+        let batch = RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), arrays, &options)
+            .map_err(|e| Error::Internal(format!("assembling the chain's output: {e}")))?;
+        Ok(Applied { kept, batch, rejected })
     }
 }

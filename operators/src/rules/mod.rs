@@ -1,182 +1,256 @@
-//! The rules stage: the engine's validation, derivation and late cut of one raw record
-//! ([`Rules`]), then the business rules of the graph's plugins over a batch ([`chain`]).
+//! The rules stage: the engine's validation, derivation and late cut over a raw batch
+//! ([`Rules::judge`]), then the business rules of the graph's plugins over the survivors
+//! ([`chain`]). Everything here is what the graph declares ([`crate::pipeline`]); nothing names a
+//! column of its own.
 //!
-//! Semantics of the engine's part (each rule reads only the record itself, never the wall clock,
-//! so a replay of the raw table reproduces exactly what the stream decided):
-//! - `event_id` must be present and a UUID (any case, with or without hyphens); it is keyed by its
-//!   128-bit value and written back in canonical lowercase form.
-//! - `user_id`, `movie_id`, `rating` and `rating_timestamp` must be present; ids must be non-empty.
-//! - `rating` must be a number in `0..=10` (NaN is out of range).
-//! - `rating_timestamp` may not lie more than `future_tolerance_secs` after the record's ingestion
-//!   time (a clock that runs ahead is tolerated up to that bound).
-//! - `is_approved` is left to the plugin chain (the shipped `approval` plugin:
-//!   `rating >= threshold`, inclusive); until the chain ran it is `false`.
-//! - `rating_date` = UTC day of `rating_timestamp`.
-//! - Late cut: a record whose `rating_date` is more than `lateness_days` before its ingestion date
-//!   is rejected as [`RejectReason::Late`]. Exactly `lateness_days` before is still on time.
+//! Semantics, per record, in this order (the first failure decides the reason); each rule reads
+//! only the record itself, never the wall clock, so a replay of the raw table reproduces exactly
+//! what the stream decided:
+//! 1. A record whose bytes could not be read keeps the reason and detail its source gave it.
+//! 2. The key: every key column present (a string not empty or blank); a `uuid` key must be a UUID
+//!    in one of its usual spellings. Reasons `missing_<column>`, `invalid_<column>`.
+//! 3. The graph's `[[validate]]` rules in order ([`crate::pipeline::Rule`]).
+//! 4. The order column and the partition's source column must be present (reason `missing_field`;
+//!    a graph normally says so with `present` rules, which then come first).
+//! 5. The partition value: for `day(col)` the UTC day of the value.
+//! 6. Late cut: a record whose partition day is more than `lateness` days before its ingestion
+//!    date is rejected as `late`. Exactly `lateness` days before is still on time.
 
 pub mod chain;
 pub mod plugin;
 
-use crate::model::{Candidate, Origin, Rating, RawEvent, RejectReason, Rejection, day_of_seconds};
+use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
+
+use crate::error::{Error, Result};
+use crate::model::{RejectReason, day_of_millis, format_date};
+use crate::pipeline::{PartitionTransform, Pipeline, Rule, TimeUnit, Validation};
+use crate::records::{KeyMaker, KeyProblem, order_values};
+
+/// The compiled rules of one pipeline.
+#[derive(Debug, Clone)]
 pub struct Rules {
+    pub pipeline: Arc<Pipeline>,
+    pub keys: KeyMaker,
     pub lateness_days: i32,
-    pub future_tolerance_secs: i64,
 }
 
-impl Default for Rules {
-    fn default() -> Self {
-        Rules { lateness_days: 5, future_tolerance_secs: 3600 }
-    }
-}
-
-pub const MIN_RATING: f32 = 0.0;
-pub const MAX_RATING: f32 = 10.0;
-
-/// Parses a UUID in any of its usual text forms into the key the engine uses.
-pub fn parse_event_id(text: &str) -> Option<u128> {
-    uuid::Uuid::try_parse(text.trim()).ok().map(|u| u.as_u128())
+/// What [`Rules::judge`] made of a raw batch: the rows that passed with their key, order and
+/// partition value, and the rows rejected with reason and detail. Row numbers index the batch.
+#[derive(Debug, Default)]
+pub struct Judged {
+    pub accepted: Vec<u32>,
+    pub keys: Vec<u128>,
+    pub orders: Vec<i64>,
+    pub days: Vec<i32>,
+    pub rejected: Vec<u32>,
+    pub reasons: Vec<String>,
+    pub details: Vec<String>,
 }
 
 impl Rules {
+    pub fn new(pipeline: Arc<Pipeline>, lateness_days: i32) -> Rules {
+        Rules { keys: KeyMaker::new(&pipeline), pipeline, lateness_days }
+    }
+
     /// The day before which a row's partition can no longer change for records ingested on
     /// `ingestion_date`.
     pub fn window_start(&self, ingestion_date: i32) -> i32 {
         ingestion_date - self.lateness_days
     }
 
-    /// Applies validation, derivation and the late cut to one raw record.
-    pub fn evaluate(&self, event: &RawEvent) -> Result<(u128, Candidate), Box<Rejection>> {
-        let reject = |reason: RejectReason, detail: String| Box::new(Rejection { reason, detail, event: event.clone() });
-        if let Some(undecodable) = &event.undecodable {
-            return Err(reject(undecodable.reason, undecodable.detail.clone()));
+    /// Judges every row of `raw` (a batch in the raw table's schema).
+    pub fn judge(&self, raw: &RecordBatch) -> Result<Judged> {
+        let rows = raw.num_rows();
+        let column = |name: &str| raw.column_by_name(name).ok_or_else(|| Error::User(format!("column {name} is missing from the raw table")));
+        let ingestion = column("ingestion_ts_ms")?.as_primitive_opt::<Int64Type>().ok_or_else(|| Error::User("ingestion_ts_ms is not a long".into()))?.clone();
+        // Verdict per row: None while it passes.
+        let mut verdicts: Vec<Option<(String, String)>> = vec![None; rows];
+        if let (Some(errors), Some(details)) = (raw.column_by_name("decode_error"), raw.column_by_name("decode_detail")) {
+            let (errors, details) = (errors.as_string::<i32>(), details.as_string::<i32>());
+            for row in (0..rows).filter(|&row| errors.is_valid(row)) {
+                let detail = if details.is_valid(row) { details.value(row).to_string() } else { String::new() };
+                verdicts[row] = Some((errors.value(row).to_string(), detail));
+            }
         }
-        let event_id = match event.event_id.as_deref().map(str::trim) {
-            None | Some("") => return Err(reject(RejectReason::MissingEventId, "event_id is missing".into())),
-            Some(text) => parse_event_id(text)
-                .ok_or_else(|| reject(RejectReason::InvalidEventId, format!("event_id {text:?} is not a UUID")))?,
-        };
-        let user_id = match event.user_id.as_deref() {
-            Some(id) if !id.is_empty() => id,
-            _ => return Err(reject(RejectReason::MissingField, "user_id is missing".into())),
-        };
-        let movie_id = match event.movie_id.as_deref() {
-            Some(id) if !id.is_empty() => id,
-            _ => return Err(reject(RejectReason::MissingField, "movie_id is missing".into())),
-        };
-        let Some(rating) = event.rating else {
-            return Err(reject(RejectReason::MissingField, "rating is missing".into()));
-        };
-        if !(MIN_RATING..=MAX_RATING).contains(&rating) {
-            return Err(reject(
-                RejectReason::RatingOutOfRange,
-                format!("rating {rating} is outside {MIN_RATING}..={MAX_RATING}"),
-            ));
+        let keys = self.keys.keys(raw)?;
+        for (row, key) in keys.iter().enumerate() {
+            if verdicts[row].is_some() {
+                continue;
+            }
+            match key {
+                Ok(_) => {}
+                Err(KeyProblem::Missing(name)) => verdicts[row] = Some((format!("missing_{name}"), format!("{name} is missing"))),
+                Err(KeyProblem::NotUuid(text)) => {
+                    let name = &self.pipeline.key[0];
+                    verdicts[row] = Some((format!("invalid_{name}"), format!("{name} {text:?} is not a UUID")));
+                }
+            }
         }
-        let Some(rating_timestamp) = event.rating_timestamp else {
-            return Err(reject(RejectReason::MissingField, "rating_timestamp is missing".into()));
+        for validation in &self.pipeline.validations {
+            apply(validation, column(&validation.column)?, &ingestion, &mut verdicts)?;
+        }
+        let order = order_values(column(&self.pipeline.order_by)?)?;
+        let days = self.partition_values(column(&self.pipeline.partitioning.source)?)?;
+        let mut judged = Judged::default();
+        for (row, verdict) in verdicts.into_iter().enumerate() {
+            let verdict = verdict.or_else(|| {
+                let (order, day) = (order[row], days[row]);
+                if order.is_none() {
+                    return Some((RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.order_by)));
+                }
+                let day = match day {
+                    None => return Some((RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.partitioning.source))),
+                    Some(day) => day,
+                };
+                let ingestion_date = day_of_millis(ingestion.value(row));
+                (day < self.window_start(ingestion_date)).then(|| {
+                    let detail = format!(
+                        "{} {} is {} days before ingestion date {} (lateness {} days)",
+                        self.pipeline.partitioning.column,
+                        format_date(day),
+                        ingestion_date - day,
+                        format_date(ingestion_date),
+                        self.lateness_days
+                    );
+                    (RejectReason::Late.as_str().into(), detail)
+                })
+            });
+            match verdict {
+                Some((reason, detail)) => {
+                    judged.rejected.push(row as u32);
+                    judged.reasons.push(reason);
+                    judged.details.push(detail);
+                }
+                None => {
+                    judged.accepted.push(row as u32);
+                    judged.keys.push(*keys[row].as_ref().expect("a row without a key was rejected"));
+                    judged.orders.push(order[row].expect("checked"));
+                    judged.days.push(days[row].expect("checked"));
+                }
+            }
+        }
+        Ok(judged)
+    }
+
+    /// The partition value of each row (`None`: the source value is null).
+    pub fn partition_values(&self, source: &ArrayRef) -> Result<Vec<Option<i32>>> {
+        let partitioning = &self.pipeline.partitioning;
+        let values = order_values(source)?;
+        let per_day: Option<i64> = match (partitioning.transform, source.data_type()) {
+            (PartitionTransform::Day { unit: Some(unit) }, _) => Some(86_400 * unit.per_second()),
+            (PartitionTransform::Day { unit: None }, DataType::Date32) | (PartitionTransform::Identity, _) => None,
+            (PartitionTransform::Day { unit: None }, DataType::Timestamp(..)) => Some(86_400 * TimeUnit::Microseconds.per_second()),
+            (_, other) => return Err(Error::User(format!("cannot take the day of a {other} column"))),
         };
-        let ingestion_secs = event.ingestion_ts_ms.div_euclid(1000);
-        if rating_timestamp > ingestion_secs + self.future_tolerance_secs {
-            return Err(reject(
-                RejectReason::FutureTimestamp,
-                format!(
-                    "rating_timestamp {rating_timestamp} is {}s after ingestion (tolerance {}s)",
-                    rating_timestamp - ingestion_secs,
-                    self.future_tolerance_secs
-                ),
-            ));
-        }
-        let rating_date = day_of_seconds(rating_timestamp);
-        let ingestion_date = event.ingestion_date();
-        if rating_date < self.window_start(ingestion_date) {
-            return Err(reject(
-                RejectReason::Late,
-                format!(
-                    "rating_date {} is {} days before ingestion date {} (lateness {} days)",
-                    crate::model::format_date(rating_date),
-                    ingestion_date - rating_date,
-                    crate::model::format_date(ingestion_date),
-                    self.lateness_days
-                ),
-            ));
-        }
-        Ok((
-            event_id,
-            Candidate {
-                position: event.position(),
-                origin: Origin::Input,
-                rating_timestamp,
-                rating_date,
-                user_id: user_id.into(),
-                movie_id: movie_id.into(),
-                rating: Rating(rating),
-                is_approved: false,
-                as_ingested: None,
-            },
-        ))
+        values
+            .into_iter()
+            .map(|value| {
+                value
+                    .map(|v| {
+                        let day = per_day.map_or(v, |per_day| v.div_euclid(per_day));
+                        i32::try_from(day).map_err(|_| Error::User(format!("partition value {day} of {} does not fit a date", partitioning.source)))
+                    })
+                    .transpose()
+            })
+            .collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(rating: Option<f32>, rating_timestamp: i64, ingestion_ts_ms: i64) -> RawEvent {
-        RawEvent {
-            event_id: Some("6F9619FF-8B86-D011-B42D-00C04FC964FF".into()),
-            user_id: Some("u1".into()),
-            movie_id: Some("m1".into()),
-            rating,
-            rating_timestamp: Some(rating_timestamp),
-            source_topic: "t".into(),
-            source_partition: 0,
-            source_offset: 7,
-            ingestion_ts_ms,
-            undecodable: None,
+/// Marks the rows `validation` rejects among those still passing.
+fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::Int64Array, verdicts: &mut [Option<(String, String)>]) -> Result<()> {
+    let name = &validation.column;
+    let reject = |verdict: &mut Option<(String, String)>, detail: String| *verdict = Some((validation.reason.clone(), detail));
+    let open = |verdicts: &[Option<(String, String)>]| -> Vec<usize> { (0..verdicts.len()).filter(|&row| verdicts[row].is_none()).collect() };
+    match &validation.rule {
+        Rule::Present => {
+            let empty_string = |row: usize| match column.data_type() {
+                DataType::Utf8 => column.as_string::<i32>().value(row).is_empty(),
+                _ => false,
+            };
+            for row in open(verdicts) {
+                if column.is_null(row) || empty_string(row) {
+                    reject(&mut verdicts[row], format!("{name} is missing"));
+                }
+            }
+        }
+        Rule::Range { min, max } => {
+            let bounds = match (min, max) {
+                (Some(min), Some(max)) => format!("outside {min}..={max}"),
+                (Some(min), None) => format!("below {min}"),
+                (None, Some(max)) => format!("above {max}"),
+                (None, None) => return Err(Error::Internal(format!("range rule on {name} without bounds"))),
+            };
+            let outside = |value: f64| value.is_nan() || min.is_some_and(|min| value < min) || max.is_some_and(|max| value > max);
+            // Each value is compared and shown in its own type (a float32 rating 10.1 reads as 10.1).
+            let value_of = |row: usize| -> Option<(f64, String)> {
+                if column.is_null(row) {
+                    return None;
+                }
+                Some(match column.data_type() {
+                    DataType::Float32 => {
+                        let v = column.as_primitive::<Float32Type>().value(row);
+                        (f64::from(v), v.to_string())
+                    }
+                    DataType::Float64 => {
+                        let v = column.as_primitive::<Float64Type>().value(row);
+                        (v, v.to_string())
+                    }
+                    DataType::Int32 => {
+                        let v = column.as_primitive::<Int32Type>().value(row);
+                        (f64::from(v), v.to_string())
+                    }
+                    DataType::Int64 => {
+                        let v = column.as_primitive::<Int64Type>().value(row);
+                        (v as f64, v.to_string())
+                    }
+                    _ => return None,
+                })
+            };
+            for row in open(verdicts) {
+                if let Some((value, shown)) = value_of(row)
+                    && outside(value)
+                {
+                    reject(&mut verdicts[row], format!("{name} {shown} is {bounds}"));
+                }
+            }
+        }
+        Rule::NotAfterIngestion { unit, tolerance_ms } => {
+            let (values, unit, suffix) = match (column.data_type(), unit) {
+                (DataType::Timestamp(..), _) => (order_values(column)?, TimeUnit::Microseconds, "µs"),
+                (DataType::Date32, _) => (order_values(column)?.into_iter().map(|d| d.map(|d| d * 86_400_000_000)).collect(), TimeUnit::Microseconds, "µs"),
+                (_, Some(unit)) => {
+                    let suffix = match unit {
+                        TimeUnit::Seconds => "s",
+                        TimeUnit::Milliseconds => "ms",
+                        TimeUnit::Microseconds => "µs",
+                    };
+                    (order_values(column)?, *unit, suffix)
+                }
+                (other, None) => return Err(Error::Internal(format!("not_after_ingestion on {name} ({other}) without a unit"))),
+            };
+            let per_second = unit.per_second();
+            // The ingestion time in the column's unit, rounded down (milliseconds to seconds: floor).
+            let in_unit = |ms: i64| if per_second >= 1000 { ms * (per_second / 1000) } else { ms.div_euclid(1000 / per_second) };
+            let tolerance = in_unit(*tolerance_ms);
+            for row in open(verdicts) {
+                let Some(value) = values[row] else { continue };
+                let ingested = in_unit(ingestion.value(row));
+                if value > ingested + tolerance {
+                    reject(
+                        &mut verdicts[row],
+                        format!("{name} {value} is {}{suffix} after ingestion (tolerance {tolerance}{suffix})", value - ingested),
+                    );
+                }
+            }
         }
     }
+    Ok(())
+}
 
-    const DAY: i64 = 86_400;
-
-    #[test]
-    fn key_is_canonical_and_date_is_utc_day() {
-        let rules = Rules::default();
-        let (key, c) = rules.evaluate(&event(Some(7.0), 10 * DAY + 5, (10 * DAY + 60) * 1000)).unwrap();
-        assert_eq!(crate::model::format_event_id(key), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
-        assert_eq!(c.rating_date, 10);
-        let (_, c) = rules.evaluate(&event(Some(6.99), 10 * DAY - 1, 10 * DAY * 1000)).unwrap();
-        assert_eq!(c.rating_date, 9);
-    }
-
-    #[test]
-    fn lateness_boundary_is_exact() {
-        let rules = Rules::default();
-        let ingest = 20 * DAY * 1000;
-        assert!(rules.evaluate(&event(Some(5.0), 15 * DAY, ingest)).is_ok());
-        let err = rules.evaluate(&event(Some(5.0), 15 * DAY - 1, ingest)).unwrap_err();
-        assert_eq!(err.reason, RejectReason::Late);
-    }
-
-    #[test]
-    fn invalid_values_are_rejected_with_their_reason() {
-        let rules = Rules::default();
-        let ingest = 20 * DAY * 1000;
-        let cases = [
-            (event(Some(10.5), 20 * DAY, ingest), RejectReason::RatingOutOfRange),
-            (event(Some(-0.1), 20 * DAY, ingest), RejectReason::RatingOutOfRange),
-            (event(Some(f32::NAN), 20 * DAY, ingest), RejectReason::RatingOutOfRange),
-            (event(None, 20 * DAY, ingest), RejectReason::MissingField),
-            (event(Some(5.0), 20 * DAY + 3601, ingest), RejectReason::FutureTimestamp),
-            (RawEvent { event_id: Some(" ".into()), ..event(Some(5.0), 20 * DAY, ingest) }, RejectReason::MissingEventId),
-            (RawEvent { event_id: Some("nope".into()), ..event(Some(5.0), 20 * DAY, ingest) }, RejectReason::InvalidEventId),
-            (RawEvent { user_id: Some(String::new()), ..event(Some(5.0), 20 * DAY, ingest) }, RejectReason::MissingField),
-        ];
-        for (raw, reason) in cases {
-            assert_eq!(rules.evaluate(&raw).unwrap_err().reason, reason, "{raw:?}");
-        }
-        assert!(rules.evaluate(&event(Some(5.0), 20 * DAY + 3600, ingest)).is_ok());
-    }
+/// `column` of `batch` as strings (the reason and detail columns of rejected rows).
+pub fn strings(batch: &RecordBatch, column: &str) -> Option<StringArray> {
+    batch.column_by_name(column).and_then(|c| c.as_string_opt::<i32>()).cloned()
 }

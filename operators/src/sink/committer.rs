@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arrow::array::{AsArray, RecordBatch};
 use iceberg::TableIdent;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
@@ -35,8 +36,9 @@ use crate::source::kafka::{
     OFFSETS_PROPERTY, Offsets, PARTITION_DAYS_PROPERTY, Resume, format_offsets, format_partition_days, note_day,
 };
 use crate::error::Result;
-use crate::model::{RejectReason, Rejection, format_date};
-use crate::schema::{arrow_schema, rejected_to_batch};
+use crate::error::Context;
+use crate::model::format_date;
+use crate::schema::arrow_schema;
 use crate::sink::{EpochDays, EpochLog, EpochMeta, Failure, SinkMessage};
 use crate::writer::write_partition;
 
@@ -52,7 +54,7 @@ pub struct CommitStats {
     pub curated_files_added: AtomicU64,
     pub curated_files_removed: AtomicU64,
     pub commit_retries: AtomicU64,
-    pub rejected: Mutex<BTreeMap<RejectReason, u64>>,
+    pub rejected: Mutex<BTreeMap<String, u64>>,
     /// Epochs the data-quality checks judged.
     pub epochs_checked: AtomicU64,
     /// Per check: epochs in which it failed (whatever its policy).
@@ -137,7 +139,7 @@ struct EpochInput {
     files: Vec<DataFile>,
     removed: Vec<String>,
     referenced: Vec<String>,
-    rejections: Vec<Rejection>,
+    rejections: Vec<RecordBatch>,
     /// The workers' check evaluations, merged.
     evaluation: Option<Evaluation>,
     newest_ingestion_ms: Option<i64>,
@@ -180,7 +182,7 @@ impl Committer {
                                 SinkMessage::CuratedFile(file) => epoch.files.push(file.0),
                                 SinkMessage::RemovedFile(path) => epoch.removed.push(path),
                                 SinkMessage::DeletesIn(path) => epoch.referenced.push(path),
-                                SinkMessage::Rejected(rejection) => epoch.rejections.push(rejection),
+                                SinkMessage::Rejected(rejected) => epoch.rejections.push(rejected.0),
                                 SinkMessage::Checked(judged) => {
                                     epoch.newest_ingestion_ms = epoch.newest_ingestion_ms.max(judged.newest_ingestion_ms);
                                     match &mut epoch.evaluation {
@@ -203,7 +205,7 @@ impl Committer {
                     }
                     let started = Instant::now();
                     let (records, closed) = (meta.records, meta.closed);
-                    let (added, removed, rejections) = (epoch.files.len(), epoch.removed.len(), epoch.rejections.len());
+                    let (added, removed, rejections) = (epoch.files.len(), epoch.removed.len(), epoch.rejections.iter().map(RecordBatch::num_rows).sum::<usize>());
                     let committed = match (&self.mode, positions.as_mut()) {
                         (CommitMode::Stream(stream), Some(positions)) => {
                             self.runtime.block_on(self.commit_stream(stream, positions, time, meta, epoch))
@@ -282,14 +284,24 @@ impl Committer {
         Ok(())
     }
 
-    fn count_rejections(&self, rejections: &[Rejection]) {
+    fn count_rejections(&self, rejections: &RecordBatch) -> Result<()> {
+        let reasons = rejections
+            .column_by_name("reason")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| crate::Error::Internal("rejected rows without a reason".into()))?;
         let mut counts = self.stats.rejected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for rejection in rejections {
-            *counts.entry(rejection.reason).or_default() += 1;
+        for reason in reasons.iter().flatten() {
+            match counts.get_mut(reason) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.insert(reason.to_string(), 1);
+                }
+            }
             if let Some(metrics) = &self.metrics {
-                metrics.rejected(rejection.reason).inc();
+                metrics.rejected(reason).inc();
             }
         }
+        Ok(())
     }
 
     fn note(&self, committed: &Committed, curated: bool) {
@@ -302,14 +314,43 @@ impl Committer {
         self.stats.commit_retries.fetch_add(u64::from(committed.attempts - 1), Ordering::Relaxed);
     }
 
-    /// Writes rejections sorted in ingestion order, one set of files per ingestion date.
-    async fn write_rejections(&self, rejections: &[Rejection]) -> Result<Vec<DataFile>> {
+    /// The epoch's rejected rows in ingestion order (then by reason and detail, so the order
+    /// never depends on which worker sent what first), without the records `held` says the table
+    /// has already (partition → next offset).
+    fn ordered_rejections(&self, batches: Vec<RecordBatch>, held: Option<&Offsets>) -> Result<RecordBatch> {
         let schema = arrow_schema(self.rejected.metadata().current_schema())?;
+        let all = arrow::compute::concat_batches(&schema, &batches).context(|| "joining the epoch's rejected rows".into())?;
+        let all = match held {
+            Some(held) if !held.is_empty() => {
+                let positions = crate::records::positions(&all)?;
+                let keep: arrow::array::BooleanArray =
+                    positions.iter().map(|p| Some(p.offset >= held.get(&p.partition).copied().unwrap_or(0))).collect();
+                arrow::compute::filter_record_batch(&all, &keep).context(|| "dropping rejections already written".into())?
+            }
+            _ => all,
+        };
+        let sort_by = ["ingestion_ts_ms", "source_partition", "source_offset", "reason", "detail"]
+            .map(|name| all.column_by_name(name).cloned().map(|values| arrow::compute::SortColumn { values, options: None }));
+        let sort_by: Vec<_> = sort_by.into_iter().collect::<Option<_>>().ok_or_else(|| crate::Error::Internal("rejected rows without coordinates".into()))?;
+        let order = arrow::compute::lexsort_to_indices(&sort_by, None).context(|| "ordering rejected rows".into())?;
+        arrow::compute::take_record_batch(&all, &order).context(|| "ordering rejected rows".into())
+    }
+
+    /// Writes rejections (in ingestion order), one set of files per ingestion date.
+    async fn write_rejections(&self, rejections: &RecordBatch) -> Result<Vec<DataFile>> {
         let mut files = Vec::new();
-        for of_day in rejections.chunk_by(|a, b| a.event.ingestion_date() == b.event.ingestion_date()) {
-            let batch = rejected_to_batch(&schema, of_day)?;
-            let day = of_day[0].event.ingestion_date();
+        let ingestion = rejections
+            .column_by_name("ingestion_date")
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Date32Type>())
+            .ok_or_else(|| crate::Error::Internal("rejected rows without ingestion_date".into()))?;
+        let days = ingestion.values();
+        let mut start = 0;
+        while start < days.len() {
+            let day = days[start];
+            let end = start + days[start..].iter().take_while(|d| **d == day).count();
+            let batch = rejections.slice(start, end - start);
             files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
+            start = end;
         }
         Ok(files)
     }
@@ -330,9 +371,8 @@ impl Committer {
             self.note(&committed, true);
             Fences::advance(&self.fences.curated, &committed);
         }
-        let mut rejections = input.rejections;
-        rejections.sort_by_key(|r| r.event.position());
-        self.count_rejections(&rejections);
+        let rejections = self.ordered_rejections(std::mem::take(&mut input.rejections), None)?;
+        self.count_rejections(&rejections)?;
         let files = self.write_rejections(&rejections).await?;
         let ident = self.rejected.identifier();
         let replaced: BTreeSet<i32> = (days.first..=days.last).collect();
@@ -418,12 +458,8 @@ impl Committer {
         // Rejections of records the rejected table already holds (a restart re-reads from the
         // table furthest behind) are dropped here.
         let held = &stream.resume.rejected;
-        let mut rejections: Vec<Rejection> = std::mem::take(&mut input.rejections)
-            .into_iter()
-            .filter(|r| r.event.source_offset >= held.get(&r.event.source_partition).copied().unwrap_or(0))
-            .collect();
-        rejections.sort_by_key(|r| r.event.position());
-        self.count_rejections(&rejections);
+        let rejections = self.ordered_rejections(std::mem::take(&mut input.rejections), Some(held))?;
+        self.count_rejections(&rejections)?;
         let files = self.write_rejections(&rejections).await?;
         let before = positions.rejected.clone();
         advance(&mut positions.rejected);

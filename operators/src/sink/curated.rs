@@ -1,9 +1,10 @@
 //! The curated writer: merge-on-read at row granularity, so a commit's cost follows the change,
 //! not the table.
 //!
-//! Every `rating_date` partition lives on one worker (changes are exchanged by day), which holds
-//! where each of the partition's live rows sits (data file and row position; the rows themselves
-//! are in the upsert's arrangement), plus the partition's live data and position delete files.
+//! Every curated partition lives on one worker (changes are exchanged by day), which holds
+//! where each of the partition's live rows sits (data file and row position, by key), plus the
+//! partition's live data and position delete files. The rows themselves arrive once, as the
+//! epoch's batch of the partition's new rows, and are written at once.
 //! When an epoch completes:
 //!
 //! - a **new key** is written into a new data file; no old file is touched;
@@ -38,9 +39,13 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::SchemaRef;
+
 use crate::checks::{Checks, Evaluation};
-use crate::model::{Candidate, KeyMap, RawEvent, RejectReason, Rejection};
-use crate::schema::{arrow_schema, curated_from_batch, curated_to_batch};
+use crate::model::{KeyMap, RejectReason};
+use crate::pipeline::Pipeline;
+use crate::records::{Batch, KeyMaker, rejected_batch};
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::stash::EpochStash;
 use crate::error::Context;
@@ -62,8 +67,8 @@ pub enum DayChange {
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
     /// The key's row leaves the partition.
     Remove { day: i32, key: u128 },
-    /// The key's new row enters the partition.
-    Insert { day: i32, key: u128, row: Candidate },
+    /// New rows enter the partition: one per key, curated columns then lineage.
+    Insert { day: i32, keys: Vec<u128>, rows: Batch },
 }
 
 impl DayChange {
@@ -92,14 +97,20 @@ pub struct CuratedWriter {
     pub topic: Arc<str>,
     /// A changed partition holding at least this many files has all of them rewritten.
     pub compact_after_files: Option<usize>,
+    pub pipeline: Arc<Pipeline>,
+    /// The rejected table's Arrow schema (rows a check quarantines go there).
+    pub rejected_schema: SchemaRef,
 }
 
 /// What the checks made of one epoch on one worker.
 struct Judged {
     evaluation: Evaluation,
     newest_ingestion_ms: Option<i64>,
-    quarantined: Vec<Rejection>,
+    quarantined: Vec<RecordBatch>,
 }
+
+/// A partition's new rows: one batch per source, each row with its key.
+type NewRows = Vec<(Vec<u128>, RecordBatch)>;
 
 /// Data file paths, interned: rows refer to their file by a 4-byte id.
 #[derive(Default)]
@@ -143,7 +154,7 @@ impl CuratedWriter {
                     let mut superseded: BTreeMap<i32, Vec<(u32, u32)>> = BTreeMap::new();
                     let mut touched: BTreeSet<i32> = BTreeSet::new();
                     // Removes before inserts: a key updated within one partition is both.
-                    let mut inserts: BTreeMap<i32, Vec<(u128, Candidate)>> = BTreeMap::new();
+                    let mut inserts: BTreeMap<i32, NewRows> = BTreeMap::new();
                     for change in changes.into_iter().flatten() {
                         match change {
                             DayChange::Seed { day, key, at } => {
@@ -163,7 +174,7 @@ impl CuratedWriter {
                                     superseded.entry(day).or_default().push(at);
                                 }
                             }
-                            DayChange::Insert { day, key, row } => inserts.entry(day).or_default().push((key, row)),
+                            DayChange::Insert { day, keys, rows } => inserts.entry(day).or_default().push((keys, rows.0)),
                         }
                     }
                     if time == 0 {
@@ -199,8 +210,8 @@ impl CuratedWriter {
                         }
                     }
                     if !self.checks.is_empty() {
-                        for rejection in judged.quarantined {
-                            session.give(SinkMessage::Rejected(rejection));
+                        for rejected in judged.quarantined {
+                            session.give(SinkMessage::Rejected(Batch(rejected)));
                         }
                         session.give(SinkMessage::Checked(LocalEvaluation {
                             evaluation: judged.evaluation,
@@ -228,7 +239,7 @@ impl CuratedWriter {
         partition: &mut Partition,
         compact: bool,
         deletes: Vec<(u32, u32)>,
-        mut rows: Vec<(u128, Candidate)>,
+        mut rows: NewRows,
         files: &mut Files,
         judged: &mut Judged,
     ) -> crate::Result<Vec<SinkMessage>> {
@@ -236,8 +247,10 @@ impl CuratedWriter {
         if compact {
             self.read_live_rows(partition, files, &mut rows)?;
         }
-        rows.sort_unstable_by_key(|(key, _)| *key);
-        let written = self.write_rows(day, partition, rows, files, judged)?;
+        let written = match rows.iter().any(|(keys, _)| !keys.is_empty()) {
+            true => self.write_rows(day, partition, sorted_by_key(rows)?, files, judged)?,
+            false => Vec::new(),
+        };
         if compact {
             for id in std::mem::take(&mut partition.data_files).into_iter().chain(std::mem::take(&mut partition.delete_files)) {
                 messages.push(SinkMessage::RemovedFile(files.paths[id as usize].to_string()));
@@ -265,20 +278,25 @@ impl CuratedWriter {
     /// Appends the partition's live rows to `rows`, read back from its data files: the row at
     /// position `p` of file `f` is live when the partition says its key sits at `(f, p)` (rows the
     /// position delete files mark are no key's place any more).
-    fn read_live_rows(&self, partition: &Partition, files: &Files, rows: &mut Vec<(u128, Candidate)>) -> crate::Result<()> {
-        let mut in_file = Vec::new();
+    fn read_live_rows(&self, partition: &Partition, files: &Files, rows: &mut NewRows) -> crate::Result<()> {
+        let keys = KeyMaker::new(&self.pipeline);
         for &id in &partition.data_files {
             let path = &files.paths[id as usize];
             let batches = self.runtime.block_on(read_parquet(&self.table, path))?;
             let mut pos = 0u32;
             for batch in batches {
-                curated_from_batch(&batch, &mut in_file)?;
-                for (key, row) in in_file.drain(..) {
+                let mut live = Vec::new();
+                let mut live_keys = Vec::new();
+                for (row, key) in keys.keys(&batch)?.into_iter().enumerate() {
+                    let key = key.map_err(|problem| crate::Error::User(format!("curated file {path} holds a row without a valid key: {problem:?}")))?;
                     if partition.rows.get(&key) == Some(&(id, pos)) {
-                        rows.push((key, row));
+                        live.push(row as u32);
+                        live_keys.push(key);
                     }
                     pos += 1;
                 }
+                let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(live)).context(|| "selecting live rows".into())?;
+                rows.push((live_keys, conform(&batch, &self.table)?));
             }
         }
         Ok(())
@@ -291,43 +309,40 @@ impl CuratedWriter {
         &self,
         day: i32,
         partition: &mut Partition,
-        rows: Vec<(u128, Candidate)>,
+        (mut keys, mut batch): (Vec<u128>, RecordBatch),
         files: &mut Files,
         judged: &mut Judged,
     ) -> crate::Result<Vec<iceberg::spec::DataFile>> {
-        if rows.is_empty() {
+        if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let schema = arrow_schema(self.table.metadata().current_schema())?;
-        let mut batch = curated_to_batch(&schema, rows.iter().map(|(key, row)| (key, row)))?;
-        let mut keys: Vec<u128> = rows.iter().map(|(key, _)| *key).collect();
         if !self.checks.is_empty() {
-            let newest = rows.iter().map(|(_, row)| row.position.ingestion_ts_ms).max();
+            let newest = crate::records::positions(&batch)?.iter().map(|p| p.ingestion_ts_ms).max();
             judged.newest_ingestion_ms = judged.newest_ingestion_ms.max(newest);
             if let Some(quarantine) = judged.evaluation.observe(&batch)? {
                 let refused = &quarantine.rows;
                 let keep = arrow::compute::not(refused).context(|| "filtering quarantined rows".into())?;
-                batch = arrow::compute::filter_record_batch(&batch, &keep).context(|| "filtering quarantined rows".into())?;
-                keys.clear();
-                for (index, (key, row)) in rows.iter().enumerate() {
+                let mut kept_keys = Vec::with_capacity(keys.len());
+                let (mut reasons, mut details, mut quarantined) = (Vec::new(), Vec::new(), Vec::new());
+                for (index, key) in keys.iter().enumerate() {
                     if !refused.value(index) {
-                        keys.push(*key);
+                        kept_keys.push(*key);
                         continue;
                     }
                     partition.rows.remove(key);
                     let check = quarantine.check_name(index).unwrap_or("?");
-                    judged.quarantined.push(Rejection {
-                        reason: RejectReason::CheckFailed,
-                        detail: format!("check `{check}`: {}", self.checks.expected(check)),
-                        event: raw_event(*key, row, &self.topic),
-                    });
+                    quarantined.push(index as u32);
+                    reasons.push(RejectReason::CheckFailed.as_str().to_string());
+                    details.push(format!("check `{check}`: {}", self.checks.expected(check)));
                 }
+                judged.quarantined.push(self.rejected_rows(&batch, &quarantined, reasons, details)?);
+                batch = arrow::compute::filter_record_batch(&batch, &keep).context(|| "filtering quarantined rows".into())?;
+                keys = kept_keys;
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
             }
         }
-        drop(rows);
         let prefix = format!("w{}", self.worker);
         let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
         // The rolling writer fills files in row order: the first file's `record_count` rows, then
@@ -342,27 +357,44 @@ impl CuratedWriter {
         }
         if keys.next().is_some() {
             return Err(crate::Error::Internal(format!(
-                "the writer's files for rating_date={} hold fewer rows than were written",
+                "the writer's files for {}={} hold fewer rows than were written",
+                self.pipeline.partitioning.column,
                 crate::model::format_date(day)
             )));
         }
         Ok(written)
     }
+
+    /// Curated rows as the rejected table records them: their values where the rejected table has
+    /// a column of the same name, the coordinates of the record they came from, the graph's topic.
+    fn rejected_rows(&self, batch: &RecordBatch, rows: &[u32], reasons: Vec<String>, details: Vec<String>) -> crate::Result<RecordBatch> {
+        let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.to_vec())).context(|| "selecting quarantined rows".into())?;
+        let topic: ArrayRef = Arc::new(StringArray::from(vec![&*self.topic; rows.num_rows()]));
+        let mut fields: Vec<arrow::datatypes::FieldRef> = rows.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new("source_topic", arrow::datatypes::DataType::Utf8, false)));
+        let mut columns = rows.columns().to_vec();
+        columns.push(topic);
+        let source = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).context(|| "quarantined rows".into())?;
+        rejected_batch(&self.rejected_schema, &source, reasons, details)
+    }
 }
 
-/// The row as the rejected table records it: its values and the coordinates of the record it
-/// came from.
-fn raw_event(key: u128, row: &Candidate, topic: &str) -> RawEvent {
-    RawEvent {
-        event_id: Some(uuid::Uuid::from_u128(key).hyphenated().to_string()),
-        user_id: Some(row.user_id.to_string()),
-        movie_id: Some(row.movie_id.to_string()),
-        rating: Some(row.rating.0),
-        rating_timestamp: Some(row.rating_timestamp),
-        source_topic: topic.into(),
-        source_partition: row.position.partition,
-        source_offset: row.position.offset,
-        ingestion_ts_ms: row.position.ingestion_ts_ms,
-        undecodable: None,
-    }
+/// A batch read back from the table in the table's exact Arrow schema (what the writer writes).
+fn conform(batch: &RecordBatch, table: &Table) -> crate::Result<RecordBatch> {
+    let schema = crate::schema::arrow_schema(table.metadata().current_schema())?;
+    crate::batch::types::conform_batch(batch, &schema)
+}
+
+/// All of a partition's new rows in one batch, sorted by key (the order files are written in).
+fn sorted_by_key(rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
+    let keys: Vec<u128> = rows.iter().flat_map(|(keys, _)| keys.iter().copied()).collect();
+    let batches: Vec<&RecordBatch> = rows.iter().map(|(_, batch)| batch).collect();
+    let Some(first) = batches.first() else {
+        return Err(crate::Error::Internal("no rows to write".into()));
+    };
+    let all = arrow::compute::concat_batches(&first.schema(), batches.iter().copied()).context(|| "joining a partition's rows".into())?;
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| keys[i as usize]);
+    let sorted = arrow::compute::take_record_batch(&all, &UInt32Array::from(order.clone())).context(|| "sorting a partition's rows".into())?;
+    Ok((order.iter().map(|&i| keys[i as usize]).collect(), sorted))
 }

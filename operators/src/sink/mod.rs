@@ -31,7 +31,7 @@ pub mod curated;
 use iceberg::spec::DataFile;
 use serde::{Deserialize, Serialize};
 
-use crate::model::Rejection;
+use crate::records::Batch;
 
 /// A data file handed from the worker that wrote it to the committing worker of the same process.
 /// Workers of one process exchange data without serialization; crossing processes is refused.
@@ -155,7 +155,7 @@ pub enum SinkMessage {
     /// A curated data file in which the epoch's position deletes mark rows.
     DeletesIn(String),
     /// A record to write to the rejected table.
-    Rejected(Rejection),
+    Rejected(Batch),
     /// One worker's data-quality evaluation of the rows it wrote in the epoch.
     Checked(LocalEvaluation),
 }

@@ -1,13 +1,13 @@
 //! The raw-table source of `--mode replay`.
 //!
 //! A replay of `from..=to` is planned up front:
-//! - **epoch 0, seed**: the curated rows whose `rating_date` is inside the lateness window of
+//! - **epoch 0, seed**: the curated rows whose partition day is inside the lateness window of
 //!   `from` (`>= from - lateness`): exactly the rows that records ingested on or after `from` can
 //!   still replace. They enter the upsert as `Origin::Seed`, so the replay composes with what is
 //!   already in the table.
-//! - **frozen keys**: the `event_id`s of curated rows older than that window, each with its
-//!   `rating_date`. A record for one of them is a late update (its row can no longer move). Only
-//!   the `event_id` and `rating_date` columns of the frozen partitions are read, once per run.
+//! - **frozen keys**: the keys of curated rows older than that window, each with its partition
+//!   day. A record for one of them is a late update (its row can no longer move). Only the key and
+//!   partition columns of the frozen partitions are read, once per run.
 //! - **epochs 1..**: consecutive raw `ingestion_date` partitions in ascending order (ingestion
 //!   order), as many per epoch as fit in `max_epoch_events` (always at least one). Every epoch is
 //!   one commit, and a commit rewrites each curated partition the epoch changed, so bigger epochs
@@ -19,15 +19,14 @@
 
 use std::collections::BTreeMap;
 
-use arrow_array::{Date32Array, StringArray};
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 
 use crate::error::{Error, Result};
 use crate::model::{KeyMap, format_date};
 use crate::reader::{date_at_least, date_at_most, date_before, plan, read_tasks};
-use crate::rules::parse_event_id;
-use crate::schema::Columns;
+use crate::records::order_values;
+use crate::rules::Rules;
 
 /// Consecutive raw partitions `first_day..=last_day`: one epoch's input.
 #[derive(Debug, Clone)]
@@ -44,7 +43,7 @@ pub struct EpochPlan {
 pub struct StatePlan {
     pub seed_tasks: Vec<FileScanTask>,
     pub seed_records: u64,
-    /// `event_id` → `rating_date` of every curated row older than the window.
+    /// Key → partition day of every curated row older than the window.
     pub frozen: KeyMap<i32>,
 }
 
@@ -80,7 +79,7 @@ pub async fn plan_replay(
     curated: &Table,
     from: i32,
     to: Option<i32>,
-    lateness_days: i32,
+    rules: &Rules,
     max_epoch_events: u64,
 ) -> Result<ReplayPlan> {
     if let Some(to) = to
@@ -114,26 +113,28 @@ pub async fn plan_replay(
         }
     }
 
-    let state = plan_state(curated, from - lateness_days).await?;
+    let state = plan_state(curated, from - rules.lateness_days, rules).await?;
     Ok(ReplayPlan { state, epochs })
 }
 
-/// Seeds: curated rows with `rating_date >= window_start`; frozen keys: the older ones (only their
-/// `event_id` and `rating_date` columns are read).
-pub async fn plan_state(curated: &Table, window_start: i32) -> Result<StatePlan> {
-    let seed_tasks = plan(curated, Some(date_at_least("rating_date", window_start)), None).await?;
+/// Seeds: curated rows whose partition day is `>= window_start`; frozen keys: the older ones (only
+/// their key and partition columns are read).
+pub async fn plan_state(curated: &Table, window_start: i32, rules: &Rules) -> Result<StatePlan> {
+    let day_column = rules.pipeline.partitioning.column.as_str();
+    let seed_tasks = plan(curated, Some(date_at_least(day_column, window_start)), None).await?;
     let seed_records = seed_tasks.iter().map(|t| t.record_count.unwrap_or(0)).sum();
 
     let mut frozen = KeyMap::default();
-    let frozen_tasks = plan(curated, Some(date_before("rating_date", window_start)), Some(&["event_id", "rating_date"])).await?;
+    let mut columns: Vec<&str> = rules.keys.columns().iter().map(String::as_str).collect();
+    columns.push(day_column);
+    let frozen_tasks = plan(curated, Some(date_before(day_column, window_start)), Some(&columns)).await?;
     read_tasks(curated, frozen_tasks, |batch| {
-        let columns = Columns(&batch);
-        let ids = columns.get::<StringArray>("event_id")?;
-        let days = columns.get::<Date32Array>("rating_date")?;
-        for row in 0..batch.num_rows() {
-            let key = parse_event_id(ids.value(row))
-                .ok_or_else(|| Error::User(format!("curated table holds event_id {:?}, which is not a UUID", ids.value(row))))?;
-            frozen.insert(key, days.value(row));
+        let keys = rules.keys.keys(&batch)?;
+        let day_values = batch.column_by_name(day_column).ok_or_else(|| Error::User(format!("curated column {day_column} is missing")))?;
+        for (key, day) in keys.into_iter().zip(order_values(day_values)?) {
+            let key = key.map_err(|problem| Error::User(format!("curated table holds a row without a valid key: {problem:?}")))?;
+            let day = day.ok_or_else(|| Error::User(format!("curated table holds a row without {day_column}")))?;
+            frozen.insert(key, day as i32);
         }
         Ok(())
     })

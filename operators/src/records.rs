@@ -1,0 +1,313 @@
+//! The columnar records the dataflow moves, for any pipeline a graph declares.
+//!
+//! - A **raw batch** is a `RecordBatch` in the raw table's schema (see [`crate::pipeline`]): what a
+//!   source reads, what the raw table stores, what the rules judge.
+//! - [`Candidates`] are the rows that passed the rules, bound for the upsert: the working columns
+//!   (curated columns, then the lineage), the same rows as ingested (for the rejected table, should
+//!   the upsert find one late), and per row the key and the [`Slot`] the upsert keeps.
+//! - A **rejected batch** is a `RecordBatch` in the rejected table's schema; [`rejected_batch`]
+//!   builds one from any rows that carry the coordinates.
+//!
+//! Keys ([`KeyMaker`]): a key declared `uuid` is its 128-bit value (so every spelling of one UUID
+//! is one key); any other key is the 128-bit xxh3 hash of its columns' values as ingested, each
+//! prefixed with its length, so `("ab", "c")` and `("a", "bc")` differ. The key's own text is never
+//! rewritten, except a UUID's, which curated holds in canonical form.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, LargeBinaryArray, RecordBatch, RecordBatchOptions,
+    StringArray, new_null_array,
+};
+use arrow::datatypes::{DataType, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::model::{IngestPosition, Origin, day_of_millis};
+use crate::pipeline::{KeyKind, Pipeline};
+
+/// What the upsert keeps per live key: enough to decide the winner and to tell a changed row from
+/// the same row obtained again, never the row itself (it lives in the epoch's batch, then in its
+/// data file).
+///
+/// The derived `Ord` is ingestion order (position first), the order the upsert folds a key's
+/// candidates in; [`Slot::beats`] is the "latest wins" order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Slot {
+    pub position: IngestPosition,
+    pub origin: Origin,
+    /// The order column's value (an integer, date or timestamp, as its 64-bit number).
+    pub order: i64,
+    /// The curated partition the row lives in (a day number, or an identity partition's integer).
+    pub day: i32,
+    /// A hash of the row's curated values: a re-processed record equal to its reloaded row is no
+    /// change for the table.
+    pub fingerprint: u64,
+}
+
+impl Slot {
+    /// Total "latest wins" order: greatest order value, ties to the later ingested record, and a
+    /// re-processed record over its reloaded copy.
+    pub fn winner_order(&self) -> (i64, IngestPosition, Origin) {
+        (self.order, self.position, self.origin)
+    }
+
+    pub fn beats(&self, other: &Slot) -> bool {
+        self.winner_order() > other.winner_order()
+    }
+
+    /// The same table row: same values from the same record.
+    pub fn same_row(&self, other: &Slot) -> bool {
+        self.position == other.position && self.fingerprint == other.fingerprint && self.day == other.day
+    }
+}
+
+/// Rows that passed the rules, bound for the upsert.
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    /// The curated columns, then the lineage (`ingestion_ts_ms`, `source_partition`, `source_offset`).
+    pub rows: RecordBatch,
+    /// The same rows as ingested: the raw event columns and the coordinates.
+    pub ingested: RecordBatch,
+    pub keys: Vec<u128>,
+    pub slots: Vec<Slot>,
+}
+
+impl Candidates {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn take(&self, indices: &[u32]) -> Result<Candidates> {
+        let index = arrow::array::UInt32Array::from(indices.to_vec());
+        let take = |batch: &RecordBatch| arrow::compute::take_record_batch(batch, &index).context(|| "selecting candidate rows".into());
+        Ok(Candidates {
+            rows: take(&self.rows)?,
+            ingested: take(&self.ingested)?,
+            keys: indices.iter().map(|&i| self.keys[i as usize]).collect(),
+            slots: indices.iter().map(|&i| self.slots[i as usize]).collect(),
+        })
+    }
+}
+
+/// Record batches cross workers inside one process as they are; between processes they travel as
+/// Arrow IPC streams (schema, then the batch), which keeps every type and value exactly.
+pub mod ipc {
+    use arrow::array::RecordBatch;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(batch: &RecordBatch, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::new();
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(serde::ser::Error::custom)?;
+        writer.write(batch).map_err(serde::ser::Error::custom)?;
+        writer.finish().map_err(serde::ser::Error::custom)?;
+        drop(writer);
+        bytes.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RecordBatch, D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
+        let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(serde::de::Error::custom)?;
+        match reader.next() {
+            Some(batch) => batch.map_err(serde::de::Error::custom),
+            None => Err(serde::de::Error::custom("an IPC stream without a batch")),
+        }
+    }
+}
+
+impl Serialize for Candidates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(with = "ipc")]
+            rows: &'a RecordBatch,
+            #[serde(with = "ipc")]
+            ingested: &'a RecordBatch,
+            keys: &'a [u128],
+            slots: &'a [Slot],
+        }
+        Wire { rows: &self.rows, ingested: &self.ingested, keys: &self.keys, slots: &self.slots }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Candidates {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(with = "ipc")]
+            rows: RecordBatch,
+            #[serde(with = "ipc")]
+            ingested: RecordBatch,
+            keys: Vec<u128>,
+            slots: Vec<Slot>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(Candidates { rows: wire.rows, ingested: wire.ingested, keys: wire.keys, slots: wire.slots })
+    }
+}
+
+/// A batch that can cross workers (see [`ipc`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch(#[serde(with = "ipc")] pub RecordBatch);
+
+/// Turns the key columns of a batch into keys.
+#[derive(Debug, Clone)]
+pub struct KeyMaker {
+    columns: Vec<String>,
+    kind: KeyKind,
+}
+
+/// Why a row has no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// A key column is null (or an empty or blank string).
+    Missing(String),
+    /// A `uuid` key that is not a UUID; the trimmed text.
+    NotUuid(String),
+}
+
+impl KeyMaker {
+    pub fn new(pipeline: &Pipeline) -> KeyMaker {
+        KeyMaker { columns: pipeline.key.clone(), kind: pipeline.key_kind }
+    }
+
+    /// The key of every row of `batch` (which holds the key columns by name).
+    pub fn keys(&self, batch: &RecordBatch) -> Result<Vec<std::result::Result<u128, KeyProblem>>> {
+        let columns = self
+            .columns
+            .iter()
+            .map(|name| batch.column_by_name(name).cloned().ok_or_else(|| Error::User(format!("key column {name} is missing from the table"))))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let rows = batch.num_rows();
+        if self.kind == KeyKind::Uuid {
+            let text = columns[0].as_string_opt::<i32>().ok_or_else(|| Error::User(format!("key column {} is not a string", self.columns[0])))?;
+            return Ok((0..rows)
+                .map(|row| {
+                    let value = if text.is_valid(row) { text.value(row).trim() } else { "" };
+                    if value.is_empty() {
+                        return Err(KeyProblem::Missing(self.columns[0].clone()));
+                    }
+                    uuid::Uuid::try_parse(value).map(|u| u.as_u128()).map_err(|_| KeyProblem::NotUuid(value.to_string()))
+                })
+                .collect());
+        }
+        let mut hashers: Vec<twox_hash::XxHash3_128> = (0..rows).map(|_| twox_hash::XxHash3_128::new()).collect();
+        let mut missing: Vec<Option<String>> = vec![None; rows];
+        for (name, column) in self.columns.iter().zip(&columns) {
+            for (row, hasher) in hashers.iter_mut().enumerate() {
+                let bytes: Option<std::borrow::Cow<[u8]>> = match column.data_type() {
+                    DataType::Utf8 => Some(column.as_string::<i32>()).filter(|a| a.is_valid(row) && !a.value(row).trim().is_empty()).map(|a| a.value(row).as_bytes().into()),
+                    DataType::Int32 => Some(column.as_any().downcast_ref::<Int32Array>().expect("int")).filter(|a| a.is_valid(row)).map(|a| a.value(row).to_le_bytes().to_vec().into()),
+                    DataType::Int64 => Some(column.as_any().downcast_ref::<Int64Array>().expect("long")).filter(|a| a.is_valid(row)).map(|a| a.value(row).to_le_bytes().to_vec().into()),
+                    DataType::Binary => Some(column.as_any().downcast_ref::<BinaryArray>().expect("binary")).filter(|a| a.is_valid(row)).map(|a| a.value(row).into()),
+                    DataType::LargeBinary => Some(column.as_any().downcast_ref::<LargeBinaryArray>().expect("binary")).filter(|a| a.is_valid(row)).map(|a| a.value(row).into()),
+                    other => return Err(Error::User(format!("key column {name} is {other}; a key is a string, int, long or binary"))),
+                };
+                match bytes {
+                    Some(bytes) => {
+                        hasher.write(&(bytes.len() as u64).to_le_bytes());
+                        hasher.write(&bytes);
+                    }
+                    None => {
+                        missing[row].get_or_insert_with(|| name.clone());
+                    }
+                }
+            }
+        }
+        Ok(hashers
+            .into_iter()
+            .zip(missing)
+            .map(|(hasher, missing)| match missing {
+                Some(name) => Err(KeyProblem::Missing(name)),
+                None => Ok(hasher.finish_128()),
+            })
+            .collect())
+    }
+
+    /// Whether curated holds the key columns rewritten (a UUID's canonical form).
+    pub fn canonical(&self) -> bool {
+        self.kind == KeyKind::Uuid
+    }
+
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+}
+
+/// Canonical text of a UUID key.
+pub fn uuid_text(keys: impl Iterator<Item = u128>) -> StringArray {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    keys.map(|key| Some(uuid::Uuid::from_u128(key).hyphenated().encode_lower(&mut buffer).to_string())).collect()
+}
+
+/// 64-bit hashes of each row's values in `columns` (types and values, nulls included): equal rows
+/// hash equal in every run and process.
+pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    if columns.is_empty() {
+        return Ok(vec![0; rows]);
+    }
+    let fields = columns.iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
+    let converter = arrow::row::RowConverter::new(fields).context(|| "encoding rows to fingerprint them".into())?;
+    let encoded = converter.convert_columns(columns).context(|| "encoding rows to fingerprint them".into())?;
+    Ok(encoded.iter().map(|row| twox_hash::XxHash3_64::oneshot(row.as_ref())).collect())
+}
+
+/// The coordinates every rejectable row carries.
+pub const COORDINATES: [&str; 4] = ["source_topic", "source_partition", "source_offset", "ingestion_ts_ms"];
+
+/// A batch of the rejected table's `schema` for the rows of `source`, which holds the coordinate
+/// columns ([`COORDINATES`]), optionally `payload`, and event columns by name (any the rejected
+/// table has that `source` lacks are null).
+pub fn rejected_batch(schema: &SchemaRef, source: &RecordBatch, reasons: Vec<String>, details: Vec<String>) -> Result<RecordBatch> {
+    let rows = source.num_rows();
+    let ingestion = source
+        .column_by_name("ingestion_ts_ms")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| Error::Internal("rejected rows without ingestion_ts_ms".into()))?;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column: ArrayRef = match field.name().as_str() {
+            "reason" => Arc::new(StringArray::from(reasons.clone())),
+            "detail" => Arc::new(StringArray::from(details.clone())),
+            "ingestion_date" => Arc::new(Date32Array::from_iter_values(ingestion.values().iter().map(|ms| day_of_millis(*ms)))),
+            name => match source.column_by_name(name) {
+                Some(column) if column.data_type() == field.data_type() => column.clone(),
+                Some(column) => arrow::compute::cast(column, field.data_type()).context(|| format!("rejected column {name}"))?,
+                None => new_null_array(field.data_type(), rows),
+            },
+        };
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options).context(|| "assembling rejected rows".into())
+}
+
+/// Where a row came from: its ingestion position, read from the lineage (or raw coordinate) columns.
+pub fn positions(batch: &RecordBatch) -> Result<Vec<IngestPosition>> {
+    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("column {name} is missing from the table")));
+    let ingestion = column("ingestion_ts_ms")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::User("ingestion_ts_ms is not a long".into()))?;
+    let partition = column("source_partition")?.as_primitive_opt::<arrow::datatypes::Int32Type>().ok_or_else(|| Error::User("source_partition is not an int".into()))?;
+    let offset = column("source_offset")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::User("source_offset is not a long".into()))?;
+    Ok((0..batch.num_rows())
+        .map(|row| IngestPosition { ingestion_ts_ms: ingestion.value(row), partition: partition.value(row), offset: offset.value(row) })
+        .collect())
+}
+
+/// The 64-bit number of an order value: integers, dates (days), timestamps (their unit); `None`
+/// for a null.
+pub fn order_values(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    use arrow::datatypes::{Date32Type, Int32Type, Int64Type, TimestampMicrosecondType};
+    Ok(match column.data_type() {
+        DataType::Int32 => column.as_primitive::<Int32Type>().iter().map(|v| v.map(i64::from)).collect(),
+        DataType::Int64 => column.as_primitive::<Int64Type>().iter().collect(),
+        DataType::Date32 => column.as_primitive::<Date32Type>().iter().map(|v| v.map(i64::from)).collect(),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => column.as_primitive::<TimestampMicrosecondType>().iter().collect(),
+        other => return Err(Error::User(format!("an order column of type {other} is not supported"))),
+    })
+}
