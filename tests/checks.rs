@@ -3,9 +3,16 @@
 //! counts and samples.
 
 use ratings_tests::oracle::expected;
-use ratings_tests::{EDGY, Lake, assert_matches_oracle, set_line};
+use ratings_tests::{EDGY, Lake, assert_matches_oracle};
 
 const REPLAY: &[&str] = &["--mode", "replay", "--from", "2025-05-01", "--no-progress"];
+
+/// The shipped graph with its `rating_in_range` check stricter than the validation (0..=9).
+fn range_check_up_to_nine(text: String) -> String {
+    let check = "max = 10.0\npolicy = \"quarantine\"";
+    assert!(text.contains(check), "the shipped graph's rating_in_range check");
+    text.replacen(check, "max = 9.0\npolicy = \"quarantine\"", 1)
+}
 
 /// A check appended to the shipped graph's curated checks.
 fn with_check(text: String, entry: &str) -> String {
@@ -16,7 +23,7 @@ fn with_check(text: String, entry: &str) -> String {
 fn quarantine_moves_exactly_the_offending_rows_and_the_rest_commits() {
     // The engine accepts ratings up to 10; the check only up to 9, so the winners above 9 are
     // refused at the gate.
-    let lake = Lake::with_graph(|text| set_line(text, "max", "9.0"));
+    let lake = Lake::with_graph(range_check_up_to_nine);
     lake.ok(EDGY);
     let run = lake.ok(REPLAY);
 
@@ -86,7 +93,7 @@ fn runtime_check_reports_failing_checks_with_counts_samples_and_exit_status() {
     // A stricter graph over the same tables: ratings above 9 now fail, and the data is stale a
     // year later.
     let graph = std::fs::read_to_string(&lake.graph).unwrap();
-    std::fs::write(&lake.graph, set_line(graph, "max", "9.0")).unwrap();
+    std::fs::write(&lake.graph, range_check_up_to_nine(graph)).unwrap();
 
     let rows = lake.curated_rows();
     let above_nine = rows.iter().filter(|(_, row)| row.rating.0 > 9.0).count();

@@ -287,7 +287,6 @@ pub async fn write_generated(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Rules;
 
     #[test]
     fn same_seed_same_rows_and_the_mix_is_realistic() {
@@ -300,8 +299,10 @@ mod tests {
         assert_eq!(rows, run(&settings));
         assert_ne!(rows, run(&GenerateSettings { seed: 7, ..settings.clone() }));
         assert_eq!(rows.len(), 20_000);
-        let rules = Rules::default();
-        let rejected = rows.iter().filter(|r| rules.evaluate(r).is_err()).count() as f64 / rows.len() as f64;
+        let rules = crate::test_fixture::ratings_rules();
+        let schema = crate::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
+        let judged = rules.judge(&crate::schema::raw_to_batch(&schema, &rows).unwrap()).unwrap();
+        let rejected = judged.rejected.len() as f64 / rows.len() as f64;
         assert!(rejected > 0.002 && rejected < 0.01, "rejected fraction {rejected}");
         let distinct: std::collections::HashSet<_> = rows.iter().map(|r| r.event_id.clone()).collect();
         let repeated = 1.0 - distinct.len() as f64 / rows.len() as f64;

@@ -10,6 +10,11 @@ use crate::pipeline::{CuratedSection, KeyColumns, KeyKind, Pipeline, UpsertSecti
 use crate::schema::{arrow_schema, curated_to_batch};
 
 /// The shipped ratings pipeline's declarations (graphs/ratings.toml), for tests of this crate.
+pub fn ratings_rules() -> crate::rules::Rules {
+    crate::rules::Rules::new(std::sync::Arc::new(ratings_pipeline()), 5)
+}
+
+/// The shipped ratings pipeline's declarations (graphs/ratings.toml), for tests of this crate.
 pub fn ratings_pipeline() -> Pipeline {
     let reader = apache_avro::Schema::parse_str(include_str!("../../graphs/schemas/movie_rating.avsc")).unwrap();
     let upsert = UpsertSection {
@@ -19,17 +24,30 @@ pub fn ratings_pipeline() -> Pipeline {
         partition_by: "day(rating_timestamp, seconds) as rating_date".into(),
         lateness: "5d".into(),
     };
-    let present = ["user_id", "movie_id", "rating", "rating_timestamp"].map(|column| ValidationSection {
+    let rule = |column: &str, rule: &str| ValidationSection {
         column: column.into(),
-        rule: "present".into(),
+        rule: rule.into(),
         min: None,
         max: None,
         unit: None,
         tolerance: None,
         reason: None,
-    });
+    };
+    let validate = [
+        rule("user_id", "present"),
+        rule("movie_id", "present"),
+        rule("rating", "present"),
+        ValidationSection { min: Some(0.0), max: Some(10.0), ..rule("rating", "range") },
+        rule("rating_timestamp", "present"),
+        ValidationSection {
+            unit: Some("seconds".into()),
+            tolerance: Some("1h".into()),
+            reason: Some("future_timestamp".into()),
+            ..rule("rating_timestamp", "not_after_ingestion")
+        },
+    ];
     let curated = ["event_id", "user_id", "movie_id", "rating", "is_approved boolean", "rating_timestamp", "rating_date"];
-    Pipeline::new(&reader, &upsert, &present, &CuratedSection { columns: curated.map(String::from).to_vec() }).unwrap()
+    Pipeline::new(&reader, &upsert, &validate, &CuratedSection { columns: curated.map(String::from).to_vec() }).unwrap()
 }
 
 pub struct Fixture {

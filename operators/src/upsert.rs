@@ -412,3 +412,239 @@ fn freeze(
     left
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    use arrow::array::{AsArray, Int64Array};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use timely::dataflow::InputHandle;
+    use timely::dataflow::operators::probe::Handle as ProbeHandle;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+    use crate::model::{IngestPosition, day_of_millis};
+
+    const DAY_MS: i64 = 86_400_000;
+
+    /// A candidate record: its key and slot; `seq` (its offset) identifies it in the rows.
+    type Record = (u128, Slot);
+
+    fn random_record(rng: &mut ChaCha8Rng, seq: i64) -> Record {
+        // Ingestion moves forward ~1 day every 20 records; orders land up to 4 days before it, so
+        // late updates, ties (coarse orders) and partition moves all happen.
+        let ingestion_ts_ms = seq * DAY_MS / 20;
+        let order = (ingestion_ts_ms / 1000 - rng.random_range(0..4) * 86_400) / 3600 * 3600;
+        let slot = Slot {
+            position: IngestPosition { ingestion_ts_ms, partition: rng.random_range(0..3), offset: seq },
+            origin: Origin::Input,
+            order,
+            day: order.div_euclid(86_400) as i32,
+            fingerprint: rng.random_range(0..3),
+        };
+        (rng.random_range(0..25u128), slot)
+    }
+
+    /// The rows of `records`: one column, the record's offset.
+    fn candidates(records: &[Record]) -> Candidates {
+        let offsets = Int64Array::from_iter_values(records.iter().map(|(_, slot)| slot.position.offset));
+        let rows = RecordBatch::try_from_iter([("seq", Arc::new(offsets) as arrow::array::ArrayRef)]).unwrap();
+        Candidates { rows: rows.clone(), ingested: rows, keys: records.iter().map(|r| r.0).collect(), slots: records.iter().map(|r| r.1).collect() }
+    }
+
+    /// Plain oracle: sort all records of a key by ingestion order, drop exact repeats, fold.
+    fn oracle(all: &[Record], lateness: i32) -> Checkpoint {
+        let mut by_key: BTreeMap<u128, Vec<Slot>> = BTreeMap::new();
+        for (key, slot) in all {
+            by_key.entry(*key).or_default().push(*slot);
+        }
+        let (mut current, mut late_set) = (BTreeMap::new(), BTreeSet::new());
+        for (key, mut list) in by_key {
+            list.sort();
+            list.dedup();
+            let (winner, late) = fold(list.iter().map(|slot| (slot, slot.position.offset)), lateness);
+            if let Some((slot, _)) = winner {
+                current.insert(key, (slot.day, slot.position.offset));
+            }
+            late_set.extend(late.into_iter().map(|(offset, _)| offset));
+        }
+        (current, late_set)
+    }
+
+    /// Per key the day and offset of its current row, and the offsets reported late so far.
+    type Checkpoint = (BTreeMap<u128, (i32, i64)>, BTreeSet<i64>);
+
+    /// Runs the operator on `workers` workers, one epoch per element of `epochs` (epoch 0: seeds),
+    /// and returns after each epoch the rows its changes add up to and the late updates so far.
+    /// `settled[t]`: the settled ingestion day after epoch `t` (`None`: nothing freezes).
+    fn run(epochs: Vec<Vec<Record>>, settled: Vec<Option<i32>>, workers: usize, counters: Arc<UpsertCounters>) -> Vec<Checkpoint> {
+        let count = epochs.len();
+        // Epoch 0's rows are the table's: the operator reports no change for them.
+        let seeds: BTreeMap<u128, (i32, i64)> = epochs[0].iter().map(|(key, slot)| (*key, (slot.day, slot.position.offset))).collect();
+        let seen: Arc<Mutex<Vec<(u64, UpsertChange)>>> = Arc::default();
+        let sink = seen.clone();
+        let failure = Failure::default();
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let (sink, epochs, settled, counters, failure) = (sink.clone(), epochs.clone(), settled.clone(), counters.clone(), failure.clone());
+            let probe = ProbeHandle::new();
+            let mut input = InputHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), counters, failure)
+                    .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
+                    .probe_with(&probe);
+            });
+            let peers = worker.peers() as u64;
+            for (epoch, records) in epochs.into_iter().enumerate() {
+                // Every worker feeds its share; each batch goes to the owner of its keys.
+                let mine: Vec<Record> = records.into_iter().skip(worker.index()).step_by(worker.peers()).collect();
+                if epoch == 0 {
+                    for (key, slot) in mine {
+                        input.send(UpsertInput::Seed { key, slot: Slot { origin: Origin::Seed, ..slot } });
+                    }
+                } else {
+                    for owner in 0..peers {
+                        let share: Vec<Record> = mine.iter().filter(|(key, _)| route(*key) % peers == owner).copied().collect();
+                        if !share.is_empty() {
+                            input.send(UpsertInput::Rows { owner, candidates: candidates(&share) });
+                        }
+                    }
+                }
+                input.advance_to(epoch as u64 + 1);
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+        })
+        .unwrap();
+        let seen = seen.lock().unwrap();
+        let (mut current, mut late) = (seeds, BTreeSet::new());
+        let mut checkpoints = Vec::new();
+        for epoch in 0..count as u64 {
+            let changes: Vec<&UpsertChange> = seen.iter().filter(|(time, _)| *time == epoch).map(|(_, c)| c).collect();
+            for change in &changes {
+                if let UpsertChange::Remove { day, key } = change {
+                    let (had, _) = current.remove(key).unwrap_or_else(|| panic!("epoch {epoch}: {key} removed without a row"));
+                    assert_eq!(had, *day, "the removed row's day");
+                }
+            }
+            for change in &changes {
+                match change {
+                    UpsertChange::Insert { day, keys, rows } => {
+                        let offsets = rows.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                        for (key, offset) in keys.iter().zip(offsets.values()) {
+                            assert!(current.insert(*key, (*day, *offset)).is_none(), "epoch {epoch}: {key} inserted twice");
+                        }
+                    }
+                    UpsertChange::LateUpdates { ingested, frozen_days } => {
+                        let offsets = ingested.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                        assert_eq!(offsets.len(), frozen_days.len());
+                        for offset in offsets.values() {
+                            assert!(late.insert(*offset), "late update reported twice");
+                        }
+                    }
+                    UpsertChange::Remove { .. } => {}
+                }
+            }
+            checkpoints.push((current.clone(), late.clone()));
+        }
+        checkpoints
+    }
+
+    /// The settled ingestion day after each epoch: the newest ingestion date so far.
+    fn settled_days(epochs: &[Vec<Record>]) -> Vec<Option<i32>> {
+        let mut newest = i32::MIN;
+        epochs
+            .iter()
+            .map(|batch| {
+                newest = batch.iter().map(|(_, s)| day_of_millis(s.position.ingestion_ts_ms)).fold(newest, i32::max);
+                (newest > i32::MIN).then_some(newest)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upsert_matches_the_oracle_after_every_epoch_with_and_without_freezing() {
+        for seed in 0..8u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut epochs: Vec<Vec<Record>> = vec![Vec::new()];
+            epochs.extend((0..6).map(|epoch| (0..40).map(|i| random_record(&mut rng, epoch * 40 + i)).collect::<Vec<_>>()));
+            // Duplicates are idempotent: records delivered twice within an epoch.
+            let again: Vec<_> = epochs[2].iter().take(5).copied().collect();
+            epochs[2].extend(again);
+            let workers = 1 + seed as usize % 2;
+            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], workers, Arc::default());
+            let mut prefix = Vec::new();
+            for (epoch, batch) in epochs.iter().enumerate() {
+                prefix.extend(batch.iter().copied());
+                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
+            }
+            assert!(!checkpoints.last().unwrap().1.is_empty(), "seed {seed}: no late update exercised");
+
+            // Slots freeze (leave the arrangement) once the settled day passes their day by the
+            // lateness: later records of their keys are late updates, exactly as the full fold
+            // says. A new key whose row is behind the settled day already freezes in the epoch
+            // that inserts it.
+            let (_, last) = *epochs.last().unwrap().last().unwrap();
+            let order = last.position.ingestion_ts_ms / 1000 - 6 * 86_400;
+            let behind = Slot { position: IngestPosition { offset: last.position.offset + 1, ..last.position }, order, day: order.div_euclid(86_400) as i32, ..last };
+            epochs.last_mut().unwrap().push((1_000, behind));
+            let settled = settled_days(&epochs);
+            let counters = Arc::new(UpsertCounters::default());
+            let checkpoints = run(epochs.clone(), settled.clone(), workers, counters.clone());
+            let mut prefix = Vec::new();
+            for (epoch, batch) in epochs.iter().enumerate() {
+                prefix.extend(batch.iter().copied());
+                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "frozen: seed {seed}, epoch {epoch}");
+            }
+            let frozen_before = settled.last().copied().flatten().unwrap() - 5;
+            let (current, _) = oracle(&prefix, 5);
+            let live = current.values().filter(|(day, _)| *day >= frozen_before).count();
+            assert!(live < current.len(), "seed {seed}: no row froze");
+            assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: slots held after freezing");
+        }
+    }
+
+    #[test]
+    fn a_seed_reprocessed_with_the_same_values_is_no_change_and_with_other_values_an_update() {
+        let (key, slot) = random_record(&mut ChaCha8Rng::seed_from_u64(1), 3);
+        let same = Arc::new(UpsertCounters::default());
+        run(vec![vec![(key, slot)], vec![(key, slot)]], vec![None; 2], 1, same.clone());
+        assert_eq!((same.inserted.load(Relaxed), same.updated.load(Relaxed)), (0, 0), "the same row again is no change");
+        // Rules that changed since the row was written derive other values from the same record.
+        let rederived = Slot { fingerprint: slot.fingerprint + 1, ..slot };
+        let changed = Arc::new(UpsertCounters::default());
+        let checkpoints = run(vec![vec![(key, slot)], vec![(key, rederived)]], vec![None; 2], 1, changed.clone());
+        assert_eq!(changed.updated.load(Relaxed), 1, "a re-derived row replaces the reloaded one");
+        assert_eq!(checkpoints[1].0[&key], (slot.day, slot.position.offset));
+    }
+
+    #[test]
+    fn ties_go_to_the_later_ingested_record_and_late_updates_keep_the_frozen_row() {
+        let base = Slot {
+            position: IngestPosition { ingestion_ts_ms: 10 * DAY_MS, partition: 0, offset: 1 },
+            origin: Origin::Seed,
+            order: 10 * 86_400,
+            day: 10,
+            fingerprint: 0,
+        };
+        let reprocessed = Slot { origin: Origin::Input, ..base };
+        let (winner, late) = fold([(&base, 0), (&reprocessed, 1)], 5);
+        assert_eq!(winner.map(|w| w.1), Some(1), "a re-processed record replaces its reloaded row");
+        assert!(late.is_empty());
+        let tie_later = Slot { position: IngestPosition { offset: 2, ..base.position }, origin: Origin::Input, ..base };
+        let older = Slot { position: IngestPosition { offset: 3, ..base.position }, order: base.order - 1, origin: Origin::Input, ..base };
+        let (winner, _) = fold([(&base, 0), (&tie_later, 1), (&older, 2)], 5);
+        assert_eq!(winner.map(|w| w.1), Some(1));
+        let six_days_later = Slot {
+            position: IngestPosition { ingestion_ts_ms: 16 * DAY_MS, partition: 0, offset: 9 },
+            order: 16 * 86_400,
+            day: 16,
+            origin: Origin::Input,
+            fingerprint: 0,
+        };
+        let (winner, late) = fold([(&base, 0), (&six_days_later, 1)], 5);
+        assert_eq!(winner.map(|w| w.1), Some(0));
+        assert_eq!(late, vec![(1, base.day)]);
+    }
+}

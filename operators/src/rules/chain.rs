@@ -113,7 +113,7 @@ impl RuleChain {
         for (name, _) in &pipeline.curated {
             if !columns.contains_key(name) {
                 return Err(Error::User(format!(
-                    "curated column `{name}` is neither an event column nor derived, and no rule plugin adds it: list the plugin that does under [[rules.plugins]]"
+                    "no rule plugin adds `{name}`, which the curated table needs (it is neither an event column nor derived): list the plugin that does under [[rules.plugins]]"
                 )));
             }
         }

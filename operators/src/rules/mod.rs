@@ -254,3 +254,82 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
 pub fn strings(batch: &RecordBatch, column: &str) -> Option<StringArray> {
     batch.column_by_name(column).and_then(|c| c.as_string_opt::<i32>()).cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{RawEvent, format_event_id};
+    use crate::test_fixture::ratings_rules;
+
+    const DAY: i64 = 86_400;
+
+    fn event(rating: Option<f32>, rating_timestamp: i64, ingestion_ts_ms: i64) -> RawEvent {
+        RawEvent {
+            event_id: Some("6F9619FF-8B86-D011-B42D-00C04FC964FF".into()),
+            user_id: Some("u1".into()),
+            movie_id: Some("m1".into()),
+            rating,
+            rating_timestamp: Some(rating_timestamp),
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 7,
+            ingestion_ts_ms,
+            undecodable: None,
+        }
+    }
+
+    /// The reason each event gets (`None`: accepted), with the key and day of accepted ones.
+    fn judge(events: &[RawEvent]) -> Vec<Result<(u128, i32), (String, String)>> {
+        let rules = ratings_rules();
+        let schema = crate::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
+        let judged = rules.judge(&crate::schema::raw_to_batch(&schema, events).unwrap()).unwrap();
+        let mut out: Vec<Option<Result<(u128, i32), (String, String)>>> = vec![None; events.len()];
+        for (i, row) in judged.accepted.iter().enumerate() {
+            out[*row as usize] = Some(Ok((judged.keys[i], judged.days[i])));
+        }
+        for (i, row) in judged.rejected.iter().enumerate() {
+            out[*row as usize] = Some(Err((judged.reasons[i].clone(), judged.details[i].clone())));
+        }
+        out.into_iter().map(|verdict| verdict.expect("every row judged once")).collect()
+    }
+
+    #[test]
+    fn a_uuid_key_is_its_value_and_the_partition_is_the_utc_day() {
+        let verdicts = judge(&[event(Some(7.0), 10 * DAY + 5, (10 * DAY + 60) * 1000), event(Some(6.99), 10 * DAY - 1, 10 * DAY * 1000)]);
+        let (key, day) = verdicts[0].clone().unwrap();
+        assert_eq!(format_event_id(key), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        assert_eq!(day, 10);
+        assert_eq!(verdicts[1].clone().unwrap().1, 9);
+    }
+
+    #[test]
+    fn the_lateness_boundary_is_exact() {
+        let ingest = 20 * DAY * 1000;
+        let verdicts = judge(&[event(Some(5.0), 15 * DAY, ingest), event(Some(5.0), 15 * DAY - 1, ingest)]);
+        assert!(verdicts[0].is_ok());
+        let (reason, detail) = verdicts[1].clone().unwrap_err();
+        assert_eq!(reason, "late");
+        assert_eq!(detail, "rating_date 1970-01-15 is 6 days before ingestion date 1970-01-21 (lateness 5 days)");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_the_first_failing_rules_reason_and_detail() {
+        let ingest = 20 * DAY * 1000;
+        let cases = [
+            (event(Some(10.5), 20 * DAY, ingest), "rating_out_of_range", "rating 10.5 is outside 0..=10"),
+            (event(Some(-0.1), 20 * DAY, ingest), "rating_out_of_range", "rating -0.1 is outside 0..=10"),
+            (event(Some(f32::NAN), 20 * DAY, ingest), "rating_out_of_range", "rating NaN is outside 0..=10"),
+            (event(None, 20 * DAY, ingest), "missing_field", "rating is missing"),
+            (event(Some(5.0), 20 * DAY + 3601, ingest), "future_timestamp", "rating_timestamp 1731601 is 3601s after ingestion (tolerance 3600s)"),
+            (RawEvent { event_id: Some(" ".into()), ..event(Some(5.0), 20 * DAY, ingest) }, "missing_event_id", "event_id is missing"),
+            (RawEvent { event_id: Some("nope".into()), ..event(Some(5.0), 20 * DAY, ingest) }, "invalid_event_id", "event_id \"nope\" is not a UUID"),
+            (RawEvent { user_id: Some(String::new()), ..event(Some(5.0), 20 * DAY, ingest) }, "missing_field", "user_id is missing"),
+            // Two problems: the rule listed first decides.
+            (RawEvent { movie_id: None, ..event(Some(11.0), 20 * DAY, ingest) }, "missing_field", "movie_id is missing"),
+        ];
+        let events: Vec<RawEvent> = cases.iter().map(|(e, _, _)| e.clone()).collect();
+        for ((raw, reason, detail), verdict) in cases.iter().zip(judge(&events)) {
+            assert_eq!(verdict, Err((reason.to_string(), detail.to_string())), "{raw:?}");
+        }
+        assert!(judge(&[event(Some(5.0), 20 * DAY + 3600, ingest)])[0].is_ok(), "the tolerance is inclusive");
+    }
+}
