@@ -34,7 +34,7 @@
 //! failed commit stops the run one epoch later at most. A crash at any point is safe: each table
 //! resumes from its own offsets.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,10 +49,11 @@ use crate::commit::{CommitOptions, Fence, REPLAY_CURSOR_PROPERTY, new_writer_id,
 use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{RawEvent, day_of_millis, parse_date};
+use crate::model::{day_of_millis, parse_date};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
-use crate::schema::{RawBatchBuilder, arrow_schema};
+use crate::schema::arrow_schema;
+use crate::source::kafka::columns::{Coordinates, RawColumns};
 use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
@@ -261,6 +262,14 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         // Offsets of the closed epochs not yet known to be committed (at most two).
         let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
         let mut raw_rows = RawRows::default();
+        // The rows being read, as the raw table's columns.
+        let mut columns = match RawColumns::new(&raw_schema, 256) {
+            Ok(columns) => columns,
+            Err(error) => {
+                shared.failure.set(error);
+                return;
+            }
+        };
         // This worker's share of an epoch's records.
         let epoch_share = settings.epoch_events.div_ceil(peers as u64).max(1);
         // Idle time counts from when reading starts: a long start (seeding a big lateness window)
@@ -286,17 +295,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
                 let mut drained = 0;
                 let batch = (epoch_share - meta.records).min(256);
-                let mut rows = RawBatchBuilder::with_capacity(batch as usize);
-                while drained < batch {
-                    let Some(event) = source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut raw_rows, &shared.failure)
-                    else {
-                        break;
-                    };
-                    rows.push(&event);
+                while drained < batch && source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut columns, &shared.failure) {
                     drained += 1;
                 }
                 if drained > 0 {
-                    match rows.finish(&raw_schema) {
+                    match columns.finish().and_then(|rows| raw_rows.push(&rows, &source.raw_from).map(|()| rows)) {
                         Ok(rows) => input.send(SourceRecord::Raw(rows)),
                         Err(error) => shared.failure.set(error),
                     }
@@ -403,42 +406,62 @@ async fn write_raw(
     Ok(files)
 }
 
-/// An epoch's raw rows as they are read: per ingestion date and Kafka partition, in offset order,
-/// appended straight to Arrow columns.
+/// An epoch's raw rows as they are read (the records the raw table does not hold yet).
 #[derive(Default)]
 struct RawRows {
-    builders: BTreeMap<(i32, i32), RawBatchBuilder>,
-    /// Rows per partition in the last epoch: a new builder starts that large rather than growing
-    /// (and copying) its way there.
-    last_sizes: HashMap<i32, usize>,
+    batches: Vec<RecordBatch>,
+    rows: usize,
 }
 
 impl RawRows {
-    fn push(&mut self, event: &RawEvent) {
-        let sizes = &self.last_sizes;
-        self.builders
-            .entry((event.ingestion_date(), event.source_partition))
-            .or_insert_with(|| RawBatchBuilder::with_capacity(sizes.get(&event.source_partition).copied().unwrap_or(1024)))
-            .push(event);
+    /// Keeps the rows of `batch` at or after `raw_from` (partition → first offset the raw table
+    /// lacks): after a restart the raw table may be ahead of the others.
+    fn push(&mut self, batch: &RecordBatch, raw_from: &Offsets) -> Result<()> {
+        let coordinates = crate::records::positions(batch)?;
+        let held = |p: &crate::model::IngestPosition| p.offset < raw_from.get(&p.partition).copied().unwrap_or(0);
+        let batch = if coordinates.iter().any(held) {
+            let keep: arrow::array::BooleanArray = coordinates.iter().map(|p| Some(!held(p))).collect();
+            arrow::compute::filter_record_batch(batch, &keep).context(|| "dropping rows the raw table holds".into())?
+        } else {
+            batch.clone()
+        };
+        self.rows += batch.num_rows();
+        self.batches.push(batch);
+        Ok(())
     }
 
     fn len(&self) -> usize {
-        self.builders.values().map(RawBatchBuilder::len).sum()
+        self.rows
     }
 
-    /// The epoch's rows as batches per ingestion date (partitions in order), leaving it empty.
+    /// The epoch's rows per ingestion date, each day's in partition and offset order, leaving it
+    /// empty.
     fn take(&mut self, schema: &arrow_schema::SchemaRef) -> Result<Vec<(i32, Vec<RecordBatch>)>> {
-        self.last_sizes.clear();
-        let mut days: Vec<(i32, Vec<RecordBatch>)> = Vec::new();
-        for ((day, partition), builder) in std::mem::take(&mut self.builders) {
-            *self.last_sizes.entry(partition).or_default() += builder.len();
-            let batch = builder.finish(schema)?;
-            match days.last_mut() {
-                Some((last, batches)) if *last == day => batches.push(batch),
-                _ => days.push((day, vec![batch])),
-            }
+        self.rows = 0;
+        let batches = std::mem::take(&mut self.batches);
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(Vec::new());
         }
-        Ok(days)
+        let all = arrow::compute::concat_batches(schema, &batches).context(|| "joining the epoch's raw rows".into())?;
+        let sort_by = ["ingestion_date", "source_partition", "source_offset"]
+            .map(|name| all.column_by_name(name).cloned().map(|values| arrow::compute::SortColumn { values, options: None }));
+        let sort_by: Vec<_> = sort_by.into_iter().collect::<Option<_>>().ok_or_else(|| Error::Internal("raw rows without coordinates".into()))?;
+        let order = arrow::compute::lexsort_to_indices(&sort_by, None).context(|| "ordering raw rows".into())?;
+        let all = arrow::compute::take_record_batch(&all, &order).context(|| "ordering raw rows".into())?;
+        let days = all
+            .column_by_name("ingestion_date")
+            .and_then(|c| arrow::array::AsArray::as_primitive_opt::<arrow::datatypes::Date32Type>(c))
+            .ok_or_else(|| Error::Internal("raw rows without ingestion_date".into()))?
+            .values()
+            .to_vec();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < days.len() {
+            let end = start + days[start..].iter().take_while(|d| **d == days[start]).count();
+            out.push((days[start], vec![all.slice(start, end - start)]));
+            start = end;
+        }
+        Ok(out)
     }
 }
 
@@ -447,8 +470,6 @@ struct PartitionReader {
     consumer: BaseConsumer,
     decoder: Decoder,
     topic: String,
-    /// The topic's name as every record carries it (one shared copy).
-    topic_name: Arc<str>,
     raw_from: Offsets,
     partitions: Vec<i32>,
     /// The newest ingestion date read from each partition in this run.
@@ -497,7 +518,6 @@ impl PartitionReader {
             consumer,
             decoder,
             topic: settings.kafka.topic.clone(),
-            topic_name: settings.kafka.topic.as_str().into(),
             raw_from: resume.raw.clone(),
             partitions: partitions.to_vec(),
             // What curated reflects of these partitions: a restart settles days as the run did.
@@ -506,55 +526,43 @@ impl PartitionReader {
         })
     }
 
-    /// The next record, after noting it in `meta` and, unless the raw table holds it already,
-    /// in `raw`. `None` when nothing arrived within `wait` or on a failure (set).
-    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, raw: &mut RawRows, failure: &crate::sink::Failure) -> Option<RawEvent> {
+    /// Reads the next record into `columns`, after noting it in `meta`. `false` when nothing
+    /// arrived within `wait` or on a failure (set).
+    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, columns: &mut RawColumns, failure: &crate::sink::Failure) -> bool {
         if self.partitions.is_empty() {
             std::thread::sleep(wait);
-            return None;
+            return false;
         }
-        let message = match self.consumer.poll(wait)? {
+        let Some(message) = self.consumer.poll(wait) else { return false };
+        let message = match message {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, "Kafka consumer error; librdkafka retries on its own");
-                return None;
+                return false;
             }
         };
         let (partition, offset) = (message.partition(), message.offset());
         let ingestion_ts_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let payload = message.payload().unwrap_or_default();
-        let decoded = match self.decoder.decode(payload) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                failure.set(error);
-                return None;
+        let at = Coordinates { topic: &self.topic, partition, offset, ingestion_ts_ms };
+        let appended = match self.decoder.decode(payload) {
+            Ok(Ok(decoded)) => decoded.append_to(columns, at),
+            Ok(Err(undecodable)) => {
+                columns.append_undecodable(&undecodable, at);
+                Ok(())
             }
+            Err(error) => Err(error),
         };
-        let (fields, undecodable) = match decoded {
-            Ok(fields) => (fields, None),
-            Err(undecodable) => (Default::default(), Some(Box::new(undecodable))),
-        };
-        let event = RawEvent {
-            event_id: fields.event_id,
-            user_id: fields.user_id,
-            movie_id: fields.movie_id,
-            rating: fields.rating,
-            rating_timestamp: fields.rating_timestamp,
-            source_topic: self.topic_name.clone(),
-            source_partition: partition,
-            source_offset: offset,
-            ingestion_ts_ms,
-            undecodable,
-        };
+        if let Err(error) = appended {
+            failure.set(error);
+            return false;
+        }
         let day = day_of_millis(ingestion_ts_ms);
         meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
         note_day(&mut self.newest_day, partition, day);
         meta.offsets.insert(partition, offset + 1);
         meta.records += 1;
-        if offset >= self.raw_from.get(&partition).copied().unwrap_or(0) {
-            raw.push(&event);
-        }
-        Some(event)
+        true
     }
 
     /// The earliest of this worker's partitions' newest ingestion dates (what curated reflects of

@@ -29,6 +29,7 @@ use apache_avro::types::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{RejectReason, Undecodable};
+use crate::source::kafka::columns::{Coordinates, Primitive, RawColumns};
 use crate::source::kafka::read_plan::ReadPlan;
 use crate::source::kafka::registry::{Lookup, RegistryClient};
 
@@ -69,14 +70,25 @@ pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The event fields of one decoded record.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EventFields {
-    pub event_id: Option<String>,
-    pub user_id: Option<String>,
-    pub movie_id: Option<String>,
-    pub rating: Option<f32>,
-    pub rating_timestamp: Option<i64>,
+/// One decoded record in the reader schema's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded<'a> {
+    /// Read by the writer schema's plan: a value per reader field.
+    Planned(Vec<Primitive<'a>>),
+    /// Decoded and resolved by apache-avro: a record of the reader schema.
+    Resolved(Value),
+}
+
+impl Decoded<'_> {
+    /// Appends the record to `columns` (the raw table's) with its coordinates.
+    pub fn append_to(self, columns: &mut RawColumns, at: Coordinates<'_>) -> Result<()> {
+        match self {
+            Decoded::Planned(values) => columns.append_primitives(&values, at),
+            Decoded::Resolved(record) => columns
+                .append_record(record, at)
+                .map_err(|problem| Error::Internal(format!("a record resolved into the reader schema does not fit its columns: {problem}"))),
+        }
+    }
 }
 
 #[expect(clippy::large_enum_variant, reason = "one per writer schema id, held in the decoder's cache")]
@@ -127,7 +139,7 @@ impl Decoder {
     }
 
     /// Decodes one record value. `Err` only when the run was stopped while the registry was down.
-    pub fn decode(&mut self, payload: &[u8]) -> Result<std::result::Result<EventFields, Undecodable>> {
+    pub fn decode<'a>(&'a mut self, payload: &'a [u8]) -> Result<std::result::Result<Decoded<'a>, Undecodable>> {
         let refuse = |reason: RejectReason, detail: String| {
             Ok(Err(Undecodable { reason, detail, payload: payload.to_vec() }))
         };
@@ -143,11 +155,11 @@ impl Decoder {
             Writer::Readable { schema, resolve, plan } => (schema, *resolve, plan),
             Writer::Refused { reason, detail } => return refuse(*reason, detail.clone()),
         };
-        if let Some(fields) = plan.as_ref().and_then(|plan| plan.read(body)) {
-            return Ok(Ok(fields));
+        if let Some(values) = plan.as_ref().and_then(|plan| plan.read(body)) {
+            return Ok(Ok(Decoded::Planned(values)));
         }
         match decode_generic(schema, resolve, &self.reader, body) {
-            Ok(fields) => Ok(Ok(fields)),
+            Ok(record) => Ok(Ok(Decoded::Resolved(record))),
             Err(detail) => refuse(RejectReason::UndecodableBody, format!("schema id {id}: {detail}")),
         }
     }
@@ -205,44 +217,18 @@ impl Decoder {
 }
 
 /// Reads a body with apache-avro: decoded with the writer schema, resolved into the reader schema
-/// (unless `resolve` is false: they are the same), then taken apart. `Err`: why it cannot be read.
-pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<EventFields, String> {
+/// (unless `resolve` is false: they are the same). `Err`: why it cannot be read.
+pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<Value, String> {
     let value = apache_avro::from_avro_datum(writer, &mut body, None)
         .and_then(|value| if resolve { value.resolve(reader) } else { Ok(value) })
         .map_err(|e| e.to_string())?;
     if !body.is_empty() {
         return Err(format!("{} bytes left over after the record", body.len()));
     }
-    fields(value)
-}
-
-/// The event's fields of a record value (in the reader schema's types).
-pub(super) fn fields(value: Value) -> std::result::Result<EventFields, String> {
-    let Value::Record(entries) = value else {
+    if !matches!(value, Value::Record(_)) {
         return Err("the body is not a record".into());
-    };
-    let mut out = EventFields::default();
-    for (name, value) in entries {
-        let value = match value {
-            Value::Union(_, inner) => *inner,
-            other => other,
-        };
-        match (name.as_str(), value) {
-            (_, Value::Null) => {}
-            ("event_id", Value::String(s)) => out.event_id = Some(s),
-            ("user_id", Value::String(s)) => out.user_id = Some(s),
-            ("movie_id", Value::String(s)) => out.movie_id = Some(s),
-            ("rating", Value::Float(f)) => out.rating = Some(f),
-            ("rating", Value::Double(f)) => out.rating = Some(f as f32),
-            ("rating_timestamp", Value::Long(n)) => out.rating_timestamp = Some(n),
-            ("rating_timestamp", Value::Int(n)) => out.rating_timestamp = Some(n.into()),
-            ("event_id" | "user_id" | "movie_id" | "rating" | "rating_timestamp", other) => {
-                return Err(format!("field {name} has an unexpected value {other:?}"));
-            }
-            _ => {}
-        }
     }
-    Ok(out)
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   says); the raw table stores it, so a replay decides lateness exactly as the stream did.
 //!   A record without a timestamp takes the wall clock when it is read.
 
+pub mod columns;
 pub mod confluent;
 pub mod read_plan;
 pub mod registry;
