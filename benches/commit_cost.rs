@@ -20,7 +20,6 @@ use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::commit::{CommitOptions, FileChange, commit};
 use operators::model::{Candidate, IngestPosition, Origin, RawEvent, Rating};
 use operators::replay::{ProgressSink, ReplaySettings, replay};
-use operators::rules::Rules;
 use operators::schema::{arrow_schema, curated_to_batch, raw_to_batch};
 use operators::writer::write_partition;
 
@@ -202,7 +201,7 @@ impl Lake {
             curated: self.curated.clone(),
             rejected: self.rejected.clone(),
             topic: "movie.ratings.v1".into(),
-            rules: Rules::default(),
+            rules: ratings_benches::shipped_graph().rules.clone(),
             chain: ratings_benches::approval_chain(),
             checks: Default::default(),
             compact_after_files: Some(16),

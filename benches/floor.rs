@@ -4,13 +4,15 @@
 //! machine; benches/README.md has the figures and the arithmetic.
 //!
 //! On 1M generated events (realistic mix, 5 days):
-//! - `stream_floor_1m/avro_read`: the Avro bodies read into event fields (the engine's read plan,
-//!   no framing or registry);
-//! - `stream_floor_1m/raw_columns`: the events appended to the raw table's Arrow columns;
+//! - `stream_floor_1m/avro_read`: the Avro bodies read into the reader schema's fields (the
+//!   engine's read plan, no framing or registry);
+//! - `stream_floor_1m/raw_columns`: the bodies read and appended to the raw table's Arrow columns
+//!   with their coordinates (the stream's decoding, without framing or registry);
 //! - `stream_floor_1m/raw_parquet`: those columns written as the raw table's Parquet files
 //!   (the engine's writer and properties, local disk), one set per ingestion date;
-//! - `stream_floor_1m/rules`: validation and derivation of each event (no plugins);
-//! - `stream_floor_1m/curated_parquet`: the derived rows as curated Arrow columns and Parquet
+//! - `stream_floor_1m/rules`: the graph's validation and derivation of the raw batches (keys,
+//!   order values, partition days; no plugins);
+//! - `stream_floor_1m/curated_parquet`: the accepted rows as curated Arrow columns and Parquet
 //!   files, one set per `rating_date`, sorted by key as the curated writer writes them.
 
 use std::collections::BTreeMap;
@@ -19,9 +21,13 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::generate::{GenerateSettings, Generator};
-use operators::model::{Candidate, RawEvent};
-use operators::rules::Rules;
-use operators::schema::{RawBatchBuilder, arrow_schema, curated_to_batch};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, UInt32Array};
+use operators::model::RawEvent;
+use operators::records::uuid_text;
+use operators::schema::arrow_schema;
+use operators::source::kafka::columns::{Coordinates, RawColumns};
 use operators::source::kafka::read_plan::ReadPlan;
 use operators::writer::write_partition;
 
@@ -51,26 +57,69 @@ fn floor(c: &mut Criterion) {
         let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
         let raw = parse_table_ident("raw.movie_ratings_raw").unwrap();
         let curated = parse_table_ident("curated.movie_ratings").unwrap();
-        let raw = lakehouse.ensure_table(&raw, &ratings_benches::shipped_graph().pipeline.raw_layout().unwrap()).await.unwrap();
-        let curated = lakehouse.ensure_table(&curated, &ratings_benches::shipped_graph().pipeline.curated_layout().unwrap()).await.unwrap();
+        let pipeline = ratings_benches::shipped_graph().pipeline;
+        let raw = lakehouse.ensure_table(&raw, &pipeline.raw_layout().unwrap()).await.unwrap();
+        let curated = lakehouse.ensure_table(&curated, &pipeline.curated_layout().unwrap()).await.unwrap();
         (raw, curated)
     });
     let raw_schema = arrow_schema(raw.metadata().current_schema()).unwrap();
     let curated_schema = arrow_schema(curated.metadata().current_schema()).unwrap();
-    let raw_columns = || {
-        let mut days: BTreeMap<i32, RawBatchBuilder> = BTreeMap::new();
-        for event in &events {
-            days.entry(event.ingestion_date()).or_insert_with(|| RawBatchBuilder::with_capacity(1 << 18)).push(event);
-        }
-        days.into_iter().map(|(day, builder)| (day, builder.finish(&raw_schema).unwrap())).collect::<Vec<_>>()
-    };
-    let rules = Rules::default();
-    let mut rows: Vec<(u128, Candidate)> = events.iter().filter_map(|e| rules.evaluate(e).ok()).collect();
-    rows.sort_unstable_by_key(|(key, _)| *key);
-    let mut by_day: BTreeMap<i32, Vec<(u128, Candidate)>> = BTreeMap::new();
-    for (key, row) in rows {
-        by_day.entry(row.rating_date).or_default().push((key, row));
+    // The decodable events, their bodies and coordinates, per ingestion date.
+    let mut days: BTreeMap<i32, Vec<(&RawEvent, &Vec<u8>)>> = BTreeMap::new();
+    for (event, body) in events.iter().filter(|e| e.undecodable.is_none()).zip(&bodies) {
+        days.entry(event.ingestion_date()).or_default().push((event, body));
     }
+    let raw_columns = || {
+        days.iter()
+            .map(|(day, records)| {
+                let mut columns = RawColumns::new(&raw_schema, records.len()).unwrap();
+                for (event, body) in records {
+                    let at = Coordinates {
+                        topic: &event.source_topic,
+                        partition: event.source_partition,
+                        offset: event.source_offset,
+                        ingestion_ts_ms: event.ingestion_ts_ms,
+                    };
+                    columns.append_primitives(&plan.read(body).unwrap(), at).unwrap();
+                }
+                (*day, columns.finish().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let graph = ratings_benches::shipped_graph();
+    let rules = graph.rules.clone();
+    let raw_batches = raw_columns();
+    // The accepted rows as the curated table's columns, per rating_date, sorted by key (the
+    // approval rule written out: is_approved = rating >= 7).
+    let mut by_day: BTreeMap<i32, Vec<(u128, RecordBatch)>> = BTreeMap::new();
+    for (_, batch) in &raw_batches {
+        let judged = rules.judge(batch).unwrap();
+        let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(judged.accepted.clone())).unwrap();
+        let rating = rows.column_by_name("rating").unwrap().as_primitive::<arrow::datatypes::Float32Type>();
+        let approved: BooleanArray = rating.iter().map(|r| r.map(|r| r >= 7.0)).collect();
+        let columns: Vec<ArrayRef> = curated_schema
+            .fields()
+            .iter()
+            .map(|field| match field.name().as_str() {
+                "event_id" => Arc::new(uuid_text(judged.keys.iter().copied())) as ArrayRef,
+                "is_approved" => Arc::new(approved.clone()) as ArrayRef,
+                "rating_date" => Arc::new(Date32Array::from(judged.days.clone())) as ArrayRef,
+                name => rows.column_by_name(name).unwrap().clone(),
+            })
+            .collect();
+        let curated_rows = RecordBatch::try_new(curated_schema.clone(), columns).unwrap();
+        for (index, (key, day)) in judged.keys.iter().zip(&judged.days).enumerate() {
+            by_day.entry(*day).or_default().push((*key, curated_rows.slice(index, 1)));
+        }
+    }
+    let by_day: Vec<(i32, RecordBatch)> = by_day
+        .into_iter()
+        .map(|(day, mut rows)| {
+            rows.sort_unstable_by_key(|(key, _)| *key);
+            let batches: Vec<RecordBatch> = rows.into_iter().map(|(_, row)| row).collect();
+            (day, arrow::compute::concat_batches(&curated_schema, &batches).unwrap())
+        })
+        .collect();
 
     let mut group = c.benchmark_group("stream_floor_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS));
@@ -78,7 +127,6 @@ fn floor(c: &mut Criterion) {
         b.iter(|| bodies.iter().filter_map(|body| plan.read(body)).count())
     });
     group.bench_function("raw_columns", |b| b.iter(raw_columns));
-    let raw_batches = raw_columns();
     group.bench_function("raw_parquet", |b| {
         b.iter(|| {
             runtime.block_on(async {
@@ -88,13 +136,12 @@ fn floor(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("rules", |b| b.iter(|| events.iter().filter_map(|e| rules.evaluate(e).ok()).count()));
+    group.bench_function("rules", |b| b.iter(|| raw_batches.iter().map(|(_, batch)| rules.judge(batch).unwrap().accepted.len()).sum::<usize>()));
     group.bench_function("curated_parquet", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                for (day, rows) in &by_day {
-                    let batch = curated_to_batch(&curated_schema, rows.iter().map(|(key, row)| (key, row))).unwrap();
-                    write_partition(&curated, *day, [batch], 128 << 20, "floor").await.unwrap();
+                for (day, batch) in &by_day {
+                    write_partition(&curated, *day, [batch.clone()], 128 << 20, "floor").await.unwrap();
                 }
             })
         })

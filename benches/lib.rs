@@ -16,7 +16,7 @@ pub fn approval_plugin() -> PluginSpec {
 
 /// The rules chain of the shipped graph without the blocklist: approval at 7.
 pub fn approval_chain() -> RuleChain {
-    RuleChain::load(&[approval_plugin()]).expect("the approval plugin loads")
+    RuleChain::load(&[approval_plugin()], &shipped_graph().pipeline).expect("the approval plugin loads")
 }
 
 /// The shipped ratings graph (`graphs/ratings.toml`): its pipeline declares the tables.

@@ -1,10 +1,12 @@
 //! The replay path on 1M generated events (10 days, realistic mix):
 //! - `replay_1m/end_to_end`: read raw Parquet → rules → upsert → write curated Parquet → commit,
 //!   into fresh curated/rejected tables each iteration (2 workers);
-//! - `replay_1m/rules_and_upsert`: the same records through rules and the upsert arrangement
-//!   only, from memory, to separate dataflow cost from I/O.
+//! - `replay_1m/rules_and_upsert`: the same records, as raw batches in memory, through the
+//!   graph's rules (no plugins) and the upsert arrangement only, to separate dataflow cost from I/O.
 
 use std::sync::Arc;
+
+use arrow::array::RecordBatch;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -13,7 +15,6 @@ use iceberg::Catalog;
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::generate::{GenerateSettings, Generator};
 use operators::replay::{ProgressSink, ReplaySettings, replay};
-use operators::rules::Rules;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 // The allocator the runtime binary ships with, so the figures are the product's.
@@ -72,7 +73,7 @@ fn end_to_end(c: &mut Criterion) {
         curated: curated.clone(),
         rejected: rejected.clone(),
         topic: operators::generate::DEFAULT_TOPIC.to_string(),
-        rules: Rules::default(),
+        rules: ratings_benches::shipped_graph().rules.clone(),
         chain: ratings_benches::approval_chain(),
         // The engine alone; what the shipped checks add is measured by `make bench-replay`.
         checks: Default::default(),
@@ -101,33 +102,52 @@ fn end_to_end(c: &mut Criterion) {
 
 fn rules_and_upsert(c: &mut Criterion) {
     let mut generator = Generator::new(settings());
-    let events: Vec<_> = std::iter::from_fn(|| generator.next_day()).flat_map(|(_, rows)| rows).collect();
-    let events = Arc::new(events);
+    let rules = ratings_benches::shipped_graph().rules.clone();
+    let schema = operators::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
+    // One raw batch per ingestion day, as replay reads them.
+    let days: Vec<(i32, RecordBatch)> = std::iter::from_fn(|| generator.next_day())
+        .map(|(day, rows)| (day, operators::schema::raw_to_batch(&schema, &rows).unwrap()))
+        .collect();
+    let days = Arc::new(days);
     let mut group = c.benchmark_group("replay_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(30)).throughput(Throughput::Elements(EVENTS));
     group.bench_function("rules_and_upsert", |b| {
         b.iter(|| {
-            let events = events.clone();
+            let (days, rules) = (days.clone(), rules.clone());
             timely::execute(timely::Config::process(2), move |worker| {
-                let rules = Rules::default();
                 let probe = ProbeHandle::new();
                 let mut input = timely::dataflow::InputHandle::new();
                 worker.dataflow::<u64, _, _>(|scope| {
                     // Epoch e holds the events ingested on day START_DAY + e - 1, as replay's epochs do.
                     let settled_day = |epoch: u64| Some(START_DAY + epoch as i32 - 1);
-                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, settled_day, Default::default())
+                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, settled_day, Default::default(), Default::default())
                         .probe_with(&probe);
                 });
                 let (index, peers) = (worker.index(), worker.peers());
-                let mut day = None;
-                for event in events.iter().skip(index).step_by(peers) {
-                    let epoch = event.ingestion_date();
-                    if day != Some(epoch) {
-                        day = Some(epoch);
-                        input.advance_to((epoch - START_DAY) as u64 + 1);
-                    }
-                    if let Ok(candidate) = rules.evaluate(event) {
-                        input.send(candidate);
+                for (day, batch) in days.iter() {
+                    input.advance_to((day - START_DAY) as u64 + 1);
+                    let share = batch.slice(batch.num_rows() * index / peers, batch.num_rows() * (index + 1) / peers - batch.num_rows() * index / peers);
+                    let judged = rules.judge(&share).unwrap();
+                    let rows = arrow::compute::take_record_batch(&share, &arrow::array::UInt32Array::from(judged.accepted.clone())).unwrap();
+                    let positions = operators::records::positions(&rows).unwrap();
+                    let slots = positions
+                        .iter()
+                        .zip(judged.orders.iter().zip(&judged.days))
+                        .map(|(position, (order, day))| operators::records::Slot {
+                            position: *position,
+                            origin: operators::model::Origin::Input,
+                            order: *order,
+                            day: *day,
+                            fingerprint: 0,
+                        })
+                        .collect();
+                    let candidates = operators::records::Candidates { rows: rows.clone(), ingested: rows, keys: judged.keys, slots };
+                    // The exchange brings each key to its owner.
+                    for owner in 0..peers as u64 {
+                        let mine: Vec<u32> = (0..candidates.keys.len() as u32)
+                            .filter(|i| operators::upsert::route(candidates.keys[*i as usize]) % peers as u64 == owner)
+                            .collect();
+                        input.send(operators::upsert::UpsertInput::Rows { owner, candidates: candidates.take(&mine).unwrap() });
                     }
                 }
                 input.close();
