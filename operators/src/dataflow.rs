@@ -349,60 +349,24 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             move |input, output| {
                 input.for_each_time(|time, data| {
                     let mut session = output.session(&time);
-                    // One call per plugin for everything this activation holds at this time.
-                    let mut judged = Vec::new();
+                    // One call per plugin per raw batch (scans yield tens of thousands of rows).
                     for batch in data.flat_map(|batches| batches.drain(..)) {
-                        match judge(&batch, &context) {
-                            Ok(mut verdict) => {
-                                if let Some(rejected) = verdict.rejected.take() {
-                                    session.give(Err(SinkMessage::Rejected(Batch(rejected))));
-                                }
-                                judged.push(verdict);
-                            }
-                            Err(error) => failure.set(error),
-                        }
-                    }
-                    // Once the run has failed (a plugin's error or panic here or on another
-                    // worker) no plugin is called again: the run stops before this epoch commits.
-                    if failure.is_set() {
-                        chain = None;
-                    }
-                    let Some(live) = chain.as_mut() else { return };
-                    if judged.iter().all(|j| j.working.num_rows() == 0) {
-                        return;
-                    }
-                    let concat = |pick: fn(&Judged) -> &RecordBatch| -> Result<RecordBatch> {
-                        let batches: Vec<&RecordBatch> = judged.iter().map(pick).collect();
-                        arrow::compute::concat_batches(&batches[0].schema(), batches).context(|| "joining the rules' batches".into())
-                    };
-                    let step = (|| -> Result<Vec<SinkOrUpsert>> {
-                        let working = concat(|j| &j.working)?;
-                        let ingested = concat(|j| &j.ingested)?;
-                        let keys: Vec<u128> = judged.iter().flat_map(|j| j.keys.iter().copied()).collect();
-                        let orders: Vec<i64> = judged.iter().flat_map(|j| j.orders.iter().copied()).collect();
-                        let days: Vec<i32> = judged.iter().flat_map(|j| j.days.iter().copied()).collect();
-                        let applied = match live.apply(working) {
-                            Ok(applied) => applied,
-                            Err(error) => return Err(error),
-                        };
-                        let mut out = Vec::new();
-                        if let Some(rejected) = plugin_rejections(&applied.rejected, &ingested, &context)? {
-                            out.push(Err(SinkMessage::Rejected(Batch(rejected))));
-                        }
-                        let candidates = candidates(applied, &ingested, &keys, &orders, &days, &context)?;
-                        context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);
-                        out.extend(by_owner(candidates, peers)?.into_iter().map(Ok));
-                        Ok(out)
-                    })();
-                    match step {
-                        Ok(out) => {
-                            for item in out {
-                                session.give(item);
-                            }
-                        }
-                        Err(error) => {
+                        // Once the run has failed (a plugin's error or panic here or on another
+                        // worker) no plugin is called again: the run stops before this epoch commits.
+                        if failure.is_set() {
                             chain = None;
-                            failure.set(error)
+                        }
+                        let Some(live) = chain.as_mut() else { return };
+                        match rules_step(&batch, live, &context, peers) {
+                            Ok(out) => {
+                                for item in out {
+                                    session.give(item);
+                                }
+                            }
+                            Err(error) => {
+                                chain = None;
+                                failure.set(error)
+                            }
                         }
                     }
                 });
@@ -433,6 +397,27 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         committer.build(to_commit).probe_with(&probe);
     });
     (input, probe)
+}
+
+/// The rules stage for one raw batch: the engine's rules, then the plugin chain; rows for the
+/// upsert (split by owner) and rejected rows.
+fn rules_step(batch: &RecordBatch, chain: &mut crate::rules::chain::ChainInstance, context: &RulesContext, peers: usize) -> Result<Vec<SinkOrUpsert>> {
+    let mut judged = judge(batch, context)?;
+    let mut out = Vec::new();
+    if let Some(rejected) = judged.rejected.take() {
+        out.push(Err(SinkMessage::Rejected(Batch(rejected))));
+    }
+    if judged.working.num_rows() == 0 {
+        return Ok(out);
+    }
+    let applied = chain.apply(judged.working)?;
+    if let Some(rejected) = plugin_rejections(&applied.rejected, &judged.ingested, context)? {
+        out.push(Err(SinkMessage::Rejected(Batch(rejected))));
+    }
+    let candidates = candidates(applied, &judged.ingested, &judged.keys, &judged.orders, &judged.days, context)?;
+    context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);
+    out.extend(by_owner(candidates, peers)?.into_iter().map(Ok));
+    Ok(out)
 }
 
 /// What the rules stage emits: rows for the upsert, or rejected rows for the committer.

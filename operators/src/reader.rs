@@ -41,15 +41,21 @@ pub async fn plan(table: &Table, filter: Option<Predicate>, columns: Option<&[&s
         .context(|| format!("planning a scan of {}", table.identifier()))
 }
 
+/// Rows per batch a scan yields: large enough that per-batch costs (a plugin call, an exchange,
+/// a rules pass) vanish against per-row work, small enough to stay out of the allocator's huge
+/// (OS-mapped) sizes for most columns. Parquet's own default is 1024.
+pub const SCAN_BATCH_ROWS: usize = 65_536;
+
 /// Reads the given tasks, calling `each` per batch.
 pub async fn read_tasks(table: &Table, tasks: Vec<FileScanTask>, mut each: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
     let context = || format!("reading data files of {}", table.identifier());
     // iceberg 0.10.1 can lose a wake-up when two tasks read concurrently need the same position
     // delete file (the second waits on a `Notify` created after the first signalled it) and the
     // scan then hangs. Tasks with delete files are therefore read one after the other.
+    let reader = table.reader_builder().with_batch_size(SCAN_BATCH_ROWS);
     let reader = match tasks.iter().any(|task| !task.deletes.is_empty()) {
-        true => table.reader_builder().with_data_file_concurrency_limit(1),
-        false => table.reader_builder(),
+        true => reader.with_data_file_concurrency_limit(1),
+        false => reader,
     };
     let tasks = futures::stream::iter(tasks.into_iter().map(Ok)).boxed();
     let mut batches = reader.build().read(tasks).context(context)?.stream();
