@@ -18,9 +18,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use iceberg::TableIdent;
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::commit::{CommitOptions, FileChange, commit};
-use operators::model::{Candidate, IngestPosition, Origin, RawEvent, Rating};
+use operators::model::{IngestPosition, Origin};
+use operators::sample::{Candidate, RawEvent, Rating};
 use operators::replay::{ProgressSink, ReplaySettings, replay};
-use operators::schema::{arrow_schema, curated_to_batch, raw_to_batch};
+use operators::schema::arrow_schema;
+use operators::sample::{curated_to_batch, raw_to_batch};
 use operators::writer::write_partition;
 
 #[global_allocator]
@@ -64,7 +66,6 @@ fn stored(i: u64) -> (u128, Candidate) {
         movie_id: format!("m{}", i % 5_000).into(),
         rating: Rating((i % 101) as f32 / 10.0),
         is_approved: (i % 101) >= 70,
-        as_ingested: None,
     };
     (key(i), candidate)
 }
@@ -82,7 +83,7 @@ fn epoch_events(rows: u64) -> Vec<RawEvent> {
     let mut push = |id: u128, rated: i64, rating: f32| {
         let offset = events.len() as i64;
         events.push(RawEvent {
-            event_id: Some(operators::model::format_event_id(id)),
+            event_id: Some(operators::sample::format_event_id(id)),
             user_id: Some(format!("u{}", offset % 50_000)),
             movie_id: Some(format!("m{}", offset % 5_000)),
             rating: Some(rating),

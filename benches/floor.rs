@@ -24,7 +24,7 @@ use operators::generate::{GenerateSettings, Generator};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, UInt32Array};
-use operators::model::RawEvent;
+use operators::sample::RawEvent;
 use operators::records::uuid_text;
 use operators::schema::arrow_schema;
 use operators::source::kafka::columns::{Coordinates, RawColumns};

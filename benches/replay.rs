@@ -106,7 +106,7 @@ fn rules_and_upsert(c: &mut Criterion) {
     let schema = operators::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
     // One raw batch per ingestion day, as replay reads them.
     let days: Vec<(i32, RecordBatch)> = std::iter::from_fn(|| generator.next_day())
-        .map(|(day, rows)| (day, operators::schema::raw_to_batch(&schema, &rows).unwrap()))
+        .map(|(day, rows)| (day, operators::sample::raw_to_batch(&schema, &rows).unwrap()))
         .collect();
     let days = Arc::new(days);
     let mut group = c.benchmark_group("replay_1m");

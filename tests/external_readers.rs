@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use operators::model::{format_date, format_event_id};
+use operators::model::format_date;
+use operators::sample::format_event_id;
 use ratings_tests::{EDGY, Lake, python_json};
 
 fn sha256_hex(text: &str) -> String {

@@ -168,7 +168,7 @@ fn the_shipped_blocklist_rejects_listed_users_with_its_reason() {
     let lake = Lake::with_full_graph(|text| text);
     lake.ok(EDGY);
     let run = lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
-    let blocked = |e: &operators::model::RawEvent| {
+    let blocked = |e: &operators::sample::RawEvent| {
         matches!(e.user_id.as_deref(), Some("u13" | "u4242")).then(|| "blocklisted".to_string())
     };
     let oracle = expected_with(&lake.raw_events(), &Business { approval_threshold: 7.0, reject: &blocked });

@@ -41,7 +41,7 @@ pub struct Lakehouse {
 pub fn parse_table_ident(name: &str) -> Result<TableIdent> {
     let parts: Vec<&str> = name.split('.').collect();
     if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::User(format!("table name {name:?} must be namespace.table, e.g. curated.movie_ratings")));
+        return Err(Error::User(format!("table name {name:?} must be namespace.table, e.g. curated.events")));
     }
     TableIdent::from_strs(parts).context(|| format!("table name {name:?}"))
 }
@@ -156,7 +156,10 @@ impl Lakehouse {
             .name(ident.name().to_string())
             .schema(layout.schema.clone())
             .partition_spec(layout.partition_spec()?)
-            .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
+            .properties([
+                ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
+                (crate::schema::PLAIN_COLUMNS_PROPERTY.to_string(), layout.plain_columns.join(",")),
+            ])
             .build();
         self.catalog.create_table(&namespace, creation).await.context(|| format!("creating table {ident}"))
     }

@@ -23,7 +23,8 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{RawEvent, SECONDS_PER_DAY};
+use crate::model::SECONDS_PER_DAY;
+use crate::sample::RawEvent;
 
 pub const DEFAULT_TOPIC: &str = "movie.ratings.v1";
 
@@ -268,7 +269,7 @@ pub async fn write_generated(
             by_partition.entry(row.source_partition).or_default().push(row.clone());
         }
         for (partition, events) in by_partition {
-            let batch = crate::schema::raw_to_batch(&schema, &events)?;
+            let batch = crate::sample::raw_to_batch(&schema, &events)?;
             let prefix = format!("gen-p{partition}");
             files.extend(crate::writer::write_partition(&table, day, [batch], target_file_size, &prefix).await?);
         }
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!(rows.len(), 20_000);
         let rules = crate::test_fixture::ratings_rules();
         let schema = crate::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
-        let judged = rules.judge(&crate::schema::raw_to_batch(&schema, &rows).unwrap()).unwrap();
+        let judged = rules.judge(&crate::sample::raw_to_batch(&schema, &rows).unwrap()).unwrap();
         let rejected = judged.rejected.len() as f64 / rows.len() as f64;
         assert!(rejected > 0.002 && rejected < 0.01, "rejected fraction {rejected}");
         let distinct: std::collections::HashSet<_> = rows.iter().map(|r| r.event_id.clone()).collect();

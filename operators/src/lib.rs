@@ -1,17 +1,17 @@
-//! Dataflow operators of ratings-flow.
+//! Dataflow operators of ratings-flow, for any pipeline a graph declares ([`pipeline`]).
 //!
 //! ```text
-//!  raw Iceberg partitions ──► source ──► rules (validate, derive, late cut) ──► exchange(event_id)
-//!  (epoch = ingestion_date)      │                │ rejects                           │
-//!  curated rows in window ───────┘ (epoch 0 seed) ▼                                   ▼
-//!                                          rejected sink ◄── late updates ── upsert arrangement
-//!                                                 │                                   │ ±rows per epoch
-//!                                                 │                                   ▼
-//!                                                 │                 curated writer (every worker: its keys
-//!                                                 │                 new rows → data files, superseded rows →
-//!                                                 │                 position delete files)
-//!                                                 ▼                                   ▼
-//!                                          commit (worker 0): Overwrite snapshot per table, CAS on the catalog
+//!  Kafka (stream) ─► Confluent frame ─► Avro → raw columns ─┐
+//!  raw Iceberg partitions (replay) ─► Parquet → raw batches ─┤  (epoch = commit interval / ingestion days)
+//!  curated rows in the window (epoch 0 seed) ────────────────┼───────────────────────────────┐
+//!                                                            ▼                               │
+//!   rules on batches: validate, derive, late cut, plugins ──rejected rows──┐                │
+//!        │ candidates (curated columns, key, order, position) by owner     │                │
+//!        ▼                                                                  ▼                ▼
+//!   upsert arrangement: key → slot (no row) ──late updates──► committer ◄── curated writer ◄─┘
+//!        │ per partition: keys leaving it, new rows as one batch   (worker 0, fenced,      ▲
+//!        └──────────────────────────────────────────────────────── one snapshot per table) │
+//!                                  exchange(partition) → curated writer: data files, position deletes
 //! ```
 
 pub mod batch;
@@ -30,6 +30,7 @@ pub mod reader;
 pub mod records;
 pub mod replay;
 pub mod rules;
+pub mod sample;
 pub mod schema;
 pub mod sink;
 pub mod source;

@@ -501,7 +501,7 @@ mod tests {
         let table = f.lakehouse.load(&f.ident).await.unwrap();
         let mut rows = Vec::new();
         for batch in crate::reader::scan(&table, None, None).await.unwrap() {
-            crate::schema::curated_from_batch(&batch, &mut rows).unwrap();
+            crate::sample::curated_from_batch(&batch, &mut rows).unwrap();
         }
         let mut keys: Vec<u128> = rows.into_iter().map(|(key, _)| key).collect();
         keys.sort_unstable();

@@ -1,12 +1,10 @@
 //! The records that flow through the dataflow.
 //!
-//! Dates are Iceberg dates (days since 1970-01-01, UTC); timestamps are epoch seconds or milliseconds
-//! as their names say. Event ids travel as the 128-bit value of their UUID: 16 bytes to hash, compare
-//! and store instead of a 36-byte string, and the canonical lowercase text form is restored on write.
+//! The engine's own vocabulary, the same for every pipeline: ingestion positions, where a row came
+//! from, reject reasons, dates. Dates are Iceberg dates (days since 1970-01-01, UTC); timestamps
+//! are epoch seconds or milliseconds as their names say.
 
-use std::cmp::Ordering;
 
-use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub const SECONDS_PER_DAY: i64 = 86_400;
@@ -35,28 +33,6 @@ pub fn parse_date(text: &str) -> Option<i32> {
     i32::try_from((date - epoch).num_days()).ok()
 }
 
-pub fn format_event_id(key: u128) -> String {
-    uuid::Uuid::from_u128(key).hyphenated().to_string()
-}
-
-/// One event as it sits in the raw table: the event fields exactly as ingested (any of them may be
-/// missing or wrong) and where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RawEvent {
-    pub event_id: Option<String>,
-    pub user_id: Option<String>,
-    pub movie_id: Option<String>,
-    pub rating: Option<f32>,
-    pub rating_timestamp: Option<i64>,
-    /// Shared: every record of a topic points at one copy of its name.
-    pub source_topic: std::sync::Arc<str>,
-    pub source_partition: i32,
-    pub source_offset: i64,
-    pub ingestion_ts_ms: i64,
-    /// Set when the record's bytes could not be read as an event; the event fields are then empty.
-    pub undecodable: Option<Box<Undecodable>>,
-}
-
 /// A record whose bytes could not be read as an event (bad framing, unknown schema id, a body the
 /// Avro decoder refuses, a writer schema that does not resolve to the reader schema). The bytes are
 /// kept as they came, so the raw table records it, replay rejects it again, and an operator can
@@ -66,20 +42,6 @@ pub struct Undecodable {
     pub reason: RejectReason,
     pub detail: String,
     pub payload: Vec<u8>,
-}
-
-impl RawEvent {
-    pub fn ingestion_date(&self) -> i32 {
-        day_of_millis(self.ingestion_ts_ms)
-    }
-
-    pub fn position(&self) -> IngestPosition {
-        IngestPosition {
-            ingestion_ts_ms: self.ingestion_ts_ms,
-            partition: self.source_partition,
-            offset: self.source_offset,
-        }
-    }
 }
 
 /// Where a record sits in ingestion order. Ordered by time first, then by source coordinates, which
@@ -97,27 +59,6 @@ impl IngestPosition {
     }
 }
 
-/// A rating with a total order (`f32::total_cmp`), so rows can live in ordered collections.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Rating(pub f32);
-
-impl PartialEq for Rating {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Rating {}
-impl PartialOrd for Rating {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Rating {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
 /// Whether a candidate came from the raw input or was reloaded from the curated table at start.
 ///
 /// `Seed < Input`, so when the same raw record is processed again its fresh derivation (current
@@ -128,48 +69,9 @@ pub enum Origin {
     Input,
 }
 
-/// A map keyed by `event_id` (as its 128 bits). Hot paths look a key up once or more per record;
+/// A map keyed by a 128-bit key. Hot paths look a key up once or more per record;
 /// foldhash (seeded per map) costs a fraction of the standard SipHash on a 16-byte key.
 pub type KeyMap<V> = std::collections::HashMap<u128, V, foldhash::fast::RandomState>;
-
-/// A curated row plus the lineage that decides upserts. `Ord` is ingestion order, which is the order
-/// the upsert folds candidates in; [`Candidate::beats`] is the "latest wins" order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Candidate {
-    pub position: IngestPosition,
-    pub origin: Origin,
-    pub rating_timestamp: i64,
-    pub rating_date: i32,
-    /// Ids are short: `CompactString` keeps up to 24 bytes inline, without an allocation.
-    pub user_id: CompactString,
-    pub movie_id: CompactString,
-    pub rating: Rating,
-    pub is_approved: bool,
-    /// What the record said that the fields above do not keep, for the rare record that differs:
-    /// so a late update is written to the rejected table exactly as it was ingested.
-    pub as_ingested: Option<Box<AsIngested>>,
-}
-
-/// The parts of a raw record a [`Candidate`] does not keep: its `event_id` in another UUID
-/// spelling than the canonical one the key is written back as (uppercase, braces, `urn:uuid:`,
-/// no hyphens), and its topic when it is not the graph's.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct AsIngested {
-    pub event_id: String,
-    pub topic: std::sync::Arc<str>,
-}
-
-impl Candidate {
-    /// Total "latest wins" order: greatest `rating_timestamp`, ties to the later ingested record,
-    /// and a re-processed record over its reloaded copy.
-    pub fn winner_order(&self) -> (i64, IngestPosition, Origin) {
-        (self.rating_timestamp, self.position, self.origin)
-    }
-
-    pub fn beats(&self, other: &Candidate) -> bool {
-        self.winner_order() > other.winner_order()
-    }
-}
 
 /// Why a record was kept out of the curated table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -182,14 +84,12 @@ pub enum RejectReason {
     IncompatibleSchema,
     /// The Avro body does not decode with its writer schema.
     UndecodableBody,
-    MissingEventId,
-    InvalidEventId,
+    /// The order or partition column is null (graphs normally reject this earlier with a
+    /// `present` rule, whose reason is also `missing_field`).
     MissingField,
-    RatingOutOfRange,
-    FutureTimestamp,
-    /// The record's own `rating_date` is older than its ingestion date minus the lateness.
+    /// The record's own partition day is older than its ingestion date minus the lateness.
     Late,
-    /// The record is for an event whose current row sits in a partition that can no longer change.
+    /// The record is for a key whose current row sits in a partition that can no longer change.
     LateUpdate,
     /// A rule plugin rejected the record; the detail names the plugin and gives its reason.
     RuleRejected,
@@ -205,11 +105,7 @@ impl RejectReason {
             RejectReason::UnknownSchemaId => "unknown_schema_id",
             RejectReason::IncompatibleSchema => "incompatible_schema",
             RejectReason::UndecodableBody => "undecodable_body",
-            RejectReason::MissingEventId => "missing_event_id",
-            RejectReason::InvalidEventId => "invalid_event_id",
             RejectReason::MissingField => "missing_field",
-            RejectReason::RatingOutOfRange => "rating_out_of_range",
-            RejectReason::FutureTimestamp => "future_timestamp",
             RejectReason::Late => "late",
             RejectReason::LateUpdate => "late_update",
             RejectReason::RuleRejected => "rule_rejected",
@@ -217,16 +113,12 @@ impl RejectReason {
         }
     }
 
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::BadFraming,
         RejectReason::UnknownSchemaId,
         RejectReason::IncompatibleSchema,
         RejectReason::UndecodableBody,
-        RejectReason::MissingEventId,
-        RejectReason::InvalidEventId,
         RejectReason::MissingField,
-        RejectReason::RatingOutOfRange,
-        RejectReason::FutureTimestamp,
         RejectReason::Late,
         RejectReason::LateUpdate,
         RejectReason::RuleRejected,
@@ -241,12 +133,4 @@ impl RejectReason {
     pub fn is_late(self) -> bool {
         matches!(self, RejectReason::Late | RejectReason::LateUpdate)
     }
-}
-
-/// A record kept out of the curated table, with everything needed to find and fix it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rejection {
-    pub reason: RejectReason,
-    pub detail: String,
-    pub event: RawEvent,
 }

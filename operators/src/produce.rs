@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Context, Error, Result};
 use crate::generate::{GenerateSettings, Generator};
-use crate::model::RawEvent;
+use crate::sample::RawEvent;
 use crate::source::kafka::KafkaSettings;
 use crate::source::kafka::confluent::frame;
 use crate::source::kafka::registry::RegistryClient;

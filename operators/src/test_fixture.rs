@@ -5,11 +5,13 @@ use iceberg::TableIdent;
 use iceberg::spec::DataFile;
 
 use crate::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
-use crate::model::{Candidate, IngestPosition, Origin, Rating};
+use crate::model::{IngestPosition, Origin};
+use crate::sample::{Candidate, Rating};
 use crate::pipeline::{CuratedSection, KeyColumns, KeyKind, Pipeline, UpsertSection, ValidationSection};
-use crate::schema::{arrow_schema, curated_to_batch};
+use crate::schema::arrow_schema;
+use crate::sample::curated_to_batch;
 
-/// The shipped ratings pipeline's declarations (graphs/ratings.toml), for tests of this crate.
+/// The shipped ratings pipeline's rules (lateness 5 days), for tests of this crate.
 pub fn ratings_rules() -> crate::rules::Rules {
     crate::rules::Rules::new(std::sync::Arc::new(ratings_pipeline()), 5)
 }
@@ -83,7 +85,6 @@ pub async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFi
                 movie_id: "m".into(),
                 rating: Rating(7.5),
                 is_approved: true,
-                as_ingested: None,
             })
         })
         .collect();

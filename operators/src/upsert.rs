@@ -334,7 +334,7 @@ where
 
 /// Slots whose day is before `frozen_before` leave the arrangement at `time`: every
 /// later record is ingested on the settled day or after, so it would be a late update for them.
-/// Their keys stay in `frozen` (an `event_id` and a date instead of a whole row), so such a record
+/// Their keys stay in `frozen` (a key and a day instead of a slot), so such a record
 /// is still rejected rather than starting a second row.
 ///
 /// `updates` is this epoch's batch, sorted by `(key, row)` with at most one insertion (the key's

@@ -29,15 +29,14 @@ pub async fn write_partition(
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let context = || format!("writing partition {} of {}", crate::model::format_date(day), table.identifier());
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")))
-        // Columns whose values are (nearly) all distinct: a dictionary would only be built to be
-        // thrown away once it outgrows its page.
-        .set_column_dictionary_enabled("event_id".into(), false)
-        .set_column_dictionary_enabled("rating_timestamp".into(), false)
-        .set_column_dictionary_enabled("ingestion_ts_ms".into(), false)
-        .set_column_dictionary_enabled("source_offset".into(), false)
-        .build();
+    let mut properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")));
+    // Columns whose values are (nearly) all distinct (the table says which): a dictionary would
+    // only be built to be thrown away once it outgrows its page.
+    let plain = metadata.properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
+    for column in plain.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        properties = properties.set_column_dictionary_enabled(column.into(), false);
+    }
+    let properties = properties.build();
     let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
     let rolling = RollingFileWriterBuilder::new(
         parquet,

@@ -17,7 +17,7 @@ use operators::replay::{ProgressSink, ReplaySettings, ReplaySummary};
 use crate::graph::{Graph, Lake};
 
 #[derive(Debug, Parser)]
-#[command(name = "runtime", version, about = "ratings-flow: movie-rating events into an upserted, partitioned Iceberg table")]
+#[command(name = "runtime", version, about = "ratings-flow: event streams into clean, upserted, partitioned Iceberg tables, live from Kafka or replayed from raw history")]
 pub struct Cli {
     /// The graph file naming the pipeline's catalog, tables and settings.
     #[arg(long, global = true, default_value = "graphs/ratings.toml")]
@@ -80,7 +80,7 @@ pub enum Command {
         /// Rows to print.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// Equality filter column=value, e.g. rating_date=2025-05-01 (prunes partitions).
+        /// Equality filter column=value, e.g. rating_date=2025-05-01 in the shipped graph (prunes partitions).
         #[arg(long = "where")]
         filter: Option<String>,
     },
@@ -90,7 +90,7 @@ pub enum Command {
         /// Table: role (raw, curated, rejected), full name or short name.
         #[arg(long, default_value = "curated")]
         table: String,
-        /// Only this partition, as column=value, e.g. rating_date=2025-05-01.
+        /// Only this partition, as column=value, e.g. rating_date=2025-05-01 in the shipped graph.
         #[arg(long)]
         partition: Option<String>,
         /// Report format.
@@ -567,7 +567,7 @@ fn print_summary(s: &ReplaySummary) {
 /// The lines both modes print about what the run did to the tables.
 fn print_outcome(o: &operators::dataflow::Outcome) {
     println!(
-        "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another rating_date); {} changed nothing (duplicates, superseded, or already applied)",
+        "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another partition); {} changed nothing (duplicates, superseded, or already applied)",
         o.accepted,
         o.inserted,
         o.updated,

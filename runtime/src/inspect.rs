@@ -13,7 +13,7 @@ use operators::error::{Error, Result};
 pub fn parse_where(table: &Table, text: &str) -> Result<Predicate> {
     let (column, value) = text
         .split_once('=')
-        .ok_or_else(|| Error::User(format!("--where {text:?}: expected column=value, e.g. rating_date=2025-05-01")))?;
+        .ok_or_else(|| Error::User(format!("--where {text:?}: expected column=value, e.g. day=2025-05-01")))?;
     let (column, value) = (column.trim(), value.trim());
     let schema = table.metadata().current_schema();
     let field = schema

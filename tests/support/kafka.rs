@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use operators::model::{RawEvent, RejectReason, Undecodable};
+use operators::model::{RejectReason, Undecodable};
+use operators::sample::RawEvent;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
-use operators::model::{Candidate, RawEvent};
+use operators::sample::{Candidate, RawEvent};
 
 pub const GRAPH_TEMPLATE: &str = include_str!("../../graphs/ratings.toml");
 pub const READER_SCHEMA: &str = include_str!("../../graphs/schemas/movie_rating.avsc");
@@ -232,7 +232,7 @@ impl Lake {
     pub fn raw_events_of(&self, table: &str) -> Vec<RawEvent> {
         let mut events = Vec::new();
         for batch in self.scan(table) {
-            operators::schema::raw_from_batch(&batch, &mut events).unwrap();
+            operators::sample::raw_from_batch(&batch, &mut events).unwrap();
         }
         events
     }
@@ -245,7 +245,7 @@ impl Lake {
     pub fn curated_rows_of(&self, table: &str) -> Vec<(u128, Candidate)> {
         let mut rows = Vec::new();
         for batch in self.scan(table) {
-            operators::schema::curated_from_batch(&batch, &mut rows).unwrap();
+            operators::sample::curated_from_batch(&batch, &mut rows).unwrap();
         }
         rows.sort_by_key(|row| row.0);
         rows
@@ -323,7 +323,7 @@ fn as_expected(rows: &[(u128, Candidate)]) -> std::collections::BTreeMap<String,
     rows.iter()
         .map(|(key, c)| {
             (
-                operators::model::format_event_id(*key),
+                operators::sample::format_event_id(*key),
                 oracle::ExpectedRow {
                     user_id: c.user_id.to_string(),
                     movie_id: c.movie_id.to_string(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use operators::model::RawEvent;
+use operators::sample::RawEvent;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpectedRow {

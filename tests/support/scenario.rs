@@ -67,7 +67,7 @@ impl Scenario {
         self.produced += count;
     }
 
-    pub fn events(&self) -> Vec<operators::model::RawEvent> {
+    pub fn events(&self) -> Vec<operators::sample::RawEvent> {
         read_topic(&self.topic, self.produced, &self.writers, &schema(READER))
     }
 

@@ -68,7 +68,7 @@ pub struct TableSpec {
 
 impl TableSpec {
     pub fn layout(&self) -> TableLayout {
-        TableLayout { schema: self.schema.clone(), partition_column: self.partition_by.clone() }
+        TableLayout { schema: self.schema.clone(), partition_column: self.partition_by.clone(), plain_columns: Vec::new() }
     }
 
     pub fn arrow_schema(&self) -> Result<SchemaRef> {

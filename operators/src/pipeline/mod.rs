@@ -415,7 +415,7 @@ impl Pipeline {
     pub fn raw_layout(&self) -> Result<TableLayout> {
         let tail = RAW_COORDINATES.iter().map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let columns = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false)).chain(tail);
-        layout(columns.collect(), &[], "ingestion_date", "raw")
+        layout(columns.collect(), &[], "ingestion_date", &self.plain_columns(), "raw")
     }
 
     /// The rejected table: reason and detail, the event columns as ingested, coordinates, payload.
@@ -427,14 +427,23 @@ impl Pipeline {
             .filter(|(name, _, _)| !name.starts_with("decode_"))
             .map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let events = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false));
-        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", "rejected")
+        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", &self.plain_columns(), "rejected")
     }
 
     /// The curated table: the declared columns, then the lineage; the key is its identifier.
     pub fn curated_layout(&self) -> Result<TableLayout> {
         let declared = self.curated.iter().map(|(name, ty)| (name.clone(), ty.clone(), self.required.contains(name)));
         let lineage = LINEAGE.iter().map(|(name, ty)| (name.to_string(), Type::Primitive(ty.clone()), true));
-        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, "curated")
+        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), "curated")
+    }
+
+    /// Columns nearly every row holds a different value of: the key, the order, ingestion times
+    /// and offsets. Written without a Parquet dictionary.
+    pub fn plain_columns(&self) -> Vec<String> {
+        let mut columns = self.key.clone();
+        columns.push(self.order_by.clone());
+        columns.extend(["ingestion_ts_ms", "source_offset"].map(String::from));
+        columns
     }
 }
 
@@ -444,7 +453,7 @@ fn lineage_names() -> String {
 
 /// A schema of `columns` with Iceberg writer-style ids, `identifier` columns as its identifier
 /// fields, identity-partitioned by `partition_column`.
-fn layout(columns: Vec<(String, Type, bool)>, identifier: &[String], partition_column: &str, table: &str) -> Result<TableLayout> {
+fn layout(columns: Vec<(String, Type, bool)>, identifier: &[String], partition_column: &str, plain: &[String], table: &str) -> Result<TableLayout> {
     let mut next = columns.len() as i32 + 1;
     let fields: Vec<Arc<NestedField>> = columns
         .iter()
@@ -462,7 +471,7 @@ fn layout(columns: Vec<(String, Type, bool)>, identifier: &[String], partition_c
         .with_identifier_field_ids(identifier_ids)
         .build()
         .context(|| format!("building the {table} table's schema"))?;
-    Ok(TableLayout { schema, partition_column: partition_column.to_string() })
+    Ok(TableLayout { schema, partition_column: partition_column.to_string(), plain_columns: plain.to_vec() })
 }
 
 /// `ty` with its nested fields numbered from `next`, depth-first.

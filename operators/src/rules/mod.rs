@@ -257,7 +257,7 @@ pub fn strings(batch: &RecordBatch, column: &str) -> Option<StringArray> {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::{RawEvent, format_event_id};
+    use crate::sample::{RawEvent, format_event_id};
     use crate::test_fixture::ratings_rules;
 
     const DAY: i64 = 86_400;
@@ -281,7 +281,7 @@ mod tests {
     fn judge(events: &[RawEvent]) -> Vec<Result<(u128, i32), (String, String)>> {
         let rules = ratings_rules();
         let schema = crate::schema::arrow_schema(&rules.pipeline.raw_layout().unwrap().schema).unwrap();
-        let judged = rules.judge(&crate::schema::raw_to_batch(&schema, events).unwrap()).unwrap();
+        let judged = rules.judge(&crate::sample::raw_to_batch(&schema, events).unwrap()).unwrap();
         let mut out: Vec<Option<Result<(u128, i32), (String, String)>>> = vec![None; events.len()];
         for (i, row) in judged.accepted.iter().enumerate() {
             out[*row as usize] = Some(Ok((judged.keys[i], judged.days[i])));

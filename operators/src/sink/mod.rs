@@ -1,10 +1,10 @@
 //! Sinks: turning the upsert's changes into Iceberg commits.
 //!
 //! ```text
-//!  upsert (per worker: its keys): per epoch (old row, new row) per changed key;
-//!        │ late updates → rejections
-//!        │ old row → Remove(day), new row → Insert(day); seeds → Seed(day, file, position)
-//!        ▼ exchange(rating_date)
+//!  upsert (per worker: its keys): per epoch, per changed key, its old and new partition;
+//!        │ late updates → rejected rows
+//!        │ Remove(day, key); Insert(day, keys, the new rows as one batch); seeds → Seed(day, file, position)
+//!        ▼ exchange(partition)
 //!  curated writer (the worker owning each partition): new rows → a new data file; superseded
 //!  rows → a position delete file (their file and position); a partition at
 //!  `compact_after_files` files → all live rows rewritten, its old files removed
