@@ -85,6 +85,8 @@ pub struct RulesContext {
     pub curated_schema: SchemaRef,
     /// The rejected table's Arrow schema.
     pub rejected_schema: SchemaRef,
+    /// The graph's topic: a record's own topic is kept only where it differs.
+    pub topic: Arc<str>,
 }
 
 /// The detail of every late update: where the key's row sits, frozen.
@@ -223,12 +225,73 @@ fn candidates(
             fingerprint: prints[i],
         })
         .collect();
+    let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
     Ok(Candidates {
         rows,
-        ingested: take(ingested, kept)?,
+        ingested,
         keys: kept.iter().map(|&row| keys[row as usize]).collect(),
         slots,
     })
+}
+
+/// What `ingested` (the rows as ingested: event columns, coordinates) says that `rows` (their
+/// curated rows) does not: a column only where some row differs (a `uuid` key in another
+/// spelling, a value a plugin replaced, an event column curated lacks, a topic not the graph's),
+/// and in it only the differing values. Usually no column at all: late updates, the one use, are
+/// rare, and the rows wait in the upsert for a whole epoch.
+fn differences(ingested: &RecordBatch, rows: &RecordBatch, topic: &str) -> Result<RecordBatch> {
+    let count = rows.num_rows();
+    let (mut fields, mut columns) = (Vec::new(), Vec::new());
+    for (field, column) in ingested.schema().fields().iter().zip(ingested.columns()) {
+        let name = field.name().as_str();
+        if LINEAGE.iter().any(|(lineage, _)| *lineage == name) {
+            continue;
+        }
+        let same = if name == "source_topic" {
+            let topic = arrow::array::Scalar::new(arrow::array::StringArray::from(vec![topic]));
+            arrow::compute::kernels::cmp::eq(column, &topic).context(|| "comparing topics".into())?
+        } else {
+            match rows.column_by_name(name) {
+                Some(curated) if curated.data_type() == column.data_type() => {
+                    arrow::compute::kernels::cmp::not_distinct(column, curated).context(|| format!("comparing {name}"))?
+                }
+                _ => arrow::array::BooleanArray::from(vec![false; count]),
+            }
+        };
+        if same.true_count() == count {
+            continue;
+        }
+        fields.push(field.as_ref().clone().with_nullable(true));
+        columns.push(arrow::compute::nullif(column, &same).context(|| format!("keeping {name} where it differs")).map(ArrayRef::from)?);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(count));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "rows as ingested".into())
+}
+
+/// Late updates as the rejected table records them: their curated rows with what `ingested` kept
+/// of them as ingested laid over (see [`differences`]), and the graph's topic where they kept none.
+fn as_ingested(rows: &RecordBatch, ingested: &RecordBatch, topic: &str) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = rows.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+    if ingested.column_by_name("source_topic").is_none() {
+        fields.push(Field::new("source_topic", arrow::datatypes::DataType::Utf8, false));
+        columns.push(Arc::new(arrow::array::StringArray::from(vec![topic; rows.num_rows()])));
+    }
+    for (field, column) in ingested.schema().fields().iter().zip(ingested.columns()) {
+        match fields.iter().position(|f| f.name() == field.name()) {
+            Some(index) => {
+                let kept = arrow::compute::is_not_null(column).context(|| "late updates as ingested".into())?;
+                columns[index] = arrow::compute::kernels::zip::zip(&kept, column, &columns[index]).context(|| "late updates as ingested".into())?;
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    let fields: Vec<Field> = fields.into_iter().map(|f| f.with_nullable(true)).collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "late updates as ingested".into())
 }
 
 /// The rows the plugins rejected, as rejected-table rows.
@@ -325,6 +388,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     let lateness_days = context.rules.lateness_days;
     let partition_column = context.rules.pipeline.partitioning.column.clone();
     let rejected_schema = context.rejected_schema.clone();
+    let topic = context.topic.clone();
     let peers = worker.peers();
     worker.dataflow::<u64, _, _>(|scope| {
         // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules.
@@ -380,10 +444,10 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         let (day_changes, late_updates) = changes.ok_err::<Vec<DayChange>, DayChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
             UpsertChange::Remove { day, key } => Ok(DayChange::Remove { day, key }),
             UpsertChange::Insert { day, keys, rows } => Ok(DayChange::Insert { day, keys, rows }),
-            UpsertChange::LateUpdates { ingested, frozen_days } => {
+            UpsertChange::LateUpdates { rows, ingested, frozen_days } => {
                 let reasons = vec![RejectReason::LateUpdate.as_str().to_string(); frozen_days.len()];
                 let details = frozen_days.iter().map(|day| late_update_detail(&partition_column, *day)).collect();
-                match rejected_batch(&rejected_schema, &ingested.0, reasons, details) {
+                match as_ingested(&rows.0, &ingested.0, &topic).and_then(|source| rejected_batch(&rejected_schema, &source, reasons, details)) {
                     Ok(batch) => Err(SinkMessage::Rejected(Batch(batch))),
                     Err(error) => {
                         failure.set(error);

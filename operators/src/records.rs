@@ -3,8 +3,9 @@
 //! - A **raw batch** is a `RecordBatch` in the raw table's schema (see [`crate::pipeline`]): what a
 //!   source reads, what the raw table stores, what the rules judge.
 //! - [`Candidates`] are the rows that passed the rules, bound for the upsert: the working columns
-//!   (curated columns, then the lineage), the same rows as ingested (for the rejected table, should
-//!   the upsert find one late), and per row the key and the [`Slot`] the upsert keeps.
+//!   (curated columns, then the lineage), what the rows said as ingested where that differs (for
+//!   the rejected table, should the upsert find one late), and per row the key and the [`Slot`]
+//!   the upsert keeps.
 //! - A **rejected batch** is a `RecordBatch` in the rejected table's schema; [`rejected_batch`]
 //!   builds one from any rows that carry the coordinates.
 //!
@@ -67,7 +68,9 @@ impl Slot {
 pub struct Candidates {
     /// The curated columns, then the lineage (`ingestion_ts_ms`, `source_partition`, `source_offset`).
     pub rows: RecordBatch,
-    /// The same rows as ingested: the raw event columns and the coordinates.
+    /// What the rows said as ingested that `rows` does not keep: only the columns where some row
+    /// differs, null where a row does not (usually no column at all). Late updates are written to
+    /// the rejected table as ingested from `rows` with these laid over.
     pub ingested: RecordBatch,
     pub keys: Vec<u128>,
     pub slots: Vec<Slot>,
@@ -85,7 +88,14 @@ impl Candidates {
     /// The rows at `indices`, in that order.
     pub fn take(&self, indices: &[u32]) -> Result<Candidates> {
         let index = arrow::array::UInt32Array::from(indices.to_vec());
-        let take = |batch: &RecordBatch| arrow::compute::take_record_batch(batch, &index).context(|| "selecting candidate rows".into());
+        let take = |batch: &RecordBatch| -> Result<RecordBatch> {
+            if batch.num_columns() == 0 {
+                // Nothing as ingested differs: a batch of no columns, only a row count.
+                let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
+                return RecordBatch::try_new_with_options(batch.schema(), Vec::new(), &options).context(|| "selecting candidate rows".into());
+            }
+            arrow::compute::take_record_batch(batch, &index).context(|| "selecting candidate rows".into())
+        };
         Ok(Candidates {
             rows: take(&self.rows)?,
             ingested: take(&self.ingested)?,

@@ -239,6 +239,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             accepted: shared.accepted.clone(),
             curated_schema: curated_schema.clone(),
             rejected_schema: rejected_schema.clone(),
+            topic: sinks.topic.clone(),
         };
         let (mut input, probe) = dataflow::build(worker, context, &shared, &sinks);
         dataflow::feed_seeds(worker, &mut input, &probe, &curated, &seed_tasks, &settings.rules, &handle, &shared.failure);

@@ -82,9 +82,10 @@ pub enum UpsertChange {
     Remove { day: i32, key: u128 },
     /// New rows of partition `day` (curated columns, then lineage), one per key of `keys`.
     Insert { day: i32, keys: Vec<u128>, rows: Batch },
-    /// Records that arrived after their key's row froze: the records as ingested, and per record
-    /// the partition its key's row is frozen in.
-    LateUpdates { ingested: Batch, frozen_days: Vec<i32> },
+    /// Records that arrived after their key's row froze: their rows, what they said as ingested
+    /// that the rows do not (see [`Candidates::ingested`]), and per record the partition its
+    /// key's row is frozen in.
+    LateUpdates { rows: Batch, ingested: Batch, frozen_days: Vec<i32> },
 }
 
 /// Counters of what the upsert did, summed over workers.
@@ -304,10 +305,36 @@ fn gather(
     if late.is_empty() {
         return Ok((inserts, None));
     }
-    let ingested: Vec<&RecordBatch> = batches.iter().map(|c| &c.ingested).collect();
     let indices: Vec<(usize, usize)> = late.iter().map(|(batch, row, _)| (*batch as usize, *row as usize)).collect();
-    let batch = arrow::compute::interleave_record_batch(&ingested, &indices).context(|| "gathering late updates".into())?;
-    Ok((inserts, Some(UpsertChange::LateUpdates { ingested: Batch(batch), frozen_days: late.iter().map(|(_, _, day)| *day).collect() })))
+    let late_rows = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering late updates".into())?;
+    // Each batch kept its own columns as ingested (those where some row differs): the late
+    // updates get the union, null where a batch kept none.
+    let ingested = ingested_of(batches, &indices)?;
+    let frozen_days = late.iter().map(|(_, _, day)| *day).collect();
+    Ok((inserts, Some(UpsertChange::LateUpdates { rows: Batch(late_rows), ingested: Batch(ingested), frozen_days })))
+}
+
+/// The as-ingested columns of the rows at `indices` (batch, row): every column some batch kept.
+fn ingested_of(batches: &[Candidates], indices: &[(usize, usize)]) -> crate::Result<RecordBatch> {
+    let mut fields: Vec<arrow::datatypes::FieldRef> = Vec::new();
+    for batch in batches {
+        for field in batch.ingested.schema().fields() {
+            if !fields.iter().any(|f| f.name() == field.name()) {
+                fields.push(field.clone());
+            }
+        }
+    }
+    let mut columns = Vec::with_capacity(fields.len());
+    for field in &fields {
+        let per_batch: Vec<arrow::array::ArrayRef> = batches
+            .iter()
+            .map(|b| b.ingested.column_by_name(field.name()).cloned().unwrap_or_else(|| arrow::array::new_null_array(field.data_type(), b.len())))
+            .collect();
+        let refs: Vec<&dyn arrow::array::Array> = per_batch.iter().map(|a| a.as_ref()).collect();
+        columns.push(arrow::compute::interleave(&refs, indices).context(|| "gathering late updates as ingested".into())?);
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
+    RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options).context(|| "late updates as ingested".into())
 }
 
 /// The key's slot in the arrangement (its value with a positive count). Keys must be asked in
@@ -536,8 +563,8 @@ mod tests {
                             assert!(current.insert(*key, (*day, *offset)).is_none(), "epoch {epoch}: {key} inserted twice");
                         }
                     }
-                    UpsertChange::LateUpdates { ingested, frozen_days } => {
-                        let offsets = ingested.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                    UpsertChange::LateUpdates { rows, frozen_days, .. } => {
+                        let offsets = rows.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
                         assert_eq!(offsets.len(), frozen_days.len());
                         for offset in offsets.values() {
                             assert!(late.insert(*offset), "late update reported twice");
