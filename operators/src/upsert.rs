@@ -165,14 +165,18 @@ pub fn upsert<'scope>(
             input.for_each_time(|time, data| pending.stash(&time, data));
             while let Some((time, capability, arrived)) = pending.pop_complete(frontier.frontier()) {
                 let mut batches: Vec<Candidates> = Vec::new();
-                // (key, slot, where the row is), sorted by key, then ingestion order.
-                let mut epoch: Vec<(u128, Slot, Source)> = Vec::new();
+                // (key, slot, where the row is), sorted by key, then ingestion order. Sized once:
+                // growing a vector of millions by doubling costs a copy and fresh pages each time.
+                let total = arrived.iter().flatten().map(|item| match item {
+                    UpsertInput::Rows { candidates, .. } => candidates.len(),
+                    UpsertInput::Seed { .. } => 1,
+                });
+                let mut epoch: Vec<(u128, Slot, Source)> = Vec::with_capacity(total.sum());
                 for item in arrived.into_iter().flatten() {
                     match item {
                         UpsertInput::Seed { key, slot } => epoch.push((key, slot, Source::Seed)),
                         UpsertInput::Rows { candidates, .. } => {
                             let index = batches.len() as u32;
-                            epoch.reserve(candidates.len());
                             epoch.extend(candidates.keys.iter().zip(&candidates.slots).enumerate().map(|(row, (key, slot))| (*key, *slot, Source::Row(index, row as u32))));
                             batches.push(candidates);
                         }
@@ -389,6 +393,8 @@ fn freeze(
     }
     expired.sort_unstable();
     expired.dedup();
+    // At most every expired key freezes: one rehash of the index at most, not one per doubling.
+    frozen.reserve(expired.len());
     let (mut cursor, storage) = state.cursor();
     // Insertions of this epoch that freeze at once, and retractions of older rows, by key.
     let mut not_inserted = vec![false; updates.len()];
