@@ -321,3 +321,51 @@ pub fn order_values(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
         other => return Err(Error::User(format!("an order column of type {other} is not supported"))),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn an_exact_key_is_its_values_as_ingested_and_composite_keys_do_not_run_together() {
+        let keys = KeyMaker { columns: vec!["a".into(), "b".into()], kind: KeyKind::Exact };
+        let rows = batch(vec![
+            ("a", Arc::new(StringArray::from(vec![Some("ab"), Some("a"), Some("AB"), Some("ab"), None])) as ArrayRef),
+            ("b", Arc::new(StringArray::from(vec![Some("c"), Some("bc"), Some("c"), Some("c"), Some("x")])) as ArrayRef),
+        ]);
+        let made = keys.keys(&rows).unwrap();
+        assert_ne!(made[0], made[1], "(ab, c) and (a, bc) are two keys");
+        assert_ne!(made[0], made[2], "another spelling is another key");
+        assert_eq!(made[0], made[3], "the same values are the same key");
+        assert_eq!(made[4], Err(KeyProblem::Missing("a".into())));
+    }
+
+    #[test]
+    fn candidates_cross_processes_as_arrow_ipc_unchanged() {
+        let rows = batch(vec![("seq", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]);
+        let ingested = RecordBatch::try_new_with_options(
+            Arc::new(arrow::datatypes::Schema::empty()),
+            Vec::new(),
+            &RecordBatchOptions::new().with_row_count(Some(2)),
+        )
+        .unwrap();
+        let slot = Slot {
+            position: IngestPosition { ingestion_ts_ms: 5, partition: 1, offset: 9 },
+            origin: Origin::Input,
+            order: 7,
+            day: 3,
+            fingerprint: 11,
+        };
+        let candidates = Candidates { rows, ingested, keys: vec![u128::MAX, 3], slots: vec![slot, slot] };
+        let wire = serde_json::to_string(&candidates).unwrap();
+        let back: Candidates = serde_json::from_str(&wire).unwrap();
+        assert_eq!((back.rows, back.keys, back.slots), (candidates.rows, candidates.keys, candidates.slots));
+        assert_eq!(back.ingested.num_rows(), 2, "a batch of no columns keeps its row count");
+    }
+}

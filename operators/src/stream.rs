@@ -264,7 +264,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         let mut unconfirmed: VecDeque<Offsets> = VecDeque::new();
         let mut raw_rows = RawRows::default();
         // The rows being read, as the raw table's columns.
-        let mut columns = match RawColumns::new(&raw_schema, 256) {
+        let mut columns = match RawColumns::new(&raw_schema, STREAM_BATCH_ROWS) {
             Ok(columns) => columns,
             Err(error) => {
                 shared.failure.set(error);
@@ -284,6 +284,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             let deadline = Instant::now() + settings.commit_interval;
             let mut meta = EpochMeta::default();
             let mut since_step = 0u64;
+            // Records read into `columns` and not yet sent into the dataflow.
+            let mut unsent = 0usize;
             // Since when every poll of this epoch has come back empty.
             let mut empty_since: Option<Instant> = None;
             while Instant::now() < deadline && meta.records < epoch_share && !idle() && !settings.stop.load(Ordering::Relaxed) {
@@ -299,11 +301,12 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 while drained < batch && source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut columns, &shared.failure) {
                     drained += 1;
                 }
-                if drained > 0 {
-                    match columns.finish().and_then(|rows| raw_rows.push(&rows, &source.raw_from).map(|()| rows)) {
-                        Ok(rows) => input.send(SourceRecord::Raw(rows)),
-                        Err(error) => shared.failure.set(error),
-                    }
+                // Rows enter the dataflow in batches of up to STREAM_BATCH_ROWS, or as soon as the
+                // consumer has nothing more buffered: every batch costs the rules a fixed amount.
+                unsent += drained as usize;
+                if unsent > 0 && (unsent >= STREAM_BATCH_ROWS || drained < batch) {
+                    send_rows(&mut columns, &mut raw_rows, &source.raw_from, &mut input, &shared.failure);
+                    unsent = 0;
                 }
                 if drained > 0 {
                     last_record_ms.store(now_ms(), Ordering::Relaxed);
@@ -327,6 +330,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 if shared.failure.is_set() {
                     break;
                 }
+            }
+            if unsent > 0 {
+                send_rows(&mut columns, &mut raw_rows, &source.raw_from, &mut input, &shared.failure);
             }
             if meta.records >= epoch_share {
                 full_epoch.fetch_max(epoch, Ordering::Relaxed);
@@ -405,6 +411,17 @@ async fn write_raw(
         files.extend(write_partition(&raw, day, batches, target_file_size, &format!("w{worker}")).await?);
     }
     Ok(files)
+}
+
+/// The most rows the stream sends into the dataflow as one batch.
+const STREAM_BATCH_ROWS: usize = 16_384;
+
+/// Sends the rows read so far into the dataflow, keeping those the raw table lacks for it.
+fn send_rows(columns: &mut RawColumns, raw_rows: &mut RawRows, raw_from: &Offsets, input: &mut dataflow::Input, failure: &crate::sink::Failure) {
+    match columns.finish().and_then(|rows| raw_rows.push(&rows, raw_from).map(|()| rows)) {
+        Ok(rows) => input.send(SourceRecord::Raw(rows)),
+        Err(error) => failure.set(error),
+    }
 }
 
 /// An epoch's raw rows as they are read (the records the raw table does not hold yet).

@@ -49,7 +49,7 @@ pub fn ratings_pipeline() -> Pipeline {
         },
     ];
     let curated = ["event_id", "user_id", "movie_id", "rating", "is_approved boolean", "rating_timestamp", "rating_date"];
-    Pipeline::new(&reader, &upsert, &validate, &CuratedSection { columns: curated.map(String::from).to_vec() }).unwrap()
+    Pipeline::new(&reader, &upsert, &validate, Vec::new(), &CuratedSection { columns: curated.map(String::from).to_vec() }).unwrap()
 }
 
 pub struct Fixture {

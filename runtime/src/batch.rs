@@ -74,15 +74,15 @@ struct BatchUpsertSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StageSection {
-    /// rename, upper, cast, list_length.
+pub struct StageSection {
+    /// rename, upper, cast, list_length, day.
     kind: String,
     column: String,
     /// rename: the new name; cast: the Iceberg type.
     to: Option<String>,
-    /// list_length: the new column.
+    /// list_length, day: the new column.
     into: Option<String>,
-    /// cast of integers to a timestamp: seconds, milliseconds or microseconds.
+    /// cast of integers to a timestamp, day of integers: seconds, milliseconds or microseconds.
     unit: Option<String>,
     /// list_length: make the new column `length > greater_than` (a boolean).
     greater_than: Option<i64>,
@@ -111,7 +111,8 @@ pub struct BatchGraph {
     pub checks: BTreeMap<String, Arc<Checks>>,
 }
 
-fn stage_from(section: StageSection) -> std::result::Result<Stage, String> {
+/// A stage as a graph file's `[[stages]]` entry declares it (batch and events graphs alike).
+pub(crate) fn stage_from(section: StageSection) -> std::result::Result<Stage, String> {
     let StageSection { kind, column, to, into, unit, greater_than } = section;
     let given: Vec<&str> = [("to", to.is_some()), ("into", into.is_some()), ("unit", unit.is_some()), ("greater_than", greater_than.is_some())]
         .into_iter()
@@ -140,7 +141,11 @@ fn stage_from(section: StageSection) -> std::result::Result<Stage, String> {
             allow(&["into", "greater_than"])?;
             Stage::ListLength { column, into: need(into, "into")?, greater_than }
         }
-        other => return Err(format!("unknown stage kind {other:?} (expected rename, upper, cast or list_length)")),
+        "day" => {
+            allow(&["into", "unit"])?;
+            Stage::Day { column, into: need(into, "into")?, unit: unit.as_deref().map(time_unit_of).transpose()? }
+        }
+        other => return Err(format!("unknown stage kind {other:?} (expected rename, upper, cast, list_length or day)")),
     })
 }
 

@@ -76,9 +76,12 @@ pub struct GraphFile {
     pub tables: TablesSection,
     pub upsert: operators::pipeline::UpsertSection,
     pub curated: operators::pipeline::CuratedSection,
-    /// Validation rules, in order (see README, "Writing a graph").
+    /// Validation rules, in order (see README, "Graph file reference").
     #[serde(default)]
     pub validate: Vec<operators::pipeline::ValidationSection>,
+    /// Derivations, in order, applied to every record that passed validation.
+    #[serde(default)]
+    pub stages: Vec<crate::batch::StageSection>,
     pub rules: RulesSection,
     pub commit: CommitSection,
     /// Data-quality checks per table (role `raw`/`curated`/`rejected` or the table's name).
@@ -326,7 +329,13 @@ impl Graph {
             .map_err(|e| format!("source.reader_schema: cannot read {}: {e}", reader_schema_path.display()))?;
         let reader_schema = apache_avro::Schema::parse_str(&schema_text)
             .map_err(|e| format!("source.reader_schema: {} is not an Avro schema: {e}", reader_schema_path.display()))?;
-        let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, &file.curated)?);
+        let stages = file
+            .stages
+            .into_iter()
+            .enumerate()
+            .map(|(index, section)| crate::batch::stage_from(section).map_err(|e| format!("stages[{index}]: {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
+        let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
             let text = match value {
@@ -632,6 +641,22 @@ mod tests {
         assert!(graph.catalog.database.starts_with(graph.path.parent().unwrap()));
         assert_eq!(graph.target_file_size, 128 * 1024 * 1024);
         assert_eq!(graph.resolve_table("movie_ratings"), Some("curated.movie_ratings"));
+    }
+
+    #[test]
+    fn stages_derive_curated_columns_and_may_not_touch_the_key() {
+        let with_stage = |stage: &str, column: &str| {
+            GOOD.replace("[rules]\n#", &format!("{stage}\n[rules]\n#")).replace("\"rating_date\"]", &format!("\"rating_date\", \"{column}\"]"))
+        };
+        let graph = load(&with_stage("[[stages]]\nkind = \"day\"\ncolumn = \"rating_timestamp\"\nunit = \"seconds\"\ninto = \"rated_on\"", "rated_on")).unwrap();
+        let layout = graph.pipeline.curated_layout().unwrap();
+        let rated_on = layout.schema.field_by_name("rated_on").expect("the stage's column is curated");
+        assert_eq!(rated_on.field_type.to_string(), "date");
+        let renamed = with_stage("[[stages]]\nkind = \"rename\"\ncolumn = \"event_id\"\nto = \"id\"", "id");
+        let message = load(&renamed).unwrap_err().to_string();
+        assert!(message.contains("stages: event_id is the key, order, partition or lineage"), "{message}");
+        let unknown = with_stage("[[stages]]\nkind = \"lower\"\ncolumn = \"user_id\"", "user_id2");
+        assert!(load(&unknown).unwrap_err().to_string().contains("stages[0]: unknown stage kind \"lower\""));
     }
 
     #[test]

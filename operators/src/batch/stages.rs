@@ -10,6 +10,8 @@
 //! - `list_length` `column` → `into`: the number of items of a list column, a null list counting
 //!   as empty (so the result is never null); with `greater_than = N` the new column is the boolean
 //!   `length > N` instead.
+//! - `day` `column` → `into`: the UTC date of a timestamp or date column, or of an integer counting
+//!   `unit` since the epoch; null stays null.
 //!
 //! Every stage is checked against the raw table's columns when the graph loads, by running the
 //! stages on an empty batch: a missing column or a wrong type is reported there, naming the stage.
@@ -31,6 +33,7 @@ pub enum Stage {
     Upper { column: String },
     Cast { column: String, to: DataType, unit: Option<TimeUnit> },
     ListLength { column: String, into: String, greater_than: Option<i64> },
+    Day { column: String, into: String, unit: Option<TimeUnit> },
 }
 
 /// The Arrow type an Iceberg primitive type name is written as, for the targets a cast takes.
@@ -60,6 +63,7 @@ impl Stage {
             Stage::Upper { column } => format!("upper {column}"),
             Stage::Cast { column, to, .. } => format!("cast {column} → {to}"),
             Stage::ListLength { column, into, .. } => format!("list_length {column} → {into}"),
+            Stage::Day { column, into, .. } => format!("day {column} → {into}"),
         }
     }
 
@@ -145,6 +149,26 @@ impl Stage {
                 fields.push(field);
                 columns.push(column);
             }
+            Stage::Day { column, into, unit } => {
+                let index = index_of(column)?;
+                absent(into)?;
+                let source = columns[index].clone();
+                let options = CastOptions { safe: false, ..Default::default() };
+                let time = match (source.data_type(), unit) {
+                    (from, Some(unit)) if from.is_integer() => {
+                        let long = cast_with_options(&source, &DataType::Int64, &options).map_err(|e| e.to_string())?;
+                        cast_with_options(&long, &DataType::Timestamp(*unit, None), &options).map_err(|e| e.to_string())?
+                    }
+                    (from, None) if from.is_integer() => {
+                        return Err(format!("column {column} is {from}: say which unit its integers count with `unit` (seconds, milliseconds or microseconds)"));
+                    }
+                    (DataType::Timestamp(..) | DataType::Date32, None) => source,
+                    (from, _) => return Err(format!("column {column} is {from}: day takes a timestamp, a date, or an integer with a `unit`")),
+                };
+                let day = cast_with_options(&time, &DataType::Date32, &options).map_err(|e| format!("column {column}: {e}"))?;
+                fields.push(Field::new(into, DataType::Date32, true));
+                columns.push(day);
+            }
         }
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).map_err(|e| e.to_string())
@@ -196,11 +220,12 @@ mod tests {
             Stage::Cast { column: "seconds".into(), to: arrow_type_of("timestamptz").unwrap(), unit: Some(TimeUnit::Second) },
             Stage::ListLength { column: "tags".into(), into: "many".into(), greater_than: Some(1) },
             Stage::ListLength { column: "tags".into(), into: "count".into(), greater_than: None },
+            Stage::Day { column: "seconds".into(), into: "day".into(), unit: None },
         ];
         let out = apply_all(&stages, &batch()).unwrap();
         let schema = out.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["lang", "seconds", "tags", "many", "count"]);
+        assert_eq!(names, ["lang", "seconds", "tags", "many", "count", "day"]);
         let lang: Vec<Option<&str>> = out.column(0).as_string::<i32>().iter().collect();
         assert_eq!(lang, [Some("EN"), Some("FR"), None, Some("SS")]);
         let micros = out.column(1).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
@@ -210,6 +235,11 @@ mod tests {
         assert_eq!(many, [Some(true), Some(false), Some(false), Some(false)], "a null list is empty, not null");
         let count: Vec<Option<i32>> = out.column(4).as_primitive::<arrow::datatypes::Int32Type>().iter().collect();
         assert_eq!(count, [Some(2), Some(1), Some(0), Some(0)]);
+        let days: Vec<Option<i32>> = out.column(5).as_primitive::<arrow::datatypes::Date32Type>().iter().collect();
+        assert_eq!(days, [Some(0), Some(18_628), Some(0), Some(-1)], "the UTC date, the second before 1970 on 1969-12-31");
+        let integers = Stage::Day { column: "seconds".into(), into: "d".into(), unit: Some(TimeUnit::Second) };
+        let from_integers = apply_all(&[integers], &batch()).unwrap();
+        assert_eq!(from_integers.column(3).as_primitive::<arrow::datatypes::Date32Type>().value(1), 18_628);
     }
 
     #[test]

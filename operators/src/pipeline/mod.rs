@@ -28,6 +28,7 @@ use std::sync::Arc;
 use iceberg::spec::{ListType, MapType, NestedField, PrimitiveType, Schema, StructType, Type};
 use serde::Deserialize;
 
+use crate::batch::stages::Stage;
 use crate::error::{Context, Result};
 use crate::schema::TableLayout;
 
@@ -297,6 +298,11 @@ pub struct Pipeline {
     pub required: Vec<String>,
     /// `[[validate]]`, in order.
     pub validations: Vec<Validation>,
+    /// `[[stages]]`, in order: derivations over the offered columns.
+    pub stages: Vec<Stage>,
+    /// The columns the rules offer the plugins: event columns, the partition column, the
+    /// lineage, then what the stages changed or added.
+    pub working: arrow::datatypes::SchemaRef,
 }
 
 impl Pipeline {
@@ -306,6 +312,7 @@ impl Pipeline {
         reader: &apache_avro::Schema,
         upsert: &UpsertSection,
         validate: &[ValidationSection],
+        stages: Vec<Stage>,
         curated: &CuratedSection,
     ) -> std::result::Result<Pipeline, String> {
         let mut next = 0;
@@ -360,6 +367,45 @@ impl Pipeline {
             (PartitionTransform::Identity, Type::Primitive(p)) if !matches!(p, PrimitiveType::Float | PrimitiveType::Double) => source_type.clone(),
             _ => return Err(format!("upsert.partition_by: cannot partition by {} of a {source_type} column", upsert.partition_by)),
         };
+        // The offered columns before and after the stages (run on no rows: a stage that does not
+        // fit fails here, naming it). Engine-owned columns must come out as they went in.
+        let arrow_of = |ty: &Type| iceberg::arrow::type_to_arrow_type(ty).map_err(|e| format!("the Arrow type of {ty}: {e}"));
+        let mut offered: Vec<arrow::datatypes::Field> = Vec::new();
+        for field in &event_columns {
+            offered.push(arrow::datatypes::Field::new(&field.name, arrow_of(&field.field_type)?, true));
+        }
+        if event_type(&partitioning.column).is_none() {
+            offered.push(arrow::datatypes::Field::new(&partitioning.column, arrow_of(&partition_type)?, false));
+        }
+        for (name, ty) in LINEAGE {
+            offered.push(arrow::datatypes::Field::new(name, arrow_of(&Type::Primitive(ty))?, false));
+        }
+        let offered = Arc::new(arrow::datatypes::Schema::new(offered));
+        let working = crate::batch::stages::output_schema(&stages, &offered).map_err(|e| e.to_string())?;
+        let owned = key.iter().chain([&upsert.order_by, &partitioning.source, &partitioning.column]).cloned().chain(LINEAGE.iter().map(|(n, _)| n.to_string()));
+        for name in owned {
+            let before = offered.field_with_name(&name).map(|f| f.data_type().clone()).ok();
+            let after = working.field_with_name(&name).map(|f| f.data_type().clone()).ok();
+            if before != after {
+                return Err(format!("stages: {name} is the key, order, partition or lineage; a stage may not rename, cast or replace it"));
+            }
+        }
+        // A column's type after the stages: an event column's own (with its nested ids) when the
+        // stages left it alone, else what they made of it.
+        let derived_type = |name: &str| -> std::result::Result<Option<Type>, String> {
+            let Ok(field) = working.field_with_name(name) else { return Ok(None) };
+            if let (Some(ty), Ok(before)) = (event_type(name), offered.field_with_name(name))
+                && before.data_type() == field.data_type()
+            {
+                return Ok(Some(ty));
+            }
+            if name == partitioning.column {
+                return Ok(Some(partition_type.clone()));
+            }
+            iceberg::arrow::arrow_type_to_type(field.data_type())
+                .map(Some)
+                .map_err(|e| format!("column {name} after the stages is {}, which has no Iceberg type here: {e}", field.data_type()))
+        };
         let mut columns: Vec<(String, Type)> = Vec::with_capacity(curated.columns.len());
         for (index, text) in curated.columns.iter().enumerate() {
             let at = || format!("curated.columns[{index}]");
@@ -373,7 +419,7 @@ impl Pipeline {
             if columns.iter().any(|(existing, _)| *existing == name) || LINEAGE.iter().any(|(lineage, _)| *lineage == name) {
                 return Err(format!("{}: column {name} appears twice (the lineage columns {} are added by the engine)", at(), lineage_names()));
             }
-            let found = if name == partitioning.column { Some(partition_type.clone()) } else { event_type(&name) };
+            let found = derived_type(&name).map_err(|e| format!("{}: {e}", at()))?;
             let ty = match (found, declared) {
                 (Some(found), Some(declared)) if found != declared => {
                     return Err(format!("{}: {name} is {found}, declared {declared}", at()));
@@ -381,7 +427,7 @@ impl Pipeline {
                 (Some(ty), _) | (None, Some(ty)) => ty,
                 (None, None) => {
                     return Err(format!(
-                        "{}: no column {name:?} among the event columns ({}) or the partition column {}; a column a rule plugin adds is declared with its type, e.g. \"{name} boolean\"",
+                        "{}: no column {name:?} among the event columns ({}), the partition column {} or what the stages add; a column a rule plugin adds is declared with its type, e.g. \"{name} boolean\"",
                         at(),
                         known(),
                         partitioning.column
@@ -398,7 +444,8 @@ impl Pipeline {
         let mut required: Vec<String> = key.clone();
         required.extend([upsert.order_by.clone(), partitioning.column.clone()]);
         required.extend(validated_present.iter().cloned());
-        required.extend(columns.iter().filter(|(name, _)| event_type(name).is_none() && *name != partitioning.column).map(|(n, _)| n.clone()));
+        // Columns a plugin adds: the chain checks they hold no null.
+        required.extend(columns.iter().filter(|(name, _)| working.field_with_name(name).is_err()).map(|(n, _)| n.clone()));
         Ok(Pipeline {
             event_columns,
             key,
@@ -408,6 +455,8 @@ impl Pipeline {
             curated: columns,
             required,
             validations,
+            stages,
+            working,
         })
     }
 
@@ -537,7 +586,7 @@ mod tests {
     fn pipeline(partition_by: &str, curated: &[&str]) -> std::result::Result<Pipeline, String> {
         let reader = apache_avro::Schema::parse_str(CLICKS).unwrap();
         let curated = CuratedSection { columns: curated.iter().map(|c| c.to_string()).collect() };
-        Pipeline::new(&reader, &upsert("click_id", partition_by), &[], &curated)
+        Pipeline::new(&reader, &upsert("click_id", partition_by), &[], Vec::new(), &curated)
     }
 
     fn shown(layout: &TableLayout) -> Vec<String> {
@@ -588,9 +637,9 @@ mod tests {
         assert!(error("day(at) as d", &["click_id", "at long", "d"]).contains("at is timestamptz, declared long"));
         let reader = apache_avro::Schema::parse_str(CLICKS).unwrap();
         let curated = CuratedSection { columns: vec!["page".into()] };
-        let key_error = Pipeline::new(&reader, &upsert("page", "day(at)"), &[], &curated).unwrap_err();
+        let key_error = Pipeline::new(&reader, &upsert("page", "day(at)"), &[], Vec::new(), &curated).unwrap_err();
         assert!(key_error.contains("upsert.key: column page is struct"), "{key_error}");
         let uuid = UpsertSection { key_type: KeyKind::Uuid, ..upsert("click_id", "day(at)") };
-        assert!(Pipeline::new(&reader, &uuid, &[], &curated).unwrap_err().contains("\"uuid\" takes one string key column"));
+        assert!(Pipeline::new(&reader, &uuid, &[], Vec::new(), &curated).unwrap_err().contains("\"uuid\" takes one string key column"));
     }
 }

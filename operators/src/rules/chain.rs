@@ -41,21 +41,7 @@ pub fn offered(pipeline: &Pipeline) -> Result<Vec<(String, DataType, bool)>> {
         .chain([pipeline.order_by.as_str(), pipeline.partitioning.source.as_str(), pipeline.partitioning.column.as_str()])
         .chain(LINEAGE.iter().map(|(name, _)| *name))
         .collect();
-    let mut columns = Vec::new();
-    for field in &pipeline.event_columns {
-        let ty = iceberg::arrow::type_to_arrow_type(&field.field_type).context(|| format!("the Arrow type of {}", field.name))?;
-        columns.push((field.name.clone(), ty, !owned.contains(field.name.as_str())));
-    }
-    if !columns.iter().any(|(name, _, _)| *name == pipeline.partitioning.column) {
-        let ty = pipeline.curated.iter().find(|(name, _)| *name == pipeline.partitioning.column).map(|(_, ty)| ty.clone());
-        let ty = ty.ok_or_else(|| Error::Internal("the partition column is not curated".into()))?;
-        columns.push((pipeline.partitioning.column.clone(), iceberg::arrow::type_to_arrow_type(&ty).context(|| "the partition column's type".into())?, false));
-    }
-    for (name, ty) in LINEAGE {
-        let ty = iceberg::arrow::type_to_arrow_type(&iceberg::spec::Type::Primitive(ty)).context(|| "a lineage type".into())?;
-        columns.push((name.to_string(), ty, false));
-    }
-    Ok(columns)
+    Ok(pipeline.working.fields().iter().map(|f| (f.name().clone(), f.data_type().clone(), !owned.contains(f.name().as_str()))).collect())
 }
 
 /// The loaded, checked plugins of a graph.

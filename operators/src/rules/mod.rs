@@ -21,7 +21,7 @@ pub mod plugin;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
 
 use crate::error::{Error, Result};
@@ -248,11 +248,6 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
         }
     }
     Ok(())
-}
-
-/// `column` of `batch` as strings (the reason and detail columns of rejected rows).
-pub fn strings(batch: &RecordBatch, column: &str) -> Option<StringArray> {
-    batch.column_by_name(column).and_then(|c| c.as_string_opt::<i32>()).cloned()
 }
 
 #[cfg(test)]

@@ -81,19 +81,6 @@ impl RawColumns {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.offset.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The number of event columns.
-    pub fn event_columns(&self) -> usize {
-        self.events.len()
-    }
-
     fn coordinates(&mut self, at: Coordinates<'_>) {
         self.topic.append_value(at.topic);
         self.partition.append_value(at.partition);
@@ -342,7 +329,7 @@ mod tests {
         };
         assert_eq!(columns.len(), 6);
         let curated = crate::pipeline::CuratedSection { columns: vec!["id".into(), "at".into(), "at_day".into()] };
-        let pipeline = crate::pipeline::Pipeline::new(&reader, &upsert, &[], &curated).unwrap();
+        let pipeline = crate::pipeline::Pipeline::new(&reader, &upsert, &[], Vec::new(), &curated).unwrap();
         crate::schema::arrow_schema(&pipeline.raw_layout().unwrap().schema).unwrap()
     }
 
