@@ -5,13 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-10000000}
 workers=${2:-2}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# The graph moves to a temporary folder: its schema, blocklist and plugin paths go with it.
-cp -r graphs/schemas graphs/blocklists "$work/"
-sed -e "s|../.lakehouse/catalog.db|$work/catalog.db|" -e "s|../.lakehouse/warehouse|$work/warehouse|" \
-    -e "s|../plugins/lib/|$PWD/plugins/lib/|" graphs/ratings.toml > "$work/graph.toml"
-bin=${CARGO_TARGET_DIR:-target}/release/runtime
+source benches/temp_lake.sh
 [ -x "$bin" ] || cargo build --release -p runtime
 "$bin" --graph "$work/graph.toml" init > /dev/null
 echo "generating $events events..."

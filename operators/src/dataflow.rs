@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, RecordBatchOptions, UInt32Array};
+use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use iceberg::TableIdent;
 use iceberg::scan::FileScanTask;
@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::model::{KeyMap, Origin, RejectReason, format_date};
 use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::records::{Batch, Candidates, Slot, fingerprints, order_values, positions, rejected_batch, uuid_text};
+use crate::records::{Batch, Candidates, Slot, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
@@ -106,10 +106,6 @@ struct Judged {
     days: Vec<i32>,
 }
 
-fn take(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
-    arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.to_vec())).context(|| "selecting rows".into())
-}
-
 fn project(batch: &RecordBatch, names: &[&str]) -> Result<RecordBatch> {
     let schema = batch.schema();
     let indices = names
@@ -127,7 +123,11 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let judged = rules.judge(raw)?;
     let mut rejected_rows = judged.rejected;
     let (mut reasons, mut details) = (judged.reasons, judged.details);
-    let coordinates = positions(raw)?;
+    // Only a stream restart needs the coordinates here.
+    let coordinates = match &context.curated_from {
+        Some(_) => positions(raw)?,
+        None => Vec::new(),
+    };
     let mut kept = Vec::with_capacity(judged.accepted.len());
     let (mut keys, mut orders, mut days) = (Vec::new(), Vec::new(), Vec::new());
     for (i, &row) in judged.accepted.iter().enumerate() {
@@ -138,8 +138,8 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
             details.push(late_update_detail(&pipeline.partitioning.column, *day));
             continue;
         }
-        let position = coordinates[row as usize];
         if let Some(from) = &context.curated_from
+            && let position = coordinates[row as usize]
             && position.offset < from.get(&position.partition).copied().unwrap_or(0)
         {
             continue;

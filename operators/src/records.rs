@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Date32Array, Int32Array, Int64Array, LargeBinaryArray, RecordBatch, RecordBatchOptions,
+    Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, RecordBatchOptions,
     StringArray, new_null_array,
 };
 use arrow::datatypes::{DataType, SchemaRef};
@@ -87,22 +87,52 @@ impl Candidates {
 
     /// The rows at `indices`, in that order.
     pub fn take(&self, indices: &[u32]) -> Result<Candidates> {
-        let index = arrow::array::UInt32Array::from(indices.to_vec());
-        let take = |batch: &RecordBatch| -> Result<RecordBatch> {
-            if batch.num_columns() == 0 {
-                // Nothing as ingested differs: a batch of no columns, only a row count.
-                let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
-                return RecordBatch::try_new_with_options(batch.schema(), Vec::new(), &options).context(|| "selecting candidate rows".into());
-            }
-            arrow::compute::take_record_batch(batch, &index).context(|| "selecting candidate rows".into())
-        };
         Ok(Candidates {
-            rows: take(&self.rows)?,
-            ingested: take(&self.ingested)?,
+            rows: take_rows(&self.rows, indices)?,
+            ingested: take_rows(&self.ingested, indices)?,
             keys: indices.iter().map(|&i| self.keys[i as usize]).collect(),
             slots: indices.iter().map(|&i| self.slots[i as usize]).collect(),
         })
     }
+}
+
+/// The rows of `batch` at `rows`, in that order (a batch of no columns keeps only a row count).
+pub fn take_rows(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    if batch.num_columns() == 0 {
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        return RecordBatch::try_new_with_options(batch.schema(), Vec::new(), &options).context(|| "selecting rows".into());
+    }
+    arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(rows.to_vec())).context(|| "selecting rows".into())
+}
+
+/// `batch` ordered by the columns `by` (ascending, nulls first), each of which it must hold.
+pub fn sorted_by(batch: &RecordBatch, by: &[&str]) -> Result<RecordBatch> {
+    let columns = by
+        .iter()
+        .map(|name| {
+            let values = batch.column_by_name(name).cloned().ok_or_else(|| Error::Internal(format!("rows to order without {name}")))?;
+            Ok(arrow::compute::SortColumn { values, options: None })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let order = arrow::compute::lexsort_to_indices(&columns, None).context(|| format!("ordering rows by {}", by.join(", ")))?;
+    arrow::compute::take_record_batch(batch, &order).context(|| format!("ordering rows by {}", by.join(", ")))
+}
+
+/// `batch` (ordered by the date column `column`) cut into one slice per date.
+pub fn day_runs(batch: &RecordBatch, column: &str) -> Result<Vec<(i32, RecordBatch)>> {
+    let days = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Date32Type>())
+        .ok_or_else(|| Error::Internal(format!("rows without the date column {column}")))?
+        .values();
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < days.len() {
+        let end = start + days[start..].iter().take_while(|d| **d == days[start]).count();
+        runs.push((days[start], batch.slice(start, end - start)));
+        start = end;
+    }
+    Ok(runs)
 }
 
 /// Record batches cross workers inside one process as they are; between processes they travel as
@@ -209,24 +239,38 @@ impl KeyMaker {
         let mut hashers: Vec<twox_hash::XxHash3_128> = (0..rows).map(|_| twox_hash::XxHash3_128::new()).collect();
         let mut missing: Vec<Option<String>> = vec![None; rows];
         for (name, column) in self.columns.iter().zip(&columns) {
-            for (row, hasher) in hashers.iter_mut().enumerate() {
-                let bytes: Option<std::borrow::Cow<[u8]>> = match column.data_type() {
-                    DataType::Utf8 => Some(column.as_string::<i32>()).filter(|a| a.is_valid(row) && !a.value(row).trim().is_empty()).map(|a| a.value(row).as_bytes().into()),
-                    DataType::Int32 => Some(column.as_any().downcast_ref::<Int32Array>().expect("int")).filter(|a| a.is_valid(row)).map(|a| a.value(row).to_le_bytes().to_vec().into()),
-                    DataType::Int64 => Some(column.as_any().downcast_ref::<Int64Array>().expect("long")).filter(|a| a.is_valid(row)).map(|a| a.value(row).to_le_bytes().to_vec().into()),
-                    DataType::Binary => Some(column.as_any().downcast_ref::<BinaryArray>().expect("binary")).filter(|a| a.is_valid(row)).map(|a| a.value(row).into()),
-                    DataType::LargeBinary => Some(column.as_any().downcast_ref::<LargeBinaryArray>().expect("binary")).filter(|a| a.is_valid(row)).map(|a| a.value(row).into()),
-                    other => return Err(Error::User(format!("key column {name} is {other}; a key is a string, int, long or binary"))),
-                };
-                match bytes {
-                    Some(bytes) => {
-                        hasher.write(&(bytes.len() as u64).to_le_bytes());
-                        hasher.write(&bytes);
-                    }
-                    None => {
-                        missing[row].get_or_insert_with(|| name.clone());
-                    }
+            // Each row's value as ingested, length-prefixed; a null (or blank string) is missing.
+            let mut feed = |row: usize, bytes: Option<&[u8]>| match bytes {
+                Some(bytes) => {
+                    hashers[row].write(&(bytes.len() as u64).to_le_bytes());
+                    hashers[row].write(bytes);
                 }
+                None => {
+                    missing[row].get_or_insert_with(|| name.clone());
+                }
+            };
+            match column.data_type() {
+                DataType::Utf8 => {
+                    let a = column.as_string::<i32>();
+                    (0..rows).for_each(|row| feed(row, Some(a.value(row)).filter(|v| a.is_valid(row) && !v.trim().is_empty()).map(str::as_bytes)));
+                }
+                DataType::Int32 => {
+                    let a = column.as_primitive::<arrow::datatypes::Int32Type>();
+                    (0..rows).for_each(|row| feed(row, a.is_valid(row).then(|| a.value(row).to_le_bytes()).as_ref().map(|b| &b[..])));
+                }
+                DataType::Int64 => {
+                    let a = column.as_primitive::<arrow::datatypes::Int64Type>();
+                    (0..rows).for_each(|row| feed(row, a.is_valid(row).then(|| a.value(row).to_le_bytes()).as_ref().map(|b| &b[..])));
+                }
+                DataType::Binary => {
+                    let a = column.as_binary::<i32>();
+                    (0..rows).for_each(|row| feed(row, a.is_valid(row).then(|| a.value(row))));
+                }
+                DataType::LargeBinary => {
+                    let a = column.as_binary::<i64>();
+                    (0..rows).for_each(|row| feed(row, a.is_valid(row).then(|| a.value(row))));
+                }
+                other => return Err(Error::User(format!("key column {name} is {other}; a key is a string, int, long or binary"))),
             }
         }
         Ok(hashers

@@ -461,25 +461,8 @@ impl RawRows {
             return Ok(Vec::new());
         }
         let all = arrow::compute::concat_batches(schema, &batches).context(|| "joining the epoch's raw rows".into())?;
-        let sort_by = ["ingestion_date", "source_partition", "source_offset"]
-            .map(|name| all.column_by_name(name).cloned().map(|values| arrow::compute::SortColumn { values, options: None }));
-        let sort_by: Vec<_> = sort_by.into_iter().collect::<Option<_>>().ok_or_else(|| Error::Internal("raw rows without coordinates".into()))?;
-        let order = arrow::compute::lexsort_to_indices(&sort_by, None).context(|| "ordering raw rows".into())?;
-        let all = arrow::compute::take_record_batch(&all, &order).context(|| "ordering raw rows".into())?;
-        let days = all
-            .column_by_name("ingestion_date")
-            .and_then(|c| arrow::array::AsArray::as_primitive_opt::<arrow::datatypes::Date32Type>(c))
-            .ok_or_else(|| Error::Internal("raw rows without ingestion_date".into()))?
-            .values()
-            .to_vec();
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < days.len() {
-            let end = start + days[start..].iter().take_while(|d| **d == days[start]).count();
-            out.push((days[start], vec![all.slice(start, end - start)]));
-            start = end;
-        }
-        Ok(out)
+        let all = crate::records::sorted_by(&all, &["ingestion_date", "source_partition", "source_offset"])?;
+        Ok(crate::records::day_runs(&all, "ingestion_date")?.into_iter().map(|(day, rows)| (day, vec![rows])).collect())
     }
 }
 

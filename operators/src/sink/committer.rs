@@ -329,28 +329,14 @@ impl Committer {
             }
             _ => all,
         };
-        let sort_by = ["ingestion_ts_ms", "source_partition", "source_offset", "reason", "detail"]
-            .map(|name| all.column_by_name(name).cloned().map(|values| arrow::compute::SortColumn { values, options: None }));
-        let sort_by: Vec<_> = sort_by.into_iter().collect::<Option<_>>().ok_or_else(|| crate::Error::Internal("rejected rows without coordinates".into()))?;
-        let order = arrow::compute::lexsort_to_indices(&sort_by, None).context(|| "ordering rejected rows".into())?;
-        arrow::compute::take_record_batch(&all, &order).context(|| "ordering rejected rows".into())
+        crate::records::sorted_by(&all, &["ingestion_ts_ms", "source_partition", "source_offset", "reason", "detail"])
     }
 
     /// Writes rejections (in ingestion order), one set of files per ingestion date.
     async fn write_rejections(&self, rejections: &RecordBatch) -> Result<Vec<DataFile>> {
         let mut files = Vec::new();
-        let ingestion = rejections
-            .column_by_name("ingestion_date")
-            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Date32Type>())
-            .ok_or_else(|| crate::Error::Internal("rejected rows without ingestion_date".into()))?;
-        let days = ingestion.values();
-        let mut start = 0;
-        while start < days.len() {
-            let day = days[start];
-            let end = start + days[start..].iter().take_while(|d| **d == day).count();
-            let batch = rejections.slice(start, end - start);
+        for (day, batch) in crate::records::day_runs(rejections, "ingestion_date")? {
             files.extend(write_partition(&self.rejected, day, [batch], self.target_file_size, "rejected").await?);
-            start = end;
         }
         Ok(files)
     }

@@ -39,7 +39,7 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 
 use crate::checks::{Checks, Evaluation};
@@ -295,7 +295,7 @@ impl CuratedWriter {
                     }
                     pos += 1;
                 }
-                let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(live)).context(|| "selecting live rows".into())?;
+                let batch = crate::records::take_rows(&batch, &live)?;
                 rows.push((live_keys, conform(&batch, &self.table)?));
             }
         }
@@ -368,7 +368,7 @@ impl CuratedWriter {
     /// Curated rows as the rejected table records them: their values where the rejected table has
     /// a column of the same name, the coordinates of the record they came from, the graph's topic.
     fn rejected_rows(&self, batch: &RecordBatch, rows: &[u32], reasons: Vec<String>, details: Vec<String>) -> crate::Result<RecordBatch> {
-        let rows = arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.to_vec())).context(|| "selecting quarantined rows".into())?;
+        let rows = crate::records::take_rows(batch, rows)?;
         let topic: ArrayRef = Arc::new(StringArray::from(vec![&*self.topic; rows.num_rows()]));
         let mut fields: Vec<arrow::datatypes::FieldRef> = rows.schema().fields().iter().cloned().collect();
         fields.push(Arc::new(arrow::datatypes::Field::new("source_topic", arrow::datatypes::DataType::Utf8, false)));
@@ -395,6 +395,6 @@ fn sorted_by_key(rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
     let all = arrow::compute::concat_batches(&first.schema(), batches.iter().copied()).context(|| "joining a partition's rows".into())?;
     let mut order: Vec<u32> = (0..keys.len() as u32).collect();
     order.sort_unstable_by_key(|&i| keys[i as usize]);
-    let sorted = arrow::compute::take_record_batch(&all, &UInt32Array::from(order.clone())).context(|| "sorting a partition's rows".into())?;
+    let sorted = crate::records::take_rows(&all, &order)?;
     Ok((order.iter().map(|&i| keys[i as usize]).collect(), sorted))
 }
