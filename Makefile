@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,13 @@ bench-replay: build plugins ## Whole-process timing of --mode replay on 10M even
 
 bench-peers: setup build plugins ## The same N raw rows (default 10M) through DuckDB 1.5.5 (the rules as SQL) and through --mode replay, in one run: times, ratio, max RSS, row counts
 	bash benches/peers.sh $(or $(EVENTS),10000000)
+
+bench-floor: setup ## Per-record floor of the stream (Avro read, raw columns, rules, Parquet) and pyarrow's writer on the same columns
+	$(CARGO) bench -p ratings-benches --bench floor
+	.venv/bin/python benches/floor_pyarrow.py
+
+bench-state: ## Bytes per live key of the upsert state and the curated writer's row index (counting allocator)
+	$(CARGO) bench -p ratings-benches --bench state_bytes
 
 bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer (with each side's and the broker's CPU time), and produce-to-snapshot freshness
 	bash benches/stream.sh

@@ -8,16 +8,27 @@
 //!   engine's read plan, no framing or registry);
 //! - `stream_floor_1m/raw_columns`: the bodies read and appended to the raw table's Arrow columns
 //!   with their coordinates (the stream's decoding, without framing or registry);
+//! - `stream_floor_1m/arrow_avro_columns`: the same records, Confluent-framed, through arrow-avro's
+//!   streaming `Decoder` (schema id → schema in its `SchemaStore`, batches of 16k rows): the
+//!   reader columns only, no coordinates. What adopting arrow-avro would buy (benches/README.md);
 //! - `stream_floor_1m/raw_parquet`: those columns written as the raw table's Parquet files
 //!   (the engine's writer and properties, local disk), one set per ingestion date;
 //! - `stream_floor_1m/rules`: the graph's validation and derivation of the raw batches (keys,
 //!   order values, partition days; no plugins);
 //! - `stream_floor_1m/curated_parquet`: the accepted rows as curated Arrow columns and Parquet
 //!   files, one set per `rating_date`, sorted by key as the curated writer writes them.
+//! - `stream_floor_1m/{raw,curated}_parquet_arrow_writer`: the same columns through arrow-rs's
+//!   `ArrowWriter` alone (same properties, local files), without the Iceberg data-file writer.
+//!
+//! The raw and curated columns are also left as Arrow IPC files in `target/floor-columns/` (with
+//! the properties the engine writes them with) so `benches/floor_pyarrow.py` can time pyarrow's
+//! C++ writer on exactly the same columns (`make bench-floor` runs both).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use arrow_avro::reader::ReaderBuilder;
+use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
 use operators::generate::{GenerateSettings, Generator};
@@ -30,6 +41,9 @@ use operators::schema::arrow_schema;
 use operators::source::kafka::columns::{Coordinates, RawColumns};
 use operators::source::kafka::read_plan::ReadPlan;
 use operators::writer::write_partition;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -121,12 +135,47 @@ fn floor(c: &mut Criterion) {
         })
         .collect();
 
+    let parquet_properties = |table: &iceberg::table::Table| {
+        let mut properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
+        for column in plain_columns(table) {
+            properties = properties.set_column_dictionary_enabled(column.into(), false);
+        }
+        properties.build()
+    };
+    let (raw_properties, curated_properties) = (parquet_properties(&raw), parquet_properties(&curated));
+    export_columns(&root, "raw", &raw_batches, &plain_columns(&raw));
+    export_columns(&root, "curated", &by_day, &plain_columns(&curated));
+    let arrow_writer = |batches: &[(i32, RecordBatch)], properties: &WriterProperties| {
+        for (day, batch) in batches {
+            let file = std::fs::File::create(dir.path().join(format!("arrow-writer-{day}.parquet"))).unwrap();
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties.clone())).unwrap();
+            writer.write(batch).unwrap();
+            writer.close().unwrap();
+        }
+    };
+
     let mut group = c.benchmark_group("stream_floor_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS));
     group.bench_function("avro_read", |b| {
         b.iter(|| bodies.iter().filter_map(|body| plan.read(body)).count())
     });
     group.bench_function("raw_columns", |b| b.iter(raw_columns));
+    let framed: Vec<Vec<u8>> = bodies.iter().map(|body| operators::source::kafka::confluent::frame(1, body)).collect();
+    group.bench_function("arrow_avro_columns", |b| {
+        b.iter(|| {
+            let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+            store.set(Fingerprint::Id(1), AvroSchema::new(avsc.clone())).unwrap();
+            let mut decoder = ReaderBuilder::new().with_batch_size(16_384).with_writer_schema_store(store).build_decoder().unwrap();
+            let mut rows = 0;
+            for payload in &framed {
+                assert_eq!(decoder.decode(payload).unwrap(), payload.len());
+                if decoder.batch_is_full() {
+                    rows += decoder.flush().unwrap().map_or(0, |batch| batch.num_rows());
+                }
+            }
+            rows + decoder.flush().unwrap().map_or(0, |batch| batch.num_rows())
+        })
+    });
     group.bench_function("raw_parquet", |b| {
         b.iter(|| {
             runtime.block_on(async {
@@ -136,6 +185,7 @@ fn floor(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("raw_parquet_arrow_writer", |b| b.iter(|| arrow_writer(&raw_batches, &raw_properties)));
     group.bench_function("rules", |b| b.iter(|| raw_batches.iter().map(|(_, batch)| rules.judge(batch).unwrap().accepted.len()).sum::<usize>()));
     group.bench_function("curated_parquet", |b| {
         b.iter(|| {
@@ -146,7 +196,29 @@ fn floor(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("curated_parquet_arrow_writer", |b| b.iter(|| arrow_writer(&by_day, &curated_properties)));
     group.finish();
+}
+
+/// The columns the table writes without a dictionary (its plain-columns property).
+fn plain_columns(table: &iceberg::table::Table) -> Vec<String> {
+    let plain = table.metadata().properties().get(operators::schema::PLAIN_COLUMNS_PROPERTY).cloned().unwrap_or_default();
+    plain.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
+}
+
+/// Leaves `batches` as `target/floor-columns/<name>-<day>.arrow` and the plain columns as
+/// `<name>.plain`, for `benches/floor_pyarrow.py`.
+fn export_columns(root: &std::path::Path, name: &str, batches: &[(i32, RecordBatch)], plain: &[String]) {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let folder = target.join("floor-columns");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (day, batch) in batches {
+        let file = std::fs::File::create(folder.join(format!("{name}-{day}.arrow"))).unwrap();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(file, &batch.schema()).unwrap();
+        writer.write(batch).unwrap();
+        writer.finish().unwrap();
+    }
+    std::fs::write(folder.join(format!("{name}.plain")), plain.join("\n")).unwrap();
 }
 
 criterion_group!(benches, floor);

@@ -1,0 +1,61 @@
+"""pyarrow's C++ Parquet writer on exactly the columns `benches/floor.rs` writes.
+
+`cargo bench --bench floor` leaves the raw and curated columns of its 1M events as Arrow IPC
+files in target/floor-columns/ (one per partition) with the columns the engine writes without a
+dictionary. This writes each set as zstd-1 Parquet files, one per partition, with the same
+dictionary settings, and prints the median of the runs beside the size written:
+
+    .venv/bin/python benches/floor_pyarrow.py [target/floor-columns] [runs]
+"""
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc
+import pyarrow.parquet as pq
+
+
+def load(folder: Path, name: str):
+    tables = [pa.ipc.open_file(path).read_all() for path in sorted(folder.glob(f"{name}-*.arrow"))]
+    plain = [c for c in (folder / f"{name}.plain").read_text().split("\n") if c]
+    return tables, plain
+
+
+def write(tables, plain, out: Path) -> int:
+    size = 0
+    for index, table in enumerate(tables):
+        dictionary = [c for c in table.column_names if c not in plain]
+        path = out / f"{index}.parquet"
+        pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=dictionary)
+        size += path.stat().st_size
+    return size
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CARGO_TARGET_DIR", "target"))
+    if folder.name != "floor-columns":
+        folder = folder / "floor-columns"
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    if not any(folder.glob("raw-*.arrow")):
+        sys.exit(f"no columns in {folder}: run `cargo bench -p ratings-benches --bench floor` first")
+    print(f"pyarrow {pa.__version__}, zstd level 1, {runs} runs, median")
+    for name in ("raw", "curated"):
+        tables, plain = load(folder, name)
+        rows = sum(t.num_rows for t in tables)
+        times = []
+        with tempfile.TemporaryDirectory() as out:
+            for _ in range(runs):
+                start = time.perf_counter()
+                size = write(tables, plain, Path(out))
+                times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        print(f"{name:8} {rows:>9} rows in {len(tables):>2} files: {median * 1000:7.1f} ms "
+              f"(min {min(times) * 1000:.1f}), {size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
