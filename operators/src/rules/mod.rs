@@ -163,15 +163,14 @@ impl Rules {
 fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::Int64Array, verdicts: &mut [Option<(String, String)>]) -> Result<()> {
     let name = &validation.column;
     let reject = |verdict: &mut Option<(String, String)>, detail: String| *verdict = Some((validation.reason.clone(), detail));
-    let open = |verdicts: &[Option<(String, String)>]| -> Vec<usize> { (0..verdicts.len()).filter(|&row| verdicts[row].is_none()).collect() };
+    // Rows no earlier rule rejected. Columns are read through their typed array, found once per
+    // batch, and a detail is only formatted for a row that fails.
+    let open = |verdicts: &[Option<(String, String)>]| (0..verdicts.len()).filter(|&row| verdicts[row].is_none()).collect::<Vec<_>>();
     match &validation.rule {
         Rule::Present => {
-            let empty_string = |row: usize| match column.data_type() {
-                DataType::Utf8 => column.as_string::<i32>().value(row).is_empty(),
-                _ => false,
-            };
+            let strings = column.as_string_opt::<i32>();
             for row in open(verdicts) {
-                if column.is_null(row) || empty_string(row) {
+                if column.is_null(row) || strings.is_some_and(|strings| strings.value(row).is_empty()) {
                     reject(&mut verdicts[row], format!("{name} is missing"));
                 }
             }
@@ -184,37 +183,33 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
                 (None, None) => return Err(Error::Internal(format!("range rule on {name} without bounds"))),
             };
             let outside = |value: f64| value.is_nan() || min.is_some_and(|min| value < min) || max.is_some_and(|max| value > max);
-            // Each value is compared and shown in its own type (a float32 rating 10.1 reads as 10.1).
-            let value_of = |row: usize| -> Option<(f64, String)> {
-                if column.is_null(row) {
-                    return None;
+            // The value as a number to compare, and as the column shows it (for the detail).
+            let check = |verdicts: &mut [Option<(String, String)>], value_of: &dyn Fn(usize) -> f64, shown: &dyn Fn(usize) -> String| {
+                for row in open(verdicts) {
+                    if column.is_valid(row) && outside(value_of(row)) {
+                        reject(&mut verdicts[row], format!("{name} {} is {bounds}", shown(row)));
+                    }
                 }
-                Some(match column.data_type() {
-                    DataType::Float32 => {
-                        let v = column.as_primitive::<Float32Type>().value(row);
-                        (f64::from(v), v.to_string())
-                    }
-                    DataType::Float64 => {
-                        let v = column.as_primitive::<Float64Type>().value(row);
-                        (v, v.to_string())
-                    }
-                    DataType::Int32 => {
-                        let v = column.as_primitive::<Int32Type>().value(row);
-                        (f64::from(v), v.to_string())
-                    }
-                    DataType::Int64 => {
-                        let v = column.as_primitive::<Int64Type>().value(row);
-                        (v as f64, v.to_string())
-                    }
-                    _ => return None,
-                })
             };
-            for row in open(verdicts) {
-                if let Some((value, shown)) = value_of(row)
-                    && outside(value)
-                {
-                    reject(&mut verdicts[row], format!("{name} {shown} is {bounds}"));
+            match column.data_type() {
+                DataType::Float32 => {
+                    let values = column.as_primitive::<Float32Type>();
+                    check(verdicts, &|row| f64::from(values.value(row)), &|row| values.value(row).to_string());
                 }
+                DataType::Float64 => {
+                    let values = column.as_primitive::<Float64Type>();
+                    check(verdicts, &|row| values.value(row), &|row| values.value(row).to_string());
+                }
+                DataType::Int32 => {
+                    let values = column.as_primitive::<Int32Type>();
+                    check(verdicts, &|row| f64::from(values.value(row)), &|row| values.value(row).to_string());
+                }
+                DataType::Int64 => {
+                    let values = column.as_primitive::<Int64Type>();
+                    check(verdicts, &|row| values.value(row) as f64, &|row| values.value(row).to_string());
+                }
+                // The graph loader admits range rules on int, long, float and double columns only.
+                other => return Err(Error::Internal(format!("range rule on {name}, a {other} column"))),
             }
         }
         Rule::NotAfterIngestion { unit, tolerance_ms } => {

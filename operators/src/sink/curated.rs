@@ -386,15 +386,21 @@ fn conform(batch: &RecordBatch, table: &Table) -> crate::Result<RecordBatch> {
 }
 
 /// All of a partition's new rows in one batch, sorted by key (the order files are written in).
-fn sorted_by_key(rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
-    let keys: Vec<u128> = rows.iter().flat_map(|(keys, _)| keys.iter().copied()).collect();
+/// Each part arrives sorted (the upsert emits keys in order; a file is read back in the order it
+/// was written), so one part is used as it is and several are gathered once, in key order.
+fn sorted_by_key(mut rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
+    let sorted = |keys: &[u128]| keys.windows(2).all(|pair| pair[0] <= pair[1]);
+    if rows.len() == 1 && sorted(&rows[0].0) {
+        return Ok(rows.pop().expect("one part"));
+    }
+    let mut order: Vec<(u128, usize, usize)> =
+        rows.iter().enumerate().flat_map(|(part, (keys, _))| keys.iter().enumerate().map(move |(row, key)| (*key, part, row))).collect();
+    order.sort_unstable();
     let batches: Vec<&RecordBatch> = rows.iter().map(|(_, batch)| batch).collect();
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Err(crate::Error::Internal("no rows to write".into()));
-    };
-    let all = arrow::compute::concat_batches(&first.schema(), batches.iter().copied()).context(|| "joining a partition's rows".into())?;
-    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| keys[i as usize]);
-    let sorted = crate::records::take_rows(&all, &order)?;
-    Ok((order.iter().map(|&i| keys[i as usize]).collect(), sorted))
+    }
+    let indices: Vec<(usize, usize)> = order.iter().map(|(_, part, row)| (*part, *row)).collect();
+    let gathered = arrow::compute::interleave_record_batch(&batches, &indices).context(|| "gathering a partition's rows in key order".into())?;
+    Ok((order.into_iter().map(|(key, _, _)| key).collect(), gathered))
 }
