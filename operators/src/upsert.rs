@@ -175,9 +175,11 @@ pub fn upsert<'scope>(
                 for item in arrived.into_iter().flatten() {
                     match item {
                         UpsertInput::Seed { key, slot } => epoch.push((key, slot, Source::Seed)),
-                        UpsertInput::Rows { candidates, .. } => {
+                        UpsertInput::Rows { mut candidates, .. } => {
                             let index = batches.len() as u32;
-                            epoch.extend(candidates.keys.iter().zip(&candidates.slots).enumerate().map(|(row, (key, slot))| (*key, *slot, Source::Row(index, row as u32))));
+                            // Keys and slots move into the epoch's list; only the rows wait on.
+                            let (keys, slots) = (std::mem::take(&mut candidates.keys), std::mem::take(&mut candidates.slots));
+                            epoch.extend(keys.into_iter().zip(slots).enumerate().map(|(row, (key, slot))| (key, slot, Source::Row(index, row as u32))));
                             batches.push(candidates);
                         }
                     }
@@ -251,6 +253,8 @@ pub fn upsert<'scope>(
                         }
                     }
                 }
+                // Memory is what bounds an epoch's size: every list is freed as soon as it is done.
+                drop(epoch);
                 let mut session = output.session(&capability);
                 for (day, key) in removed {
                     session.give(UpsertChange::Remove { day, key });
@@ -279,6 +283,7 @@ pub fn upsert<'scope>(
                 counters.held.fetch_add(held, Relaxed);
                 let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
                 builder.push(&mut updates);
+                drop(updates);
                 let upper = Antichain::from_elem(time + 1);
                 let description = Description::new(std::mem::replace(&mut lower, upper.clone()), upper, Antichain::from_elem(0));
                 writer.insert(builder.done(description), Some(time));
@@ -332,7 +337,7 @@ fn ingested_of(batches: &[Candidates], indices: &[(usize, usize)]) -> crate::Res
     for field in &fields {
         let per_batch: Vec<arrow::array::ArrayRef> = batches
             .iter()
-            .map(|b| b.ingested.column_by_name(field.name()).cloned().unwrap_or_else(|| arrow::array::new_null_array(field.data_type(), b.len())))
+            .map(|b| b.ingested.column_by_name(field.name()).cloned().unwrap_or_else(|| arrow::array::new_null_array(field.data_type(), b.rows.num_rows())))
             .collect();
         let refs: Vec<&dyn arrow::array::Array> = per_batch.iter().map(|a| a.as_ref()).collect();
         columns.push(arrow::compute::interleave(&refs, indices).context(|| "gathering late updates as ingested".into())?);
