@@ -1,7 +1,7 @@
 //! Bytes per live key of the engine's per-key state, measured with a counting allocator (not
 //! estimated from struct sizes):
 //! - the upsert: its arrangement of [`Slot`]s plus its keys-by-day index (what freezing walks);
-//! - the curated writer: where each live key's row sits (`(file, position)` per key).
+//! - the curated writer: where each live key's row sits (its files' sorted keys, a live flag each).
 //!
 //! `EPOCHS` epochs of `KEYS_PER_EPOCH` new keys each (days spread over ten, none frozen) go
 //! through the upsert operator on one timely worker. After each epoch, once the arrangement has
@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use operators::model::{IngestPosition, KeyMap, Origin};
+use operators::model::{IngestPosition, Origin};
 use operators::records::{Candidates, Slot};
 use operators::sink::Failure;
+use operators::sink::row_index::RowIndex;
 use operators::upsert::{UpsertCounters, UpsertInput, upsert};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -117,13 +118,15 @@ fn main() {
         }
     });
 
-    // The curated writer's index of live rows: per partition, key → (file, position).
+    // The curated writer's index of live rows: per partition, each written file's keys in order.
     let keys = KEYS_PER_EPOCH * EPOCHS as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let before = LIVE.load(Relaxed);
-    let mut partitions: Vec<KeyMap<(u32, u32)>> = (0..10).map(|_| KeyMap::default()).collect();
-    for position in 0..keys as u32 {
-        partitions[rng.random_range(0..10)].insert(rng.random(), (0, position));
+    let mut partitions: Vec<RowIndex> = (0..10).map(|_| RowIndex::default()).collect();
+    for (file, partition) in (0..EPOCHS as u32 * 10).zip((0..10).cycle()) {
+        let mut written: Vec<u128> = (0..keys / (EPOCHS as usize * 10)).map(|_| rng.random()).collect();
+        written.sort_unstable();
+        partitions[partition].add_written(file, written);
     }
     println!("curated writer: {keys} live keys in 10 partitions, {:.1} bytes/key", (LIVE.load(Relaxed) - before) as f64 / keys as f64);
 }

@@ -43,9 +43,10 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 
 use crate::checks::{Checks, Evaluation};
-use crate::model::{KeyMap, RejectReason};
+use crate::model::RejectReason;
 use crate::pipeline::Pipeline;
 use crate::records::{Batch, KeyMaker, rejected_batch};
+use crate::sink::row_index::RowIndex;
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::stash::EpochStash;
 use crate::error::Context;
@@ -135,7 +136,7 @@ impl Files {
 /// and position delete files.
 #[derive(Default)]
 struct Partition {
-    rows: KeyMap<(u32, u32)>,
+    rows: RowIndex,
     data_files: BTreeSet<u32>,
     delete_files: BTreeSet<u32>,
 }
@@ -160,7 +161,7 @@ impl CuratedWriter {
                             DayChange::Seed { day, key, at } => {
                                 let id = files.id(&at.file);
                                 let partition = partitions.entry(day).or_default();
-                                partition.rows.insert(key, (id, at.pos));
+                                partition.rows.add_reloaded(key, id, at.pos);
                                 partition.data_files.insert(id);
                             }
                             DayChange::SeedFile { day, path, deletes } => {
@@ -169,7 +170,7 @@ impl CuratedWriter {
                                 if deletes { partition.delete_files.insert(id) } else { partition.data_files.insert(id) };
                             }
                             DayChange::Remove { day, key } => {
-                                if let Some(at) = partitions.get_mut(&day).and_then(|p| p.rows.remove(&key)) {
+                                if let Some(at) = partitions.get_mut(&day).and_then(|p| p.rows.remove(key)) {
                                     touched.insert(day);
                                     superseded.entry(day).or_default().push(at);
                                 }
@@ -178,6 +179,9 @@ impl CuratedWriter {
                         }
                     }
                     if time == 0 {
+                        for partition in partitions.values_mut() {
+                            partition.rows.seal_reloaded();
+                        }
                         continue;
                     }
                     touched.extend(inserts.keys().copied());
@@ -246,6 +250,8 @@ impl CuratedWriter {
         let mut messages = Vec::new();
         if compact {
             self.read_live_rows(partition, files, &mut rows)?;
+            // Every old file is replaced by the files written next.
+            partition.rows.clear();
         }
         let written = match rows.iter().any(|(keys, _)| !keys.is_empty()) {
             true => self.write_rows(day, partition, sorted_by_key(rows)?, files, judged)?,
@@ -289,7 +295,7 @@ impl CuratedWriter {
                 let mut live_keys = Vec::new();
                 for (row, key) in keys.keys(&batch)?.into_iter().enumerate() {
                     let key = key.map_err(|problem| crate::Error::User(format!("curated file {path} holds a row without a valid key: {problem:?}")))?;
-                    if partition.rows.get(&key) == Some(&(id, pos)) {
+                    if partition.rows.locate(key) == Some((id, pos)) {
                         live.push(row as u32);
                         live_keys.push(key);
                     }
@@ -329,7 +335,7 @@ impl CuratedWriter {
                         kept_keys.push(*key);
                         continue;
                     }
-                    partition.rows.remove(key);
+                    partition.rows.remove(*key);
                     let check = quarantine.check_name(index).unwrap_or("?");
                     quarantined.push(index as u32);
                     reasons.push(RejectReason::CheckFailed.as_str().to_string());
@@ -347,13 +353,10 @@ impl CuratedWriter {
         let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
         // The rolling writer fills files in row order: the first file's `record_count` rows, then
         // the next file's.
-        partition.rows.reserve(keys.len());
-        let mut keys = keys.iter();
+        let mut keys = keys.into_iter();
         for file in &written {
             let id = files.id(&Arc::from(file.file_path()));
-            for (pos, key) in keys.by_ref().take(file.record_count() as usize).enumerate() {
-                partition.rows.insert(*key, (id, pos as u32));
-            }
+            partition.rows.add_written(id, keys.by_ref().take(file.record_count() as usize).collect());
         }
         if keys.next().is_some() {
             return Err(crate::Error::Internal(format!(

@@ -27,6 +27,7 @@
 
 pub mod committer;
 pub mod curated;
+pub mod row_index;
 
 use iceberg::spec::DataFile;
 use serde::{Deserialize, Serialize};

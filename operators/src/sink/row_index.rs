@@ -1,0 +1,152 @@
+//! Where a curated partition's live rows sit: key → (data file, position).
+//!
+//! The curated writer writes every data file in key order, so a file is indexed by its keys as
+//! one sorted vector (the position is the index) and a live flag per row: 17 bytes a row, against
+//! ~58 for a hash map entry (`benches/state_bytes.rs`), and no hashing on the hot path. Rows
+//! reloaded at start (whatever order their file has) are indexed the same way, each with its
+//! position, once the reload is complete.
+//!
+//! Semantics: a key is live at most once per partition (the upsert removes a row before it
+//! inserts its successor). Finding a key searches the files newest first; a file's dead rows stay
+//! until the partition is compacted (its files are replaced, see [`RowIndex::clear`]) or leaves
+//! the writer's memory. Files per partition are bounded by compaction (`compact_after_files`).
+
+use std::collections::BTreeMap;
+
+use crate::model::KeyMap;
+
+/// One data file's rows, sorted by key.
+struct IndexedFile {
+    id: u32,
+    keys: Vec<u128>,
+    /// The row's position in the file; `None` when it is its index (files this writer wrote).
+    positions: Option<Vec<u32>>,
+    live: Vec<bool>,
+}
+
+impl IndexedFile {
+    fn find(&self, key: u128) -> Option<usize> {
+        self.keys.binary_search(&key).ok().filter(|&index| self.live[index])
+    }
+
+    fn position(&self, index: usize) -> u32 {
+        self.positions.as_ref().map_or(index as u32, |positions| positions[index])
+    }
+}
+
+#[derive(Default)]
+pub struct RowIndex {
+    /// Oldest first.
+    files: Vec<IndexedFile>,
+    /// Rows reloaded at start, by file, until [`RowIndex::seal_reloaded`] indexes them.
+    reloaded: KeyMap<(u32, u32)>,
+}
+
+impl RowIndex {
+    /// A file this writer wrote: its rows are `keys`, in that order, which must be ascending.
+    pub fn add_written(&mut self, id: u32, keys: Vec<u128>) {
+        debug_assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "written files are in key order");
+        let live = vec![true; keys.len()];
+        self.files.push(IndexedFile { id, keys, positions: None, live });
+    }
+
+    /// A row reloaded at start.
+    pub fn add_reloaded(&mut self, key: u128, id: u32, position: u32) {
+        self.reloaded.insert(key, (id, position));
+    }
+
+    /// Indexes the reloaded rows, one sorted vector per file.
+    pub fn seal_reloaded(&mut self) {
+        let mut by_file: BTreeMap<u32, Vec<(u128, u32)>> = BTreeMap::new();
+        for (key, (id, position)) in std::mem::take(&mut self.reloaded) {
+            by_file.entry(id).or_default().push((key, position));
+        }
+        for (id, mut rows) in by_file {
+            rows.sort_unstable();
+            let live = vec![true; rows.len()];
+            let (keys, positions) = rows.into_iter().unzip();
+            self.files.push(IndexedFile { id, keys, positions: Some(positions), live });
+        }
+    }
+
+    /// Where `key`'s live row sits.
+    pub fn locate(&self, key: u128) -> Option<(u32, u32)> {
+        self.files.iter().rev().find_map(|file| file.find(key).map(|index| (file.id, file.position(index))))
+    }
+
+    /// The key's row is no longer live: returns where it sat.
+    pub fn remove(&mut self, key: u128) -> Option<(u32, u32)> {
+        self.files.iter_mut().rev().find_map(|file| {
+            let index = file.find(key)?;
+            file.live[index] = false;
+            Some((file.id, file.position(index)))
+        })
+    }
+
+    /// Forgets every row: the partition's files were all replaced.
+    pub fn clear(&mut self) {
+        self.files.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::RowIndex;
+
+    /// Random files written, rows reloaded, removed and located, against a hash map of
+    /// key → (file, position) (what the writer kept before).
+    #[test]
+    fn the_index_answers_as_a_key_to_location_map_does() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for _ in 0..20 {
+            let mut index = RowIndex::default();
+            let mut oracle: HashMap<u128, (u32, u32)> = HashMap::new();
+            let universe: Vec<u128> = (0..300).map(|_| rng.random()).collect();
+            // Reloaded rows: keys in file order arbitrary.
+            let mut next_id = 0;
+            for _ in 0..3 {
+                let mut position = 0;
+                for key in universe.iter().filter(|_| rng.random_bool(0.2)) {
+                    if oracle.contains_key(key) {
+                        continue;
+                    }
+                    index.add_reloaded(*key, next_id, position);
+                    oracle.insert(*key, (next_id, position));
+                    position += 1;
+                }
+                next_id += 1;
+            }
+            index.seal_reloaded();
+            for _ in 0..30 {
+                // An epoch: some keys removed (some to be rewritten), then a sorted file written.
+                let mut written: Vec<u128> = Vec::new();
+                for key in &universe {
+                    if rng.random_bool(0.1) {
+                        assert_eq!(index.remove(*key), oracle.remove(key), "remove {key}");
+                        if rng.random_bool(0.5) {
+                            written.push(*key);
+                        }
+                    } else if rng.random_bool(0.02) && !oracle.contains_key(key) {
+                        written.push(*key);
+                    }
+                }
+                written.sort_unstable();
+                for (position, key) in written.iter().enumerate() {
+                    oracle.insert(*key, (next_id, position as u32));
+                }
+                index.add_written(next_id, written);
+                next_id += 1;
+                for key in &universe {
+                    assert_eq!(index.locate(*key), oracle.get(key).copied(), "locate {key}");
+                }
+            }
+            index.clear();
+            assert!(universe.iter().all(|key| index.locate(*key).is_none()));
+        }
+    }
+}
