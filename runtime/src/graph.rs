@@ -672,7 +672,7 @@ mod tests {
             (GOOD.replace("tolerance = \"1h\"", "tolerance = \"soon\""), "validate[5].tolerance: expected a duration"),
             (GOOD.replace("rule = \"range\"", "rule = \"between\""), "validate[3].rule: unknown rule \"between\""),
             (GOOD.replace("\"is_approved boolean\"", "\"is_approved\""), "curated.columns[4]: no column \"is_approved\""),
-            (GOOD.replace("replay_epoch_events = 4000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
+            (GOOD.replace("replay_epoch_events = 2000000", "replay_epoch_events = -3"), "commit.replay_epoch_events"),
             (GOOD.replace("stream_epoch_events = 1000000", "stream_epoch_events = 0"), "commit.stream_epoch_events: expected at least 1"),
             (GOOD.replace("schemas/movie_rating.avsc", "schemas/missing.avsc"), "source.reader_schema: cannot read"),
             (GOOD.replace("interval = \"10s\"", "interval = \"soon\""), "commit.interval"),
