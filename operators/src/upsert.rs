@@ -197,9 +197,21 @@ pub fn upsert<'scope>(
                 // Per partition: (key, batch, row) of the new rows.
                 let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
                 let mut late: Vec<(u32, u32, i32)> = Vec::new();
+                // Rows in partitions before `frozen_before` freeze with this epoch. The keys whose row
+                // may be in one, sorted, are met in the same pass (and with the same cursor) as the
+                // epoch's own keys.
+                let frozen_before = settled_day(time).map(|settled| settled - lateness_days);
+                let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
+                // At most every expired key freezes: one rehash of the index at most, not one per doubling.
+                frozen.reserve(expiring.len());
+                let mut freezing = Freezing { frozen: &mut frozen, updates: &mut updates, held: &mut held, time, frozen_before };
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
-                    if let Some(&frozen_day) = frozen.get(&key) {
+                    while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
+                        freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
+                    }
+                    let expires = expiring.next_if(|expired| *expired == key).is_some();
+                    if let Some(&frozen_day) = freezing.frozen.get(&key) {
                         // The row left with its partition: every later record is late for it.
                         for (_, _, source) in group {
                             if let Source::Row(batch, row) = source {
@@ -222,7 +234,12 @@ pub fn upsert<'scope>(
                             late.push((batch, row, frozen_day));
                         }
                     }
-                    let Some((winner, source)) = winner.filter(|(_, source)| *source != Source::Current) else { continue };
+                    let Some((winner, source)) = winner.filter(|(_, source)| *source != Source::Current) else {
+                        if expires {
+                            freezing.untouched(key, current);
+                        }
+                        continue;
+                    };
                     let winner = *winner;
                     // Epoch 0 holds the seeds: they are what the table holds, not changes to it.
                     if time > 0 && !current.as_ref().is_some_and(|slot| slot.same_row(&winner)) {
@@ -241,17 +258,23 @@ pub fn upsert<'scope>(
                             inserted.entry(winner.day).or_default().push((key, batch, row));
                         }
                     }
-                    live_days.entry(winner.day).or_default().push(key);
-                    // The batch wants (key, slot) order: the winner may sort before the old slot.
-                    let new = ((key, winner), time, 1);
-                    match current.map(|slot| ((key, slot), time, -1)) {
-                        Some(old) if old.0 < new.0 => updates.extend([old, new]),
-                        Some(old) => updates.extend([new, old]),
-                        None => {
-                            updates.push(new);
-                            held += 1;
-                        }
+                    // A new row in a partition that freezes with this epoch is written, but its slot
+                    // leaves at once: only the key and its day stay behind.
+                    let freezes_now = freezing.freezes(&winner);
+                    if freezes_now {
+                        freezing.frozen.insert(key, winner.day);
+                    } else {
+                        live_days.entry(winner.day).or_default().push(key);
                     }
+                    // The batch wants (key, slot) order: the winner may sort before the old slot.
+                    let new = Some(((key, winner), time, 1)).filter(|_| !freezes_now);
+                    let old = current.map(|slot| ((key, slot), time, -1));
+                    *freezing.held += i64::from(new.is_some()) - i64::from(old.is_some());
+                    let (first, second) = if old.as_ref().is_some_and(|old| new.as_ref().is_some_and(|new| new.0 < old.0)) { (new, old) } else { (old, new) };
+                    freezing.updates.extend(first.into_iter().chain(second));
+                }
+                for quiet in expiring {
+                    freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
                 }
                 // Memory is what bounds an epoch's size: every list is freed as soon as it is done.
                 drop(epoch);
@@ -276,9 +299,6 @@ pub fn upsert<'scope>(
                 if out_of_order > 0 {
                     counters.out_of_order.fetch_add(out_of_order, Relaxed);
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
-                }
-                if let Some(settled) = settled_day(time) {
-                    held -= freeze(settled - lateness_days, &mut live_days, &mut frozen, &mut updates, &mut state, time);
                 }
                 counters.held.fetch_add(held, Relaxed);
                 let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
@@ -368,88 +388,49 @@ where
     current
 }
 
-/// Slots whose day is before `frozen_before` leave the arrangement at `time`: every
+/// The keys whose row entered a partition before `frozen_before`, sorted and each once: every
 /// later record is ingested on the settled day or after, so it would be a late update for them.
-/// Their keys stay in `frozen` (a key and a day instead of a slot), so such a record
-/// is still rejected rather than starting a second row.
-///
-/// `updates` is this epoch's batch, sorted by `(key, row)` with at most one insertion (the key's
-/// new row) per key, and stays so: a row that freezes in the epoch that wrote it is not inserted,
-/// any other freezing row is retracted, merged in at its place. Both walks go forward through
-/// sorted keys, so freezing costs a pass over the batch and a cursor seek per frozen key, not a
-/// hash of the batch and a sort. Returns how many rows leave the arrangement (retracted or not
-/// inserted).
-fn freeze(
-    frozen_before: i32,
-    live_days: &mut BTreeMap<i32, Vec<u128>>,
-    frozen: &mut KeyMap<i32>,
-    updates: &mut Vec<((u128, Slot), u64, isize)>,
-    state: &mut TraceAgent<UpsertSpine>,
-    time: u64,
-) -> i64 {
-    let mut expired: Vec<(u128, i32)> = Vec::new();
+/// Keys whose row moved on since are among them; [`Freezing`] looks at the row they have now.
+fn expired(frozen_before: i32, live_days: &mut BTreeMap<i32, Vec<u128>>) -> Vec<u128> {
+    let mut expired: Vec<u128> = Vec::new();
     while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
-        let (day, keys) = entry.remove_entry();
-        expired.reserve(keys.len());
-        expired.extend(keys.into_iter().map(|key| (key, day)));
-    }
-    if expired.is_empty() {
-        return 0;
+        expired.append(&mut entry.remove());
     }
     expired.sort_unstable();
     expired.dedup();
-    // At most every expired key freezes: one rehash of the index at most, not one per doubling.
-    frozen.reserve(expired.len());
-    let (mut cursor, storage) = state.cursor();
-    // Insertions of this epoch that freeze at once, and retractions of older rows, by key.
-    let mut not_inserted = vec![false; updates.len()];
-    let mut retractions = Vec::new();
-    let mut next = 0;
-    for (key, day) in expired {
-        // A key's row after this epoch: its insertion in this batch, else the arrangement's.
-        while next < updates.len() && updates[next].0.0 < key {
-            next += 1;
-        }
-        let inserted = (next..updates.len()).take_while(|&i| updates[i].0.0 == key).find(|&i| updates[i].2 > 0);
-        match inserted {
-            Some(index) => {
-                if updates[index].0.1.day == day && !not_inserted[index] {
-                    frozen.insert(key, day);
-                    not_inserted[index] = true;
-                }
-            }
-            None => {
-                if let Some(row) = current_slot(&mut cursor, &storage, key).filter(|row| row.day == day) {
-                    frozen.insert(key, day);
-                    retractions.push(((key, row), time, -1));
-                }
-            }
-        }
-    }
-    // Merge: retractions are for keys without an entry in the batch, in key order. Rows leaving
-    // are counted where the batch changes, so the count is what the arrangement loses.
-    let mut merged = Vec::with_capacity(updates.len() + retractions.len());
-    let mut retractions = retractions.into_iter().peekable();
-    let mut left = 0;
-    for (update, skip) in updates.drain(..).zip(not_inserted) {
-        while let Some(retraction) = retractions.next_if(|r| r.0 < update.0) {
-            merged.push(retraction);
-            left += 1;
-        }
-        if skip {
-            left += 1;
-        } else {
-            merged.push(update);
-        }
-    }
-    for retraction in retractions {
-        merged.push(retraction);
-        left += 1;
-    }
-    *updates = merged;
-    left
+    expired
 }
 
+/// Freezing within the epoch's pass. A row whose partition is before `frozen_before` freezes: its
+/// slot leaves the arrangement (a retraction in the epoch's batch at its place in key order, or a
+/// new slot never inserted) and its key stays in `frozen` with the day (a key and a day instead of
+/// a slot), so a later record of it is still rejected as a late update rather than starting a
+/// second row. The pass meets expired keys in key order, so freezing costs a cursor seek per
+/// expired key the epoch did not touch, and no second pass over the batch.
+struct Freezing<'a> {
+    frozen: &'a mut KeyMap<i32>,
+    updates: &'a mut Vec<((u128, Slot), u64, isize)>,
+    /// Slots the arrangement gains with this epoch (negative when more leave).
+    held: &'a mut i64,
+    time: u64,
+    /// `None`: nothing freezes with this epoch.
+    frozen_before: Option<i32>,
+}
+
+impl Freezing<'_> {
+    fn freezes(&self, slot: &Slot) -> bool {
+        self.frozen_before.is_some_and(|before| slot.day < before)
+    }
+
+    /// An expired key whose slot this epoch leaves as it is (`current`).
+    fn untouched(&mut self, key: u128, current: Option<Slot>) {
+        if let Some(slot) = current.filter(|slot| self.freezes(slot)) {
+            self.frozen.insert(key, slot.day);
+            self.updates.push(((key, slot), self.time, -1));
+            *self.held -= 1;
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
