@@ -106,15 +106,28 @@ pub fn take_rows(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
 }
 
 /// `batch` ordered by the columns `by` (ascending, nulls first), each of which it must hold.
+/// Integer and date columns (coordinates, dates: what the engine orders raw rows by) are compared
+/// as plain numbers; arrow's `lexsort` compares through a dynamic comparator per pair, which cost
+/// a tenth of a stream's CPU time ordering its raw rows.
 pub fn sorted_by(batch: &RecordBatch, by: &[&str]) -> Result<RecordBatch> {
     let columns = by
         .iter()
-        .map(|name| {
-            let values = batch.column_by_name(name).cloned().ok_or_else(|| Error::Internal(format!("rows to order without {name}")))?;
-            Ok(arrow::compute::SortColumn { values, options: None })
-        })
+        .map(|name| batch.column_by_name(name).cloned().ok_or_else(|| Error::Internal(format!("rows to order without {name}"))))
         .collect::<Result<Vec<_>>>()?;
-    let order = arrow::compute::lexsort_to_indices(&columns, None).context(|| format!("ordering rows by {}", by.join(", ")))?;
+    let numbers: Option<Vec<Vec<Option<i64>>>> = columns.iter().map(|column| order_values(column).ok()).collect();
+    let order = match numbers {
+        Some(numbers) => {
+            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+            order.sort_unstable_by(|&a, &b| {
+                numbers.iter().map(|values| values[a as usize].cmp(&values[b as usize])).find(|o| o.is_ne()).unwrap_or(std::cmp::Ordering::Equal)
+            });
+            arrow::array::UInt32Array::from(order)
+        }
+        None => {
+            let columns: Vec<arrow::compute::SortColumn> = columns.into_iter().map(|values| arrow::compute::SortColumn { values, options: None }).collect();
+            arrow::compute::lexsort_to_indices(&columns, None).context(|| format!("ordering rows by {}", by.join(", ")))?
+        }
+    };
     arrow::compute::take_record_batch(batch, &order).context(|| format!("ordering rows by {}", by.join(", ")))
 }
 
@@ -374,6 +387,22 @@ mod tests {
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn ordering_by_number_columns_matches_arrows_lexsort_with_nulls_first() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let value = |rng: &mut rand_chacha::ChaCha8Rng| rng.random_bool(0.9).then(|| rng.random_range(-3..4i64));
+        let a: Int64Array = (0..500).map(|_| value(&mut rng)).collect();
+        let b: arrow::array::Int32Array = (0..500).map(|_| value(&mut rng).map(|v| v as i32)).collect();
+        let c: Int64Array = (0..500i64).map(Some).collect();
+        let rows = batch(vec![("a", Arc::new(a) as ArrayRef), ("b", Arc::new(b) as ArrayRef), ("c", Arc::new(c) as ArrayRef)]);
+        let sorted = sorted_by(&rows, &["a", "b", "c"]).unwrap();
+        let columns: Vec<arrow::compute::SortColumn> =
+            ["a", "b", "c"].iter().map(|name| arrow::compute::SortColumn { values: rows.column_by_name(name).unwrap().clone(), options: None }).collect();
+        let oracle = arrow::compute::take_record_batch(&rows, &arrow::compute::lexsort_to_indices(&columns, None).unwrap()).unwrap();
+        assert_eq!(sorted, oracle);
     }
 
     #[test]
