@@ -13,10 +13,11 @@
 //! The arrangement (`OrdValSpine<key, Slot>`) holds exactly one [`Slot`] per key: order value,
 //! ingestion position, partition and a fingerprint of the row, never the row itself (it lives in
 //! the epoch's batch until written, then in its data file; the curated writer knows where).
-//! Each epoch costs a sort of its own candidates and one cursor seek per key. Slots whose
-//! partition day falls behind the settled ingestion date (see [`crate::sink::EpochMeta`]) by more
-//! than the lateness leave the arrangement, as their partition does the curated writer's memory:
-//! every later record of such a key would be a late update, and it still is, because the key stays
+//! Each epoch costs a sort of its own candidates and one forward pass of one cursor: a seek per
+//! key it holds and per expiring key it does not. Slots whose partition day falls behind the
+//! settled ingestion date (see [`crate::sink::EpochMeta`]) by more than the lateness leave the
+//! arrangement in that same pass, as their partition does the curated writer's memory: every
+//! later record of such a key would be a late update, and it still is, because the key stays
 //! behind with its day (20 bytes instead of a slot).
 //!
 //! Semantics, per key, folding candidates in ingestion order ([`Slot`]'s `Ord`):
