@@ -183,7 +183,8 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
                 (None, None) => return Err(Error::Internal(format!("range rule on {name} without bounds"))),
             };
             let outside = |value: f64| value.is_nan() || min.is_some_and(|min| value < min) || max.is_some_and(|max| value > max);
-            // The value as a number to compare, and as the column shows it (for the detail).
+            // The value as a number to compare, and as the column shows it (for the detail): each
+            // value is shown in its own type (a float32 rating 10.1 reads as 10.1, not 10.100000381).
             let check = |verdicts: &mut [Option<(String, String)>], value_of: &dyn Fn(usize) -> f64, shown: &dyn Fn(usize) -> String| {
                 for row in open(verdicts) {
                     if column.is_valid(row) && outside(value_of(row)) {
