@@ -18,7 +18,7 @@
 //! settled ingestion date (see [`crate::sink::EpochMeta`]) by more than the lateness leave the
 //! arrangement in that same pass, as their partition does the curated writer's memory: every
 //! later record of such a key would be a late update, and it still is, because the key stays
-//! behind with its day (20 bytes instead of a slot).
+//! behind with its day (20 bytes in [`frozen`]'s sorted runs instead of a slot).
 //!
 //! Semantics, per key, folding candidates in ingestion order ([`Slot`]'s `Ord`):
 //! - The winner is the candidate with the greatest `(order value, ingestion position, origin)`:
@@ -58,10 +58,13 @@ use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
 
 use crate::error::Context;
-use crate::model::{KeyMap, Origin};
+use crate::model::Origin;
 use crate::records::{Batch, Candidates, Slot};
 use crate::sink::Failure;
 use crate::stash::EpochStash;
+
+mod frozen;
+use frozen::FrozenKeys;
 
 /// The arrangement of current slots.
 pub type UpsertSpine = OrdValSpine<u128, Slot, u64, isize>;
@@ -161,7 +164,7 @@ pub fn upsert<'scope>(
         // Keys by the day their row entered with (entries of rows that moved on since are
         // skipped when the day freezes), and the keys whose row sits in a frozen partition.
         let mut live_days: BTreeMap<i32, Vec<u128>> = BTreeMap::new();
-        let mut frozen: KeyMap<i32> = KeyMap::default();
+        let mut frozen = FrozenKeys::default();
         move |(input, frontier), output| {
             input.for_each_time(|time, data| pending.stash(&time, data));
             while let Some((time, capability, arrived)) = pending.pop_complete(frontier.frontier()) {
@@ -203,16 +206,15 @@ pub fn upsert<'scope>(
                 // epoch's own keys.
                 let frozen_before = settled_day(time).map(|settled| settled - lateness_days);
                 let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
-                // At most every expired key freezes: one rehash of the index at most, not one per doubling.
-                frozen.reserve(expiring.len());
-                let mut freezing = Freezing { frozen: &mut frozen, updates: &mut updates, held: &mut held, time, frozen_before };
+                let mut frozen_lookup = frozen.lookup();
+                let mut freezing = Freezing { keys: Vec::new(), days: Vec::new(), updates: &mut updates, held: &mut held, time, frozen_before };
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
                         freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
                     }
                     let expires = expiring.next_if(|expired| *expired == key).is_some();
-                    if let Some(&frozen_day) = freezing.frozen.get(&key) {
+                    if let Some(frozen_day) = frozen_lookup.get(key) {
                         // The row left with its partition: every later record is late for it.
                         for (_, _, source) in group {
                             if let Source::Row(batch, row) = source {
@@ -263,7 +265,7 @@ pub fn upsert<'scope>(
                     // leaves at once: only the key and its day stay behind.
                     let freezes_now = freezing.freezes(&winner);
                     if freezes_now {
-                        freezing.frozen.insert(key, winner.day);
+                        freezing.freeze(key, winner.day);
                     } else {
                         live_days.entry(winner.day).or_default().push(key);
                     }
@@ -277,6 +279,9 @@ pub fn upsert<'scope>(
                 for quiet in expiring {
                     freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
                 }
+                let Freezing { keys: newly_frozen, days: frozen_days, .. } = freezing;
+                drop(frozen_lookup);
+                frozen.extend_sorted(newly_frozen, frozen_days);
                 // Memory is what bounds an epoch's size: every list is freed as soon as it is done.
                 drop(epoch);
                 let mut session = output.session(&capability);
@@ -404,12 +409,15 @@ fn expired(frozen_before: i32, live_days: &mut BTreeMap<i32, Vec<u128>>) -> Vec<
 
 /// Freezing within the epoch's pass. A row whose partition is before `frozen_before` freezes: its
 /// slot leaves the arrangement (a retraction in the epoch's batch at its place in key order, or a
-/// new slot never inserted) and its key stays in `frozen` with the day (a key and a day instead of
-/// a slot), so a later record of it is still rejected as a late update rather than starting a
-/// second row. The pass meets expired keys in key order, so freezing costs a cursor seek per
-/// expired key the epoch did not touch, and no second pass over the batch.
+/// new slot never inserted) and its key joins the [`FrozenKeys`] with the day (a key and a day
+/// instead of a slot), so a later record of it is still rejected as a late update rather than
+/// starting a second row. The pass meets expired keys in key order, so freezing costs a cursor
+/// seek per expired key the epoch did not touch, no second pass over the batch, and the keys it
+/// collects are already sorted for the frozen set.
 struct Freezing<'a> {
-    frozen: &'a mut KeyMap<i32>,
+    /// The keys freezing with this epoch, ascending, and their days.
+    keys: Vec<u128>,
+    days: Vec<i32>,
     updates: &'a mut Vec<((u128, Slot), u64, isize)>,
     /// Slots the arrangement gains with this epoch (negative when more leave).
     held: &'a mut i64,
@@ -423,10 +431,15 @@ impl Freezing<'_> {
         self.frozen_before.is_some_and(|before| slot.day < before)
     }
 
+    fn freeze(&mut self, key: u128, day: i32) {
+        self.keys.push(key);
+        self.days.push(day);
+    }
+
     /// An expired key whose slot this epoch leaves as it is (`current`).
     fn untouched(&mut self, key: u128, current: Option<Slot>) {
         if let Some(slot) = current.filter(|slot| self.freezes(slot)) {
-            self.frozen.insert(key, slot.day);
+            self.freeze(key, slot.day);
             self.updates.push(((key, slot), self.time, -1));
             *self.held -= 1;
         }
