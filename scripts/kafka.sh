@@ -35,6 +35,12 @@ wait_for() { # name, command
 up() {
   local topic=${1:-movie.ratings.v1} partitions=${2:-6}
   if ! alive broker; then
+    # A broker this checkout did not start (another checkout's, say) would answer in its place,
+    # and the pid kept here would not be its process: the outage tests pause the broker by pid.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
+      echo "127.0.0.1:$KAFKA_PORT is taken by a process this checkout did not start (a broker of another checkout?); stop it, or set KAFKA_PORT" >&2
+      exit 1
+    fi
     "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine memory://tansu/ >"$STATE/broker.log" 2>&1 &
@@ -42,6 +48,10 @@ up() {
   fi
   # Metadata answers once the broker is ready.
   wait_for broker "\"$TANSU\" topic list --broker tcp://127.0.0.1:$KAFKA_PORT"
+  if ! alive broker; then
+    echo "the broker exited right after starting; see $STATE/broker.log" >&2
+    exit 1
+  fi
   if ! alive registry; then
     $PY tests/python/registry.py --port "$REGISTRY_PORT" --state "$STATE/registry.json" >"$STATE/registry.log" 2>&1 &
     echo $! >"$STATE/registry.pid"
