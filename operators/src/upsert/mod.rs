@@ -191,8 +191,6 @@ pub fn upsert<'scope>(
                 epoch.sort_unstable_by_key(|(key, slot, _)| (*key, *slot));
                 // The same record twice is one candidate.
                 epoch.dedup_by_key(|(key, slot, _)| (*key, *slot));
-                // At most a retraction and an insertion per key.
-                let mut updates: Vec<((u128, Slot), u64, isize)> = Vec::with_capacity(2 * epoch.len());
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
                 // Slots the batch adds to the arrangement: a key without a slot gains one.
@@ -206,8 +204,11 @@ pub fn upsert<'scope>(
                 // epoch's own keys.
                 let frozen_before = settled_day(time).map(|settled| settled - lateness_days);
                 let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
+                // Per key at most a retraction and an insertion; an expiring key only a retraction.
+                let keys = epoch.chunk_by(|a, b| a.0 == b.0).count() + expiring.len();
+                let mut changes = Changes::with_capacity(keys, 2 * keys);
                 let mut frozen_lookup = frozen.lookup();
-                let mut freezing = Freezing { keys: Vec::new(), days: Vec::new(), updates: &mut updates, held: &mut held, time, frozen_before };
+                let mut freezing = Freezing { keys: Vec::new(), days: Vec::new(), changes: &mut changes, held: &mut held, time, frozen_before };
                 for group in epoch.chunk_by(|a, b| a.0 == b.0) {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
@@ -274,7 +275,9 @@ pub fn upsert<'scope>(
                     let old = current.map(|slot| ((key, slot), time, -1));
                     *freezing.held += i64::from(new.is_some()) - i64::from(old.is_some());
                     let (first, second) = if old.as_ref().is_some_and(|old| new.as_ref().is_some_and(|new| new.0 < old.0)) { (new, old) } else { (old, new) };
-                    freezing.updates.extend(first.into_iter().chain(second));
+                    for update in first.into_iter().chain(second) {
+                        freezing.changes.push(update);
+                    }
                 }
                 for quiet in expiring {
                     freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
@@ -307,12 +310,9 @@ pub fn upsert<'scope>(
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
                 }
                 counters.held.fetch_add(held, Relaxed);
-                let mut builder = UpsertBuilder::with_capacity(updates.len(), updates.len(), updates.len());
-                builder.push(&mut updates);
-                drop(updates);
                 let upper = Antichain::from_elem(time + 1);
                 let description = Description::new(std::mem::replace(&mut lower, upper.clone()), upper, Antichain::from_elem(0));
-                writer.insert(builder.done(description), Some(time));
+                writer.insert(changes.done(description), Some(time));
             }
             writer.seal(frontier.frontier().to_owned());
             lower = frontier.frontier().to_owned();
@@ -407,6 +407,35 @@ fn expired(frozen_before: i32, live_days: &mut BTreeMap<i32, Vec<u128>>) -> Vec<
     expired
 }
 
+/// The epoch's changes to the arrangement, made by the pass in (key, slot) order and handed to the
+/// batch builder in chunks as they come: a list of the whole epoch's changes beside the builder's
+/// own copy of them was the pass's largest allocation.
+struct Changes {
+    chunk: Vec<((u128, Slot), u64, isize)>,
+    builder: UpsertBuilder,
+}
+
+impl Changes {
+    const CHUNK: usize = 4096;
+
+    /// Room for `keys` keys and `updates` slot changes.
+    fn with_capacity(keys: usize, updates: usize) -> Self {
+        Changes { chunk: Vec::with_capacity(Self::CHUNK), builder: UpsertBuilder::with_capacity(keys, updates, updates) }
+    }
+
+    fn push(&mut self, update: ((u128, Slot), u64, isize)) {
+        self.chunk.push(update);
+        if self.chunk.len() == Self::CHUNK {
+            self.builder.push(&mut self.chunk);
+        }
+    }
+
+    fn done(mut self, description: Description<u64>) -> <UpsertBuilder as Builder>::Output {
+        self.builder.push(&mut self.chunk);
+        self.builder.done(description)
+    }
+}
+
 /// Freezing within the epoch's pass. A row whose partition is before `frozen_before` freezes: its
 /// slot leaves the arrangement (a retraction in the epoch's batch at its place in key order, or a
 /// new slot never inserted) and its key joins the [`FrozenKeys`] with the day (a key and a day
@@ -418,7 +447,7 @@ struct Freezing<'a> {
     /// The keys freezing with this epoch, ascending, and their days.
     keys: Vec<u128>,
     days: Vec<i32>,
-    updates: &'a mut Vec<((u128, Slot), u64, isize)>,
+    changes: &'a mut Changes,
     /// Slots the arrangement gains with this epoch (negative when more leave).
     held: &'a mut i64,
     time: u64,
@@ -440,7 +469,7 @@ impl Freezing<'_> {
     fn untouched(&mut self, key: u128, current: Option<Slot>) {
         if let Some(slot) = current.filter(|slot| self.freezes(slot)) {
             self.freeze(key, slot.day);
-            self.updates.push(((key, slot), self.time, -1));
+            self.changes.push(((key, slot), self.time, -1));
             *self.held -= 1;
         }
     }
