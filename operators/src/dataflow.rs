@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::model::{KeyMap, Origin, RejectReason, format_date};
 use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::records::{Batch, Candidates, Slot, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
+use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
@@ -227,6 +227,10 @@ fn candidates(
         })
         .collect();
     let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
+    let rows = match PrintedKey::of(&context.rules.pipeline, schema)? {
+        Some(printed) => printed.strip(rows),
+        None => rows,
+    };
     Ok(Candidates {
         rows,
         ingested,
@@ -352,6 +356,11 @@ pub type Input = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
 /// Returns the input the driver feeds and the probe that tells which epochs are committed.
 #[expect(clippy::result_large_err, reason = "`ok_err` routes records by returning them as `Ok` or `Err`: both are records, neither an error")]
 pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks: &Sinks) -> (Input, ProbeHandle<u64>) {
+    // An error here fails every batch's rules step too; the dataflow stops before any commit.
+    let printed_key = PrintedKey::of(&context.rules.pipeline, &context.curated_schema).unwrap_or_else(|error| {
+        shared.failure.set(error);
+        None
+    });
     let writer = CuratedWriter {
         table: sinks.curated.clone(),
         runtime: sinks.runtime.clone(),
@@ -365,6 +374,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         compact_after_files: sinks.compact_after_files,
         pipeline: context.rules.pipeline.clone(),
         rejected_schema: context.rejected_schema.clone(),
+        printed_key: printed_key.clone(),
     };
     let committer = Committer {
         lakehouse: sinks.lakehouse.clone(),
@@ -445,10 +455,14 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         let (day_changes, late_updates) = changes.ok_err::<Vec<DayChange>, DayChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
             UpsertChange::Remove { day, key } => Ok(DayChange::Remove { day, key }),
             UpsertChange::Insert { day, keys, rows } => Ok(DayChange::Insert { day, keys, rows }),
-            UpsertChange::LateUpdates { rows, ingested, frozen_days } => {
+            UpsertChange::LateUpdates { keys, rows, ingested, frozen_days } => {
                 let reasons = vec![RejectReason::LateUpdate.as_str().to_string(); frozen_days.len()];
                 let details = frozen_days.iter().map(|day| late_update_detail(&partition_column, *day)).collect();
-                match as_ingested(&rows.0, &ingested.0, &topic).and_then(|source| rejected_batch(&rejected_schema, &source, reasons, details)) {
+                let rows = match &printed_key {
+                    Some(printed) => printed.restore(&rows.0, &keys),
+                    None => Ok(rows.0),
+                };
+                match rows.and_then(|rows| as_ingested(&rows, &ingested.0, &topic)).and_then(|source| rejected_batch(&rejected_schema, &source, reasons, details)) {
                     Ok(batch) => Err(SinkMessage::Rejected(Batch(batch))),
                     Err(error) => {
                         failure.set(error);

@@ -45,7 +45,7 @@ use arrow::datatypes::SchemaRef;
 use crate::checks::{Checks, Evaluation};
 use crate::model::RejectReason;
 use crate::pipeline::Pipeline;
-use crate::records::{Batch, KeyMaker, rejected_batch};
+use crate::records::{Batch, KeyMaker, PrintedKey, rejected_batch};
 use crate::sink::row_index::RowIndex;
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::stash::EpochStash;
@@ -101,6 +101,9 @@ pub struct CuratedWriter {
     pub pipeline: Arc<Pipeline>,
     /// The rejected table's Arrow schema (rows a check quarantines go there).
     pub rejected_schema: SchemaRef,
+    /// A UUID key's column, which new rows arrive without and rows read back are stripped of
+    /// until they are written.
+    pub printed_key: Option<PrintedKey>,
 }
 
 /// What the checks made of one epoch on one worker.
@@ -254,7 +257,14 @@ impl CuratedWriter {
             partition.rows.clear();
         }
         let written = match rows.iter().any(|(keys, _)| !keys.is_empty()) {
-            true => self.write_rows(day, partition, sorted_by_key(rows)?, files, judged)?,
+            true => {
+                let (keys, batch) = sorted_by_key(rows)?;
+                let batch = match &self.printed_key {
+                    Some(printed) => printed.restore(&batch, &keys)?,
+                    None => batch,
+                };
+                self.write_rows(day, partition, (keys, batch), files, judged)?
+            }
             false => Vec::new(),
         };
         if compact {
@@ -301,8 +311,12 @@ impl CuratedWriter {
                     }
                     pos += 1;
                 }
-                let batch = crate::records::take_rows(&batch, &live)?;
-                rows.push((live_keys, conform(&batch, &self.table)?));
+                let batch = conform(&crate::records::take_rows(&batch, &live)?, &self.table)?;
+                let batch = match &self.printed_key {
+                    Some(printed) => printed.strip(batch),
+                    None => batch,
+                };
+                rows.push((live_keys, batch));
             }
         }
         Ok(())

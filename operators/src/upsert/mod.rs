@@ -86,10 +86,10 @@ pub enum UpsertChange {
     Remove { day: i32, key: u128 },
     /// New rows of partition `day` (curated columns, then lineage), one per key of `keys`.
     Insert { day: i32, keys: Vec<u128>, rows: Batch },
-    /// Records that arrived after their key's row froze: their rows, what they said as ingested
-    /// that the rows do not (see [`Candidates::ingested`]), and per record the partition its
-    /// key's row is frozen in.
-    LateUpdates { rows: Batch, ingested: Batch, frozen_days: Vec<i32> },
+    /// Records that arrived after their key's row froze: their keys, their rows, what they said
+    /// as ingested that the rows do not (see [`Candidates::ingested`]), and per record the
+    /// partition its key's row is frozen in.
+    LateUpdates { keys: Vec<u128>, rows: Batch, ingested: Batch, frozen_days: Vec<i32> },
 }
 
 /// Counters of what the upsert did, summed over workers.
@@ -198,7 +198,8 @@ pub fn upsert<'scope>(
                 let mut removed: Vec<(i32, u128)> = Vec::new();
                 // Per partition: (key, batch, row) of the new rows.
                 let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
-                let mut late: Vec<(u32, u32, i32)> = Vec::new();
+                // (key, batch, row, frozen day) of the late updates.
+                let mut late: Vec<(u128, u32, u32, i32)> = Vec::new();
                 // Rows in partitions before `frozen_before` freeze with this epoch. The keys whose row
                 // may be in one, sorted, are met in the same pass (and with the same cursor) as the
                 // epoch's own keys.
@@ -219,7 +220,7 @@ pub fn upsert<'scope>(
                         // The row left with its partition: every later record is late for it.
                         for (_, _, source) in group {
                             if let Source::Row(batch, row) = source {
-                                late.push((*batch, *row, frozen_day));
+                                late.push((key, *batch, *row, frozen_day));
                             }
                         }
                         continue;
@@ -235,7 +236,7 @@ pub fn upsert<'scope>(
                     let (winner, late_here) = fold(candidates, lateness_days);
                     for (source, frozen_day) in late_here {
                         if let Source::Row(batch, row) = source {
-                            late.push((batch, row, frozen_day));
+                            late.push((key, batch, row, frozen_day));
                         }
                     }
                     let Some((winner, source)) = winner.filter(|(_, source)| *source != Source::Current) else {
@@ -328,7 +329,7 @@ pub fn upsert<'scope>(
 fn gather(
     batches: &[Candidates],
     inserted: BTreeMap<i32, Vec<(u128, u32, u32)>>,
-    late: Vec<(u32, u32, i32)>,
+    late: Vec<(u128, u32, u32, i32)>,
 ) -> crate::Result<(Vec<UpsertChange>, Option<UpsertChange>)> {
     let rows: Vec<&RecordBatch> = batches.iter().map(|c| &c.rows).collect();
     let mut inserts = Vec::with_capacity(inserted.len());
@@ -340,13 +341,14 @@ fn gather(
     if late.is_empty() {
         return Ok((inserts, None));
     }
-    let indices: Vec<(usize, usize)> = late.iter().map(|(batch, row, _)| (*batch as usize, *row as usize)).collect();
+    let indices: Vec<(usize, usize)> = late.iter().map(|(_, batch, row, _)| (*batch as usize, *row as usize)).collect();
     let late_rows = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering late updates".into())?;
     // Each batch kept its own columns as ingested (those where some row differs): the late
     // updates get the union, null where a batch kept none.
     let ingested = ingested_of(batches, &indices)?;
-    let frozen_days = late.iter().map(|(_, _, day)| *day).collect();
-    Ok((inserts, Some(UpsertChange::LateUpdates { rows: Batch(late_rows), ingested: Batch(ingested), frozen_days })))
+    let frozen_days = late.iter().map(|(_, _, _, day)| *day).collect();
+    let keys = late.iter().map(|(key, _, _, _)| *key).collect();
+    Ok((inserts, Some(UpsertChange::LateUpdates { keys, rows: Batch(late_rows), ingested: Batch(ingested), frozen_days })))
 }
 
 /// The as-ingested columns of the rows at `indices` (batch, row): every column some batch kept.
