@@ -653,6 +653,16 @@ mod tests {
             let order = last.position.ingestion_ts_ms / 1000 - 6 * 86_400;
             let behind = Slot { position: IngestPosition { offset: last.position.offset + 1, ..last.position }, order, day: order.div_euclid(86_400) as i32, ..last };
             epochs.last_mut().unwrap().push((1_000, behind));
+            // Keys no later epoch touches freeze too: some between the keys later epochs do
+            // touch, some after all of them.
+            let quiet: Vec<Record> = (0..12u128)
+                .map(|i| {
+                    let base = epochs[1][i as usize].1;
+                    let key = if i % 2 == 0 { 500 + i } else { 2_000 + i };
+                    (key, Slot { position: IngestPosition { offset: 10_000 + i as i64, ..base.position }, ..base })
+                })
+                .collect();
+            epochs[1].extend(quiet);
             let settled = settled_days(&epochs);
             let counters = Arc::new(UpsertCounters::default());
             let checkpoints = run(epochs.clone(), settled.clone(), workers, counters.clone());
