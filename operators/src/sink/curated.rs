@@ -45,7 +45,7 @@ use arrow::datatypes::SchemaRef;
 use crate::checks::{Checks, Evaluation};
 use crate::model::RejectReason;
 use crate::pipeline::Pipeline;
-use crate::records::{Batch, KeyMaker, PrintedKey, rejected_batch};
+use crate::records::{Batch, PrintedKey, rejected_batch};
 use crate::sink::row_index::RowIndex;
 use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
 use crate::stash::EpochStash;
@@ -291,32 +291,40 @@ impl CuratedWriter {
         Ok(messages)
     }
 
-    /// Appends the partition's live rows to `rows`, read back from its data files: the row at
-    /// position `p` of file `f` is live when the partition says its key sits at `(f, p)` (rows the
-    /// position delete files mark are no key's place any more).
+    /// Appends the partition's live rows to `rows`, read back from its data files: the row index
+    /// says which positions of each file are live and whose key each holds (rows the position
+    /// delete files mark are no key's place any more), so nothing is parsed or looked up per row.
     fn read_live_rows(&self, partition: &Partition, files: &Files, rows: &mut NewRows) -> crate::Result<()> {
-        let keys = KeyMaker::new(&self.pipeline);
         for &id in &partition.data_files {
             let path = &files.paths[id as usize];
+            let live = partition.rows.live_rows(id);
+            if live.is_empty() {
+                continue;
+            }
             let batches = self.runtime.block_on(read_parquet(&self.table, path))?;
-            let mut pos = 0u32;
+            let mut next = live.iter().peekable();
+            let mut start = 0u32;
             for batch in batches {
-                let mut live = Vec::new();
-                let mut live_keys = Vec::new();
-                for (row, key) in keys.keys(&batch)?.into_iter().enumerate() {
-                    let key = key.map_err(|problem| crate::Error::User(format!("curated file {path} holds a row without a valid key: {problem:?}")))?;
-                    if partition.rows.locate(key) == Some((id, pos)) {
-                        live.push(row as u32);
-                        live_keys.push(key);
-                    }
-                    pos += 1;
+                let end = start + batch.num_rows() as u32;
+                let mut taken = Vec::new();
+                let mut keys = Vec::new();
+                while let Some((position, key)) = next.next_if(|(position, _)| *position < end) {
+                    taken.push(position - start);
+                    keys.push(*key);
                 }
-                let batch = conform(&crate::records::take_rows(&batch, &live)?, &self.table)?;
+                start = end;
+                if taken.is_empty() {
+                    continue;
+                }
+                let batch = conform(&crate::records::take_rows(&batch, &taken)?, &self.table)?;
                 let batch = match &self.printed_key {
                     Some(printed) => printed.strip(batch),
                     None => batch,
                 };
-                rows.push((live_keys, batch));
+                rows.push((keys, batch));
+            }
+            if let Some((position, _)) = next.next() {
+                return Err(crate::Error::Internal(format!("curated file {path} has {start} rows, but the writer holds a live row at position {position}")));
             }
         }
         Ok(())

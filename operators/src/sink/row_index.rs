@@ -83,6 +83,18 @@ impl RowIndex {
         })
     }
 
+    /// The live rows of file `id`: (position, key), by position.
+    pub fn live_rows(&self, id: u32) -> Vec<(u32, u128)> {
+        let mut rows: Vec<(u32, u128)> = self
+            .files
+            .iter()
+            .filter(|file| file.id == id)
+            .flat_map(|file| file.keys.iter().enumerate().filter(|(index, _)| file.live[*index]).map(|(index, key)| (file.position(index), *key)))
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
     /// Forgets every row: the partition's files were all replaced.
     pub fn clear(&mut self) {
         self.files.clear();
@@ -143,6 +155,11 @@ mod tests {
                 next_id += 1;
                 for key in &universe {
                     assert_eq!(index.locate(*key), oracle.get(key).copied(), "locate {key}");
+                }
+                for id in 0..next_id {
+                    let mut expected: Vec<(u32, u128)> = oracle.iter().filter(|(_, at)| at.0 == id).map(|(key, at)| (at.1, *key)).collect();
+                    expected.sort_unstable();
+                    assert_eq!(index.live_rows(id), expected, "live rows of file {id}");
                 }
             }
             index.clear();
