@@ -83,6 +83,8 @@ pub struct RulesContext {
     pub accepted: Arc<AtomicU64>,
     /// The curated table's Arrow schema (curated columns, then lineage).
     pub curated_schema: SchemaRef,
+    /// A UUID key's column, which curated rows leave out until they are written or rejected.
+    pub printed_key: Option<PrintedKey>,
     /// The rejected table's Arrow schema.
     pub rejected_schema: SchemaRef,
     /// The graph's topic: a record's own topic is kept only where it differs.
@@ -227,7 +229,7 @@ fn candidates(
         })
         .collect();
     let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
-    let rows = match PrintedKey::of(&context.rules.pipeline, schema)? {
+    let rows = match &context.printed_key {
         Some(printed) => printed.strip(rows),
         None => rows,
     };
@@ -356,11 +358,6 @@ pub type Input = InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>>;
 /// Returns the input the driver feeds and the probe that tells which epochs are committed.
 #[expect(clippy::result_large_err, reason = "`ok_err` routes records by returning them as `Ok` or `Err`: both are records, neither an error")]
 pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks: &Sinks) -> (Input, ProbeHandle<u64>) {
-    // An error here fails every batch's rules step too; the dataflow stops before any commit.
-    let printed_key = PrintedKey::of(&context.rules.pipeline, &context.curated_schema).unwrap_or_else(|error| {
-        shared.failure.set(error);
-        None
-    });
     let writer = CuratedWriter {
         table: sinks.curated.clone(),
         runtime: sinks.runtime.clone(),
@@ -374,7 +371,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         compact_after_files: sinks.compact_after_files,
         pipeline: context.rules.pipeline.clone(),
         rejected_schema: context.rejected_schema.clone(),
-        printed_key: printed_key.clone(),
+        printed_key: context.printed_key.clone(),
     };
     let committer = Committer {
         lakehouse: sinks.lakehouse.clone(),
@@ -400,6 +397,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     let partition_column = context.rules.pipeline.partitioning.column.clone();
     let rejected_schema = context.rejected_schema.clone();
     let topic = context.topic.clone();
+    let printed_key = context.printed_key.clone();
     let peers = worker.peers();
     worker.dataflow::<u64, _, _>(|scope| {
         // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules.

@@ -18,6 +18,7 @@ use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Error, Result};
 use crate::reader::read_tasks;
 use crate::model::format_date;
+use crate::records::PrintedKey;
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::schema::arrow_schema;
@@ -125,6 +126,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     };
     let frozen = Arc::new(std::mem::take(&mut plan.state.frozen));
     let curated_schema = arrow_schema(curated.metadata().current_schema())?;
+    let printed_key = PrintedKey::of(&settings.rules.pipeline, &curated_schema)?;
     let rejected_schema = arrow_schema(rejected.metadata().current_schema())?;
     let plan = Arc::new(plan);
     let stats = Arc::new(CommitStats::default());
@@ -162,6 +164,7 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
             curated_from: None,
             accepted: shared.accepted.clone(),
             curated_schema: curated_schema.clone(),
+            printed_key: printed_key.clone(),
             rejected_schema: rejected_schema.clone(),
             topic: sinks.topic.clone(),
         };

@@ -50,6 +50,7 @@ use crate::dataflow::{self, Outcome, RulesContext, Shared, Sinks, SourceRecord};
 use crate::error::{Context, Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{day_of_millis, parse_date};
+use crate::records::PrintedKey;
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::schema::arrow_schema;
@@ -222,6 +223,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     };
 
     let curated_schema = arrow_schema(curated.metadata().current_schema())?;
+    let printed_key = PrintedKey::of(&settings.rules.pipeline, &curated_schema)?;
     let rejected_schema = arrow_schema(rejected.metadata().current_schema())?;
     let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
     let worker_shared = shared.clone();
@@ -238,6 +240,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             curated_from: Some(curated_from.clone()),
             accepted: shared.accepted.clone(),
             curated_schema: curated_schema.clone(),
+            printed_key: printed_key.clone(),
             rejected_schema: rejected_schema.clone(),
             topic: sinks.topic.clone(),
         };

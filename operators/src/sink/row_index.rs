@@ -69,11 +69,6 @@ impl RowIndex {
         }
     }
 
-    /// Where `key`'s live row sits.
-    pub fn locate(&self, key: u128) -> Option<(u32, u32)> {
-        self.files.iter().rev().find_map(|file| file.find(key).map(|index| (file.id, file.position(index))))
-    }
-
     /// The key's row is no longer live: returns where it sat.
     pub fn remove(&mut self, key: u128) -> Option<(u32, u32)> {
         self.files.iter_mut().rev().find_map(|file| {
@@ -109,6 +104,11 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::RowIndex;
+
+    /// Where the index says each live key sits, from every file's live rows.
+    fn located(index: &RowIndex, files: u32) -> HashMap<u128, (u32, u32)> {
+        (0..files).flat_map(|id| index.live_rows(id).into_iter().map(move |(position, key)| (key, (id, position)))).collect()
+    }
 
     /// Random files written, rows reloaded, removed and located, against a hash map of
     /// key → (file, position) (what the writer kept before).
@@ -153,9 +153,7 @@ mod tests {
                 }
                 index.add_written(next_id, written);
                 next_id += 1;
-                for key in &universe {
-                    assert_eq!(index.locate(*key), oracle.get(key).copied(), "locate {key}");
-                }
+                assert_eq!(located(&index, next_id), oracle, "key → (file, position)");
                 for id in 0..next_id {
                     let mut expected: Vec<(u32, u128)> = oracle.iter().filter(|(_, at)| at.0 == id).map(|(key, at)| (at.1, *key)).collect();
                     expected.sort_unstable();
@@ -163,7 +161,7 @@ mod tests {
                 }
             }
             index.clear();
-            assert!(universe.iter().all(|key| index.locate(*key).is_none()));
+            assert!(located(&index, next_id).is_empty());
         }
     }
 }
