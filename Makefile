@@ -7,7 +7,7 @@ GRAPH ?= graphs/ratings.toml
 DEMO_EVENTS ?= 200000
 DEMO_DAYS ?= 10
 MOVIES_GRAPH ?= graphs/movies.toml
-MOVIES_DATA ?= ../shared/data/movies-raw
+MOVIES_DATA ?= graphs/data/movies
 RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 
 PLUGIN_DIR := plugins/lib

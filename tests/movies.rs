@@ -61,10 +61,10 @@ impl Movies {
     }
 }
 
-/// The shipped sample export of one day: beside the checkout (`../shared/data/movies-raw`), or
-/// under `$MOVIES_DATA` (the variable `make demo-movies` takes too).
+/// The shipped sample export of one day: in the repository (`graphs/data/movies`), or under
+/// `$MOVIES_DATA` (the variable `make demo-movies` takes too).
 fn shipped_day(day: u32) -> PathBuf {
-    let folder = std::env::var_os("MOVIES_DATA").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("../shared/data/movies-raw"));
+    let folder = std::env::var_os("MOVIES_DATA").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("graphs/data/movies"));
     let path = folder.join(format!("ingestion_date=2021-01-0{day}/part-0.parquet"));
     assert!(path.is_file(), "the movies sample data is missing: expected {} (set MOVIES_DATA to its folder)", path.display());
     path
