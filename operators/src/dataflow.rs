@@ -286,6 +286,12 @@ fn as_ingested(rows: &RecordBatch, ingested: &RecordBatch, topic: &str) -> Resul
     }
     for (field, column) in ingested.schema().fields().iter().zip(ingested.columns()) {
         match fields.iter().position(|f| f.name() == field.name()) {
+            // A nested column's curated type can differ from its raw one (its fields' ids): then
+            // `differences` kept the ingested column whole, so it replaces the curated one.
+            Some(index) if fields[index].data_type() != column.data_type() => {
+                fields[index] = field.as_ref().clone();
+                columns[index] = column.clone();
+            }
             Some(index) => {
                 let kept = arrow::compute::is_not_null(column).context(|| "late updates as ingested".into())?;
                 columns[index] = arrow::compute::kernels::zip::zip(&kept, column, &columns[index]).context(|| "late updates as ingested".into())?;

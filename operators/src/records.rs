@@ -17,8 +17,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Int64Array, RecordBatch, RecordBatchOptions,
-    StringArray, new_null_array,
+    Array, ArrayRef, AsArray, Date32Array, Int64Array, ListArray, RecordBatch, RecordBatchOptions,
+    StringArray, StructArray, new_null_array,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -365,10 +365,50 @@ pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
     if columns.is_empty() {
         return Ok(vec![0; rows]);
     }
+    let columns: Vec<ArrayRef> = columns.iter().map(|c| maps_as_lists(c)).collect::<Result<_>>()?;
     let fields = columns.iter().map(|c| arrow::row::SortField::new(c.data_type().clone())).collect();
     let converter = arrow::row::RowConverter::new(fields).context(|| "encoding rows to fingerprint them".into())?;
-    let encoded = converter.convert_columns(columns).context(|| "encoding rows to fingerprint them".into())?;
+    let encoded = converter.convert_columns(&columns).context(|| "encoding rows to fingerprint them".into())?;
     Ok(encoded.iter().map(|row| twox_hash::XxHash3_64::oneshot(row.as_ref())).collect())
+}
+
+/// `array` with every map in it (at any depth) as the list of key-value structs it is stored as:
+/// arrow's row format, which the fingerprints hash, encodes lists but not maps. The entries keep
+/// their order, so equal maps still fingerprint equal.
+fn maps_as_lists(array: &ArrayRef) -> Result<ArrayRef> {
+    let nested = |array: &ArrayRef| -> Result<ArrayRef> { maps_as_lists(array) };
+    Ok(match array.data_type() {
+        DataType::Map(..) => {
+            let map = array.as_map();
+            let entries: ArrayRef = Arc::new(map.entries().clone());
+            let entries = nested(&entries)?;
+            let field = Arc::new(arrow::datatypes::Field::new("entries", entries.data_type().clone(), false));
+            Arc::new(ListArray::try_new(field, map.offsets().clone(), entries, map.nulls().cloned()).context(|| "a map's entries as a list".into())?)
+        }
+        DataType::List(field) if contains_map(field.data_type()) => {
+            let list = array.as_list::<i32>();
+            let values = nested(list.values())?;
+            let field = Arc::new(field.as_ref().clone().with_data_type(values.data_type().clone()));
+            Arc::new(ListArray::try_new(field, list.offsets().clone(), values, list.nulls().cloned()).context(|| "a list of maps".into())?)
+        }
+        DataType::Struct(fields) if contains_map(array.data_type()) => {
+            let record = array.as_struct();
+            let children: Vec<ArrayRef> = record.columns().iter().map(nested).collect::<Result<_>>()?;
+            let fields: Vec<arrow::datatypes::Field> =
+                fields.iter().zip(&children).map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone())).collect();
+            Arc::new(StructArray::try_new(fields.into(), children, record.nulls().cloned()).context(|| "a struct holding a map".into())?)
+        }
+        _ => array.clone(),
+    })
+}
+
+fn contains_map(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Map(..) => true,
+        DataType::List(field) => contains_map(field.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| contains_map(f.data_type())),
+        _ => false,
+    }
 }
 
 /// The coordinates every rejectable row carries.
@@ -433,6 +473,41 @@ mod tests {
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    #[test]
+    fn rows_holding_maps_fingerprint_equal_when_equal_at_any_depth() {
+        use arrow::array::builder::{Int64Builder, ListBuilder, MapBuilder, StringBuilder};
+        let mut maps = MapBuilder::new(None, StringBuilder::new(), Int64Builder::new());
+        for entries in [&[("x", 1)][..], &[("x", 1)], &[("x", 2)], &[], &[("y", 1)]] {
+            for (key, value) in entries {
+                maps.keys().append_value(key);
+                maps.values().append_value(*value);
+            }
+            maps.append(true).unwrap();
+        }
+        maps.append(false).unwrap();
+        let maps: ArrayRef = Arc::new(maps.finish());
+        let prints = fingerprints(&[maps.clone()]).unwrap();
+        assert_eq!(prints[0], prints[1]);
+        let distinct: std::collections::HashSet<u64> = prints[1..].iter().copied().collect();
+        assert_eq!(distinct.len(), 5, "different maps, an empty one and a null one all differ: {prints:?}");
+        // The same maps as list items, and inside a struct.
+        let mut lists = ListBuilder::new(MapBuilder::new(None, StringBuilder::new(), Int64Builder::new()));
+        for value in [1, 1, 2] {
+            lists.values().keys().append_value("k");
+            lists.values().values().append_value(value);
+            lists.values().append(true).unwrap();
+            lists.append(true);
+        }
+        let lists: ArrayRef = Arc::new(lists.finish());
+        let record: ArrayRef = Arc::new(StructArray::from(vec![(
+            Arc::new(arrow::datatypes::Field::new("m", maps.data_type().clone(), true)),
+            maps.slice(0, 3),
+        )]));
+        let prints = fingerprints(&[lists, record]).unwrap();
+        assert_eq!(prints[0], prints[1]);
+        assert_ne!(prints[1], prints[2]);
     }
 
     #[test]

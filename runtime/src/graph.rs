@@ -82,7 +82,9 @@ pub struct GraphFile {
     /// Derivations, in order, applied to every record that passed validation.
     #[serde(default)]
     pub stages: Vec<crate::batch::StageSection>,
+    #[serde(default)]
     pub rules: RulesSection,
+    #[serde(default)]
     pub commit: CommitSection,
     /// Data-quality checks per table (role `raw`/`curated`/`rejected` or the table's name).
     #[serde(default)]
@@ -182,7 +184,13 @@ pub struct SourceSection {
 #[serde(deny_unknown_fields)]
 pub struct RegistrySection {
     pub url: String,
+    /// Per request; an unreachable registry is retried while the stream waits.
+    #[serde(default = "default_registry_timeout")]
     pub timeout: String,
+}
+
+fn default_registry_timeout() -> String {
+    "10s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,7 +201,7 @@ pub struct TablesSection {
     pub rejected: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSection {
     /// Only to say where it went (a `[[validate]]` rule now).
@@ -217,20 +225,31 @@ pub struct PluginSection {
     pub config: toml::Table,
 }
 
+/// `[commit]`; every key has a default (the shipped ratings graph states them all).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CommitSection {
+    /// Stream: one epoch (one commit per table) per interval.
     pub interval: String,
     pub target_file_size: String,
+    /// Compare-and-swap attempts before a commit gives up.
     pub max_attempts: u32,
+    /// Replay: consecutive ingestion days go into one epoch up to this many events.
     pub replay_epoch_events: u64,
     /// Stream: an epoch also closes once it has read this many records.
-    #[serde(default = "default_stream_epoch_events")]
     pub stream_epoch_events: u64,
 }
 
-fn default_stream_epoch_events() -> u64 {
-    1_000_000
+impl Default for CommitSection {
+    fn default() -> Self {
+        CommitSection {
+            interval: "10s".into(),
+            target_file_size: "128MiB".into(),
+            max_attempts: 8,
+            replay_epoch_events: 2_000_000,
+            stream_epoch_events: 1_000_000,
+        }
+    }
 }
 
 /// A loaded, validated graph.
