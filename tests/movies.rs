@@ -1,6 +1,6 @@
-//! The movies batch pipeline (`graphs/movies.toml`), end to end through the `runtime` binary:
-//! import of real Parquet exports, the batch job per execution date, its checks, and the curated
-//! table compared row by row with an oracle that pyarrow computes from the raw files
+//! The movies pipeline (`graphs/movies.toml`) on the one engine, end to end through the `runtime`
+//! binary: import of real Parquet exports into raw, replay per execution date, its checks, and the
+//! curated table compared row by row with an oracle that pyarrow computes from the raw files
 //! (`tests/python/movies.py`), read back by PyIceberg.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::process::Command;
 use ratings_tests::{Lake, Run, python, python_script_json, workspace_root};
 
 const GRAPH: &str = include_str!("../graphs/movies.toml");
+const READER_SCHEMA: &str = include_str!("../graphs/schemas/movie_rating_film.avsc");
 const CURATED: &str = "movies.movie_ratings_curated";
 
 /// A temporary lakehouse with the shipped movies graph pointing at it.
@@ -23,7 +24,11 @@ impl Movies {
         let graph = dir.path().join("movies.toml");
         let text = GRAPH.replace("../.lakehouse/movies/catalog.db", "lake/catalog.db").replace("../.lakehouse/movies/warehouse", "lake/warehouse");
         std::fs::write(&graph, text).expect("write graph");
-        Movies { dir, graph }
+        std::fs::create_dir(dir.path().join("schemas")).expect("schemas folder");
+        std::fs::write(dir.path().join("schemas/movie_rating_film.avsc"), READER_SCHEMA).expect("write schema");
+        let movies = Movies { dir, graph };
+        movies.ok(&["init"]);
+        movies
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -92,7 +97,7 @@ fn the_shipped_exports_become_the_curated_table_the_oracle_computes() {
     assert!(again.contains("already imported") && again.contains("nothing new"), "importing a file twice adds nothing: {again}");
 
     let run = movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-02"]).stdout;
-    assert!(run.contains("7 checks, 7 passed"), "{run}");
+    assert!(run.contains("failed: none (7 checks each)"), "{run}");
 
     let found = movies.python("compare", &[&day1, &day2]);
     assert_eq!(found["rows"], 65_325, "{found}");
@@ -108,8 +113,9 @@ fn the_shipped_exports_become_the_curated_table_the_oracle_computes() {
         columns,
         [
             "rating_id", "movie_id", "user_id", "rating", "timestamp", "original_title", "original_language", "budget", "is_adult",
-            "is_multigenre", "genres", "ingestion_date"
-        ]
+            "is_multigenre", "genres", "ingestion_date", "ingestion_ts_ms", "source_partition", "source_offset"
+        ],
+        "the declared columns, then the engine's lineage"
     );
     // The data has single-genre and genre-less films, so the rule is exercised both ways.
     let multigenre = found["multigenre_true"].as_u64().unwrap();
@@ -150,7 +156,7 @@ fn crafted_rows_move_between_days_keep_null_genres_false_and_a_bad_language_stop
     // Day 1 alone, then day 2: the newer "dup" moves from 2021-01-01 to 2021-01-02.
     movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-01"]);
     let run = movies.ok(&["--mode", "replay", "--from", "2021-01-02", "--to", "2021-01-02"]).stdout;
-    assert!(run.contains("superseded rows removed from other days: 2"), "dup and tie leave 2021-01-01: {run}");
+    assert!(run.contains("(2 moved to another partition)"), "dup and tie leave 2021-01-01: {run}");
     let found = movies.python("compare", &[&day1, &day2]);
     assert_eq!(found["mismatch_count"], 0, "{}", found["mismatches"]);
     assert_eq!(found["pyiceberg_mismatches"], 0);
@@ -182,14 +188,17 @@ fn crafted_rows_move_between_days_keep_null_genres_false_and_a_bad_language_stop
 #[test]
 fn with_a_lateness_setting_records_rated_too_long_before_their_ingestion_are_counted_and_left_out() {
     let movies = Movies::new();
-    let text = std::fs::read_to_string(&movies.graph).unwrap().replace("lateness = \"off\"", "lateness = \"1d\"");
+    // How old a record may be when it arrives: a rule on the order column (lateness proper cuts by
+    // partition day, and this graph partitions by the ingestion day).
+    let rule = "[[validate]]\ncolumn = \"timestamp\"\nrule = \"not_before_ingestion\"\nunit = \"seconds\"\ntolerance = \"1d\"\nreason = \"late\"\n\n";
+    let text = std::fs::read_to_string(&movies.graph).unwrap().replacen("[[stages]]", &format!("{rule}[[stages]]"), 1);
     std::fs::write(&movies.graph, text).unwrap();
     let [day1, day2, _] = crafted(movies.dir.path());
     movies.import(&[&day1, &day2]);
     let run = movies.ok(&["--mode", "replay", "--from", "2021-01-01", "--to", "2021-01-02"]).stdout;
     // "old" (rated 2020-12-30, ingested 2021-01-02) is the only record more than a day late; the
     // day-2 copy of "stays" (rated 2021-01-01) is within the day.
-    assert!(run.contains("late records left out: 1"), "{run}");
+    assert!(run.contains("rejected:  1 late,"), "{run}");
     let rows = movies.python("dump", &[]);
     let ids: Vec<String> = rows
         .as_array()
@@ -206,11 +215,20 @@ fn files_that_do_not_match_the_raw_table_are_refused_column_by_column() {
     let movies = Movies::new();
     let [day1, ..] = crafted(movies.dir.path());
     let other = movies.dir.path().join("other.toml");
-    // The same graph declaring other raw types: the crafted file no longer matches it.
+    // The same graph reading another schema: the crafted file no longer matches its raw table.
+    let mut schema: serde_json::Value = serde_json::from_str(READER_SCHEMA).unwrap();
+    for field in schema["fields"].as_array_mut().unwrap() {
+        match field["name"].as_str().unwrap() {
+            "movie_id" => field["type"] = "int".into(),
+            "genres" => field["type"] = serde_json::json!(["null", {"type": "array", "items": "long"}]),
+            _ => {}
+        }
+    }
+    std::fs::write(movies.dir.path().join("schemas/other.avsc"), schema.to_string()).unwrap();
     let text = std::fs::read_to_string(&movies.graph)
         .unwrap()
-        .replace("\"movie_id long\"", "\"movie_id int\"")
-        .replace("\"genres list<struct<id long, name string>>\"", "\"genres list<long>\"");
+        .replace("schemas/movie_rating_film.avsc", "schemas/other.avsc")
+        .replace("lake/", "other-lake/");
     std::fs::write(&other, text).unwrap();
     let output = Lake::command_for(&other, &["import", day1.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

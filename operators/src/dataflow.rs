@@ -217,17 +217,25 @@ fn candidates(
     let prints = fingerprints(&rows.columns()[..declared])?;
     let positions = positions(&rows)?;
     let kept = &applied.kept;
+    // A cast order column: its curated values order the records (a restart reads those back).
+    let cast_orders = match context.rules.pipeline.order_cast {
+        true => {
+            let column = rows.column_by_name(&context.rules.pipeline.order_by).ok_or_else(|| Error::Internal("the order column is missing".into()))?;
+            Some(order_values(column)?)
+        }
+        false => None,
+    };
     let slots = kept
         .iter()
         .enumerate()
-        .map(|(i, &row)| Slot {
-            position: positions[i],
-            origin: Origin::Input,
-            order: orders[row as usize],
-            day: days[row as usize],
-            fingerprint: prints[i],
+        .map(|(i, &row)| {
+            let order = match &cast_orders {
+                Some(cast) => cast[i].ok_or_else(|| Error::Internal(format!("a stage made the order {} null", context.rules.pipeline.order_by)))?,
+                None => orders[row as usize],
+            };
+            Ok(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: prints[i] })
         })
-        .collect();
+        .collect::<Result<Vec<Slot>>>()?;
     let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
     let rows = match &context.printed_key {
         Some(printed) => printed.strip(rows),

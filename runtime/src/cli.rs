@@ -315,12 +315,37 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             None => Err(Error::User("nothing to do: give --mode replay --from YYYY-MM-DD, or a command (see --help)".into())),
         },
         Some(Command::Check { .. }) => unreachable!("handled above"),
-        Some(Command::Import { .. }) => Err(Error::User(format!(
-            "import loads Parquet files into the raw table of a batch graph (pipeline.kind = \"batch\"); {} fills its raw table from Kafka",
-            cli.graph.display()
-        ))),
+        Some(Command::Import { table, files }) => import(&graph, &table, &files),
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// `runtime import`: Parquet files into the raw table, as ingested on their ingestion day.
+fn import(graph: &Graph, table: &str, files: &[PathBuf]) -> Result<()> {
+    let full = graph.lake().find(table)?;
+    if full != graph.raw {
+        return Err(Error::User(format!("import loads files into the raw table ({}); {full} is derived from it by --mode replay", graph.raw)));
+    }
+    let raw = parse_table_ident(&graph.raw)?;
+    let summary = io_runtime()?.block_on(async {
+        let lakehouse = Lakehouse::open(&graph.catalog, true).await?;
+        operators::source::import::import(&lakehouse, &raw, &graph.pipeline, files, graph.target_file_size, graph.commit).await
+    })?;
+    println!("import into {}:", summary.table);
+    for path in &summary.imported {
+        println!("  imported          {}", path.display());
+    }
+    for path in &summary.already_imported {
+        println!("  already imported  {} (same content; skipped)", path.display());
+    }
+    for (day, rows) in &summary.rows_per_partition {
+        println!("  ingestion_date={day}: {rows} rows");
+    }
+    match summary.snapshot_id {
+        Some(id) => println!("  snapshot {id}"),
+        None => println!("  nothing new: no snapshot"),
+    }
+    Ok(())
 }
 
 /// What `runtime maintain` did to one table.
@@ -543,11 +568,11 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
     let bar = progress_bar(0, "replay", args.no_progress);
     let summary = operators::replay::replay(settings, Arc::new(ReplayProgress(bar.clone())))?;
     bar.finish_and_clear();
-    print_summary(&summary);
+    print_summary(&summary, graph.checks_for(&graph.curated).checks.len());
     Ok(())
 }
 
-fn print_summary(s: &ReplaySummary) {
+fn print_summary(s: &ReplaySummary, checks: usize) {
     let range = match (s.first_day, s.last_day) {
         (Some(a), Some(b)) => format!("{}..{}", format_date(a), format_date(b)),
         _ => "no raw partitions in range".to_string(),
@@ -561,11 +586,11 @@ fn print_summary(s: &ReplaySummary) {
         s.events_per_second()
     );
     println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
-    print_outcome(&s.outcome);
+    print_outcome(&s.outcome, checks);
 }
 
 /// The lines both modes print about what the run did to the tables.
-fn print_outcome(o: &operators::dataflow::Outcome) {
+fn print_outcome(o: &operators::dataflow::Outcome, checks: usize) {
     println!(
         "  upserted:  {} valid records: {} new rows, {} updated rows ({} moved to another partition); {} changed nothing (duplicates, superseded, or already applied)",
         o.accepted,
@@ -589,7 +614,7 @@ fn print_outcome(o: &operators::dataflow::Outcome) {
     if o.epochs_checked > 0 {
         let failures: Vec<String> = o.check_failures.iter().map(|(check, epochs)| format!("{check} in {epochs}")).collect();
         let failures = if failures.is_empty() { "none".to_string() } else { failures.join(", ") };
-        println!("  checks:    {} epochs judged before commit; failed: {failures}", o.epochs_checked);
+        println!("  checks:    {} epochs judged before commit; failed: {failures} ({checks} checks each)", o.epochs_checked);
     }
 }
 
@@ -749,6 +774,6 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         }
     }
     println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
-    print_outcome(&s.outcome);
+    print_outcome(&s.outcome, graph.checks_for(&graph.curated).checks.len());
     Ok(())
 }

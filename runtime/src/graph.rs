@@ -301,10 +301,16 @@ impl Graph {
 
     fn validate(file: GraphFile, folder: &Path) -> Result<Graph, String> {
         let catalog = catalog_settings(file.catalog, folder)?;
-        let lateness = parse_duration("upsert.lateness", &file.upsert.lateness)?;
-        if lateness.as_secs() % 86_400 != 0 {
-            return Err(format!("upsert.lateness: expected whole days such as \"5d\", found \"{}\"", file.upsert.lateness));
-        }
+        let lateness_days = match file.upsert.lateness.trim() {
+            "off" => Rules::LATENESS_OFF,
+            text => {
+                let lateness = parse_duration("upsert.lateness", text)?;
+                if lateness.as_secs() % 86_400 != 0 {
+                    return Err(format!("upsert.lateness: expected whole days such as \"5d\" or \"off\", found \"{}\"", file.upsert.lateness));
+                }
+                (lateness.as_secs() / 86_400) as i32
+            }
+        };
         if file.rules.future_tolerance.is_some() {
             return Err("rules.future_tolerance: declared as a validation rule now: [[validate]] column = \"<time column>\", \
                         rule = \"not_after_ingestion\", tolerance = \"1h\""
@@ -426,7 +432,7 @@ impl Graph {
             "off" => None,
             text => Some(parse_duration("maintenance.schedule", text)?),
         };
-        let rules = Rules::new(pipeline.clone(), (lateness.as_secs() / 86_400) as i32);
+        let rules = Rules::new(pipeline.clone(), lateness_days);
         Ok(Graph {
             checks,
             maintenance,

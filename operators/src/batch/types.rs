@@ -194,7 +194,7 @@ pub fn schema_of(declarations: &[String]) -> std::result::Result<Schema, String>
 /// nullability flags may differ.
 pub fn same_layout(found: &DataType, expected: &DataType) -> bool {
     match (found, expected) {
-        (DataType::List(a), DataType::List(b)) | (DataType::LargeList(a), DataType::LargeList(b)) => {
+        (DataType::List(a), DataType::List(b)) | (DataType::LargeList(a), DataType::LargeList(b)) | (DataType::Map(a, _), DataType::Map(b, _)) => {
             same_layout(a.data_type(), b.data_type())
         }
         (DataType::Struct(a), DataType::Struct(b)) => {
@@ -206,7 +206,7 @@ pub fn same_layout(found: &DataType, expected: &DataType) -> bool {
 
 fn relabel(data: ArrayData, expected: &DataType) -> std::result::Result<ArrayData, arrow::error::ArrowError> {
     let children = match expected {
-        DataType::List(field) | DataType::LargeList(field) => vec![relabel(data.child_data()[0].clone(), field.data_type())?],
+        DataType::List(field) | DataType::LargeList(field) | DataType::Map(field, _) => vec![relabel(data.child_data()[0].clone(), field.data_type())?],
         DataType::Struct(fields) => {
             data.child_data().iter().zip(fields.iter()).map(|(child, field)| relabel(child.clone(), field.data_type())).collect::<Result<_, _>>()?
         }

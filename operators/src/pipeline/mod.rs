@@ -199,6 +199,10 @@ pub const RAW_COORDINATES: [(&str, PrimitiveType, bool); 8] = [
     ("payload", PrimitiveType::Binary, false),
 ];
 
+/// The raw column holding a record's ingestion time (epoch milliseconds), which a curated
+/// partitioning may transform: `day(ingestion_ts_ms, milliseconds) as ingestion_date`.
+pub const INGESTION_TIME: &str = "ingestion_ts_ms";
+
 /// The lineage every curated row carries after its declared columns: the winning record's
 /// ingestion position, which decides ties and re-processing after a restart as in a run that
 /// never stopped.
@@ -223,6 +227,9 @@ pub enum Rule {
     /// A time at most `tolerance_ms` after the record's ingestion time (clocks that run ahead are
     /// tolerated up to that bound); an integer column counts `unit`.
     NotAfterIngestion { unit: Option<TimeUnit>, tolerance_ms: i64 },
+    /// A time at most `tolerance_ms` before the record's ingestion time (how old a record may be
+    /// when it arrives, whatever partition it lands in); an integer column counts `unit`.
+    NotBeforeIngestion { unit: Option<TimeUnit>, tolerance_ms: i64 },
 }
 
 impl Validation {
@@ -256,7 +263,7 @@ impl Validation {
                 }
                 (Rule::Range { min: section.min, max: section.max }, format!("{column}_out_of_range"))
             }
-            "not_after_ingestion" => {
+            rule @ ("not_after_ingestion" | "not_before_ingestion") => {
                 unused("min", section.min.is_some())?;
                 unused("max", section.max.is_some())?;
                 let unit = section.unit.as_deref().map(TimeUnit::parse).transpose().map_err(|e| format!("{at}.unit: {e}"))?;
@@ -266,14 +273,22 @@ impl Validation {
                     }
                     (Type::Primitive(PrimitiveType::Int | PrimitiveType::Long), Some(_))
                     | (Type::Primitive(PrimitiveType::Timestamp | PrimitiveType::Timestamptz | PrimitiveType::Date), None) => {}
-                    _ => return Err(format!("{at}: not_after_ingestion needs a time column; {column} is {ty}")),
+                    _ => return Err(format!("{at}: {rule} needs a time column; {column} is {ty}")),
                 }
                 let tolerance = section.tolerance.as_deref().unwrap_or("0s");
                 let tolerance = humantime::parse_duration(tolerance)
                     .map_err(|e| format!("{at}.tolerance: expected a duration such as \"1h\", found {tolerance:?} ({e})"))?;
-                (Rule::NotAfterIngestion { unit, tolerance_ms: tolerance.as_millis() as i64 }, format!("future_{column}"))
+                let tolerance_ms = tolerance.as_millis() as i64;
+                match rule {
+                    "not_after_ingestion" => (Rule::NotAfterIngestion { unit, tolerance_ms }, format!("future_{column}")),
+                    _ => (Rule::NotBeforeIngestion { unit, tolerance_ms }, format!("stale_{column}")),
+                }
             }
-            other => return Err(format!("{at}.rule: unknown rule {other:?} (expected present, range or not_after_ingestion)")),
+            other => {
+                return Err(format!(
+                    "{at}.rule: unknown rule {other:?} (expected present, range, not_after_ingestion or not_before_ingestion)"
+                ));
+            }
         };
         let reason = section.reason.clone().unwrap_or(default_reason);
         if reason.is_empty() || !reason.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
@@ -291,6 +306,8 @@ pub struct Pipeline {
     pub key: Vec<String>,
     pub key_kind: KeyKind,
     pub order_by: String,
+    /// A stage casts the order column: records are ordered by its curated value.
+    pub order_cast: bool,
     pub partitioning: Partitioning,
     /// The curated columns in table order, each with its type.
     pub curated: Vec<(String, Type)>,
@@ -350,9 +367,17 @@ impl Pipeline {
             return Err(format!("upsert.order_by: column {} is {order_type}; the order is an integer, date or timestamp", upsert.order_by));
         }
         let partitioning = Partitioning::parse(&upsert.partition_by).map_err(|e| format!("upsert.partition_by: {e}"))?;
-        let source_type = event_type(&partitioning.source).ok_or_else(|| {
-            format!("upsert.partition_by: no event column {:?} (the reader schema has: {})", partitioning.source, known())
-        })?;
+        // An event column, or the record's ingestion time: `day(ingestion_ts_ms, milliseconds)`
+        // partitions curated by the day the winning record was ingested.
+        let source_type = event_type(&partitioning.source)
+            .or_else(|| (partitioning.source == INGESTION_TIME).then_some(Type::Primitive(PrimitiveType::Long)))
+            .ok_or_else(|| {
+                format!(
+                    "upsert.partition_by: no event column {:?} (the reader schema has: {}; {INGESTION_TIME} is the ingestion time)",
+                    partitioning.source,
+                    known()
+                )
+            })?;
         let partition_type = match (partitioning.transform, &source_type) {
             (PartitionTransform::Day { unit: Some(_) }, Type::Primitive(PrimitiveType::Int | PrimitiveType::Long))
             | (PartitionTransform::Day { unit: None }, Type::Primitive(PrimitiveType::Date | PrimitiveType::Timestamp | PrimitiveType::Timestamptz)) => {
@@ -382,13 +407,22 @@ impl Pipeline {
         }
         let offered = Arc::new(arrow::datatypes::Schema::new(offered));
         let working = crate::batch::stages::output_schema(&stages, &offered).map_err(|e| e.to_string())?;
-        let owned = key.iter().chain([&upsert.order_by, &partitioning.source, &partitioning.column]).cloned().chain(LINEAGE.iter().map(|(n, _)| n.to_string()));
+        let owned = key.iter().chain([&partitioning.source, &partitioning.column]).cloned().chain(LINEAGE.iter().map(|(n, _)| n.to_string()));
         for name in owned {
             let before = offered.field_with_name(&name).map(|f| f.data_type().clone()).ok();
             let after = working.field_with_name(&name).map(|f| f.data_type().clone()).ok();
             if before != after {
-                return Err(format!("stages: {name} is the key, order, partition or lineage; a stage may not rename, cast or replace it"));
+                return Err(format!("stages: {name} is the key, partition or lineage; a stage may not rename, cast or replace it"));
             }
+        }
+        // The order column may be cast (an integer count of seconds becoming a timestamp, say);
+        // records are then ordered by its curated value, the one a restart reads back.
+        let order_after = working.field_with_name(&upsert.order_by).map(|f| f.data_type().clone()).map_err(|_| {
+            format!("stages: {} is the order; a stage may cast it but not rename or drop it", upsert.order_by)
+        })?;
+        let order_cast = offered.field_with_name(&upsert.order_by).map(|f| f.data_type() != &order_after).unwrap_or(false);
+        if order_cast && !is_order_type(&order_after) {
+            return Err(format!("stages: the order {} becomes {order_after}; it must stay an integer, date or timestamp", upsert.order_by));
         }
         // A column's type after the stages: an event column's own (with its nested ids) when the
         // stages left it alone, else what they made of it.
@@ -451,6 +485,7 @@ impl Pipeline {
             key,
             key_kind: upsert.key_type,
             order_by: upsert.order_by.clone(),
+            order_cast,
             partitioning,
             curated: columns,
             required,
@@ -494,6 +529,12 @@ impl Pipeline {
         columns.extend(["ingestion_ts_ms", "source_offset"].map(String::from));
         columns
     }
+}
+
+/// Whether the engine can order records by an Arrow column of this type.
+fn is_order_type(data_type: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::{DataType, TimeUnit};
+    matches!(data_type, DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(TimeUnit::Microsecond, _))
 }
 
 fn lineage_names() -> String {

@@ -51,6 +51,11 @@ pub struct Judged {
 }
 
 impl Rules {
+    /// `lateness = "off"`: a window wider than any day a table can hold (about 2,700 years), so no
+    /// record is late and no row freezes. Every curated row then stays updatable, and a restart
+    /// reloads them all.
+    pub const LATENESS_OFF: i32 = 1_000_000;
+
     pub fn new(pipeline: Arc<Pipeline>, lateness_days: i32) -> Rules {
         Rules { keys: KeyMaker::new(&pipeline), pipeline, lateness_days }
     }
@@ -213,7 +218,8 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
                 other => return Err(Error::Internal(format!("range rule on {name}, a {other} column"))),
             }
         }
-        Rule::NotAfterIngestion { unit, tolerance_ms } => {
+        Rule::NotAfterIngestion { unit, tolerance_ms } | Rule::NotBeforeIngestion { unit, tolerance_ms } => {
+            let after = matches!(validation.rule, Rule::NotAfterIngestion { .. });
             let (values, unit, suffix) = match (column.data_type(), unit) {
                 (DataType::Timestamp(..), _) => (order_values(column)?, TimeUnit::Microseconds, "µs"),
                 (DataType::Date32, _) => (order_values(column)?.into_iter().map(|d| d.map(|d| d * 86_400_000_000)).collect(), TimeUnit::Microseconds, "µs"),
@@ -225,7 +231,7 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
                     };
                     (order_values(column)?, *unit, suffix)
                 }
-                (other, None) => return Err(Error::Internal(format!("not_after_ingestion on {name} ({other}) without a unit"))),
+                (other, None) => return Err(Error::Internal(format!("an ingestion-time rule on {name} ({other}) without a unit"))),
             };
             let per_second = unit.per_second();
             // The ingestion time in the column's unit, rounded down (milliseconds to seconds: floor).
@@ -234,10 +240,15 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
             for row in open(verdicts) {
                 let Some(value) = values[row] else { continue };
                 let ingested = in_unit(ingestion.value(row));
-                if value > ingested + tolerance {
+                if after && value > ingested + tolerance {
                     reject(
                         &mut verdicts[row],
                         format!("{name} {value} is {}{suffix} after ingestion (tolerance {tolerance}{suffix})", value - ingested),
+                    );
+                } else if !after && value < ingested - tolerance {
+                    reject(
+                        &mut verdicts[row],
+                        format!("{name} {value} is {}{suffix} before ingestion (tolerance {tolerance}{suffix})", ingested - value),
                     );
                 }
             }
