@@ -656,6 +656,8 @@ mod tests {
     fn shipped_graph_loads_with_paths_relative_to_its_folder() {
         let graph = load(GOOD).unwrap();
         assert_eq!(graph.rules.lateness_days, 5);
+        let off = load(&GOOD.replace("lateness = \"5d\"", "lateness = \"off\"")).unwrap();
+        assert_eq!(off.rules.lateness_days, Rules::LATENESS_OFF);
         assert_eq!(graph.pipeline.key, ["event_id"]);
         assert_eq!(graph.pipeline.partitioning.column, "rating_date");
         assert_eq!(graph.pipeline.validations.len(), 6);
@@ -679,7 +681,19 @@ mod tests {
         assert_eq!(rated_on.field_type.to_string(), "date");
         let renamed = with_stage("[[stages]]\nkind = \"rename\"\ncolumn = \"event_id\"\nto = \"id\"", "id");
         let message = load(&renamed).unwrap_err().to_string();
-        assert!(message.contains("stages: event_id is the key, order, partition or lineage"), "{message}");
+        assert!(message.contains("stages: event_id is the key, partition or lineage"), "{message}");
+        // The order may be cast to another order type (records are then ordered by its curated
+        // value), not to anything else.
+        let cast = |to: &str| {
+            let unit = if to == "timestamptz" { "unit = \"seconds\"\n" } else { "" };
+            let stage = format!("[[stages]]\nkind = \"cast\"\ncolumn = \"rating_timestamp\"\nto = \"{to}\"\n{unit}");
+            GOOD.replace("[rules]\n#", &format!("{stage}\n[rules]\n#"))
+                .replace("day(rating_timestamp, seconds) as rating_date", "day(ingestion_ts_ms, milliseconds) as rating_date")
+        };
+        assert!(load(&cast("timestamptz")).unwrap().pipeline.order_cast);
+        let message = load(&cast("string")).unwrap_err().to_string();
+        assert!(message.contains("stages: the order rating_timestamp becomes Utf8; it must stay an integer, date or timestamp"), "{message}");
+        assert!(!graph.pipeline.order_cast);
         let unknown = with_stage("[[stages]]\nkind = \"lower\"\ncolumn = \"user_id\"", "user_id2");
         assert!(load(&unknown).unwrap_err().to_string().contains("stages[0]: unknown stage kind \"lower\""));
     }
@@ -691,7 +705,7 @@ mod tests {
             (GOOD.replace("[[rules.plugins]]\nname = \"approval\"\npath", "[[rules.plugins]]\nname = \"approval\"\nfile"), "unknown field `file`"),
             (GOOD.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
-            (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days"),
+            (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days such as \"5d\" or \"off\""),
             (GOOD.replace("key = \"event_id\"", "key = \"user\""), "upsert.key: no event column \"user\""),
             (GOOD.replace("[rules]\n#", "[rules]\nfuture_tolerance = \"1h\"\n#"), "rules.future_tolerance: declared as a validation rule now"),
             (GOOD.replace("tolerance = \"1h\"", "tolerance = \"soon\""), "validate[5].tolerance: expected a duration"),
