@@ -55,8 +55,9 @@ demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw pa
 	$(RUNTIME) --graph $(GRAPH) check --table movie_ratings --partition rating_date=2025-05-10 --as-of 2025-05-11T00:00:00Z
 	$(RUNTIME) --graph $(GRAPH) maintain --dry-run
 
-demo-movies: setup build ## The movies batch ETL (graphs/movies.toml): import the sample Parquet exports, run both execution dates, check and show the result
+demo-movies: setup build ## The movies pipeline (graphs/movies.toml) on the same engine: import the sample Parquet exports into raw, replay both execution dates, check and show the result
 	rm -rf .lakehouse/movies
+	$(RUNTIME) --graph $(MOVIES_GRAPH) init
 	$(RUNTIME) --graph $(MOVIES_GRAPH) import $(MOVIES_DATA)
 	$(RUNTIME) --graph $(MOVIES_GRAPH) --mode replay --from 2021-01-01 --to 2021-01-02
 	$(RUNTIME) --graph $(MOVIES_GRAPH) check --table movie_ratings_curated --partition ingestion_date=2021-01-02

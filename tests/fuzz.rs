@@ -232,6 +232,7 @@ fn mutated_graph_files_load_or_fail_with_an_error_never_a_panic() {
     std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
     std::fs::create_dir_all(dir.path().join("blocklists")).unwrap();
     std::fs::write(dir.path().join("schemas/movie_rating.avsc"), READER_SCHEMA).unwrap();
+    std::fs::copy(workspace_root().join("graphs/schemas/movie_rating_film.avsc"), dir.path().join("schemas/movie_rating_film.avsc")).unwrap();
     std::fs::copy(workspace_root().join("graphs/blocklists/users.txt"), dir.path().join("blocklists/users.txt")).unwrap();
     let movies = std::fs::read_to_string(workspace_root().join("graphs/movies.toml")).unwrap();
     let path = dir.path().join("graph.toml");
@@ -243,14 +244,7 @@ fn mutated_graph_files_load_or_fail_with_an_error_never_a_panic() {
             text = mutate_text(&mut rng, &text);
         }
         std::fs::write(&path, &text).unwrap();
-        let outcome = catch_unwind(|| {
-            let kind = runtime::graph::kind_of(&path);
-            match kind {
-                Ok(runtime::graph::PipelineKind::Batch) => runtime::batch::BatchGraph::load(&path).map(|_| ()).map_err(|e| e.to_string()),
-                Ok(_) => runtime::graph::Graph::load(&path).map(|_| ()).map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            }
-        })
+        let outcome = catch_unwind(|| runtime::graph::Graph::load(&path).map(|_| ()).map_err(|e| e.to_string()))
         .unwrap_or_else(|_| panic!("case {case}: loading this graph panicked:\n{text}"));
         match outcome {
             Ok(()) => loaded += 1,

@@ -186,7 +186,7 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     }
     let options = RecordBatchOptions::new().with_row_count(Some(kept.len()));
     let working = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "assembling the rules' columns".into())?;
-    let working = crate::batch::stages::apply_all(&pipeline.stages, &working)?;
+    let working = crate::pipeline::stages::apply_all(&pipeline.stages, &working)?;
     Ok(Judged { rejected, working, ingested, keys, orders, days })
 }
 

@@ -14,7 +14,6 @@
 //!                                  exchange(partition) → curated writer: data files, position deletes
 //! ```
 
-pub mod batch;
 pub mod catalog;
 pub mod checks;
 pub mod commit;

@@ -293,9 +293,6 @@ pub(crate) fn date_arg(flag: &str, text: &str) -> Result<i32> {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    if crate::graph::kind_of(&cli.graph).map_err(|e| Error::User(e.to_string()))? == crate::graph::PipelineKind::Batch {
-        return crate::batch::run(cli);
-    }
     let graph = load_graph(&cli.graph)?;
     if let Some(Command::Check { table, partition, format, as_of }) = &cli.command {
         return check(&graph.lake(), table, partition.as_deref(), *format, as_of.as_deref());

@@ -11,6 +11,7 @@ use operators::catalog::CatalogSettings;
 use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
 use operators::pipeline::Pipeline;
+use operators::pipeline::stages::{Stage, arrow_type_of, time_unit_of};
 use operators::rules::Rules;
 use operators::rules::chain::RuleChain;
 use operators::rules::plugin::PluginSpec;
@@ -24,30 +25,29 @@ pub struct GraphError {
     pub message: String,
 }
 
-/// What kind of pipeline a graph file describes (`pipeline.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PipelineKind {
-    /// Events from Kafka (or replayed from raw), the ratings pipeline: `--mode stream|replay`.
-    #[default]
-    Events,
-    /// A batch ETL over tables of any schema (see [`crate::batch`]): `import`, `--mode replay`.
-    Batch,
-}
-
-/// The kind a graph file declares, read before the rest so each kind parses its own sections.
-pub fn kind_of(path: &Path) -> Result<PipelineKind, GraphError> {
+/// A graph of the retired batch engine (`pipeline.kind = "batch"`) is refused with one message
+/// saying what replaced it, before its other sections would be reported one unknown key at a time.
+fn refuse_removed_kind(path: &Path) -> Result<(), GraphError> {
     #[derive(Deserialize)]
     struct Peek {
         pipeline: Option<PeekPipeline>,
     }
     #[derive(Deserialize)]
     struct PeekPipeline {
-        #[serde(default)]
-        kind: PipelineKind,
+        kind: Option<toml::Value>,
     }
     let peek: Peek = parse_file(path)?;
-    Ok(peek.pipeline.map(|p| p.kind).unwrap_or_default())
+    match peek.pipeline.and_then(|p| p.kind) {
+        None => Ok(()),
+        Some(kind) => Err(GraphError {
+            file: path.display().to_string(),
+            message: format!(
+                "pipeline.kind ({kind}): this key is gone; every graph now runs on the one engine, in --mode stream and --mode replay. \
+                 Remove it; a former batch graph also declares [source] with a reader schema, [tables] raw/curated/rejected by name, \
+                 [upsert] partition_by and [curated] columns instead of [tables.raw]/[tables.curated] (README \"Writing a graph\"; graphs/movies.toml is the converted movies graph)"
+            ),
+        }),
+    }
 }
 
 /// Reads and deserializes a graph file; errors name the file, the key, the problem and the line.
@@ -81,7 +81,7 @@ pub struct GraphFile {
     pub validate: Vec<operators::pipeline::ValidationSection>,
     /// Derivations, in order, applied to every record that passed validation.
     #[serde(default)]
-    pub stages: Vec<crate::batch::StageSection>,
+    pub stages: Vec<StageSection>,
     #[serde(default)]
     pub rules: RulesSection,
     #[serde(default)]
@@ -91,6 +91,61 @@ pub struct GraphFile {
     pub checks: std::collections::BTreeMap<String, Vec<CheckSection>>,
     #[serde(default)]
     pub maintenance: MaintenanceSection,
+}
+
+/// One `[[stages]]` entry: a built-in derivation ([`Stage`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    /// rename, upper, cast, list_length, day.
+    pub kind: String,
+    pub column: String,
+    /// rename: the new name; cast: the Iceberg type.
+    pub to: Option<String>,
+    /// list_length, day: the new column.
+    pub into: Option<String>,
+    /// cast of integers to a timestamp, day of integers: seconds, milliseconds or microseconds.
+    pub unit: Option<String>,
+    /// list_length: make the new column `length > greater_than` (a boolean).
+    pub greater_than: Option<i64>,
+}
+
+/// A stage as a graph file's `[[stages]]` entry declares it .
+pub(crate) fn stage_from(section: StageSection) -> std::result::Result<Stage, String> {
+    let StageSection { kind, column, to, into, unit, greater_than } = section;
+    let given: Vec<&str> = [("to", to.is_some()), ("into", into.is_some()), ("unit", unit.is_some()), ("greater_than", greater_than.is_some())]
+        .into_iter()
+        .filter_map(|(key, present)| present.then_some(key))
+        .collect();
+    let allow = |allowed: &[&str]| match given.iter().find(|key| !allowed.contains(key)) {
+        Some(key) => Err(format!("a {kind} stage does not take `{key}`")),
+        None => Ok(()),
+    };
+    let need = |value: Option<String>, key: &str| value.ok_or_else(|| format!("a {kind} stage needs `{key}`"));
+    Ok(match kind.as_str() {
+        "rename" => {
+            allow(&["to"])?;
+            Stage::Rename { column, to: need(to, "to")? }
+        }
+        "upper" => {
+            allow(&[])?;
+            Stage::Upper { column }
+        }
+        "cast" => {
+            allow(&["to", "unit"])?;
+            let to = arrow_type_of(&need(to, "to")?)?;
+            Stage::Cast { column, to, unit: unit.as_deref().map(time_unit_of).transpose()? }
+        }
+        "list_length" => {
+            allow(&["into", "greater_than"])?;
+            Stage::ListLength { column, into: need(into, "into")?, greater_than }
+        }
+        "day" => {
+            allow(&["into", "unit"])?;
+            Stage::Day { column, into: need(into, "into")?, unit: unit.as_deref().map(time_unit_of).transpose()? }
+        }
+        other => return Err(format!("unknown stage kind {other:?} (expected rename, upper, cast, list_length or day)")),
+    })
 }
 
 /// `runtime maintain` settings; every key has a default.
@@ -152,9 +207,6 @@ pub struct CheckSection {
 #[serde(deny_unknown_fields)]
 pub struct PipelineSection {
     pub name: String,
-    /// `events` (default) or `batch`.
-    #[serde(default)]
-    pub kind: PipelineKind,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +342,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn load(path: &Path) -> Result<Graph, GraphError> {
+        refuse_removed_kind(path)?;
         let parsed: GraphFile = parse_file(path)?;
         let folder = path.parent().unwrap_or(Path::new("."));
         Self::validate(parsed, folder).map(|mut graph| {
@@ -358,7 +411,7 @@ impl Graph {
             .stages
             .into_iter()
             .enumerate()
-            .map(|(index, section)| crate::batch::stage_from(section).map_err(|e| format!("stages[{index}]: {e}")))
+            .map(|(index, section)| stage_from(section).map_err(|e| format!("stages[{index}]: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
         let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?);
         let mut properties = std::collections::BTreeMap::new();
@@ -705,6 +758,7 @@ mod tests {
             (GOOD.replace("[[rules.plugins]]\nname = \"approval\"\npath", "[[rules.plugins]]\nname = \"approval\"\nfile"), "unknown field `file`"),
             (GOOD.replace("[rules]", "[rules]\ncolour = 1"), "unknown field `colour`"),
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
+            (GOOD.replace("name = \"ratings\"", "name = \"ratings\"\nkind = \"batch\""), "pipeline.kind (\"batch\"): this key is gone"),
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days such as \"5d\" or \"off\""),
             (GOOD.replace("key = \"event_id\"", "key = \"user\""), "upsert.key: no event column \"user\""),
             (GOOD.replace("[rules]\n#", "[rules]\nfuture_tolerance = \"1h\"\n#"), "rules.future_tolerance: declared as a validation rule now"),

@@ -1,6 +1,5 @@
 //! The `runtime` binary's library: CLI, graph loading and the commands.
 
-pub mod batch;
 pub mod cli;
 pub mod graph;
 pub mod inspect;

@@ -22,13 +22,15 @@
 //! when the graph loads ([`Pipeline::new`]): every error names the graph key at fault.
 
 pub mod avro;
+pub mod stages;
+pub mod types;
 
 use std::sync::Arc;
 
 use iceberg::spec::{ListType, MapType, NestedField, PrimitiveType, Schema, StructType, Type};
 use serde::Deserialize;
 
-use crate::batch::stages::Stage;
+use crate::pipeline::stages::Stage;
 use crate::error::{Context, Result};
 use crate::schema::TableLayout;
 
@@ -406,7 +408,7 @@ impl Pipeline {
             offered.push(arrow::datatypes::Field::new(name, arrow_of(&Type::Primitive(ty))?, false));
         }
         let offered = Arc::new(arrow::datatypes::Schema::new(offered));
-        let working = crate::batch::stages::output_schema(&stages, &offered).map_err(|e| e.to_string())?;
+        let working = crate::pipeline::stages::output_schema(&stages, &offered).map_err(|e| e.to_string())?;
         let owned = key.iter().chain([&partitioning.source, &partitioning.column]).cloned().chain(LINEAGE.iter().map(|(n, _)| n.to_string()));
         for name in owned {
             let before = offered.field_with_name(&name).map(|f| f.data_type().clone()).ok();
@@ -445,7 +447,7 @@ impl Pipeline {
             let at = || format!("curated.columns[{index}]");
             let (name, declared) = match text.trim().split_once(char::is_whitespace) {
                 Some((name, ty)) => {
-                    let ty = crate::batch::types::type_named(ty.trim()).map_err(|e| format!("{}: {e}", at()))?;
+                    let ty = crate::pipeline::types::type_named(ty.trim()).map_err(|e| format!("{}: {e}", at()))?;
                     (name.to_string(), Some(ty))
                 }
                 None => (text.trim().to_string(), None),

@@ -407,7 +407,7 @@ impl CuratedWriter {
 /// A batch read back from the table in the table's exact Arrow schema (what the writer writes).
 fn conform(batch: &RecordBatch, table: &Table) -> crate::Result<RecordBatch> {
     let schema = crate::schema::arrow_schema(table.metadata().current_schema())?;
-    crate::batch::types::conform_batch(batch, &schema)
+    crate::pipeline::types::conform_batch(batch, &schema)
 }
 
 /// All of a partition's new rows in one batch, sorted by key (the order files are written in).

@@ -27,7 +27,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::batch::types::{conform, same_layout};
+use crate::pipeline::types::{conform, same_layout};
 use crate::catalog::Lakehouse;
 use crate::commit::{CommitOptions, FileChange, commit};
 use crate::error::{Context, Error, Result};

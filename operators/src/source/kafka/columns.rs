@@ -150,7 +150,7 @@ impl RawColumns {
         let columns = columns
             .iter()
             .zip(self.schema.fields())
-            .map(|(column, field)| crate::batch::types::conform(column, field.data_type()))
+            .map(|(column, field)| crate::pipeline::types::conform(column, field.data_type()))
             .collect::<Result<Vec<_>>>()?;
         RecordBatch::try_new(self.schema.clone(), columns).context(|| "assembling raw rows".into())
     }
