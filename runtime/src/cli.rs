@@ -194,6 +194,12 @@ pub struct ProduceArgs {
     /// (no registry call: works while the registry is down).
     #[arg(long)]
     pub schema_id: Option<u32>,
+    /// Send the rows of these Parquet files (or folders of them) instead of generated events, for
+    /// a graph of any schema: each row encoded with the writer schema by column name, keyed by the
+    /// graph's key, Kafka timestamp = its ingestion_ts_ms or ingestion_date (--count, --days,
+    /// --start and the mix flags are then unused).
+    #[arg(long = "from", num_args = 1..)]
+    pub from_files: Vec<PathBuf>,
     #[command(flatten)]
     pub mix: MixArgs,
 }
@@ -656,19 +662,24 @@ fn produce(graph: &Graph, args: ProduceArgs) -> Result<()> {
         }
         None => graph.reader_schema.clone(),
     };
-    // The generator's partition count is replaced by the topic's.
-    let generate = args.mix.settings(args.count, args.days, start_day, 1, &graph.topic)?;
+    let records = if args.from_files.is_empty() {
+        // The generator's partition count is replaced by the topic's.
+        operators::produce::Records::Generated(args.mix.settings(args.count, args.days, start_day, 1, &graph.topic)?)
+    } else {
+        operators::produce::Records::Files { paths: args.from_files.clone(), key: graph.pipeline.key.clone() }
+    };
+    let total = if args.from_files.is_empty() { args.count } else { 0 };
     let settings = operators::produce::ProduceSettings {
         kafka: graph.kafka.clone(),
         registry_url: graph.registry_url.clone(),
         writer_schema,
-        generate,
+        records,
         malformed: args.malformed,
         rate: args.rate,
         stamp_now: args.stamp_now,
         schema_id: args.schema_id,
     };
-    let bar = progress_bar(args.count, "producing", false);
+    let bar = progress_bar(total, "producing", false);
     let summary = operators::produce::produce(settings, |sent| bar.set_position(sent))?;
     bar.finish_and_clear();
     println!(

@@ -61,7 +61,7 @@ pub struct ImportSummary {
 }
 
 /// Expands folders (recursively, `*.parquet`), keeps files as given; sorted, without repeats.
-fn parquet_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn parquet_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = BTreeSet::new();
     for path in paths {
         if path.is_dir() {
@@ -141,7 +141,7 @@ fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>>
 }
 
 /// The ingestion time (epoch ms) of each row of a file's batch; `None` where it has none.
-fn ingestion_times(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
+pub(crate) fn ingestion_times(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
     if let Some(times) = batch.column_by_name("ingestion_ts_ms").filter(|c| c.data_type() == &DataType::Int64) {
         return Ok(times.as_primitive::<Int64Type>().iter().collect());
     }
