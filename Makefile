@@ -55,14 +55,18 @@ demo-replay: setup build plugins ## Backfill demo without Kafka: generate raw pa
 	$(RUNTIME) --graph $(GRAPH) check --table movie_ratings --partition rating_date=2025-05-10 --as-of 2025-05-11T00:00:00Z
 	$(RUNTIME) --graph $(GRAPH) maintain --dry-run
 
-demo-movies: setup build ## The movies pipeline (graphs/movies.toml) on the same engine: import the sample Parquet exports into raw, replay both execution dates, check and show the result
+demo-movies: setup build ## The movies pipeline (graphs/movies.toml) on the same engine: stream the sample exports from Kafka into a fresh lakehouse, check and show the result
 	rm -rf .lakehouse/movies
-	$(RUNTIME) --graph $(MOVIES_GRAPH) init
-	$(RUNTIME) --graph $(MOVIES_GRAPH) import $(MOVIES_DATA)
-	$(RUNTIME) --graph $(MOVIES_GRAPH) --mode replay --from 2021-01-01 --to 2021-01-02
-	$(RUNTIME) --graph $(MOVIES_GRAPH) check --table movie_ratings_curated --partition ingestion_date=2021-01-02
-	$(RUNTIME) --graph $(MOVIES_GRAPH) show movie_ratings_curated --limit 5
-	$(RUNTIME) --graph $(MOVIES_GRAPH) history movie_ratings_curated
+	bash scripts/kafka.sh down >/dev/null
+	bash scripts/kafka.sh up movie.ratings.films.v1 3
+	@trap 'bash scripts/kafka.sh down' EXIT; set -e; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) init; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) produce --from $(MOVIES_DATA); \
+	echo "--- stream until no record arrived for 3s"; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) --mode stream --stop-when-idle 3s --commit-interval 2s; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) check --table movie_ratings_curated --partition ingestion_date=2021-01-02; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) show movie_ratings_curated --limit 5; \
+	$(RUNTIME) --graph $(MOVIES_GRAPH) show rejected --limit 5
 
 kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and the test schema registry (127.0.0.1:8081)
 	bash scripts/kafka.sh up

@@ -219,6 +219,10 @@ impl Decoder {
 /// Reads a body with apache-avro: decoded with the writer schema, resolved into the reader schema
 /// (unless `resolve` is false: they are the same). `Err`: why it cannot be read.
 pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<Value, String> {
+    // apache-avro 0.21 reads a value the body has run out before (a union, string or boolean
+    // field) as null, so a body cut at a field boundary would decode with its last fields null.
+    // Walking the body with the writer schema first refuses it.
+    complete_body(writer, body)?;
     let value = apache_avro::from_avro_datum(writer, &mut body, None)
         .and_then(|value| if resolve { value.resolve(reader) } else { Ok(value) })
         .map_err(|e| e.to_string())?;
@@ -229,6 +233,97 @@ pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mu
         return Err("the body is not a record".into());
     }
     Ok(value)
+}
+
+/// Checks that `body` holds exactly one whole value of `schema`: every length, count, union
+/// index and fixed-size value is there, and nothing is left over. Values are skipped, not built.
+fn complete_body(schema: &Schema, mut body: &[u8]) -> Walked {
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).map_err(|e| format!("the writer schema: {e}"))?;
+    walk(schema, resolved.get_names(), &mut body)?;
+    match body.len() {
+        0 => Ok(()),
+        left => Err(format!("{left} bytes left over after the record")),
+    }
+}
+
+type Walked = std::result::Result<(), String>;
+
+fn short() -> String {
+    "the body ends in the middle of the record".to_string()
+}
+
+fn skip(body: &mut &[u8], n: usize) -> Walked {
+    *body = body.get(n..).ok_or_else(short)?;
+    Ok(())
+}
+
+/// A zigzag variable-length integer.
+fn varint(body: &mut &[u8]) -> std::result::Result<i64, String> {
+    let (mut value, mut shift) = (0u64, 0u32);
+    loop {
+        let (&byte, rest) = body.split_first().ok_or_else(short)?;
+        *body = rest;
+        if shift > 63 {
+            return Err("a variable-length integer longer than 10 bytes".into());
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+        shift += 7;
+    }
+}
+
+fn length(body: &mut &[u8]) -> std::result::Result<usize, String> {
+    usize::try_from(varint(body)?).map_err(|_| "a negative length".to_string())
+}
+
+/// Array or map items: blocks until a count of 0; a negative count is followed by the block's size.
+fn blocks(body: &mut &[u8], item: &mut dyn FnMut(&mut &[u8]) -> Walked) -> Walked {
+    loop {
+        let count = varint(body)?;
+        if count == 0 {
+            return Ok(());
+        }
+        if count < 0 {
+            length(body)?;
+        }
+        for _ in 0..count.unsigned_abs() {
+            item(body)?;
+        }
+    }
+}
+
+fn walk(schema: &Schema, names: &apache_avro::schema::NamesRef<'_>, body: &mut &[u8]) -> Walked {
+    match schema {
+        Schema::Null => Ok(()),
+        Schema::Boolean => skip(body, 1),
+        Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros | Schema::TimestampMillis
+        | Schema::TimestampMicros | Schema::TimestampNanos | Schema::LocalTimestampMillis | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos | Schema::Enum(_) => varint(body).map(drop),
+        Schema::Float => skip(body, 4),
+        Schema::Double => skip(body, 8),
+        Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => {
+            let n = length(body)?;
+            skip(body, n)
+        }
+        Schema::Fixed(fixed) => skip(body, fixed.size),
+        Schema::Duration => skip(body, 12),
+        Schema::Decimal(decimal) => walk(&decimal.inner, names, body),
+        Schema::Union(union) => {
+            let index = usize::try_from(varint(body)?).map_err(|_| "a negative union index".to_string())?;
+            let branch = union.variants().get(index).ok_or_else(|| format!("union index {index} of {} branches", union.variants().len()))?;
+            walk(branch, names, body)
+        }
+        Schema::Record(record) => record.fields.iter().try_for_each(|field| walk(&field.schema, names, body)),
+        Schema::Array(array) => blocks(body, &mut |body| walk(&array.items, names, body)),
+        Schema::Map(map) => blocks(body, &mut |body| {
+            let n = length(body)?;
+            skip(body, n)?;
+            walk(&map.types, names, body)
+        }),
+        Schema::Ref { name } => walk(names.get(name).ok_or_else(|| format!("unknown named type {name}"))?, names, body),
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +337,32 @@ mod tests {
         assert!(split_frame(&[]).unwrap_err().contains("empty"));
         assert!(split_frame(&[1, 0, 0, 0, 7]).unwrap_err().contains("0x01"));
         assert!(split_frame(&[0, 0, 0]).unwrap_err().contains("shorter"));
+    }
+
+    #[test]
+    fn a_body_cut_anywhere_is_not_read_as_a_record() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"id","type":"string"},{"name":"n","type":"long"},
+                {"name":"title","type":["null","string"],"default":null},
+                {"name":"budget","type":["null","long"],"default":null},
+                {"name":"tags","type":["null",{"type":"array","items":{"type":"record","name":"T","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}}],"default":null}
+            ]}"#,
+        )
+        .unwrap();
+        let tag = |id: i64| Value::Record(vec![("id".into(), Value::Long(id)), ("name".into(), Value::String("Drama".into()))]);
+        let record = Value::Record(vec![
+            ("id".into(), Value::String("bc0f7567-4e65-4c9c-a4cd-e51c2fe62d4d".into())),
+            ("n".into(), Value::Long(1_609_470_880)),
+            ("title".into(), Value::Union(1, Box::new(Value::String("The 13th Warrior".into())))),
+            ("budget".into(), Value::Union(1, Box::new(Value::Long(160_000_000)))),
+            ("tags".into(), Value::Union(1, Box::new(Value::Array(vec![tag(12), tag(14)])))),
+        ]);
+        let body = apache_avro::to_avro_datum(&schema, record).unwrap();
+        assert!(decode_generic(&schema, false, &schema, &body).is_ok());
+        for cut in 0..body.len() {
+            let decoded = decode_generic(&schema, false, &schema, &body[..cut]);
+            assert!(decoded.is_err(), "a body cut at {cut} of {} bytes was read: {decoded:?}", body.len());
+        }
     }
 }
