@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench-peers: setup build plugins ## The same N raw rows (default 10M) through Du
 bench-floor: setup ## Per-record floor of the stream (Avro read, raw columns, rules, Parquet) and pyarrow's writer on the same columns
 	$(CARGO) bench -p ratings-benches --bench floor
 	.venv/bin/python benches/floor_pyarrow.py
+
+bench-movies: setup build ## The movies graph on the sample exports: replay of both dates (whole process, 3 runs) and a stream of 10 copies (records/s, CPU-seconds per million)
+	bash benches/movies.sh
 
 bench-state: ## Bytes per live key of the upsert state and the curated writer's row index (counting allocator)
 	$(CARGO) bench -p ratings-benches --bench state_bytes

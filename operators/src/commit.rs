@@ -174,9 +174,6 @@ impl Default for CommitOptions {
 pub struct LiveFile {
     pub data_file: DataFile,
     pub partition: Option<i32>,
-    /// The data sequence number of the snapshot that added the file: files added later have
-    /// larger ones, which is how a batch job orders the raw files of one day.
-    pub sequence_number: Option<i64>,
 }
 
 impl LiveFile {
@@ -259,7 +256,7 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
             .context(|| format!("reading manifest {}", manifest_file.manifest_path))?;
         for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
             let data_file = entry.data_file().clone();
-            files.push(LiveFile { partition: partition_day(&data_file), sequence_number: entry.sequence_number(), data_file });
+            files.push(LiveFile { partition: partition_day(&data_file), data_file });
         }
     }
     Ok(files)

@@ -122,9 +122,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
-    /// Load Parquet files (or folders of them) into a batch graph's raw table: columns checked
-    /// against the graph's declaration, rows split by their partition date, one append snapshot;
-    /// a file imported before (same content) is skipped.
+    /// Load Parquet files (or folders of them) into the graph's raw table, as ingested on their
+    /// ingestion day (their ingestion_date or ingestion_ts_ms column): event columns checked
+    /// against the reader schema, one append snapshot; a file imported before (same content) is
+    /// skipped.
     Import {
         /// The raw table: role, full name or short name.
         #[arg(long, default_value = "raw")]

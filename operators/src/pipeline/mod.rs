@@ -101,7 +101,7 @@ pub struct ValidationSection {
 #[serde(deny_unknown_fields)]
 pub struct CuratedSection {
     /// In table order: a raw or derived column by name, or `"name type"` for a column a rule
-    /// plugin adds (Iceberg type names, as in `tables.raw.columns` of batch graphs).
+    /// plugin adds (Iceberg type names: `boolean`, `long`, `list<struct<id long, name string>>`, …).
     pub columns: Vec<String>,
 }
 

@@ -1,4 +1,4 @@
-//! Built-in row stages a batch graph configures instead of code: each takes a batch and returns
+//! Built-in row stages a graph configures instead of code (`[[stages]]`): each takes a batch and returns
 //! it with one column changed, renamed or added, in the order the graph lists them.
 //!
 //! - `rename` `column` → `to`: the column keeps its place and values.
