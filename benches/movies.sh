@@ -38,7 +38,7 @@ for run in $(seq "$runs"); do
   graph_for "$work/replay$run" unused
   "$bin" --graph "$work/replay$run/graph.toml" import graphs/data/movies >/dev/null
   /usr/bin/time -f "  run $run: %e s wall, %U s user, %S s system, %M KB max RSS" \
-    "$bin" --graph "$work/replay$run/graph.toml" --mode replay --from 2021-01-01 --to 2021-01-02 --no-progress 2>&1 >/dev/null | grep run
+    env RUST_LOG=warn "$bin" --graph "$work/replay$run/graph.toml" --mode replay --from 2021-01-01 --to 2021-01-02 --no-progress 2>&1 >/dev/null | grep "^  run"
 done
 
 topic=bench.movies.$RANDOM$RANDOM

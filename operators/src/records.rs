@@ -249,14 +249,16 @@ impl KeyMaker {
                 })
                 .collect());
         }
-        let mut hashers: Vec<twox_hash::XxHash3_128> = (0..rows).map(|_| twox_hash::XxHash3_128::new()).collect();
+        // Each row's values as ingested, length-prefixed, one column after the other, in one flat
+        // buffer; a null (or blank string) is missing. Hashed in one call per row: a streaming
+        // hasher per row would allocate its buffer for every row of the batch.
+        let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); rows];
         let mut missing: Vec<Option<String>> = vec![None; rows];
         for (name, column) in self.columns.iter().zip(&columns) {
-            // Each row's value as ingested, length-prefixed; a null (or blank string) is missing.
             let mut feed = |row: usize, bytes: Option<&[u8]>| match bytes {
                 Some(bytes) => {
-                    hashers[row].write(&(bytes.len() as u64).to_le_bytes());
-                    hashers[row].write(bytes);
+                    encoded[row].extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    encoded[row].extend_from_slice(bytes);
                 }
                 None => {
                     missing[row].get_or_insert_with(|| name.clone());
@@ -286,12 +288,12 @@ impl KeyMaker {
                 other => return Err(Error::User(format!("key column {name} is {other}; a key is a string, int, long or binary"))),
             }
         }
-        Ok(hashers
+        Ok(encoded
             .into_iter()
             .zip(missing)
-            .map(|(hasher, missing)| match missing {
+            .map(|(bytes, missing)| match missing {
                 Some(name) => Err(KeyProblem::Missing(name)),
-                None => Ok(hasher.finish_128()),
+                None => Ok(twox_hash::XxHash3_128::oneshot(&bytes)),
             })
             .collect())
     }
