@@ -12,7 +12,8 @@ fi
 if ! python3 -m venv --help >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-venv
 fi
-python3 -m venv .venv
+# --clear: a venv left half-made by an interrupted run (no pip in it) is made again from scratch.
+python3 -m venv --clear .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -r "$req"
 echo "$want" > "$stamp"
