@@ -117,7 +117,6 @@ impl ProducerContext for DeliveryCounter {
 /// Sends records one by one: malformed ones in turn, pacing, progress.
 struct Sender<'a, P: FnMut(u64)> {
     producer: &'a ThreadedProducer<DeliveryCounter>,
-    topic: &'a str,
     summary: ProduceSummary,
     malformed_every: u64,
     malformed_turn: u32,
@@ -147,7 +146,8 @@ impl<P: FnMut(u64)> Sender<'_, P> {
             self.summary.malformed += 1;
         }
         let timestamp = if self.settings.stamp_now { chrono::Utc::now().timestamp_millis() } else { ingestion_ts_ms };
-        let mut record = BaseRecord::to(self.topic).key(key).payload(&value).partition(partition).timestamp(timestamp);
+        let topic = &self.settings.kafka.topic;
+        let mut record = BaseRecord::to(topic).key(key).payload(&value).partition(partition).timestamp(timestamp);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -155,7 +155,7 @@ impl<P: FnMut(u64)> Sender<'_, P> {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((error, _)) => return Err(Error::Kafka { context: format!("producing to {}", self.topic), source: error }),
+                Err((error, _)) => return Err(Error::Kafka { context: format!("producing to {topic}"), source: error }),
             }
         }
         self.summary.sent += 1;
@@ -364,7 +364,6 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
 
     let mut sender = Sender {
         producer: &producer,
-        topic: &settings.kafka.topic,
         summary: ProduceSummary { schema_id, partitions, ..Default::default() },
         malformed_every: if settings.malformed > 0.0 { (1.0 / settings.malformed).round().max(1.0) as u64 } else { 0 },
         malformed_turn: 0,
@@ -385,10 +384,7 @@ pub fn produce(settings: ProduceSettings, mut progress: impl FnMut(u64)) -> Resu
         }
         Records::Files { paths, key } => {
             for path in crate::source::import::parquet_files(paths)? {
-                let file = std::fs::File::open(&path).context(|| format!("opening {}", path.display()))?;
-                let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                    .and_then(|builder| builder.build())
-                    .map_err(|e| Error::User(format!("{}: not a readable Parquet file: {e}", path.display())))?;
+                let batches = crate::source::import::reader(&path)?.build().map_err(|e| Error::User(format!("{}: {e}", path.display())))?;
                 for batch in batches {
                     let batch = batch.map_err(|e| Error::User(format!("{}: reading rows: {e}", path.display())))?;
                     let at = |e: Error| Error::User(format!("{}: {e}", path.display()));

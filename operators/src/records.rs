@@ -249,9 +249,9 @@ impl KeyMaker {
                 })
                 .collect());
         }
-        // Each row's values as ingested, length-prefixed, one column after the other, in one flat
-        // buffer; a null (or blank string) is missing. Hashed in one call per row: a streaming
-        // hasher per row would allocate its buffer for every row of the batch.
+        // Each row's values as ingested, length-prefixed, one column after the other, in a small
+        // buffer of its own; a null (or blank string) is missing. Hashed in one call per row: a
+        // streaming hasher per row would allocate its much larger buffer for every row.
         let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); rows];
         let mut missing: Vec<Option<String>> = vec![None; rows];
         for (name, column) in self.columns.iter().zip(&columns) {
@@ -452,6 +452,11 @@ pub fn positions(batch: &RecordBatch) -> Result<Vec<IngestPosition>> {
     Ok((0..batch.num_rows())
         .map(|row| IngestPosition { ingestion_ts_ms: ingestion.value(row), partition: partition.value(row), offset: offset.value(row) })
         .collect())
+}
+
+/// Whether [`order_values`] reads a column of this type.
+pub fn is_order_type(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _))
 }
 
 /// The 64-bit number of an order value: integers, dates (days), timestamps (their unit); `None`

@@ -423,7 +423,7 @@ impl Pipeline {
             format!("stages: {} is the order; a stage may cast it but not rename or drop it", upsert.order_by)
         })?;
         let order_cast = offered.field_with_name(&upsert.order_by).map(|f| f.data_type() != &order_after).unwrap_or(false);
-        if order_cast && !is_order_type(&order_after) {
+        if order_cast && !crate::records::is_order_type(&order_after) {
             return Err(format!("stages: the order {} becomes {order_after}; it must stay an integer, date or timestamp", upsert.order_by));
         }
         // A column's type after the stages: an event column's own (with its nested ids) when the
@@ -531,12 +531,6 @@ impl Pipeline {
         columns.extend(["ingestion_ts_ms", "source_offset"].map(String::from));
         columns
     }
-}
-
-/// Whether the engine can order records by an Arrow column of this type.
-fn is_order_type(data_type: &arrow::datatypes::DataType) -> bool {
-    use arrow::datatypes::{DataType, TimeUnit};
-    matches!(data_type, DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(TimeUnit::Microsecond, _))
 }
 
 fn lineage_names() -> String {

@@ -47,12 +47,11 @@ pub fn arrow_type_of(name: &str) -> std::result::Result<DataType, String> {
 
 /// `seconds`, `milliseconds` or `microseconds`.
 pub fn time_unit_of(name: &str) -> std::result::Result<TimeUnit, String> {
-    match name.trim() {
-        "seconds" | "s" => Ok(TimeUnit::Second),
-        "milliseconds" | "ms" => Ok(TimeUnit::Millisecond),
-        "microseconds" | "us" => Ok(TimeUnit::Microsecond),
-        other => Err(format!("unknown unit {other:?} (expected seconds, milliseconds or microseconds)")),
-    }
+    Ok(match super::TimeUnit::parse(name)? {
+        super::TimeUnit::Seconds => TimeUnit::Second,
+        super::TimeUnit::Milliseconds => TimeUnit::Millisecond,
+        super::TimeUnit::Microseconds => TimeUnit::Microsecond,
+    })
 }
 
 impl Stage {

@@ -135,7 +135,7 @@ impl Wanted {
     }
 }
 
-fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+pub(crate) fn reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
     let file = std::fs::File::open(path).context(|| format!("opening {}", path.display()))?;
     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::User(format!("{}: not a readable Parquet file: {e}", path.display())))
 }
@@ -148,7 +148,7 @@ pub(crate) fn ingestion_times(batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
     let dates = batch
         .column_by_name("ingestion_date")
         .and_then(|c| c.as_primitive_opt::<Date32Type>())
-        .ok_or_else(|| Error::Internal("a file without an ingestion time passed the check".into()))?;
+        .ok_or_else(|| Error::User("no ingestion time: give an ingestion_date (date) or ingestion_ts_ms (long, epoch milliseconds) column".into()))?;
     Ok(dates.iter().map(|d| d.map(|d| i64::from(d) * MILLIS_PER_DAY)).collect())
 }
 

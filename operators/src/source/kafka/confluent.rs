@@ -95,7 +95,7 @@ impl Decoded<'_> {
 enum Writer {
     /// Decode with `schema`; resolve into the reader schema unless both are the same. Bodies the
     /// plan (if any) reads cleanly skip the generic decoding.
-    Readable { schema: Schema, resolve: bool, plan: Option<ReadPlan> },
+    Readable { schema: Schema, names: Names, resolve: bool, plan: Option<ReadPlan> },
     Refused { reason: RejectReason, detail: String },
 }
 
@@ -151,14 +151,14 @@ impl Decoder {
             let writer = self.fetch(id)?;
             self.writers.insert(id, writer);
         }
-        let (schema, resolve, plan) = match &self.writers[&id] {
-            Writer::Readable { schema, resolve, plan } => (schema, *resolve, plan),
+        let (schema, names, resolve, plan) = match &self.writers[&id] {
+            Writer::Readable { schema, names, resolve, plan } => (schema, names, *resolve, plan),
             Writer::Refused { reason, detail } => return refuse(*reason, detail.clone()),
         };
         if let Some(values) = plan.as_ref().and_then(|plan| plan.read(body)) {
             return Ok(Ok(Decoded::Planned(values)));
         }
-        match decode_generic(schema, resolve, &self.reader, body) {
+        match decode_generic(schema, names, resolve, &self.reader, body) {
             Ok(record) => Ok(Ok(Decoded::Resolved(record))),
             Err(detail) => refuse(RejectReason::UndecodableBody, format!("schema id {id}: {detail}")),
         }
@@ -211,18 +211,25 @@ impl Decoder {
                 detail: format!("schema id {id} cannot be read as the pipeline's reader schema: {e}"),
             };
         }
+        let names = match named_types(&schema) {
+            Ok(names) => names,
+            Err(e) => {
+                return Writer::Refused { reason: RejectReason::IncompatibleSchema, detail: format!("schema id {id}: {e}") };
+            }
+        };
         let plan = ReadPlan::new(&schema, &self.reader, resolve);
-        Writer::Readable { schema, resolve, plan }
+        Writer::Readable { schema, names, resolve, plan }
     }
 }
 
 /// Reads a body with apache-avro: decoded with the writer schema, resolved into the reader schema
 /// (unless `resolve` is false: they are the same). `Err`: why it cannot be read.
-pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<Value, String> {
+/// `names` are the writer's named types ([`named_types`]).
+pub(crate) fn decode_generic(writer: &Schema, names: &Names, resolve: bool, reader: &Schema, mut body: &[u8]) -> std::result::Result<Value, String> {
     // apache-avro 0.21 reads a value the body has run out before (a union, string or boolean
     // field) as null, so a body cut at a field boundary would decode with its last fields null.
     // Walking the body with the writer schema first refuses it.
-    complete_body(writer, body)?;
+    complete_body(writer, names, body)?;
     let value = apache_avro::from_avro_datum(writer, &mut body, None)
         .and_then(|value| if resolve { value.resolve(reader) } else { Ok(value) })
         .map_err(|e| e.to_string())?;
@@ -235,11 +242,19 @@ pub(crate) fn decode_generic(writer: &Schema, resolve: bool, reader: &Schema, mu
     Ok(value)
 }
 
+/// A schema's named types by full name, for the references inside it: resolved once per writer
+/// schema, not per body.
+pub(crate) type Names = HashMap<apache_avro::schema::Name, Schema>;
+
+pub(crate) fn named_types(schema: &Schema) -> std::result::Result<Names, String> {
+    let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).map_err(|e| format!("the writer schema's named types: {e}"))?;
+    Ok(resolved.get_names().iter().map(|(name, schema)| (name.clone(), (*schema).clone())).collect())
+}
+
 /// Checks that `body` holds exactly one whole value of `schema`: every length, count, union
 /// index and fixed-size value is there, and nothing is left over. Values are skipped, not built.
-fn complete_body(schema: &Schema, mut body: &[u8]) -> Walked {
-    let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).map_err(|e| format!("the writer schema: {e}"))?;
-    walk(schema, resolved.get_names(), &mut body)?;
+fn complete_body(schema: &Schema, names: &Names, mut body: &[u8]) -> Walked {
+    walk(schema, names, &mut body)?;
     match body.len() {
         0 => Ok(()),
         left => Err(format!("{left} bytes left over after the record")),
@@ -294,7 +309,7 @@ fn blocks(body: &mut &[u8], item: &mut dyn FnMut(&mut &[u8]) -> Walked) -> Walke
     }
 }
 
-fn walk(schema: &Schema, names: &apache_avro::schema::NamesRef<'_>, body: &mut &[u8]) -> Walked {
+fn walk(schema: &Schema, names: &Names, body: &mut &[u8]) -> Walked {
     match schema {
         Schema::Null => Ok(()),
         Schema::Boolean => skip(body, 1),
@@ -359,9 +374,10 @@ mod tests {
             ("tags".into(), Value::Union(1, Box::new(Value::Array(vec![tag(12), tag(14)])))),
         ]);
         let body = apache_avro::to_avro_datum(&schema, record).unwrap();
-        assert!(decode_generic(&schema, false, &schema, &body).is_ok());
+        let names = named_types(&schema).unwrap();
+        assert!(decode_generic(&schema, &names, false, &schema, &body).is_ok());
         for cut in 0..body.len() {
-            let decoded = decode_generic(&schema, false, &schema, &body[..cut]);
+            let decoded = decode_generic(&schema, &names, false, &schema, &body[..cut]);
             assert!(decoded.is_err(), "a body cut at {cut} of {} bytes was read: {decoded:?}", body.len());
         }
     }

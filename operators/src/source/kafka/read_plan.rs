@@ -337,11 +337,12 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::source::kafka::confluent::decode_generic;
+    use crate::source::kafka::confluent::{decode_generic, named_types};
 
     /// The generic decoding as the plan's values: a value per reader field (`Err`: refused).
     fn generic(writer: &Schema, resolve: bool, reader: &Schema, body: &[u8]) -> Result<Vec<String>, String> {
-        let Value::Record(fields) = decode_generic(writer, resolve, reader, body)? else { unreachable!("a record") };
+        let names = named_types(writer)?;
+        let Value::Record(fields) = decode_generic(writer, &names, resolve, reader, body)? else { unreachable!("a record") };
         Ok(fields
             .into_iter()
             .map(|(_, value)| {
