@@ -34,6 +34,18 @@ fn replay_equals_the_oracle_on_every_edge_case() {
     // Every curated snapshot after the first replaced partitions (Overwrite), none lost rows.
     let history = lake.ok(&["history", "curated"]).stdout;
     assert!(history.contains("overwrite"), "{history}");
+    // Rows that moved or were replaced in files of earlier commits are marked by position
+    // deletes, and history shows how many.
+    let counter = |name: &str| -> u64 {
+        history.split_whitespace().filter_map(|w| w.strip_prefix(name)).map(|v| v.parse::<u64>().unwrap()).sum()
+    };
+    assert!(counter("added-delete-files=") > 0, "{history}");
+    assert!(counter("added-position-deletes=") >= counter("added-delete-files="), "{history}");
+
+    // A log written to a pipe, not a terminal, carries no colour escape sequences.
+    let maintain = lake.command(&["maintain", "--dry-run"]).env("RUST_LOG", "info").output().unwrap();
+    let log = String::from_utf8_lossy(&maintain.stderr);
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "{log}");
 }
 
 #[test]

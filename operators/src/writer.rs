@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use iceberg::spec::{DataContentType, DataFile, DataFileFormat, Literal, PartitionKey, Struct};
+use iceberg::spec::{DataContentType, DataFile, DataFileFormat, Datum, Literal, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -38,7 +36,7 @@ pub async fn write_partition(
     }
     let properties = properties.build();
     let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
-    let rolling = RollingFileWriterBuilder::new(
+    let mut writer = RollingFileWriterBuilder::new(
         parquet,
         target_file_size,
         table.file_io().clone(),
@@ -48,17 +46,112 @@ pub async fn write_partition(
             None,
             DataFileFormat::Parquet,
         ),
-    );
+    )
+    .build();
     let key = PartitionKey::new(
         metadata.default_partition_spec().as_ref().clone(),
         metadata.current_schema().clone(),
         Struct::from_iter([Some(Literal::date(day))]),
     );
-    let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await.context(context)?;
+    let mut zeros = ZeroBounds::new(metadata.current_schema());
     for batch in batches {
-        writer.write(batch).await.context(context)?;
+        zeros.observe(&batch);
+        writer
+            .write(&Some(key.clone()), &batch)
+            .await
+            .context(context)?;
     }
-    writer.close().await.context(context)
+    let mut files = Vec::new();
+    for mut file in writer.close().await.context(context)? {
+        file.content(DataContentType::Data)
+            .partition(key.data().clone())
+            .partition_spec_id(key.spec().spec_id());
+        let built = file
+            .build()
+            .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?;
+        files.push(match zeros.corrected(&built) {
+            Some(bounds) => file
+                .lower_bounds(bounds)
+                .build()
+                .map_err(|e| crate::Error::Internal(format!("{}: {e}", context())))?,
+            None => built,
+        });
+    }
+    Ok(files)
+}
+
+/// Parquet writes the minimum of a float column whose smallest value is a zero as `-0.0` (the
+/// format's rule, so old readers that order -0.0 before 0.0 never skip a page wrongly), and
+/// Iceberg's writer copies that into the data file's `lower_bounds`: Spark then answers
+/// `min(rating)` from metadata as -0.0 although no row holds it. This notes which top-level
+/// float and double columns really hold a negative zero, so a file's -0.0 bound is put back to
+/// 0.0 unless it does.
+struct ZeroBounds {
+    /// (field id, column name, whether a row held -0.0) per float/double column.
+    columns: Vec<(i32, String, bool)>,
+}
+
+impl ZeroBounds {
+    fn new(schema: &iceberg::spec::Schema) -> ZeroBounds {
+        use iceberg::spec::{PrimitiveType, Type};
+        let columns = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| {
+                matches!(
+                    *f.field_type,
+                    Type::Primitive(PrimitiveType::Float | PrimitiveType::Double)
+                )
+            })
+            .map(|f| (f.id, f.name.clone(), false))
+            .collect();
+        ZeroBounds { columns }
+    }
+
+    fn observe(&mut self, batch: &RecordBatch) {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float32Type, Float64Type};
+        for (_, name, seen) in self.columns.iter_mut().filter(|(_, _, seen)| !*seen) {
+            let Some(column) = batch.column_by_name(name) else {
+                continue;
+            };
+            *seen = match column.data_type() {
+                arrow_schema::DataType::Float32 => column
+                    .as_primitive::<Float32Type>()
+                    .iter()
+                    .flatten()
+                    .any(|v| v == 0.0 && v.is_sign_negative()),
+                arrow_schema::DataType::Float64 => column
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .flatten()
+                    .any(|v| v == 0.0 && v.is_sign_negative()),
+                _ => false,
+            };
+        }
+    }
+
+    /// The file's lower bounds with each unwarranted -0.0 replaced by 0.0, or None if none is.
+    fn corrected(&self, file: &DataFile) -> Option<std::collections::HashMap<i32, Datum>> {
+        use iceberg::spec::PrimitiveLiteral;
+        let mut bounds = file.lower_bounds().clone();
+        let mut changed = false;
+        for (id, _, _) in self.columns.iter().filter(|(_, _, seen)| !*seen) {
+            let zero = match bounds.get(id).map(|d| d.literal()) {
+                Some(PrimitiveLiteral::Float(v)) if v.0 == 0.0 && v.0.is_sign_negative() => {
+                    Datum::float(0.0)
+                }
+                Some(PrimitiveLiteral::Double(v)) if v.0 == 0.0 && v.0.is_sign_negative() => {
+                    Datum::double(0.0)
+                }
+                _ => continue,
+            };
+            bounds.insert(*id, zero);
+            changed = true;
+        }
+        changed.then_some(bounds)
+    }
 }
 
 /// The spec's position delete schema: `file_path` (field id 2147483546) and `pos` (2147483545).
@@ -146,4 +239,79 @@ pub async fn read_position_deletes(table: &Table, paths: &[String]) -> Result<st
         positions.dedup();
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use iceberg::spec::PrimitiveLiteral;
+
+    use crate::model::{IngestPosition, Origin};
+    use crate::sample::{Candidate, Rating, curated_to_batch};
+    use crate::schema::arrow_schema;
+    use crate::test_fixture::fixture;
+
+    /// The rating column's lower bound in the file written for rows of these ratings.
+    async fn rating_lower_bound(ratings: &[f32]) -> f32 {
+        let f = fixture().await;
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        let candidates: Vec<(u128, Candidate)> = ratings
+            .iter()
+            .enumerate()
+            .map(|(i, rating)| {
+                (
+                    i as u128 + 1,
+                    Candidate {
+                        position: IngestPosition {
+                            ingestion_ts_ms: 0,
+                            partition: 0,
+                            offset: i as i64,
+                        },
+                        origin: Origin::Input,
+                        rating_timestamp: 0,
+                        rating_date: 0,
+                        user_id: "u".into(),
+                        movie_id: "m".into(),
+                        rating: Rating(*rating),
+                        is_approved: false,
+                    },
+                )
+            })
+            .collect();
+        let schema = arrow_schema(table.metadata().current_schema()).unwrap();
+        let batch = curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap();
+        let files = super::write_partition(&table, 0, [batch], 1 << 27, "t")
+            .await
+            .unwrap();
+        let rating_id = table
+            .metadata()
+            .current_schema()
+            .field_by_name("rating")
+            .unwrap()
+            .id;
+        match files[0].lower_bounds()[&rating_id].literal() {
+            PrimitiveLiteral::Float(v) => v.0,
+            other => panic!("rating bound is not a float: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_float_column_whose_minimum_is_zero_has_lower_bound_positive_zero() {
+        let bound = rating_lower_bound(&[3.0, 0.0, 9.5]).await;
+        assert_eq!(bound, 0.0);
+        assert!(bound.is_sign_positive(), "lower bound written as {bound:?}");
+    }
+
+    #[tokio::test]
+    async fn a_float_column_holding_negative_zero_keeps_lower_bound_negative_zero() {
+        let bound = rating_lower_bound(&[3.0, -0.0, 0.0]).await;
+        assert!(
+            bound == 0.0 && bound.is_sign_negative(),
+            "lower bound written as {bound:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_float_column_with_a_positive_minimum_keeps_its_bound() {
+        assert_eq!(rating_lower_bound(&[3.0, 1.25]).await, 1.25);
+    }
 }

@@ -53,7 +53,17 @@ pub async fn show(table: &Table, filter: Option<Predicate>, limit: usize) -> Res
 
 /// One line per snapshot, oldest first.
 pub fn history(table: &Table) -> String {
-    const SHOWN: [&str; 5] = ["added-records", "deleted-records", "added-data-files", "deleted-data-files", "total-records"];
+    const SHOWN: [&str; 9] = [
+        "added-records",
+        "deleted-records",
+        "added-data-files",
+        "deleted-data-files",
+        "added-delete-files",
+        "removed-delete-files",
+        "added-position-deletes",
+        "removed-position-deletes",
+        "total-records",
+    ];
     let metadata = table.metadata();
     let current = metadata.current_snapshot_id();
     let mut snapshots: Vec<_> = metadata.snapshots().collect();
