@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down s3-up s3-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,12 @@ kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and t
 
 kafka-down: ## Stop what kafka-up started
 	bash scripts/kafka.sh down
+
+s3-up: ## Start the S3-protocol server (s3s-fs, installed into .tools/ on first use) on 127.0.0.1:9000 with bucket `warehouse`
+	bash scripts/s3.sh up
+
+s3-down: ## Stop what s3-up started
+	bash scripts/s3.sh down
 
 test: setup ## Run the whole test suite (unit, oracle, whole-pipeline, stream against the real broker, PyIceberg/DuckDB readers)
 	bash scripts/test.sh

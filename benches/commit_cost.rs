@@ -141,7 +141,7 @@ async fn lake(rows: u64, with_table: bool) -> Lake {
     let catalog = CatalogSettings {
         name: "bench".into(),
         database: dir.path().join("catalog.db"),
-        warehouse: dir.path().join("warehouse"),
+        warehouse: operators::storage::Warehouse::Local(dir.path().join("warehouse")),
     };
     let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
     let (raw, curated, rejected) = (

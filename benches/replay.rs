@@ -40,7 +40,7 @@ fn end_to_end(c: &mut Criterion) {
     let catalog = CatalogSettings {
         name: "bench".into(),
         database: dir.path().join("catalog.db"),
-        warehouse: dir.path().join("warehouse"),
+        warehouse: operators::storage::Warehouse::Local(dir.path().join("warehouse")),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (raw, curated, rejected) = (

@@ -7,14 +7,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 started_kafka=0
+started_s3=0
 bash scripts/kafka.sh running || started_kafka=1
 bash scripts/kafka.sh up || exit 1
+bash scripts/s3.sh running || started_s3=1
+bash scripts/s3.sh up || exit 1
 cleanup() {
   rm -f "$log"
   if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi
+  if [ "$started_s3" = 1 ]; then bash scripts/s3.sh down >/dev/null; fi
 }
 trap cleanup EXIT
 export RATINGS_FLOW_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
+eval "$(bash scripts/s3.sh env)"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The criterion benchmarks are not run here (make bench), but they must still build.

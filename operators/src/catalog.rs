@@ -2,16 +2,15 @@
 //!
 //! The embedded default is Iceberg's SQL catalog on a SQLite file plus a local warehouse folder:
 //! no server, and readable by any SQL-catalog client (PyIceberg's `SqlCatalog` among them). The
+//! warehouse may instead be an S3 bucket (see [`crate::storage`]); the catalog file stays local. The
 //! catalog folder must exist unless the caller asks for creation (`runtime init`), so a typo in a
 //! path is an error instead of a fresh empty lakehouse.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
@@ -19,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 use crate::error::{Context, Error, Result};
 use crate::schema::TableLayout;
+use crate::storage::Warehouse;
 
 /// Where the catalog lives.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +27,8 @@ pub struct CatalogSettings {
     pub name: String,
     /// The SQLite database file.
     pub database: PathBuf,
-    /// The warehouse folder: table data and metadata go below it.
-    pub warehouse: PathBuf,
+    /// Where table data and metadata go: a local folder or an S3 bucket.
+    pub warehouse: Warehouse,
 }
 
 /// An open catalog plus the direct access to its pointer table that our own commits need.
@@ -36,6 +36,7 @@ pub struct Lakehouse {
     catalog: SqlCatalog,
     pointers: SqlitePool,
     name: String,
+    warehouse: Warehouse,
 }
 
 pub fn parse_table_ident(name: &str) -> Result<TableIdent> {
@@ -66,11 +67,15 @@ impl Lakehouse {
     /// Opens the catalog. With `create`, makes the catalog folder, database and warehouse first.
     pub async fn open(settings: &CatalogSettings, create: bool) -> Result<Lakehouse> {
         let database = absolute(&settings.database)?;
-        let warehouse = absolute(&settings.warehouse)?;
+        let warehouse = match &settings.warehouse {
+            Warehouse::Local(path) => Warehouse::Local(absolute(path)?),
+            other => other.clone(),
+        };
         let folder = database.parent().unwrap_or(Path::new("/")).to_path_buf();
         if create {
-            for dir in [&folder, &warehouse] {
-                std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&folder).context(|| format!("creating {}", folder.display()))?;
+            if let Warehouse::Local(path) = &warehouse {
+                std::fs::create_dir_all(path).context(|| format!("creating {}", path.display()))?;
             }
         } else if !folder.is_dir() {
             return Err(Error::User(format!(
@@ -94,17 +99,23 @@ impl Lakehouse {
             .connect_with(options)
             .await
             .context(|| format!("opening catalog database {}", database.display()))?;
-        let props = HashMap::from([
-            ("uri".to_string(), format!("sqlite://{}", database.display())),
-            ("warehouse".to_string(), format!("file://{}", warehouse.display())),
-        ]);
+        // The catalog hands its properties to the FileIO of every table it loads: the storage
+        // settings (credentials among them) travel there and nowhere else.
+        let mut props = warehouse.file_io_properties();
+        props.insert("uri".to_string(), format!("sqlite://{}", database.display()));
+        props.insert("warehouse".to_string(), warehouse.location());
         let catalog = SqlCatalogBuilder::default()
             .sql_bind_style(SqlBindStyle::QMark)
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(warehouse.storage_factory())
             .load(&settings.name, props)
             .await
             .context(|| format!("opening SQL catalog {}", database.display()))?;
-        Ok(Lakehouse { catalog, pointers, name: settings.name.clone() })
+        Ok(Lakehouse { catalog, pointers, name: settings.name.clone(), warehouse })
+    }
+
+    /// Where the tables' files live.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
     }
 
     pub fn catalog(&self) -> &SqlCatalog {

@@ -50,6 +50,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The object store failed while doing `context` (listing a bucket; table files go through
+    /// Iceberg's FileIO and fail as `Iceberg`).
+    #[error("{context}: {source}")]
+    ObjectStore {
+        context: String,
+        #[source]
+        source: opendal::Error,
+    },
     /// The SQL catalog database failed while doing `context`.
     #[error("{context}: {source}")]
     Sql {
@@ -105,6 +113,10 @@ impl Error {
                 _ => Fault::External,
             },
             Error::Io { .. } | Error::Sql { .. } | Error::CommitConflict { .. } | Error::Registry(_) => Fault::External,
+            Error::ObjectStore { source, .. } => match source.kind() {
+                opendal::ErrorKind::ConfigInvalid | opendal::ErrorKind::PermissionDenied => Fault::User,
+                _ => Fault::External,
+            },
             Error::Kafka { source, .. } => match source {
                 rdkafka::error::KafkaError::ClientCreation(_) => Fault::User,
                 _ => Fault::External,
@@ -118,6 +130,7 @@ impl Error {
         match self {
             Error::Iceberg { source, .. } => source.retryable(),
             Error::Io { .. } | Error::Sql { .. } | Error::Registry(_) => true,
+            Error::ObjectStore { source, .. } => source.is_temporary(),
             Error::Kafka { source, .. } => source.rdkafka_error_code().is_some(),
             _ => false,
         }

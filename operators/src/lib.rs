@@ -34,6 +34,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod stash;
+pub mod storage;
 pub mod stream;
 #[cfg(test)]
 mod test_fixture;

@@ -29,8 +29,8 @@
 //! conflict and its restart reloads the state from the table (nothing is lost or duplicated). The
 //! stream's own writer compaction (`compact_after_files`) avoids that for partitions it writes.
 //! Orphan cleanup never touches a file younger than the safety age, so files of a commit in
-//! flight (written, not yet referenced) survive. It lists folders, which this build does for local
-//! warehouses only.
+//! flight (written, not yet referenced) survive. It lists the table's folder, local or in the
+//! bucket (see [`crate::storage`]), and deletes through the table's FileIO.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
@@ -358,13 +358,9 @@ fn referenced_snapshots(metadata: &iceberg::spec::TableMetadata) -> Result<Vec<i
     Ok(refs.values().filter_map(|r| r.get("snapshot-id").and_then(|id| id.as_i64())).collect())
 }
 
-/// `file:///a/b` or `/a/b` as a local path; `None` for other schemes.
-fn local_path(location: &str) -> Option<&str> {
-    match location.strip_prefix("file://") {
-        Some(path) => Some(path),
-        None if location.starts_with('/') => Some(location),
-        None => None,
-    }
+/// A file location in one spelling: metadata may name a local file `file:///a/b` or `/a/b`.
+fn same_form(location: &str) -> String {
+    if location.starts_with('/') { format!("file://{location}") } else { location.to_string() }
 }
 
 /// Deletes files under the table's folder that no metadata references and that are older than
@@ -372,15 +368,8 @@ fn local_path(location: &str) -> Option<&str> {
 pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings: &MaintainSettings) -> Result<OrphanReport> {
     let table = lakehouse.load(ident).await?;
     let metadata = table.metadata();
-    let Some(root) = local_path(metadata.location()) else {
-        return Err(Error::User(format!(
-            "orphan cleanup lists the table's folder, which this build does for local warehouses only ({ident} is at {})",
-            metadata.location()
-        )));
-    };
     let ids: Vec<i64> = metadata.snapshots().map(|s| s.snapshot_id()).collect();
     let refs = references(&table, &ids).await?;
-    let mut referenced: HashSet<String> = HashSet::new();
     let metadata_files = table
         .metadata_location()
         .map(str::to_string)
@@ -388,27 +377,19 @@ pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings:
         .chain(metadata.metadata_log().iter().map(|log| log.metadata_file.clone()));
     let manifests = refs.manifests.keys().cloned().collect::<Vec<_>>();
     let data_files = refs.data_files().cloned().collect::<Vec<_>>();
-    for location in metadata_files.chain(refs.manifest_lists).chain(manifests).chain(data_files) {
-        if let Some(path) = local_path(&location) {
-            referenced.insert(path.to_string());
-        }
-    }
+    let referenced: HashSet<String> = metadata_files
+        .chain(refs.manifest_lists)
+        .chain(manifests)
+        .chain(data_files)
+        .map(|location| same_form(&location))
+        .collect();
     let safe_before = std::time::SystemTime::now() - settings.orphan_age;
     let mut report = OrphanReport::default();
     let mut orphans = Vec::new();
-    for entry in walkdir::WalkDir::new(root).into_iter() {
-        let entry = entry.map_err(|e| Error::Io {
-            context: format!("listing {root}"),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walking the table folder")),
-        })?;
-        if !entry.file_type().is_file() {
+    for (path, modified) in lakehouse.warehouse().list_files(metadata.location()).await? {
+        if referenced.contains(&same_form(&path)) {
             continue;
         }
-        let path = entry.path().to_string_lossy().to_string();
-        if referenced.contains(&path) {
-            continue;
-        }
-        let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
         if modified.is_some_and(|m| m < safe_before) {
             orphans.push(path);
         } else {
@@ -418,7 +399,7 @@ pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings:
     orphans.sort();
     if !settings.dry_run {
         for path in &orphans {
-            if let Err(error) = std::fs::remove_file(path) {
+            if let Err(error) = table.file_io().delete(path).await {
                 tracing::warn!(%path, %error, "could not delete an orphan file");
                 report.failed_deletes += 1;
             }
@@ -486,6 +467,11 @@ impl Default for MaintainSettings {
 
 #[cfg(test)]
 mod tests {
+    /// `file:///a/b` or `/a/b` as a local path.
+    fn local_path(location: &str) -> Option<&str> {
+        Some(location.strip_prefix("file://").unwrap_or(location))
+    }
+
     use std::sync::Arc;
 
     use super::*;

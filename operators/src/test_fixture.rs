@@ -63,7 +63,7 @@ pub async fn fixture() -> Fixture {
     let settings = CatalogSettings {
         name: "test".into(),
         database: dir.path().join("catalog/catalog.db"),
-        warehouse: dir.path().join("warehouse"),
+        warehouse: crate::storage::Warehouse::Local(dir.path().join("warehouse")),
     };
     let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
     let ident = parse_table_ident("curated.movie_ratings").unwrap();

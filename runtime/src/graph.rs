@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use operators::catalog::CatalogSettings;
+use operators::storage::{S3Credentials, S3Warehouse, Secret, Warehouse};
 use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
 use operators::pipeline::Pipeline;
@@ -212,10 +213,36 @@ pub struct PipelineSection {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CatalogSection {
-    /// Iceberg SQL catalog on a SQLite file, data in a local folder.
-    Sql { name: String, database: PathBuf, warehouse: PathBuf },
+    /// Iceberg SQL catalog on a SQLite file; data in a local folder or an S3 bucket
+    /// (`warehouse = "s3://bucket/prefix"` with an `[catalog.s3]` section).
+    Sql {
+        name: String,
+        database: PathBuf,
+        warehouse: String,
+        #[serde(default)]
+        s3: Option<S3Section>,
+    },
     /// Iceberg REST catalog.
     Rest { name: String, uri: String, warehouse: String },
+}
+
+/// How to reach an S3-compatible warehouse. Secrets are never written in the graph: they come
+/// from environment variables or files it names, or from the AWS chain when none is named.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// The store's address, e.g. `http://127.0.0.1:9000`; absent for AWS itself.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// `endpoint/bucket/key` addressing instead of `bucket.endpoint/key`.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Environment variables holding the key pair (and session token).
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub session_token_env: Option<String>,
+    /// A file holding the secret access key (e.g. a mounted secret), instead of its variable.
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -565,15 +592,24 @@ impl<'a> Lake<'a> {
     }
 }
 
-/// A check as declared: the keys `kind` needs must be there, the others must not.
 /// The catalog a graph names, paths resolved against the graph file's folder.
 pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result<CatalogSettings, String> {
     match section {
-        CatalogSection::Sql { name, database, warehouse } => {
+        CatalogSection::Sql { name, database, warehouse, s3 } => {
             if name.trim().is_empty() {
                 return Err("catalog.name: expected a non-empty catalog name".into());
             }
-            Ok(CatalogSettings { name, database: folder.join(database), warehouse: folder.join(warehouse) })
+            let warehouse = match (warehouse.strip_prefix("s3://"), s3) {
+                (Some(_), s3) => Warehouse::S3(s3_warehouse(warehouse.trim_end_matches('/').to_string(), s3.unwrap_or_default(), folder)?),
+                (None, Some(_)) => {
+                    return Err(format!("catalog.s3 is set but catalog.warehouse ({warehouse:?}) is not an s3://bucket[/prefix] location"));
+                }
+                (None, None) if warehouse.contains("://") => {
+                    return Err(format!("catalog.warehouse {warehouse:?}: expected a local folder or s3://bucket[/prefix]"));
+                }
+                (None, None) => Warehouse::Local(folder.join(warehouse)),
+            };
+            Ok(CatalogSettings { name, database: folder.join(database), warehouse })
         }
         CatalogSection::Rest { uri, .. } => Err(format!(
             "catalog.kind: \"rest\" ({uri}) is recognised but this build commits only through the embedded SQL catalog; use kind = \"sql\""
@@ -581,6 +617,46 @@ pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result
     }
 }
 
+/// An S3 warehouse with its credentials read from where the graph says.
+fn s3_warehouse(uri: String, section: S3Section, folder: &Path) -> Result<S3Warehouse, String> {
+    let S3Section { endpoint, region, path_style, access_key_id_env, secret_access_key_env, session_token_env, secret_access_key_file } =
+        section;
+    let from_env = |key: &str, variable: &str| -> Result<Secret, String> {
+        match std::env::var(variable) {
+            Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+            _ => Err(format!("catalog.s3.{key} names the environment variable {variable}, which is not set")),
+        }
+    };
+    let secret = match (&secret_access_key_env, &secret_access_key_file) {
+        (Some(_), Some(_)) => return Err("catalog.s3: give secret_access_key_env or secret_access_key_file, not both".into()),
+        (Some(variable), None) => Some(from_env("secret_access_key_env", variable)?),
+        (None, Some(file)) => {
+            let path = folder.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("catalog.s3.secret_access_key_file: cannot read {}: {e}", path.display()))?;
+            Some(Secret::new(text.trim().to_string()))
+        }
+        (None, None) => None,
+    };
+    let credentials = match (access_key_id_env, secret) {
+        (Some(variable), Some(secret_access_key)) => Some(S3Credentials {
+            access_key_id: from_env("access_key_id_env", &variable)?,
+            secret_access_key,
+            session_token: session_token_env.map(|v| from_env("session_token_env", &v)).transpose()?,
+        }),
+        (None, None) if session_token_env.is_none() => None,
+        _ => {
+            return Err(
+                "catalog.s3: name both access_key_id_env and the secret (secret_access_key_env or secret_access_key_file), \
+                 or neither to use the AWS environment variables and profile files"
+                    .into(),
+            );
+        }
+    };
+    Ok(S3Warehouse { uri, endpoint, region, path_style, credentials })
+}
+
+/// A check as declared: the keys `kind` needs must be there, the others must not.
 pub(crate) fn check_from(section: CheckSection) -> Result<Check, String> {
     let CheckSection { name, kind, policy, column, min, max, max_age, columns, in_stream, pattern } = section;
     let given: Vec<&str> = [

@@ -201,7 +201,7 @@ impl Lake {
         CatalogSettings {
             name: "ratings_flow".into(),
             database: self.dir.path().join("lake/catalog.db"),
-            warehouse: self.dir.path().join("lake/warehouse"),
+            warehouse: operators::storage::Warehouse::Local(self.dir.path().join("lake/warehouse")),
         }
     }
 
