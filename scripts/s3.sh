@@ -17,7 +17,11 @@ S3_PORT=${S3_PORT:-9000}
 S3_ACCESS_KEY=${S3_ACCESS_KEY:-ratings-flow-local}
 S3_SECRET_KEY=${S3_SECRET_KEY:-ratings-flow-local-secret}
 # Pinned: 0.14.1 is the newest release that builds with this machine's Rust (1.95); later ones
-# need 1.96.
+# need 1.96. Chosen over moto's server because it checks request signatures against its key pair
+# (moto accepts any key unless its IAM emulation is set up) and keeps objects as plain files.
+# Its limit: it names a side file of every object after the base64 of bucket and key, so a bucket
+# name plus key must stay under ~165 bytes (the file system's 255-byte names); the tests use short
+# prefixes.
 S3S_VERSION=0.14.1
 STATE=.s3
 BIN=.tools/bin/s3s-fs

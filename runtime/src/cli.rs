@@ -265,8 +265,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Crash tests set FAILPOINTS (e.g. `stream-after-raw-commit=sleep(60000)`); unset, it does nothing.
     let _failpoints = fail::FailScenario::setup();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The S3 request signer logs the credentials it loaded, secret key included, at debug level:
+    // whatever RUST_LOG asks for, its logs stop at warnings, so no log line can carry a key.
+    for quiet in ["reqsign_core=warn", "reqsign_aws_v4=warn", "reqsign_aws_core=warn", "reqsign_file_read_tokio=warn"] {
+        filter = filter.add_directive(quiet.parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: a log redirected to a file or a collector must
         // not be full of escape sequences.

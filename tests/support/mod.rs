@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use operators::catalog::{CatalogSettings, Lakehouse, parse_table_ident};
+use operators::storage::{S3Warehouse, Warehouse};
 use operators::sample::{Candidate, RawEvent};
 
 pub const GRAPH_TEMPLATE: &str = include_str!("../../graphs/ratings.toml");
@@ -83,12 +84,63 @@ pub fn python_script_json(
     serde_json::from_slice(&output.stdout).expect("the script prints JSON")
 }
 
+/// PyIceberg's digest of `table` (tests/python/table_digest.py: rows, rows per partition, a
+/// checksum of every row), read through PyIceberg's own S3 FileIO when the lake is on S3.
+pub fn pyiceberg_digest(lake: &Lake, table: &str) -> serde_json::Value {
+    let (warehouse, endpoint) = match &lake.warehouse {
+        Warehouse::Local(path) => (path.display().to_string(), None),
+        Warehouse::S3(s3) => (s3.uri.clone(), s3.endpoint.clone()),
+    };
+    let mut command = Command::new(python());
+    command
+        .arg(workspace_root().join("tests/python/table_digest.py"))
+        .arg("--database")
+        .arg(lake.database())
+        .args(["--warehouse", &warehouse, "--catalog", "ratings_flow", "--table", table]);
+    if let Some(endpoint) = endpoint {
+        command.args(["--s3-endpoint", &endpoint]);
+    }
+    let output = command.output().expect("python runs");
+    assert!(output.status.success(), "table_digest.py {table}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn stream_from(text: String, topic: &str, registry: &str) -> String {
+    let text = set_line(text, "topic", &format!("{topic:?}"));
+    let text = set_line(text, "brokers", &format!("{:?}", kafka::brokers()));
+    set_line(text, "url", &format!("{registry:?}"))
+}
+
+/// The test S3 server `make test` started (scripts/s3.sh).
+pub fn s3_endpoint() -> String {
+    std::env::var("RATINGS_FLOW_TEST_S3").unwrap_or_else(|_| {
+        panic!("RATINGS_FLOW_TEST_S3 is not set: run the suite with `make test` (it starts the S3 server), or `make s3-up` and `eval \"$(bash scripts/s3.sh env)\"`")
+    })
+}
+
+/// The bucket scripts/s3.sh creates.
+pub const TEST_BUCKET: &str = "warehouse";
+
+/// An S3 warehouse at `uri` on the test server, credentials from the AWS chain.
+pub fn test_bucket_warehouse(uri: String) -> S3Warehouse {
+    S3Warehouse { uri, endpoint: Some(s3_endpoint()), region: Some("us-east-1".into()), path_style: true, credentials: None }
+}
+
+/// A graph text with its warehouse moved to a fresh prefix of the test bucket. The prefix is short
+/// because s3s-fs names a side file of each object after the base64 of bucket and key, so a key
+/// must stay under ~165 bytes (scripts/s3.sh).
+pub fn on_s3(text: String) -> String {
+    let uri = format!("s3://{TEST_BUCKET}/t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let section = format!("{:?}\n\n[catalog.s3]\nendpoint = {:?}\nregion = \"us-east-1\"\npath_style = true", uri, s3_endpoint());
+    set_line(text, "warehouse", &section)
 }
 
 /// Removes the `[[rules.plugins]]` entry named `name` from a graph text.
@@ -103,6 +155,8 @@ pub fn without_plugin(text: String, name: &str) -> String {
 pub struct Lake {
     pub dir: tempfile::TempDir,
     pub graph: PathBuf,
+    /// Where the graph puts table files: `lake/warehouse` in `dir`, or a prefix of the test bucket.
+    pub warehouse: Warehouse,
     /// Tables keep the runtime they were loaded on for their I/O, so one runtime serves them all.
     runtime: tokio::runtime::Runtime,
 }
@@ -139,11 +193,18 @@ impl Lake {
 
     /// A lake streaming from `topic` on the test broker, with schemas from `registry`.
     pub fn for_stream(topic: &str, registry: &str) -> Lake {
-        Lake::with_graph(|text| {
-            let text = set_line(text, "topic", &format!("{topic:?}"));
-            let text = set_line(text, "brokers", &format!("{:?}", kafka::brokers()));
-            set_line(text, "url", &format!("{registry:?}"))
-        })
+        Lake::with_graph(|text| stream_from(text, topic, registry))
+    }
+
+    /// As [`Lake::for_stream`], the warehouse on the test S3 server.
+    pub fn for_stream_on_s3(topic: &str, registry: &str) -> Lake {
+        Lake::on_s3(|text| stream_from(text, topic, registry))
+    }
+
+    /// As [`Lake::with_graph`], with the warehouse under a fresh prefix of the test S3 server's
+    /// bucket (credentials from the AWS environment variables `make test` sets).
+    pub fn on_s3(edit: impl FnOnce(String) -> String) -> Lake {
+        Lake::with_graph(|text| edit(on_s3(text)))
     }
 
     /// A lake whose graph is the shipped one without the blocklist plugin (so the oracle's
@@ -170,7 +231,12 @@ impl Lake {
         std::fs::create_dir(dir.path().join("schemas")).expect("schemas folder");
         std::fs::write(dir.path().join("schemas/movie_rating.avsc"), READER_SCHEMA).expect("write schema");
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let lake = Lake { dir, graph, runtime };
+        let text = std::fs::read_to_string(&graph).expect("read graph");
+        let warehouse = match text.lines().find_map(|l| l.strip_prefix("warehouse = \"s3://")) {
+            Some(rest) => Warehouse::S3(test_bucket_warehouse(format!("s3://{}", rest.trim_end_matches('"')))),
+            None => Warehouse::Local(dir.path().join("lake/warehouse")),
+        };
+        let lake = Lake { dir, graph, warehouse, runtime };
         lake.ok(&["init"]);
         lake
     }
@@ -201,7 +267,7 @@ impl Lake {
         CatalogSettings {
             name: "ratings_flow".into(),
             database: self.dir.path().join("lake/catalog.db"),
-            warehouse: operators::storage::Warehouse::Local(self.dir.path().join("lake/warehouse")),
+            warehouse: self.warehouse.clone(),
         }
     }
 
@@ -209,7 +275,7 @@ impl Lake {
         self.dir.path().join("lake/catalog.db")
     }
 
-    fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
+    pub fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
         self.runtime.block_on(future)
     }
 

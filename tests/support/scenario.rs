@@ -49,6 +49,15 @@ impl Scenario {
         Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
     }
 
+    /// As [`Scenario::new`], the lake's warehouse on the test S3 server.
+    pub fn on_s3(partitions: i32) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::start(dir.path());
+        let topic = create_topic("ratings-test", partitions);
+        let lake = Lake::for_stream_on_s3(&topic, &registry.url());
+        Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
+    }
+
     pub fn produce(&mut self, count: usize, days: u32, start: &str, seed: u64, writer: &str) {
         let writer_path = repo_root().join(writer);
         let writer_schema = schema(writer);
