@@ -63,7 +63,8 @@ pub struct S3Warehouse {
     pub uri: String,
     /// The store's address (`http://127.0.0.1:9000`); `None` for AWS itself.
     pub endpoint: Option<String>,
-    /// The region requests are signed for; `None`: the AWS configuration's, else `us-east-1`.
+    /// The region requests are signed for (the graph loader fills it from `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION`, else `us-east-1`, when the graph names none).
     pub region: Option<String>,
     /// Address buckets as `endpoint/bucket` instead of `bucket.endpoint` (most self-hosted stores).
     pub path_style: bool,

@@ -653,7 +653,14 @@ fn s3_warehouse(uri: String, section: S3Section, folder: &Path) -> Result<S3Ware
             );
         }
     };
-    Ok(S3Warehouse { uri, endpoint, region, path_style, credentials })
+    // As the AWS tools choose it: the graph, then the environment, then us-east-1 (which
+    // self-hosted stores accept).
+    let region = region
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    Ok(S3Warehouse { uri, endpoint, region: Some(region), path_style, credentials })
 }
 
 /// A check as declared: the keys `kind` needs must be there, the others must not.
