@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down s3-up s3-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down s3-up s3-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies bench-s3 clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ bench-floor: setup ## Per-record floor of the stream (Avro read, raw columns, ru
 
 bench-movies: setup build ## The movies graph on the sample exports: replay of both dates (whole process, 3 runs) and a stream of 10 copies (records/s, CPU-seconds per million)
 	bash benches/movies.sh
+
+bench-s3: build plugins ## The warehouse on the local S3 server against local disk, same session: replay of 1M events, a 2M-record stream, requests and bytes
+	bash benches/s3.sh
 
 bench-state: ## Bytes per live key of the upsert state and the curated writer's row index (counting allocator)
 	$(CARGO) bench -p ratings-benches --bench state_bytes
