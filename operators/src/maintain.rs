@@ -399,7 +399,7 @@ pub async fn remove_orphans(lakehouse: &Lakehouse, ident: &TableIdent, settings:
     orphans.sort();
     if !settings.dry_run {
         for path in &orphans {
-            if let Err(error) = table.file_io().delete(path).await {
+            if let Err(error) = table.file_io().delete(same_form(path)).await {
                 tracing::warn!(%path, %error, "could not delete an orphan file");
                 report.failed_deletes += 1;
             }

@@ -159,7 +159,8 @@ impl Warehouse {
     }
 
     /// Every file below `location` (a table's folder, as its metadata names it) with its last
-    /// modification time, where the store reports one.
+    /// modification time, where the store reports one: local files as plain paths, objects as
+    /// `s3://bucket/key`.
     pub async fn list_files(&self, location: &str) -> Result<Vec<(String, Option<SystemTime>)>> {
         match self {
             Warehouse::Local(_) => list_local(location),
@@ -181,7 +182,7 @@ fn list_local(location: &str) -> Result<Vec<(String, Option<SystemTime>)>> {
         })?;
         if entry.file_type().is_file() {
             let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
-            files.push((format!("file://{}", entry.path().display()), modified));
+            files.push((entry.path().display().to_string(), modified));
         }
     }
     Ok(files)
