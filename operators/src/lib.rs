@@ -15,6 +15,7 @@
 //! ```
 
 pub mod catalog;
+pub mod catalog_server;
 pub mod checks;
 pub mod commit;
 pub mod dataflow;

@@ -139,6 +139,21 @@ pub enum Command {
         /// Table: role (raw, curated, rejected), full name or short name.
         table: String,
     },
+    /// The graph's catalog for other tools.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Serve the embedded catalog as an Iceberg REST catalog (config, namespaces, tables, commits)
+    /// until stopped, so Spark, Trino, DuckDB or PyIceberg attach it over REST. No authentication:
+    /// keep it on loopback or behind a proxy that authenticates.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -329,8 +344,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
         Some(Command::Check { .. }) => unreachable!("handled above"),
         Some(Command::Import { table, files }) => import(&graph, &table, &files),
+        Some(Command::Catalog(CatalogCommand::Serve { addr })) => serve_catalog(&graph, addr),
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// `runtime catalog serve`: the embedded catalog over Iceberg's REST protocol.
+fn serve_catalog(graph: &Graph, addr: std::net::SocketAddr) -> Result<()> {
+    let runtime = io_runtime()?;
+    let lakehouse = runtime.block_on(Lakehouse::open(&graph.catalog, false))?;
+    let name = graph.catalog.name.clone();
+    operators::catalog_server::serve(lakehouse, &runtime, addr, |bound| {
+        println!("serving catalog {name:?} as an Iceberg REST catalog on http://{bound} (Ctrl-C stops)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
 }
 
 /// `runtime import`: Parquet files into the raw table, as ingested on their ingestion day.
