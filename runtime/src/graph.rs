@@ -443,6 +443,10 @@ impl Graph {
         let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
+            if let Some((name, text)) = kafka_secret(&key, &value, folder)? {
+                properties.insert(name, text);
+                continue;
+            }
             let text = match value {
                 toml::Value::String(text) => text,
                 toml::Value::Integer(n) => n.to_string(),
@@ -590,6 +594,36 @@ impl<'a> Lake<'a> {
                 operators::Error::NotFound(format!("unknown table {name:?}; this graph has {}", known.join(", ")))
             })
     }
+}
+
+/// A `[source.kafka]` secret: `NAME_env = "VARIABLE"` or `NAME_file = "path"` give librdkafka's
+/// `NAME` from the environment or a file (e.g. `"sasl.password_env" = "KAFKA_PASSWORD"`); a
+/// password or secret written in the graph itself is refused, so graphs can be shared and logged.
+/// `None`: `key` is an ordinary setting.
+fn kafka_secret(key: &str, value: &toml::Value, folder: &Path) -> Result<Option<(String, String)>, String> {
+    let named = |value: &toml::Value| {
+        value.as_str().map(str::to_string).ok_or_else(|| format!("source.kafka.{key}: expected a string"))
+    };
+    if let Some(name) = key.strip_suffix("_env") {
+        let variable = named(value)?;
+        return match std::env::var(&variable) {
+            Ok(secret) if !secret.is_empty() => Ok(Some((name.to_string(), secret))),
+            _ => Err(format!("source.kafka.{key} names the environment variable {variable}, which is not set")),
+        };
+    }
+    if let Some(name) = key.strip_suffix("_file") {
+        let path = folder.join(named(value)?);
+        let secret = std::fs::read_to_string(&path)
+            .map_err(|e| format!("source.kafka.{key}: cannot read {}: {e}", path.display()))?;
+        return Ok(Some((name.to_string(), secret.trim_end_matches(['\n', '\r']).to_string())));
+    }
+    let lower = key.to_ascii_lowercase();
+    if lower.contains("password") || lower.contains("secret") {
+        return Err(format!(
+            "source.kafka.{key}: secrets are not written in the graph; name the environment variable holding it with \"{key}_env\" (or a file with \"{key}_file\")"
+        ));
+    }
+    Ok(None)
 }
 
 /// The catalog a graph names, paths resolved against the graph file's folder.
@@ -832,6 +866,21 @@ mod tests {
         assert!(!graph.pipeline.order_cast);
         let unknown = with_stage("[[stages]]\nkind = \"lower\"\ncolumn = \"user_id\"", "user_id2");
         assert!(load(&unknown).unwrap_err().to_string().contains("stages[0]: unknown stage kind \"lower\""));
+    }
+
+    #[test]
+    fn kafka_secrets_come_from_the_environment_or_a_file_never_from_the_graph() {
+        let with = |line: &str| GOOD.replace("\"fetch.max.bytes\" = ", &format!("{line}\n\"fetch.max.bytes\" = "));
+        let message = load(&with("\"sasl.password\" = \"hunter2-in-the-graph\"")).unwrap_err().to_string();
+        assert!(message.contains("source.kafka.sasl.password: secrets are not written in the graph"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let message = load(&with("\"sasl.password_env\" = \"RATINGS_FLOW_NO_SUCH_VARIABLE\"")).unwrap_err().to_string();
+        assert!(message.contains("names the environment variable RATINGS_FLOW_NO_SUCH_VARIABLE, which is not set"), "{message}");
+        // PATH is set in every test environment: it stands in for a variable holding a password.
+        let graph = load(&with("\"sasl.password_env\" = \"PATH\"\n\"security.protocol\" = \"SASL_PLAINTEXT\"")).unwrap();
+        assert_eq!(graph.kafka.properties["sasl.password"], std::env::var("PATH").unwrap());
+        assert_eq!(graph.kafka.properties["security.protocol"], "SASL_PLAINTEXT");
+        assert!(!format!("{:?}", graph.kafka).contains(&std::env::var("PATH").unwrap()), "settings print without the secret");
     }
 
     #[test]

@@ -71,13 +71,35 @@ pub fn committed_partition_days(table: &Table, topic: &str) -> Result<PartitionD
 }
 
 /// Where and how to consume, from the graph file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     pub group_id: String,
     /// Further librdkafka client settings (security, fetch sizes, timeouts), passed as given.
     pub properties: BTreeMap<String, String>,
+}
+
+/// Prints every setting, the values of passwords and secrets (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, …) as `<hidden>`.
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let lower = key.to_ascii_lowercase();
+                let secret = lower.contains("password") || lower.contains("secret");
+                (key.as_str(), if secret { "<hidden>" } else { value.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 /// librdkafka settings whose defaults the engine changes; a graph's `[source.kafka]` overrides them.
