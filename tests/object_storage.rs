@@ -113,9 +113,28 @@ fn no_secret_reaches_any_output_log_or_file_of_the_lake() {
     let wrong = "wrong-secret-0f9e8d7c6b5a";
     std::fs::write(&secret_file, wrong).unwrap();
     let refused = lake.command(&["show", "curated"]).env("RUST_LOG", "debug").output().unwrap();
-    assert_ne!(refused.status.code(), Some(0), "{}", printed(&refused));
+    assert_eq!(refused.status.code(), Some(2), "a user error: {}", printed(&refused));
+    assert!(printed(&refused).contains("the object store refused the request (403 Forbidden)"), "{}", printed(&refused));
     assert!(!printed(&refused).contains(wrong), "the wrong secret was echoed: {}", printed(&refused));
     outputs.push(printed(&refused));
+
+    // No credentials anywhere: one line that says where they are looked for.
+    let graph = std::fs::read_to_string(&lake.graph).unwrap();
+    let without = graph
+        .replace("access_key_id_env = \"AWS_ACCESS_KEY_ID\"\n", "")
+        .replace("secret_access_key_file = \"s3-secret\"\n", "");
+    std::fs::write(&lake.graph, without).unwrap();
+    let missing = lake
+        .command(&["show", "curated"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", lake.dir.path().join("no-such-file"))
+        .env("AWS_CONFIG_FILE", lake.dir.path().join("no-such-file"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{}", printed(&missing));
+    assert!(printed(&missing).contains("no S3 credentials were found"), "{}", printed(&missing));
 
     for output in &outputs {
         assert!(!output.contains(&secret), "an output holds the secret:\n{output}");

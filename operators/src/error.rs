@@ -146,7 +146,28 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, iceberg::Error> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Iceberg { context: context(), source: Box::new(source) })
+        self.map_err(|source| match credentials_problem(&source) {
+            Some(problem) => Error::User(format!("{}: {problem}", context())),
+            None => Error::Iceberg { context: context(), source: Box::new(source) },
+        })
+    }
+}
+
+/// An object store refusing or unable to sign a request is the deployment's to fix, not an
+/// outage to retry: say so in one line. The store's own error text is matched because the
+/// storage layer reports both as a generic I/O failure.
+fn credentials_problem(error: &iceberg::Error) -> Option<&'static str> {
+    let text = error.to_string();
+    if text.contains("failed to load signing credential") {
+        Some(
+            "no S3 credentials were found: name the variables holding them in [catalog.s3] \
+             (access_key_id_env, secret_access_key_env or secret_access_key_file), or set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, or an AWS profile",
+        )
+    } else if text.contains("PermissionDenied") && text.contains("status: 403") {
+        Some("the object store refused the request (403 Forbidden): check the key pair the graph names and its rights on the bucket")
+    } else {
+        None
     }
 }
 
