@@ -130,22 +130,12 @@ fn namespace_of(segment: &str) -> std::result::Result<NamespaceIdent, Failure> {
         .map_err(|e| Failure::bad_request(format!("namespace {decoded:?}: {e}")))
 }
 
+/// A path segment, percent-decoded (`+` is a plus sign in a path, not a space).
 fn percent_decode(text: &str) -> std::result::Result<String, Failure> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-            let Some(byte) = hex else { return Err(Failure::bad_request(format!("bad percent-encoding in {text:?}"))) };
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| Failure::bad_request(format!("{text:?} is not UTF-8 once decoded")))
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| Failure::bad_request(format!("{text:?} is not UTF-8 once decoded")))
 }
 
 fn body<T: serde::de::DeserializeOwned>(request: &mut Request) -> std::result::Result<T, Failure> {

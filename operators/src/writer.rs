@@ -48,11 +48,7 @@ pub async fn write_partition(
         ),
     )
     .build();
-    let key = PartitionKey::new(
-        metadata.default_partition_spec().as_ref().clone(),
-        metadata.current_schema().clone(),
-        Struct::from_iter([Some(Literal::date(day))]),
-    );
+    let key = day_partition(metadata, day);
     let mut zeros = ZeroBounds::new(metadata.current_schema());
     for batch in batches {
         zeros.observe(&batch);
@@ -78,6 +74,15 @@ pub async fn write_partition(
         });
     }
     Ok(files)
+}
+
+/// The key of partition `day` in the table's (one-field, by day) partition spec.
+fn day_partition(metadata: &iceberg::spec::TableMetadata, day: i32) -> PartitionKey {
+    PartitionKey::new(
+        metadata.default_partition_spec().as_ref().clone(),
+        metadata.current_schema().clone(),
+        Struct::from_iter([Some(Literal::date(day))]),
+    )
 }
 
 /// Parquet writes the minimum of a float column whose smallest value is a zero as `-0.0` (the
@@ -190,11 +195,7 @@ pub async fn write_position_deletes(table: &Table, day: i32, deletes: &[(Arc<str
         DefaultFileNameGenerator::new(format!("{name_prefix}-deletes-{}", uuid::Uuid::new_v4().simple()), None, DataFileFormat::Parquet),
     )
     .build();
-    let key = PartitionKey::new(
-        metadata.default_partition_spec().as_ref().clone(),
-        metadata.current_schema().clone(),
-        Struct::from_iter([Some(Literal::date(day))]),
-    );
+    let key = day_partition(metadata, day);
     writer.write(&Some(key.clone()), &batch).await.context(context)?;
     let mut built = Vec::new();
     for mut file in writer.close().await.context(context)? {

@@ -605,25 +605,31 @@ fn kafka_secret(key: &str, value: &toml::Value, folder: &Path) -> Result<Option<
         value.as_str().map(str::to_string).ok_or_else(|| format!("source.kafka.{key}: expected a string"))
     };
     if let Some(name) = key.strip_suffix("_env") {
-        let variable = named(value)?;
-        return match std::env::var(&variable) {
-            Ok(secret) if !secret.is_empty() => Ok(Some((name.to_string(), secret))),
-            _ => Err(format!("source.kafka.{key} names the environment variable {variable}, which is not set")),
-        };
+        return Ok(Some((name.to_string(), secret_from_env(&format!("source.kafka.{key}"), &named(value)?)?)));
     }
     if let Some(name) = key.strip_suffix("_file") {
-        let path = folder.join(named(value)?);
-        let secret = std::fs::read_to_string(&path)
-            .map_err(|e| format!("source.kafka.{key}: cannot read {}: {e}", path.display()))?;
-        return Ok(Some((name.to_string(), secret.trim_end_matches(['\n', '\r']).to_string())));
+        return Ok(Some((name.to_string(), secret_from_file(&format!("source.kafka.{key}"), &folder.join(named(value)?))?)));
     }
-    let lower = key.to_ascii_lowercase();
-    if lower.contains("password") || lower.contains("secret") {
+    if operators::source::kafka::is_secret_setting(key) {
         return Err(format!(
             "source.kafka.{key}: secrets are not written in the graph; name the environment variable holding it with \"{key}_env\" (or a file with \"{key}_file\")"
         ));
     }
     Ok(None)
+}
+
+/// The value of the environment variable `variable`, which the graph's `key` names.
+fn secret_from_env(key: &str, variable: &str) -> Result<String, String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Ok(value),
+        _ => Err(format!("{key} names the environment variable {variable}, which is not set")),
+    }
+}
+
+/// What the file at `path`, which the graph's `key` names, holds (without its final line break).
+fn secret_from_file(key: &str, path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// The catalog a graph names, paths resolved against the graph file's folder.
@@ -655,21 +661,11 @@ pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result
 fn s3_warehouse(uri: String, section: S3Section, folder: &Path) -> Result<S3Warehouse, String> {
     let S3Section { endpoint, region, path_style, access_key_id_env, secret_access_key_env, session_token_env, secret_access_key_file } =
         section;
-    let from_env = |key: &str, variable: &str| -> Result<Secret, String> {
-        match std::env::var(variable) {
-            Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-            _ => Err(format!("catalog.s3.{key} names the environment variable {variable}, which is not set")),
-        }
-    };
+    let from_env = |key: &str, variable: &str| secret_from_env(&format!("catalog.s3.{key}"), variable).map(Secret::new);
     let secret = match (&secret_access_key_env, &secret_access_key_file) {
         (Some(_), Some(_)) => return Err("catalog.s3: give secret_access_key_env or secret_access_key_file, not both".into()),
         (Some(variable), None) => Some(from_env("secret_access_key_env", variable)?),
-        (None, Some(file)) => {
-            let path = folder.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("catalog.s3.secret_access_key_file: cannot read {}: {e}", path.display()))?;
-            Some(Secret::new(text.trim().to_string()))
-        }
+        (None, Some(file)) => Some(Secret::new(secret_from_file("catalog.s3.secret_access_key_file", &folder.join(file))?)),
         (None, None) => None,
     };
     let credentials = match (access_key_id_env, secret) {

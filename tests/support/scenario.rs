@@ -42,19 +42,20 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn new(partitions: i32) -> Scenario {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::start(dir.path());
-        let topic = create_topic("ratings-test", partitions);
-        let lake = Lake::for_stream(&topic, &registry.url());
-        Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
+        Scenario::with_lake(partitions, Lake::for_stream)
     }
 
     /// As [`Scenario::new`], the lake's warehouse on the test S3 server.
     pub fn on_s3(partitions: i32) -> Scenario {
+        Scenario::with_lake(partitions, Lake::for_stream_on_s3)
+    }
+
+    /// A topic and registry, with the lake `make_lake` builds for them (topic, registry URL).
+    fn with_lake(partitions: i32, make_lake: fn(&str, &str) -> Lake) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start(dir.path());
         let topic = create_topic("ratings-test", partitions);
-        let lake = Lake::for_stream_on_s3(&topic, &registry.url());
+        let lake = make_lake(&topic, &registry.url());
         Scenario { _registry_state: dir, lake, registry, topic, produced: 0, writers: HashMap::new() }
     }
 

@@ -80,18 +80,20 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-/// Prints every setting, the values of passwords and secrets (`sasl.password`,
-/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, …) as `<hidden>`.
+/// Whether a librdkafka setting holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, …): never printed, never written in a graph.
+pub fn is_secret_setting(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    lower.contains("password") || lower.contains("secret")
+}
+
+/// Prints every setting, the values of [secret ones](is_secret_setting) as `<hidden>`.
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let properties: BTreeMap<&str, &str> = self
             .properties
             .iter()
-            .map(|(key, value)| {
-                let lower = key.to_ascii_lowercase();
-                let secret = lower.contains("password") || lower.contains("secret");
-                (key.as_str(), if secret { "<hidden>" } else { value.as_str() })
-            })
+            .map(|(key, value)| (key.as_str(), if is_secret_setting(key) { "<hidden>" } else { value.as_str() }))
             .collect();
         f.debug_struct("KafkaSettings")
             .field("brokers", &self.brokers)
