@@ -23,8 +23,8 @@ status=0
 run() { cargo test -p ratings-tests "$@" -- --nocapture --test-threads 1 >>"$log" 2>&1 || status=1; }
 run --test chaos
 run --test fuzz
-run --test stream a_sigkill_at_any_point
+run --test whole_pipeline stream::a_sigkill_at_any_point
 # Each figure line is the test's own output, printed after "test NAME ... " on the same line.
-grep -oE '(chaos|fuzz): .*|^test [a-z_]+ .*(ok|FAILED)$|panicked at.*' "$log"
+grep -oE '(chaos|fuzz): .*|^test [a-z_:]+ .*(ok|FAILED)$|panicked at.*' "$log"
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "chaos: %d passed, %d failed\n", passed, failed}' "$log"
 exit "$status"

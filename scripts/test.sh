@@ -20,6 +20,9 @@ cleanup() {
 trap cleanup EXIT
 export RATINGS_FLOW_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-9092}"
 eval "$(bash scripts/s3.sh env)"
+# A whole-suite run rebuilds every crate once: incremental state would only add gigabytes of disk
+# (set CARGO_INCREMENTAL=1 to keep it between edits).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The criterion benchmarks are not run here (make bench), but they must still build.
