@@ -138,11 +138,7 @@ struct Lake {
 /// those rows when `with_table`.
 async fn lake(rows: u64, with_table: bool) -> Lake {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = CatalogSettings {
-        name: "bench".into(),
-        database: dir.path().join("catalog.db"),
-        warehouse: operators::storage::Warehouse::Local(dir.path().join("warehouse")),
-    };
+    let catalog = CatalogSettings::sql("bench", dir.path().join("catalog.db"), operators::storage::Warehouse::Local(dir.path().join("warehouse")));
     let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
     let (raw, curated, rejected) = (
         parse_table_ident("raw.movie_ratings_raw").unwrap(),

@@ -66,7 +66,7 @@ fn floor(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let catalog = CatalogSettings { name: "bench".into(), database: dir.path().join("catalog.db"), warehouse: operators::storage::Warehouse::Local(dir.path().join("warehouse")) };
+    let catalog = CatalogSettings::sql("bench", dir.path().join("catalog.db"), operators::storage::Warehouse::Local(dir.path().join("warehouse")));
     let (raw, curated) = runtime.block_on(async {
         let lakehouse = Lakehouse::open(&catalog, true).await.unwrap();
         let raw = parse_table_ident("raw.movie_ratings_raw").unwrap();

@@ -37,11 +37,7 @@ fn settings() -> GenerateSettings {
 
 fn end_to_end(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = CatalogSettings {
-        name: "bench".into(),
-        database: dir.path().join("catalog.db"),
-        warehouse: operators::storage::Warehouse::Local(dir.path().join("warehouse")),
-    };
+    let catalog = CatalogSettings::sql("bench", dir.path().join("catalog.db"), operators::storage::Warehouse::Local(dir.path().join("warehouse")));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (raw, curated, rejected) = (
         parse_table_ident("raw.movie_ratings_raw").unwrap(),

@@ -1,12 +1,21 @@
+//! The REST catalog, both sides.
+//!
 //! `runtime catalog serve` checked by an independent client: PyIceberg's `RestCatalog` lists,
 //! loads and scans what the engine wrote, creates a namespace and a table and commits appends
 //! through the endpoint, and two of its writers race: one wins, the other gets 409, re-validates
 //! and commits after it. The engine then commits beside the server, and the REST view follows.
+//!
+//! The engine as a REST client (`catalog.kind = "rest"`) against that server, with a token:
+//! two streams started at once race through it (one gives way, nothing is written twice),
+//! commits whose answer is refused (503) or lost after being applied (502) land exactly once,
+//! maintenance commits through it with OAuth2 client credentials, and the tables equal the oracle.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use ratings_tests::{EDGY, Lake, python, workspace_root};
+use ratings_tests::scenario::{FENCED, READER, Scenario, assert_gave_way, spawn_logged};
+use ratings_tests::{EDGY, Lake, assert_matches_oracle, python, workspace_root};
 
 /// A running catalog server, stopped when dropped (also when the test fails).
 struct Served(Child);
@@ -20,12 +29,12 @@ impl Drop for Served {
 
 /// The catalog server on a free port, and its address.
 fn serve(lake: &Lake) -> (Served, String) {
-    let mut child = lake
-        .command(&["catalog", "serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the catalog server");
+    serve_with(lake.command(&["catalog", "serve", "--addr", "127.0.0.1:0"]))
+}
+
+/// The catalog server `command` starts, once it says where it listens.
+fn serve_with(mut command: Command) -> (Served, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn the catalog server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let address = line.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("{line}"));
@@ -96,3 +105,118 @@ except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode() 
     assert_eq!(status, 404, "{body}");
     let (status, _) = client("DELETE", "/v1/namespaces/curated/tables/movie_ratings", "");
     assert_eq!(status, 501);}
+
+
+/// The server on `lake`'s embedded catalog, requiring `token`, with `failpoints` set.
+fn serve_guarded(graph: &Path, token: &str, failpoints: &str) -> (Served, String) {
+    let mut command = Lake::command_for(graph, &["catalog", "serve", "--addr", "127.0.0.1:0", "--token-env", "CATALOG_TOKEN"]);
+    command.env("CATALOG_TOKEN", token).env("FAILPOINTS", failpoints);
+    serve_with(command)
+}
+
+/// A copy of the graph at `graph` whose catalog is the REST catalog at `uri`, authenticated by
+/// `auth` (lines of the `[catalog]` section); the files stay in the same warehouse.
+fn rest_graph(graph: &Path, name: &str, uri: &str, auth: &str) -> PathBuf {
+    let text = std::fs::read_to_string(graph).unwrap();
+    let database_line = text.lines().find(|l| l.starts_with("database = ")).unwrap().to_string();
+    let text = text
+        .replacen("kind = \"sql\"", "kind = \"rest\"", 1)
+        .replacen(&database_line, &format!("uri = {uri:?}\n{auth}"), 1);
+    let path = graph.with_file_name(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn engines_commit_through_the_rest_catalog_exactly_once_when_racing_and_when_answers_are_lost() {
+    let mut s = Scenario::new(2);
+    let sql_graph = s.lake.graph.clone();
+    let token = format!("catalog-token-{}", uuid::Uuid::new_v4().simple());
+    let secret_file = s.lake.dir.path().join("catalog.secret");
+    std::fs::write(&secret_file, format!("{token}\n")).unwrap();
+    let (server, uri) = serve_guarded(&sql_graph, &token, "");
+    s.lake.graph = rest_graph(&sql_graph, "rest-token.toml", &uri, "token_file = \"catalog.secret\"");
+    let mut outputs = Vec::new();
+
+    // A double deploy through REST: both read the empty tables before either commits.
+    s.produce(6_000, 3, "2025-05-01", 91, READER);
+    let slow_start = Some("stream-before-raw-commit=1*sleep(3000)");
+    let (a, b) = (spawn_logged(&s, &[], slow_start), spawn_logged(&s, &[], slow_start));
+    let raced = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let fenced = raced.iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains(FENCED)).count();
+    let succeeded = raced.iter().filter(|o| o.status.success()).count();
+    assert!(fenced >= 1 && fenced + succeeded == 2, "one engine gives way, none fails otherwise: {fenced} fenced, {succeeded} ok");
+    for output in raced.iter().filter(|o| !o.status.success()) {
+        assert_gave_way(output);
+    }
+    outputs.extend(raced.iter().map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))));
+    outputs.push(s.stream(&[]));
+    s.assert_raw_complete();
+    assert_matches_oracle(&s.lake, &s.oracle());
+
+    // The server refuses the next commit (503, not applied), then applies the one after and loses
+    // its answer (502): the engine retries the first and finds the second in the table.
+    drop(server);
+    let (server, uri) =
+        serve_guarded(&sql_graph, &token, "catalog-serve-refuse-commit=1*return;catalog-serve-lose-commit-answer=1*return");
+    s.lake.graph = rest_graph(&sql_graph, "rest-token.toml", &uri, "token_file = \"catalog.secret\"");
+    s.produce(3_000, 2, "2025-05-03", 92, READER);
+    let run = s.lake.ok(&ratings_tests::scenario::stream_args(&[]));
+    assert_eq!(run.stderr.matches("the catalog did not say whether the commit landed").count(), 2, "{}", run.stderr);
+    assert!(run.stderr.contains("503") && run.stderr.contains("502"), "{}", run.stderr);
+    outputs.push(format!("{}{}", run.stdout, run.stderr));
+    s.assert_raw_complete();
+    assert_matches_oracle(&s.lake, &s.oracle());
+
+    // Maintenance through REST with OAuth2 client credentials: compaction and expiry commit there.
+    let client_graph = rest_graph(
+        &sql_graph,
+        "rest-client.toml",
+        &uri,
+        "client_id = \"maintenance\"\nclient_secret_file = \"catalog.secret\"",
+    );
+    let text = std::fs::read_to_string(&client_graph).unwrap();
+    let text = ratings_tests::set_line(ratings_tests::set_line(text, "snapshot_retention", "\"0s\""), "keep_snapshots", "1");
+    std::fs::write(&client_graph, text).unwrap();
+    let before = s.lake.snapshot_count("raw.movie_ratings_raw");
+    let maintain = Lake::command_for(&client_graph, &["maintain"]).output().unwrap();
+    let maintained = format!("{}{}", String::from_utf8_lossy(&maintain.stdout), String::from_utf8_lossy(&maintain.stderr));
+    assert!(maintain.status.success(), "{maintained}");
+    // Compaction and expiry committed through REST: every snapshot the stream made is expired
+    // (retention 0s), the compactions' are left.
+    let raw_report = maintained.split("curated.movie_ratings").next().unwrap();
+    let compactions = raw_report.matches(": compacted (snapshot").count();
+    assert!(before >= 2 && compactions >= 1, "{maintained}");
+    assert!(raw_report.contains(&format!("expiry:     {before} snapshots expired")), "{maintained}");
+    assert_eq!(s.lake.snapshot_count("raw.movie_ratings_raw"), compactions, "{maintained}");
+    outputs.push(maintained);
+    assert_matches_oracle(&s.lake, &s.oracle());
+
+    // A wrong secret is the user's to fix: one line with the server's answer, nothing retried.
+    std::fs::write(&secret_file, "not-the-token").unwrap();
+    let refused = Lake::command_for(&s.lake.graph, &["history", "movie_ratings"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("401") && stderr.contains("check the token or client credentials"), "{stderr}");
+    outputs.push(stderr.to_string());
+    drop(server);
+
+    // The token is never printed, and no table file or catalog row holds it.
+    for output in &outputs {
+        assert!(!output.contains(&token), "the token leaked into an output:\n{output}");
+    }
+    for entry in walkdir(&s.lake.dir.path().join("lake")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in {}", entry.display());
+    }
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walkdir(&path)) } else { files.push(path) }
+    }
+    files
+}

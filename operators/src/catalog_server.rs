@@ -16,8 +16,16 @@
 //! a client must re-validate on. A commit takes the same compare-and-swap of the metadata pointer
 //! as the engine's own commits, so the engine and REST writers can share tables. Anything else
 //! answers 404 (unknown path) or 405; staged creates, renames, drops and views are not served
-//! (501). Errors use the spec's `ErrorModel`. Only loopback is a safe address: the server has no
-//! authentication.
+//! (501). Errors use the spec's `ErrorModel`.
+//!
+//! Authentication, when a token is given: every request must carry it as its bearer token (401
+//! `NotAuthorizedException` otherwise), and `POST /v1/oauth/tokens` grants it for OAuth2 client
+//! credentials whose secret is that token. One shared secret, enough for a lakehouse served to
+//! its own team; without a token, only loopback is a safe address.
+//!
+//! Failpoints (the `FAILPOINTS` variable, for tests of clients): `catalog-serve-refuse-commit`
+//! answers a commit 503 without applying it; `catalog-serve-lose-commit-answer` applies the commit
+//! and then answers 502, as a proxy that lost the answer would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,14 +41,30 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::catalog::Lakehouse;
 use crate::commit::{CommitOptions, commit_metadata};
 use crate::error::{Error, Result};
+use crate::storage::Secret;
 
-/// Serves `lakehouse` on `addr` until the process ends. `on_ready` is told the bound address.
-pub fn serve(lakehouse: Lakehouse, runtime: &tokio::runtime::Runtime, addr: SocketAddr, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Serves `lakehouse` on `addr` until the process ends, requiring `token` when one is given.
+/// `on_ready` is told the bound address.
+pub fn serve(
+    lakehouse: Lakehouse,
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: Option<Secret>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    lakehouse.sql_catalog()?;
     let server = Server::http(addr).map_err(|e| Error::User(format!("cannot listen on {addr}: {e}")))?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     on_ready(bound);
     for mut request in server.incoming_requests() {
-        let answer = runtime.block_on(handle(&lakehouse, &mut request));
+        let answer = match &token {
+            Some(token) => match authenticate(&mut request, token) {
+                Ok(None) => runtime.block_on(handle(&lakehouse, &mut request)),
+                Ok(Some(granted)) => Ok(granted),
+                Err(failure) => Err(failure),
+            },
+            None => runtime.block_on(handle(&lakehouse, &mut request)),
+        };
         let (status, body) = match answer {
             Ok(Answer::Json(status, body)) => (status, Some(body)),
             Ok(Answer::Empty(status)) => (status, None),
@@ -60,6 +84,32 @@ pub fn serve(lakehouse: Lakehouse, runtime: &tokio::runtime::Runtime, addr: Sock
         }
     }
     Ok(())
+}
+
+/// Lets a request through when it carries `token` (`Ok(None)`), answers a token request with
+/// the right client secret itself, and refuses anything else with 401.
+fn authenticate(request: &mut Request, token: &Secret) -> std::result::Result<Option<Answer>, Failure> {
+    if request.method() == &Method::Post && request.url().trim_end_matches('/').ends_with("/v1/oauth/tokens") {
+        let mut form = String::new();
+        request.as_reader().read_to_string(&mut form).map_err(|e| Failure::bad_request(format!("reading the token request: {e}")))?;
+        let secret = form_urlencoded::parse(form.as_bytes()).find(|(key, _)| key == "client_secret").map(|(_, value)| value.into_owned());
+        return match secret {
+            Some(secret) if secret == token.expose() => json(
+                200,
+                &serde_json::json!({ "access_token": token.expose(), "token_type": "bearer", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token" }),
+            )
+            .map(Some),
+            // The OAuth2 error shape (RFC 6749), which token clients expect.
+            _ => Err(Failure::new(401, "NotAuthorizedException", "invalid client credentials")),
+        };
+    }
+    let expected = format!("Bearer {}", token.expose());
+    let presented = request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str());
+    match presented {
+        Some(value) if value == expected => Ok(None),
+        Some(_) => Err(Failure::new(401, "NotAuthorizedException", "the bearer token is not this catalog's")),
+        None => Err(Failure::new(401, "NotAuthorizedException", "this catalog needs a bearer token (Authorization: Bearer ...)")),
+    }
 }
 
 enum Answer {
@@ -149,7 +199,7 @@ async fn handle(lakehouse: &Lakehouse, request: &mut Request) -> std::result::Re
     let path = url.split('?').next().unwrap_or_default().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
-    let catalog = lakehouse.catalog();
+    let catalog = lakehouse.sql_catalog()?;
     // An optional prefix (`/v1/{prefix}/namespaces/...`) is accepted and ignored: one catalog.
     let start = match segments.as_slice() {
         ["v1", "namespaces" | "config", ..] => 1,
@@ -207,7 +257,13 @@ async fn handle(lakehouse: &Lakehouse, request: &mut Request) -> std::result::Re
         (Method::Post, ["namespaces", namespace, "tables", table]) => {
             let ident = TableIdent::new(namespace_of(namespace)?, percent_decode(table)?);
             let commit: CommitTableRequest = body(request)?;
+            fail::fail_point!("catalog-serve-refuse-commit", |_| {
+                Err(Failure::new(503, "ServiceUnavailableException", "the commit was not applied (failpoint catalog-serve-refuse-commit)"))
+            });
             let committed = commit_table(lakehouse, &ident, commit).await?;
+            fail::fail_point!("catalog-serve-lose-commit-answer", |_| {
+                Err(Failure::new(502, "BadGatewayException", "the commit was applied, the answer lost (failpoint catalog-serve-lose-commit-answer)"))
+            });
             let metadata_location = committed.metadata_location().unwrap_or_default().to_string();
             json(200, &CommitTableResponse { metadata_location, metadata: committed.metadata().clone() })
         }
@@ -236,7 +292,7 @@ fn load_result(table: &iceberg::table::Table) -> LoadTableResult {
 /// pointer; when another writer moved the pointer meanwhile, starts again from the newer table,
 /// so the requirements are judged against what the commit will really follow.
 async fn commit_table(lakehouse: &Lakehouse, ident: &TableIdent, commit: CommitTableRequest) -> Result<iceberg::table::Table> {
-    let edit = |base: &iceberg::table::Table| -> Result<Option<iceberg::spec::TableMetadata>> {
+    let edit = |base: &iceberg::table::Table| -> Result<Option<iceberg::spec::TableMetadataBuildResult>> {
         for requirement in &commit.requirements {
             requirement.check(Some(base.metadata())).map_err(|e| Error::CommitConflict {
                 table: ident.to_string(),
@@ -249,7 +305,7 @@ async fn commit_table(lakehouse: &Lakehouse, ident: &TableIdent, commit: CommitT
             builder = update.apply(builder).map_err(|e| Error::User(format!("update of {ident} refused: {}", e.message())))?;
         }
         let built = builder.build().map_err(|e| Error::User(format!("update of {ident} refused: {}", e.message())))?;
-        Ok(Some(built.metadata))
+        Ok(Some(built))
     };
     let committed = commit_metadata(lakehouse, ident, CommitOptions::default(), edit).await?;
     committed.ok_or_else(|| Error::Internal(format!("the commit of {ident} made no metadata")))

@@ -36,7 +36,6 @@
 //! to the caller.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use iceberg::spec::{
@@ -44,9 +43,10 @@ use iceberg::spec::{
     PrimitiveLiteral, Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
 };
 use iceberg::table::Table;
-use iceberg::{MetadataLocation, TableIdent};
+use iceberg::TableIdent;
+use iceberg::spec::TableMetadataBuildResult;
 
-use crate::catalog::Lakehouse;
+use crate::catalog::{Lakehouse, Publication};
 use crate::error::{Context, Error, Result};
 
 /// Snapshot summary property: the replay position a curated snapshot reflects.
@@ -292,27 +292,46 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
     let ident = base.identifier().clone();
     let mut base = base;
     let mut backoff = options.initial_backoff;
+    // Every snapshot id this call sent: after an unknown outcome, one of them may have landed.
+    let mut sent: Vec<(i64, Operation)> = Vec::new();
     for attempt in 1..=options.max_attempts {
         if let Some(fence) = change.fence {
             check_fence(&base, fence)?;
         }
         let prepared = prepare(&base, &change).await?;
-        // Crash tests stop the process here: every file of the commit is written, the pointer is not.
+        // Crash tests stop the process here: the commit's manifests and manifest list are written,
+        // the catalog does not know them.
         fail::fail_point!("commit-before-swap");
-        if prepared.publish(lakehouse).await? {
-            let table = lakehouse.load(&ident).await?;
-            return Ok(Committed {
-                snapshot_id: prepared.snapshot_id,
-                operation: prepared.operation,
-                attempts: attempt,
-                files_added: change.add.len(),
-                files_removed: change.remove.len(),
-                table,
-            });
+        let (snapshot_id, operation) = (prepared.snapshot_id, prepared.operation.clone());
+        sent.push((snapshot_id, operation.clone()));
+        let committed = |table: Table, snapshot_id: i64, operation: Operation| Committed {
+            snapshot_id,
+            operation,
+            attempts: attempt,
+            files_added: change.add.len(),
+            files_removed: change.remove.len(),
+            table,
+        };
+        match lakehouse.publish(&base, prepared.built).await? {
+            Publication::Committed => {
+                let table = lakehouse.load(&ident).await?;
+                return Ok(committed(table, snapshot_id, operation));
+            }
+            Publication::Lost => {
+                discard(&base, &prepared.written).await;
+                tracing::debug!(table = %ident, attempt, "another writer committed first; re-validating on the new base");
+            }
+            // The files stay: they are the snapshot's if it landed, orphans for maintenance if not.
+            Publication::Unknown(reason) => {
+                tracing::warn!(table = %ident, attempt, "the catalog did not say whether the commit landed ({reason}); reloading the table to see")
+            }
         }
-        prepared.discard(&base).await;
-        tracing::debug!(table = %ident, attempt, "metadata pointer moved under us; re-validating on the new base");
         let newer = lakehouse.load(&ident).await?;
+        // Ours after all: a commit whose answer was lost, or one the server applied late.
+        if let Some((id, operation)) = sent.iter().find(|(id, _)| newer.metadata().snapshot_by_id(*id).is_some()) {
+            tracing::info!(table = %ident, snapshot = id, "the commit had landed");
+            return Ok(committed(newer, *id, operation.clone()));
+        }
         validate_rebase(&base, &newer, &change).await?;
         base = newer;
         // Jitter keeps writers that lost to each other from retrying in lockstep.
@@ -325,29 +344,27 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
     })
 }
 
-/// Commits a change of the table's metadata that adds no snapshot (snapshot expiry): `edit` gets
-/// the newest table and returns its new metadata, or `None` when there is nothing to change. After
-/// a lost compare-and-swap `edit` runs again on the newer table. Returns the table as committed.
+/// Commits a change of the table's metadata that adds no snapshot (snapshot expiry, a REST
+/// client's commit served by `catalog serve`): `edit` gets the newest table and returns its new
+/// metadata, or `None` when there is nothing to change. After a lost compare-and-swap, or an
+/// answer lost on the way, `edit` runs again on the newer table (so it must return `None` for a
+/// change the table already holds). Returns the table as committed.
 pub async fn commit_metadata(
     lakehouse: &Lakehouse,
     ident: &TableIdent,
     options: CommitOptions,
-    edit: impl Fn(&Table) -> Result<Option<iceberg::spec::TableMetadata>>,
+    edit: impl Fn(&Table) -> Result<Option<TableMetadataBuildResult>>,
 ) -> Result<Option<Table>> {
     let mut backoff = options.initial_backoff;
     for _ in 0..options.max_attempts {
         let base = lakehouse.load(ident).await?;
-        let Some(metadata) = edit(&base)? else { return Ok(None) };
-        let context = || format!("writing new metadata of {ident}");
-        let base_location = base.metadata_location_result().context(context)?.to_string();
-        let location =
-            MetadataLocation::from_str(&base_location).context(context)?.with_next_version().with_new_metadata(&metadata);
-        metadata.write_to(base.file_io(), &location).await.context(context)?;
-        if lakehouse.swap_metadata_pointer(ident, &base_location, &location.to_string()).await? {
-            return lakehouse.load(ident).await.map(Some);
-        }
-        if let Err(error) = base.file_io().delete(location.to_string()).await {
-            tracing::warn!(%error, "could not delete the metadata file of a lost attempt");
+        let Some(built) = edit(&base)? else { return Ok(None) };
+        match lakehouse.publish(&base, built).await? {
+            Publication::Committed => return lakehouse.load(ident).await.map(Some),
+            Publication::Lost => {}
+            Publication::Unknown(reason) => {
+                tracing::warn!(table = %ident, "the catalog did not say whether the change landed ({reason}); reloading the table to see")
+            }
         }
         tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.5))).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -390,23 +407,17 @@ async fn validate_rebase(old: &Table, new: &Table, change: &FileChange) -> Resul
 struct Prepared {
     snapshot_id: i64,
     operation: Operation,
+    /// The manifests and the manifest list written for it.
     written: Vec<String>,
-    metadata_location: String,
-    base_location: String,
-    ident: TableIdent,
+    /// The base's metadata with the snapshot added and `main` moved to it.
+    built: TableMetadataBuildResult,
 }
 
-impl Prepared {
-    async fn publish(&self, lakehouse: &Lakehouse) -> Result<bool> {
-        lakehouse.swap_metadata_pointer(&self.ident, &self.base_location, &self.metadata_location).await
-    }
-
-    /// Deletes what a lost attempt wrote. Best effort: leftovers are orphans, never referenced.
-    async fn discard(&self, base: &Table) {
-        for path in self.written.iter().chain([&self.metadata_location]) {
-            if let Err(error) = base.file_io().delete(path).await {
-                tracing::warn!(%path, %error, "could not delete a file of a lost commit attempt");
-            }
+/// Deletes what a lost attempt wrote. Best effort: leftovers are orphans, never referenced.
+async fn discard(base: &Table, written: &[String]) {
+    for path in written {
+        if let Err(error) = base.file_io().delete(path).await {
+            tracing::warn!(%path, %error, "could not delete a file of a lost commit attempt");
         }
     }
 }
@@ -547,28 +558,16 @@ async fn prepare(base: &Table, change: &FileChange) -> Result<Prepared> {
         .with_summary(summary)
         .with_schema_id(metadata.current_schema_id())
         .build();
-    let new_metadata = metadata
+    let built = metadata
         .clone()
-        .into_builder(Some(base_location.clone()))
+        .into_builder(Some(base_location))
         .add_snapshot(snapshot)
         .context(context)?
         .set_ref(MAIN_BRANCH, SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)))
         .context(context)?
         .build()
-        .context(context)?
-        .metadata;
-    // A new file name (version + 1, fresh UUID): the base metadata file is never touched.
-    let location =
-        MetadataLocation::from_str(&base_location).context(context)?.with_next_version().with_new_metadata(&new_metadata);
-    new_metadata.write_to(file_io, &location).await.context(context)?;
-    Ok(Prepared {
-        snapshot_id,
-        operation,
-        written,
-        metadata_location: location.to_string(),
-        base_location,
-        ident: base.identifier().clone(),
-    })
+        .context(context)?;
+    Ok(Prepared { snapshot_id, operation, written, built })
 }
 
 /// The snapshot summary: the spec's added/deleted counts, running totals and our properties.

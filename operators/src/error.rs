@@ -58,6 +58,10 @@ pub enum Error {
         #[source]
         source: opendal::Error,
     },
+    /// The REST catalog refused or failed `context`: its HTTP status (none when no answer came) and
+    /// the server's message.
+    #[error("{context}: REST catalog: {message}")]
+    RestCatalog { context: String, status: Option<u16>, message: String },
     /// The SQL catalog database failed while doing `context`.
     #[error("{context}: {source}")]
     Sql {
@@ -117,6 +121,9 @@ impl Error {
                 opendal::ErrorKind::ConfigInvalid | opendal::ErrorKind::PermissionDenied => Fault::User,
                 _ => Fault::External,
             },
+            // 4xx: the request, the credentials or the graph's catalog settings are wrong.
+            Error::RestCatalog { status: Some(400..=499), .. } => Fault::User,
+            Error::RestCatalog { .. } => Fault::External,
             Error::Kafka { source, .. } => match source {
                 rdkafka::error::KafkaError::ClientCreation(_) => Fault::User,
                 _ => Fault::External,
@@ -131,6 +138,7 @@ impl Error {
             Error::Iceberg { source, .. } => source.retryable(),
             Error::Io { .. } | Error::Sql { .. } | Error::Registry(_) => true,
             Error::ObjectStore { source, .. } => source.is_temporary(),
+            Error::RestCatalog { status, .. } => status.is_none_or(|s| s >= 500 || s == 429),
             Error::Kafka { source, .. } => source.rdkafka_error_code().is_some(),
             _ => false,
         }

@@ -29,6 +29,7 @@ pub mod produce;
 pub mod reader;
 pub mod records;
 pub mod replay;
+pub mod rest_catalog;
 pub mod rules;
 pub mod sample;
 pub mod schema;

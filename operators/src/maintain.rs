@@ -342,7 +342,7 @@ pub async fn expire(lakehouse: &Lakehouse, ident: &TableIdent, settings: &Mainta
             .remove_snapshots(&ids)
             .build()
             .context(|| format!("expiring snapshots of {}", table.identifier()))?;
-        Ok(Some(built.metadata))
+        Ok(Some(built))
     };
     commit_metadata(lakehouse, ident, settings.commit, edit).await?;
     report.failed_deletes = delete_files(&table, deletable).await;

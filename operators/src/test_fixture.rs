@@ -60,11 +60,7 @@ pub struct Fixture {
 
 pub async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let settings = CatalogSettings {
-        name: "test".into(),
-        database: dir.path().join("catalog/catalog.db"),
-        warehouse: crate::storage::Warehouse::Local(dir.path().join("warehouse")),
-    };
+    let settings = CatalogSettings::sql("test", dir.path().join("catalog/catalog.db"), crate::storage::Warehouse::Local(dir.path().join("warehouse")));
     let lakehouse = Lakehouse::open(&settings, true).await.unwrap();
     let ident = parse_table_ident("curated.movie_ratings").unwrap();
     lakehouse.ensure_table(&ident, &ratings_pipeline().curated_layout().unwrap()).await.unwrap();

@@ -147,12 +147,18 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
     /// Serve the embedded catalog as an Iceberg REST catalog (config, namespaces, tables, commits)
-    /// until stopped, so Spark, Trino, DuckDB or PyIceberg attach it over REST. No authentication:
-    /// keep it on loopback or behind a proxy that authenticates.
+    /// until stopped, so Spark, Trino, DuckDB, PyIceberg or another ratings-flow engine attach it
+    /// over REST. Without --token-env anyone who reaches the address may commit: keep it on
+    /// loopback, or behind a proxy that authenticates.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: std::net::SocketAddr,
+        /// Require this environment variable's value as the bearer token of every request. Clients
+        /// send it as a token, or as the client secret of OAuth2 client credentials, which
+        /// /v1/oauth/tokens exchanges for it.
+        #[arg(long, value_name = "VARIABLE")]
+        token_env: Option<String>,
     },
 }
 
@@ -344,17 +350,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
         Some(Command::Check { .. }) => unreachable!("handled above"),
         Some(Command::Import { table, files }) => import(&graph, &table, &files),
-        Some(Command::Catalog(CatalogCommand::Serve { addr })) => serve_catalog(&graph, addr),
+        Some(Command::Catalog(CatalogCommand::Serve { addr, token_env })) => serve_catalog(&graph, addr, token_env.as_deref()),
     }
     .map(|()| ExitCode::SUCCESS)
 }
 
 /// `runtime catalog serve`: the embedded catalog over Iceberg's REST protocol.
-fn serve_catalog(graph: &Graph, addr: std::net::SocketAddr) -> Result<()> {
+fn serve_catalog(graph: &Graph, addr: std::net::SocketAddr, token_env: Option<&str>) -> Result<()> {
+    let token = match token_env {
+        None => None,
+        Some(variable) => match std::env::var(variable) {
+            Ok(token) if !token.is_empty() => Some(operators::storage::Secret::new(token)),
+            _ => return Err(Error::User(format!("--token-env names the environment variable {variable}, which is not set"))),
+        },
+    };
     let runtime = io_runtime()?;
     let lakehouse = runtime.block_on(Lakehouse::open(&graph.catalog, false))?;
     let name = graph.catalog.name.clone();
-    operators::catalog_server::serve(lakehouse, &runtime, addr, |bound| {
+    operators::catalog_server::serve(lakehouse, &runtime, addr, token, |bound| {
         println!("serving catalog {name:?} as an Iceberg REST catalog on http://{bound} (Ctrl-C stops)");
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use operators::catalog::CatalogSettings;
+use operators::catalog::{CatalogConnection, CatalogSettings};
+use operators::rest_catalog::{RestAuth, RestSettings};
 use operators::storage::{S3Credentials, S3Warehouse, Secret, Warehouse};
 use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
@@ -222,8 +223,36 @@ pub enum CatalogSection {
         #[serde(default)]
         s3: Option<S3Section>,
     },
-    /// Iceberg REST catalog.
-    Rest { name: String, uri: String, warehouse: String },
+    /// Iceberg REST catalog at `uri`; the table files in a local folder or an S3 bucket as for
+    /// `sql` (with a REST catalog, `warehouse` says how to reach the files the server places).
+    Rest(RestSection),
+}
+
+/// An Iceberg REST catalog. Like every secret, the token and the client secret come from
+/// environment variables or files the graph names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestSection {
+    pub name: String,
+    pub uri: String,
+    pub warehouse: String,
+    #[serde(default)]
+    pub s3: Option<S3Section>,
+    /// The warehouse name the server expects in its config request (Polaris: the catalog).
+    pub server_warehouse: Option<String>,
+    /// The path prefix of the catalog's endpoints, unless the server's config sets one.
+    pub prefix: Option<String>,
+    /// A bearer token, from this environment variable or file.
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// OAuth2 client credentials: the id, and the secret from a variable or a file.
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// The OAuth2 token endpoint (default: `{uri}/v1/oauth/tokens`).
+    pub oauth2_server_uri: Option<String>,
+    /// The scope asked for with client credentials (default `catalog`).
+    pub scope: Option<String>,
 }
 
 /// How to reach an S3-compatible warehouse. Secrets are never written in the graph: they come
@@ -639,21 +668,71 @@ pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result
             if name.trim().is_empty() {
                 return Err("catalog.name: expected a non-empty catalog name".into());
             }
-            let warehouse = match (warehouse.strip_prefix("s3://"), s3) {
-                (Some(_), s3) => Warehouse::S3(s3_warehouse(warehouse.trim_end_matches('/').to_string(), s3.unwrap_or_default(), folder)?),
-                (None, Some(_)) => {
-                    return Err(format!("catalog.s3 is set but catalog.warehouse ({warehouse:?}) is not an s3://bucket[/prefix] location"));
-                }
-                (None, None) if warehouse.contains("://") => {
-                    return Err(format!("catalog.warehouse {warehouse:?}: expected a local folder or s3://bucket[/prefix]"));
-                }
-                (None, None) => Warehouse::Local(folder.join(warehouse)),
-            };
-            Ok(CatalogSettings { name, database: folder.join(database), warehouse })
+            let warehouse = warehouse_from(warehouse, s3, folder)?;
+            Ok(CatalogSettings::sql(name, folder.join(database), warehouse))
         }
-        CatalogSection::Rest { uri, .. } => Err(format!(
-            "catalog.kind: \"rest\" ({uri}) is recognised but this build commits only through the embedded SQL catalog; use kind = \"sql\""
-        )),
+        CatalogSection::Rest(rest) => {
+            let RestSection {
+                name,
+                uri,
+                warehouse,
+                s3,
+                server_warehouse,
+                prefix,
+                token_env,
+                token_file,
+                client_id,
+                client_secret_env,
+                client_secret_file,
+                oauth2_server_uri,
+                scope,
+            } = rest;
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                return Err(format!("catalog.uri {uri:?}: expected the REST catalog's http:// or https:// address"));
+            }
+            let secret = |what: &str, env: Option<String>, file: Option<PathBuf>| -> Result<Option<Secret>, String> {
+                match (env, file) {
+                    (Some(_), Some(_)) => Err(format!("catalog: give {what}_env or {what}_file, not both")),
+                    (Some(variable), None) => secret_from_env(&format!("catalog.{what}_env"), &variable).map(|v| Some(Secret::new(v))),
+                    (None, Some(file)) => {
+                        secret_from_file(&format!("catalog.{what}_file"), &folder.join(file)).map(|v| Some(Secret::new(v)))
+                    }
+                    (None, None) => Ok(None),
+                }
+            };
+            let token = secret("token", token_env, token_file)?;
+            let client_secret = secret("client_secret", client_secret_env, client_secret_file)?;
+            let auth = match (token, client_id, client_secret) {
+                (None, None, None) => RestAuth::None,
+                (Some(token), None, None) => RestAuth::Token(token),
+                (None, Some(client_id), Some(client_secret)) => {
+                    RestAuth::ClientCredentials { client_id, client_secret, token_endpoint: oauth2_server_uri.clone(), scope: scope.clone() }
+                }
+                (Some(_), _, _) => return Err("catalog: give a token (token_env / token_file) or client credentials, not both".into()),
+                (None, Some(_), None) => {
+                    return Err("catalog.client_id needs its secret: client_secret_env or client_secret_file".into());
+                }
+                (None, None, Some(_)) => return Err("catalog: the client secret needs catalog.client_id".into()),
+            };
+            if !matches!(auth, RestAuth::ClientCredentials { .. }) && (oauth2_server_uri.is_some() || scope.is_some()) {
+                return Err("catalog.oauth2_server_uri and catalog.scope apply to client credentials (client_id + client secret)".into());
+            }
+            let warehouse = warehouse_from(warehouse, s3, folder)?;
+            let connection = CatalogConnection::Rest(RestSettings { uri, server_warehouse, prefix, auth });
+            Ok(CatalogSettings { name, connection, warehouse })
+        }
+    }
+}
+
+/// Where the table files go: `s3://bucket[/prefix]` (with `[catalog.s3]`), or a local folder.
+fn warehouse_from(warehouse: String, s3: Option<S3Section>, folder: &Path) -> Result<Warehouse, String> {
+    match (warehouse.strip_prefix("s3://"), s3) {
+        (Some(_), s3) => Ok(Warehouse::S3(s3_warehouse(warehouse.trim_end_matches('/').to_string(), s3.unwrap_or_default(), folder)?)),
+        (None, Some(_)) => Err(format!("catalog.s3 is set but catalog.warehouse ({warehouse:?}) is not an s3://bucket[/prefix] location")),
+        (None, None) if warehouse.contains("://") => {
+            Err(format!("catalog.warehouse {warehouse:?}: expected a local folder or s3://bucket[/prefix]"))
+        }
+        (None, None) => Ok(Warehouse::Local(folder.join(warehouse))),
     }
 }
 
@@ -831,7 +910,8 @@ mod tests {
         assert_eq!(names, ["approval", "blocklist"]);
         assert_eq!(graph.plugins[0].config, serde_json::json!({"threshold": 7.0}));
         assert!(graph.plugins[0].path.starts_with(graph.path.parent().unwrap()));
-        assert!(graph.catalog.database.starts_with(graph.path.parent().unwrap()));
+        let CatalogConnection::Sql { database } = &graph.catalog.connection else { panic!("the shipped graph uses the SQL catalog") };
+        assert!(database.starts_with(graph.path.parent().unwrap()));
         assert_eq!(graph.target_file_size, 128 * 1024 * 1024);
         assert_eq!(graph.resolve_table("movie_ratings"), Some("curated.movie_ratings"));
     }
@@ -877,6 +957,38 @@ mod tests {
         assert_eq!(graph.kafka.properties["sasl.password"], std::env::var("PATH").unwrap());
         assert_eq!(graph.kafka.properties["security.protocol"], "SASL_PLAINTEXT");
         assert!(!format!("{:?}", graph.kafka).contains(&std::env::var("PATH").unwrap()), "settings print without the secret");
+    }
+
+    #[test]
+    fn a_rest_catalog_takes_a_token_or_client_credentials_from_the_environment_never_from_the_graph() {
+        let rest = |lines: &str| {
+            GOOD.replace("kind = \"sql\"", "kind = \"rest\"")
+                .replace("database = \"../.lakehouse/catalog.db\"", &format!("uri = \"http://127.0.0.1:8181\"\n{lines}"))
+        };
+        let path = std::env::var("PATH").unwrap();
+        let graph = load(&rest("token_env = \"PATH\"\nprefix = \"lake\"")).unwrap();
+        let CatalogConnection::Rest(settings) = &graph.catalog.connection else { panic!("a REST catalog") };
+        assert_eq!(settings.uri, "http://127.0.0.1:8181");
+        assert_eq!(settings.prefix.as_deref(), Some("lake"));
+        assert!(matches!(&settings.auth, RestAuth::Token(token) if token.expose() == path));
+        assert!(!format!("{:?}", graph.catalog).contains(&path), "settings print without the token");
+        let graph = load(&rest("client_id = \"engine\"\nclient_secret_env = \"PATH\"\nscope = \"PRINCIPAL_ROLE:ALL\"")).unwrap();
+        let CatalogConnection::Rest(settings) = &graph.catalog.connection else { panic!("a REST catalog") };
+        assert!(matches!(&settings.auth, RestAuth::ClientCredentials { client_id, scope: Some(scope), .. }
+            if client_id == "engine" && scope == "PRINCIPAL_ROLE:ALL"));
+        let refused = [
+            (rest("token = \"in-the-graph\""), "unknown field `token`"),
+            (rest("token_env = \"PATH\"\nclient_id = \"x\"\nclient_secret_env = \"PATH\""), "a token (token_env / token_file) or client credentials, not both"),
+            (rest("client_id = \"x\""), "catalog.client_id needs its secret"),
+            (rest("scope = \"catalog\""), "apply to client credentials"),
+            (rest("token_env = \"RATINGS_FLOW_NO_SUCH_VARIABLE\""), "catalog.token_env names the environment variable RATINGS_FLOW_NO_SUCH_VARIABLE"),
+            (rest("").replace("http://127.0.0.1:8181", "127.0.0.1:8181"), "expected the REST catalog's http:// or https:// address"),
+        ];
+        for (text, expected) in refused {
+            let message = load(&text).unwrap_err().to_string();
+            assert!(message.contains(expected), "{message:?} should mention {expected:?}");
+            assert!(!message.contains("in-the-graph"), "{message}");
+        }
     }
 
     #[test]

@@ -264,11 +264,7 @@ impl Lake {
     }
 
     pub fn catalog(&self) -> CatalogSettings {
-        CatalogSettings {
-            name: "ratings_flow".into(),
-            database: self.dir.path().join("lake/catalog.db"),
-            warehouse: self.warehouse.clone(),
-        }
+        CatalogSettings::sql("ratings_flow", self.dir.path().join("lake/catalog.db"), self.warehouse.clone())
     }
 
     pub fn database(&self) -> PathBuf {
