@@ -1,9 +1,10 @@
 //! The REST catalog, both sides.
 //!
-//! `runtime catalog serve` checked by an independent client: PyIceberg's `RestCatalog` lists,
+//! `runtime catalog serve` checked by independent clients: PyIceberg's `RestCatalog` lists,
 //! loads and scans what the engine wrote, creates a namespace and a table and commits appends
 //! through the endpoint, and two of its writers race: one wins, the other gets 409, re-validates
-//! and commits after it. The engine then commits beside the server, and the REST view follows.
+//! and commits after it. The engine then commits beside the server, and the REST view follows;
+//! DuckDB's iceberg extension attaches the endpoint and reads the same rows.
 //!
 //! The engine as a REST client (`catalog.kind = "rest"`) against that server, with a token:
 //! two streams started at once race through it (one gives way, nothing is written twice),
@@ -53,7 +54,7 @@ fn pyiceberg(uri: &str, table: &str) -> serde_json::Value {
 }
 
 #[test]
-fn pyiceberg_reads_creates_and_commits_through_the_rest_endpoint_and_a_stale_writer_gets_409_then_retries() {
+fn pyiceberg_and_duckdb_read_through_the_rest_endpoint_pyiceberg_commits_and_a_stale_writer_gets_409_then_retries() {
     let lake = Lake::new();
     lake.ok(EDGY);
     lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--to", "2025-05-04", "--no-progress"]);
@@ -84,6 +85,21 @@ fn pyiceberg_reads_creates_and_commits_through_the_rest_endpoint_and_a_stale_wri
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let rows: usize = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
     assert_eq!(rows, lake.curated_rows().len());
+
+    // DuckDB attaches the endpoint too (its iceberg extension's REST catalog) and reads the same rows.
+    let output = Command::new(python())
+        .arg(workspace_root().join("tests/python/duckdb_rest.py"))
+        .args(["--uri", &uri, "--table", "curated.movie_ratings"])
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "duckdb_rest.py: {}", String::from_utf8_lossy(&output.stderr));
+    let duck: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(duck["rows"].as_u64().unwrap() as usize, lake.curated_rows().len(), "{duck}");
+    let rating_sum: f64 = lake.curated_rows().iter().map(|(_, row)| row.rating.0 as f64).sum();
+    assert!((duck["rating_sum"].as_f64().unwrap() - rating_sum).abs() < 1e-3, "{duck} vs {rating_sum}");
+    for table in ["curated.movie_ratings", "curated.movie_ratings_rejected", "raw.movie_ratings_raw", "notes.from_pyiceberg"] {
+        assert!(duck["tables"].as_array().unwrap().iter().any(|t| t == table), "{duck}");
+    }
 
     // Unknown endpoints and refused bodies answer with the spec's error model, never a hang.
     let client = |method: &str, path: &str, body: &str| -> (u16, serde_json::Value) {
