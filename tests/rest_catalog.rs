@@ -169,6 +169,15 @@ fn engines_commit_through_the_rest_catalog_exactly_once_when_racing_and_when_ans
     outputs.push(s.stream(&[]));
     s.assert_raw_complete();
     assert_matches_oracle(&s.lake, &s.oracle());
+    // An independent client with the same token sees the engine's rows through the endpoint.
+    let output = Command::new(python())
+        .args(["-c", "import sys; from pyiceberg.catalog.rest import RestCatalog; \
+                print(RestCatalog('c', uri=sys.argv[1], token=sys.argv[2]).load_table('curated.movie_ratings').scan().to_arrow().num_rows)"])
+        .args([&uri, &token])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), s.lake.curated_rows().len().to_string());
 
     // The server refuses the next commit (503, not applied), then applies the one after and loses
     // its answer (502): the engine retries the first and finds the second in the table.
