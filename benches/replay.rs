@@ -56,8 +56,8 @@ fn end_to_end(c: &mut Criterion) {
                 (&curated, ratings_benches::shipped_graph().pipeline.curated_layout().unwrap()),
                 (&rejected, ratings_benches::shipped_graph().pipeline.rejected_layout().unwrap()),
             ] {
-                if lakehouse.catalog().table_exists(ident).await.unwrap() {
-                    lakehouse.catalog().drop_table(ident).await.unwrap();
+                if lakehouse.sql_catalog().unwrap().table_exists(ident).await.unwrap() {
+                    lakehouse.sql_catalog().unwrap().drop_table(ident).await.unwrap();
                 }
                 lakehouse.ensure_table(ident, &layout).await.unwrap();
             }

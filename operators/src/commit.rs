@@ -299,9 +299,6 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
             check_fence(&base, fence)?;
         }
         let prepared = prepare(&base, &change).await?;
-        // Crash tests stop the process here: the commit's manifests and manifest list are written,
-        // the catalog does not know them.
-        fail::fail_point!("commit-before-swap");
         let (snapshot_id, operation) = (prepared.snapshot_id, prepared.operation.clone());
         sent.push((snapshot_id, operation.clone()));
         let committed = |table: Table, snapshot_id: i64, operation: Operation| Committed {
