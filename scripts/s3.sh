@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Starts or stops the project's S3-protocol server on loopback: s3s-fs (the s3s project's file
-# system backed S3 server, a Rust binary installed here by `cargo install`), keeping its objects
-# as files under .s3/data/. Used by `make s3-up` / `make s3-down` and `make test`.
+# system backed S3 server) in tools/s3-server, installed into .tools/ by `cargo install`, keeping
+# its objects as files under .s3/data/. Used by `make s3-up` / `make s3-down` and `make test`.
 #
-#   scripts/s3.sh up [BUCKET]   install s3s-fs if missing, start it (idempotent), wait until it
+#   scripts/s3.sh up [BUCKET]   install the server if missing or changed, start it (idempotent), wait until it
 #                               answers, create BUCKET (default warehouse)
 #   scripts/s3.sh down          stop what `up` started (the objects stay in .s3/data/)
 #   scripts/s3.sh running       exit 0 when the server runs
@@ -16,24 +16,29 @@ cd "$(dirname "$0")/.."
 S3_PORT=${S3_PORT:-9000}
 S3_ACCESS_KEY=${S3_ACCESS_KEY:-ratings-flow-local}
 S3_SECRET_KEY=${S3_SECRET_KEY:-ratings-flow-local-secret}
-# Pinned: 0.14.1 is the newest release that builds with this machine's Rust (1.95); later ones
-# need 1.96. Chosen over moto's server because it checks request signatures against its key pair
-# (moto accepts any key unless its IAM emulation is set up) and keeps objects as plain files.
+# Pinned (tools/s3-server/Cargo.toml and its Cargo.lock): s3s-fs 0.14.1 is the newest release
+# that builds with this machine's Rust (1.95); later ones need 1.96. Chosen over moto's server
+# because it checks request signatures against its key pair (moto accepts any key unless its IAM
+# emulation is set up) and keeps objects as plain files. tools/s3-server is its library behind an
+# accept loop that sets TCP_NODELAY, as production stores do (why: tools/s3-server/src/main.rs).
 # Its limit: it names a side file of every object after the base64 of bucket and key, so a bucket
 # name plus key must stay under ~165 bytes (the file system's 255-byte names); the tests use short
 # prefixes.
-S3S_VERSION=0.14.1
 STATE=.s3
-BIN=.tools/bin/s3s-fs
+BIN=.tools/bin/s3-server
+STAMP=.tools/s3-server.sha256
 mkdir -p "$STATE/data"
 
 alive() { [ -f "$STATE/server.pid" ] && kill -0 "$(cat "$STATE/server.pid")" 2>/dev/null; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; }
 
 install() {
-  if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "$S3S_VERSION"; then return 0; fi
-  echo "installing s3s-fs $S3S_VERSION into .tools/ (once; takes a few minutes)..."
-  cargo install --quiet --locked --root .tools s3s-fs --version "$S3S_VERSION" --features binary
+  local want
+  want=$(cat tools/s3-server/Cargo.toml tools/s3-server/Cargo.lock tools/s3-server/src/*.rs | sha256sum | cut -d' ' -f1)
+  if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then return 0; fi
+  echo "installing the S3 server (s3s-fs 0.14.1) into .tools/ (once; takes a few minutes)..."
+  cargo install --quiet --locked --root .tools --path tools/s3-server
+  echo "$want" >"$STAMP"
 }
 
 up() {
