@@ -74,7 +74,7 @@ kafka-up: setup ## Start the Kafka-protocol broker (Tansu, 127.0.0.1:9092) and t
 kafka-down: ## Stop what kafka-up started
 	bash scripts/kafka.sh down
 
-s3-up: ## Start the S3-protocol server (s3s-fs, installed into .tools/ on first use) on 127.0.0.1:9000 with bucket `warehouse`
+s3-up: ## Start the S3-protocol server (s3s-fs from tools/s3-server, installed into .tools/ on first use) on 127.0.0.1:9000 with bucket `warehouse`
 	bash scripts/s3.sh up
 
 s3-down: ## Stop what s3-up started
