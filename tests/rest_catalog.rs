@@ -230,18 +230,11 @@ fn engines_commit_through_the_rest_catalog_exactly_once_when_racing_and_when_ans
     for output in &outputs {
         assert!(!output.contains(&token), "the token leaked into an output:\n{output}");
     }
-    for entry in walkdir(&s.lake.dir.path().join("lake")) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in {}", entry.display());
+    let files = s.lake.block_on(s.lake.warehouse.list_files(&s.lake.warehouse.location())).expect("list the warehouse");
+    assert!(files.iter().any(|(path, _)| path.ends_with(".metadata.json")), "{files:?}");
+    let needle = token.as_bytes();
+    for path in files.iter().map(|(path, _)| PathBuf::from(path)).chain([s.lake.database()]) {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "the token is in {}", path.display());
     }
-}
-
-/// Every file under `dir`.
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { files.extend(walkdir(&path)) } else { files.push(path) }
-    }
-    files
 }

@@ -293,17 +293,18 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
     let mut base = base;
     let mut backoff = options.initial_backoff;
     // Every snapshot id this call sent: after an unknown outcome, one of them may have landed.
-    let mut sent: Vec<(i64, Operation)> = Vec::new();
+    let mut sent: Vec<i64> = Vec::new();
     for attempt in 1..=options.max_attempts {
         if let Some(fence) = change.fence {
             check_fence(&base, fence)?;
         }
         let prepared = prepare(&base, &change).await?;
-        let (snapshot_id, operation) = (prepared.snapshot_id, prepared.operation.clone());
-        sent.push((snapshot_id, operation.clone()));
-        let committed = |table: Table, snapshot_id: i64, operation: Operation| Committed {
+        // The operation follows from the change alone: every attempt's is the same.
+        let operation = prepared.operation.clone();
+        sent.push(prepared.snapshot_id);
+        let committed = |table: Table, snapshot_id: i64| Committed {
             snapshot_id,
-            operation,
+            operation: operation.clone(),
             attempts: attempt,
             files_added: change.add.len(),
             files_removed: change.remove.len(),
@@ -312,7 +313,7 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
         match lakehouse.publish(&base, prepared.built).await? {
             Publication::Committed => {
                 let table = lakehouse.load(&ident).await?;
-                return Ok(committed(table, snapshot_id, operation));
+                return Ok(committed(table, prepared.snapshot_id));
             }
             Publication::Lost => {
                 discard(&base, &prepared.written).await;
@@ -325,9 +326,9 @@ pub async fn commit(lakehouse: &Lakehouse, base: Table, change: FileChange, opti
         }
         let newer = lakehouse.load(&ident).await?;
         // Ours after all: a commit whose answer was lost, or one the server applied late.
-        if let Some((id, operation)) = sent.iter().find(|(id, _)| newer.metadata().snapshot_by_id(*id).is_some()) {
+        if let Some(&id) = sent.iter().find(|&&id| newer.metadata().snapshot_by_id(id).is_some()) {
             tracing::info!(table = %ident, snapshot = id, "the commit had landed");
-            return Ok(committed(newer, *id, operation.clone()));
+            return Ok(committed(newer, id));
         }
         validate_rebase(&base, &newer, &change).await?;
         base = newer;

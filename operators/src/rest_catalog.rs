@@ -184,7 +184,7 @@ impl RestClient {
         let body = serde_json::to_vec(&CreateNamespaceRequest { namespace: namespace.clone(), properties: HashMap::new() })
             .map_err(|e| Error::Internal(format!("encoding a namespace request: {e}")))?;
         let context = || format!("creating namespace {}", namespace.join("."));
-        match self.call(Method::POST, &url, Some(body)).await {
+        match self.call(Method::POST, &url, Some(&body)).await {
             Ok(_) => Ok(()),
             Err(failed) if failed.status == Some(StatusCode::CONFLICT) => Ok(()),
             Err(failed) => Err(failed.into_error(context())),
@@ -233,7 +233,7 @@ impl RestClient {
         };
         let body = serde_json::to_vec(&request).map_err(|e| Error::Internal(format!("encoding a create-table request: {e}")))?;
         let context = || format!("creating table {ident}");
-        let answer = self.call(Method::POST, &url, Some(body)).await.map_err(|failed| failed.into_error(context()))?;
+        let answer = self.call(Method::POST, &url, Some(&body)).await.map_err(|failed| failed.into_error(context()))?;
         self.table_from(ident, &answer, context)
     }
 
@@ -243,7 +243,7 @@ impl RestClient {
         let url = self.table_url(ident).await?;
         let request = CommitTableRequest { identifier: Some(ident.clone()), requirements, updates };
         let body = serde_json::to_vec(&request).map_err(|e| Error::Internal(format!("encoding a commit request: {e}")))?;
-        match self.send(Method::POST, &url, Some(body)).await {
+        match self.send(Method::POST, &url, Some(&body)).await {
             Ok(_) => Ok(CommitAnswer::Committed),
             Err(failed) if failed.status == Some(StatusCode::CONFLICT) => Ok(CommitAnswer::Conflict(failed.message)),
             Err(failed) if failed.status.is_none_or(|s| s.is_server_error()) => Ok(CommitAnswer::Unknown(failed.message)),
@@ -312,11 +312,11 @@ impl RestClient {
     }
 
     /// [`Self::send`], retried with backoff while the failure is transient, for at most [`PATIENCE`].
-    async fn call(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> std::result::Result<Vec<u8>, Failed> {
+    async fn call(&self, method: Method, url: &str, body: Option<&[u8]>) -> std::result::Result<Vec<u8>, Failed> {
         let started = Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.send(method.clone(), url, body.clone()).await {
+            match self.send(method.clone(), url, body).await {
                 Err(failed) if failed.transient() && started.elapsed() < PATIENCE => {
                     tracing::warn!(%method, url, retry_in = ?wait, "the REST catalog failed: {}; retrying", failed.message);
                     tokio::time::sleep(wait).await;
@@ -329,9 +329,9 @@ impl RestClient {
 
     /// One request, authenticated; on a 401 with client credentials the token is fetched again
     /// and the request sent once more.
-    async fn send(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> std::result::Result<Vec<u8>, Failed> {
+    async fn send(&self, method: Method, url: &str, body: Option<&[u8]>) -> std::result::Result<Vec<u8>, Failed> {
         let fresh_token_helps = matches!(self.settings.auth, RestAuth::ClientCredentials { .. });
-        let answer = self.send_once(method.clone(), url, body.clone()).await;
+        let answer = self.send_once(method.clone(), url, body).await;
         match answer {
             Err(failed) if failed.status == Some(StatusCode::UNAUTHORIZED) && fresh_token_helps => {
                 *self.token.lock().await = None;
@@ -341,13 +341,13 @@ impl RestClient {
         }
     }
 
-    async fn send_once(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> std::result::Result<Vec<u8>, Failed> {
+    async fn send_once(&self, method: Method, url: &str, body: Option<&[u8]>) -> std::result::Result<Vec<u8>, Failed> {
         let mut request = self.http.request(method, url);
         if let Some(token) = self.bearer_token().await? {
             request = request.bearer_auth(token.expose());
         }
         if let Some(body) = body {
-            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_vec());
         }
         let response = request.send().await.map_err(|e| Failed { status: None, message: transport_message(e) })?;
         let status = response.status();

@@ -647,6 +647,18 @@ fn kafka_secret(key: &str, value: &toml::Value, folder: &Path) -> Result<Option<
     Ok(None)
 }
 
+/// The secret `section.{what}_env` or `section.{what}_file` names (at most one of them may be
+/// given), or `None` when neither is.
+fn secret_named(section: &str, what: &str, env: Option<String>, file: Option<PathBuf>, folder: &Path) -> Result<Option<Secret>, String> {
+    let value = match (env, file) {
+        (Some(_), Some(_)) => return Err(format!("{section}: give {what}_env or {what}_file, not both")),
+        (Some(variable), None) => secret_from_env(&format!("{section}.{what}_env"), &variable)?,
+        (None, Some(file)) => secret_from_file(&format!("{section}.{what}_file"), &folder.join(file))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Secret::new(value)))
+}
+
 /// The value of the environment variable `variable`, which the graph's `key` names.
 fn secret_from_env(key: &str, variable: &str) -> Result<String, String> {
     match std::env::var(variable) {
@@ -690,18 +702,8 @@ pub(crate) fn catalog_settings(section: CatalogSection, folder: &Path) -> Result
             if !(uri.starts_with("http://") || uri.starts_with("https://")) {
                 return Err(format!("catalog.uri {uri:?}: expected the REST catalog's http:// or https:// address"));
             }
-            let secret = |what: &str, env: Option<String>, file: Option<PathBuf>| -> Result<Option<Secret>, String> {
-                match (env, file) {
-                    (Some(_), Some(_)) => Err(format!("catalog: give {what}_env or {what}_file, not both")),
-                    (Some(variable), None) => secret_from_env(&format!("catalog.{what}_env"), &variable).map(|v| Some(Secret::new(v))),
-                    (None, Some(file)) => {
-                        secret_from_file(&format!("catalog.{what}_file"), &folder.join(file)).map(|v| Some(Secret::new(v)))
-                    }
-                    (None, None) => Ok(None),
-                }
-            };
-            let token = secret("token", token_env, token_file)?;
-            let client_secret = secret("client_secret", client_secret_env, client_secret_file)?;
+            let token = secret_named("catalog", "token", token_env, token_file, folder)?;
+            let client_secret = secret_named("catalog", "client_secret", client_secret_env, client_secret_file, folder)?;
             let auth = match (token, client_id, client_secret) {
                 (None, None, None) => RestAuth::None,
                 (Some(token), None, None) => RestAuth::Token(token),
@@ -741,12 +743,7 @@ fn s3_warehouse(uri: String, section: S3Section, folder: &Path) -> Result<S3Ware
     let S3Section { endpoint, region, path_style, access_key_id_env, secret_access_key_env, session_token_env, secret_access_key_file } =
         section;
     let from_env = |key: &str, variable: &str| secret_from_env(&format!("catalog.s3.{key}"), variable).map(Secret::new);
-    let secret = match (&secret_access_key_env, &secret_access_key_file) {
-        (Some(_), Some(_)) => return Err("catalog.s3: give secret_access_key_env or secret_access_key_file, not both".into()),
-        (Some(variable), None) => Some(from_env("secret_access_key_env", variable)?),
-        (None, Some(file)) => Some(Secret::new(secret_from_file("catalog.s3.secret_access_key_file", &folder.join(file))?)),
-        (None, None) => None,
-    };
+    let secret = secret_named("catalog.s3", "secret_access_key", secret_access_key_env, secret_access_key_file, folder)?;
     let credentials = match (access_key_id_env, secret) {
         (Some(variable), Some(secret_access_key)) => Some(S3Credentials {
             access_key_id: from_env("access_key_id_env", &variable)?,
