@@ -208,6 +208,8 @@ impl Lake {
             target_file_size: 128 << 20,
             commit: Default::default(),
             max_epoch_events: 4_000_000,
+        cluster: operators::cluster::Cluster::single(),
+        identity: operators::cluster::Identity::default(),
         };
         let summary = replay(settings, Arc::new(Quiet)).unwrap();
         assert_eq!(summary.events_read, EPOCH_EVENTS as u64);

@@ -80,6 +80,8 @@ fn end_to_end(c: &mut Criterion) {
         target_file_size: 128 << 20,
         commit: Default::default(),
         max_epoch_events: 4_000_000,
+        cluster: operators::cluster::Cluster::single(),
+        identity: operators::cluster::Identity::default(),
     };
     let mut group = c.benchmark_group("replay_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(40)).throughput(Throughput::Elements(EVENTS));

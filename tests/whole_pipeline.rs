@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod checks;
+mod cluster;
 mod external_readers;
 mod maintenance;
 mod movies;

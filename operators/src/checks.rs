@@ -242,7 +242,7 @@ impl Checks {
 }
 
 /// What one check found so far.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CheckState {
     failing: u64,
     sample: Vec<String>,
@@ -271,6 +271,19 @@ pub struct Evaluation {
     stream_epoch: bool,
 }
 
+/// An [`Evaluation`] without its checks: what a worker sends to the committing worker, possibly in
+/// another process, which judges it with its own copy of the checks ([`Evaluation::resume`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluationState {
+    states: Vec<CheckState>,
+    rows: u64,
+    quarantined: u64,
+    #[serde(with = "crate::records::ipc_schema")]
+    schema: Option<Arc<Schema>>,
+    quarantine: bool,
+    stream_epoch: bool,
+}
+
 impl Evaluation {
     /// Judges data about to be published: `quarantine` checks refuse rows.
     pub fn new(checks: Arc<Checks>) -> Evaluation {
@@ -281,6 +294,21 @@ impl Evaluation {
     /// The same evaluation, judged as a stream epoch.
     pub fn for_stream_epoch(self) -> Evaluation {
         Evaluation { stream_epoch: true, ..self }
+    }
+
+    /// What this evaluation found, without the checks.
+    pub fn into_state(self) -> EvaluationState {
+        let Evaluation { checks: _, states, rows, quarantined, schema, quarantine, stream_epoch } = self;
+        EvaluationState { states, rows, quarantined, schema, quarantine, stream_epoch }
+    }
+
+    /// Continues what `state` found with `checks` (the same checks, in the same order).
+    pub fn resume(checks: Arc<Checks>, state: EvaluationState) -> Result<Evaluation> {
+        let EvaluationState { states, rows, quarantined, schema, quarantine, stream_epoch } = state;
+        if states.len() != checks.checks.len() {
+            return Err(Error::Internal(format!("an evaluation of {} checks arrived for {} checks", states.len(), checks.checks.len())));
+        }
+        Ok(Evaluation { checks, states, rows, quarantined, schema, quarantine, stream_epoch })
     }
 
     /// Judges data already published (`runtime check`): rows are only counted and sampled.

@@ -27,11 +27,12 @@ use iceberg::TableIdent;
 use iceberg::scan::FileScanTask;
 use iceberg::table::Table;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
@@ -47,7 +48,8 @@ use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
 use crate::sink::curated::{CuratedWriter, DayChange, Location};
-use crate::sink::{EpochLog, Failure, SinkMessage};
+use crate::sink::raw_writer::{RawRows, RawWriter};
+use crate::sink::{EpochLog, EpochMeta, Failure, SinkMessage};
 use crate::source::kafka::Offsets;
 use crate::upsert::{UpsertChange, UpsertCounters, UpsertInput, route, upsert};
 use crate::writer::read_position_deletes;
@@ -67,6 +69,11 @@ pub enum SourceRecord {
     Seed(u128, Slot, Location),
     /// A live data or position delete file of a curated partition inside the lateness window.
     SeedFile { day: i32, path: Arc<str>, deletes: bool },
+    /// Stream: what this worker learned about the epoch (its offsets, days, records), sent before
+    /// it advances past it.
+    Facts(EpochMeta),
+    /// Stream: this worker's rows of the epoch, per ingestion date, for the raw table.
+    RawRows(RawRows),
 }
 
 /// What the rules stage needs besides the rules.
@@ -363,6 +370,8 @@ pub struct Sinks {
     pub compact_after_files: Option<usize>,
     /// This run's writer id, recorded in every snapshot it commits.
     pub writer: Arc<str>,
+    /// Stream: the raw table, which the workers append their rows to.
+    pub raw: Option<Table>,
 }
 
 /// The input a driver feeds.
@@ -413,10 +422,32 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     let topic = context.topic.clone();
     let printed_key = context.printed_key.clone();
     let peers = worker.peers();
+    let raw_writer = sinks.raw.clone().map(|table| RawWriter {
+        table,
+        runtime: sinks.runtime.clone(),
+        target_file_size: sinks.target_file_size,
+        worker: worker.index(),
+        process: shared.process,
+        failure: shared.failure.clone(),
+    });
+    let (process, processes) = (shared.process, shared.processes.max(1));
     worker.dataflow::<u64, _, _>(|scope| {
-        // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules.
-        let (raw, seeds) = input
-            .to_stream(scope)
+        // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules; an
+        // epoch's facts to every process; its raw rows to this worker's raw writer.
+        let records = input.to_stream(scope);
+        let facts = records.clone().flat_map(|record| match record {
+            SourceRecord::Facts(meta) => Some(meta),
+            _ => None,
+        });
+        let raw_rows = records.clone().flat_map(|record| match record {
+            SourceRecord::RawRows(rows) => Some(rows),
+            _ => None,
+        });
+        let (raw, seeds) = records
+            .flat_map(|record| match record {
+                SourceRecord::Facts(_) | SourceRecord::RawRows(_) => None,
+                other => Some(other),
+            })
             .ok_err::<Vec<RecordBatch>, RecordBatch, Vec<SourceRecord>, SourceRecord, _>(|record| match record {
                 SourceRecord::Raw(batch) => Ok(batch),
                 seed => Err(seed),
@@ -428,7 +459,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         let seeds = seeds.flat_map(|record| match record {
             SourceRecord::Seed(key, slot, at) => Some(DayChange::Seed { day: slot.day, key, at }),
             SourceRecord::SeedFile { day, path, deletes } => Some(DayChange::SeedFile { day, path, deletes }),
-            SourceRecord::Raw(_) => None,
+            _ => None,
         });
         let failure = shared.failure.clone();
         let evaluated: timely::dataflow::StreamVec<u64, SinkOrUpsert> = raw.unary(Pipeline, "Rules", move |_capability, _info| {
@@ -461,8 +492,9 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
         });
         let (candidates, rule_rejections) =
             evaluated.ok_err::<Vec<UpsertInput>, UpsertInput, Vec<SinkMessage>, SinkMessage, _>(|x| x);
+        let settled = settle(facts, &shared.epochs, peers / processes, processes, process == 0);
         let epochs = shared.epochs.clone();
-        let changes = upsert(candidates.concat(seed_slots), lateness_days, move |epoch| epochs.settled_day(epoch), counters, shared.failure.clone());
+        let changes = upsert(candidates.concat(seed_slots).concat(settled), lateness_days, move |epoch| epochs.settled_day(epoch), counters, shared.failure.clone());
         let failure = shared.failure.clone();
         let (day_changes, late_updates) = changes.ok_err::<Vec<DayChange>, DayChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
             UpsertChange::Remove { day, key } => Ok(DayChange::Remove { day, key }),
@@ -483,11 +515,90 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
                 }
             }
         });
-        let curated_files = writer.build(day_changes.concat(seeds));
-        let to_commit = late_updates.concat(curated_files).concat(rule_rejections);
-        committer.build(to_commit).probe_with(&probe);
+        let curated_files = report_failures(writer.build(day_changes.concat(seeds)), shared.failure.clone(), process);
+        let mut to_commit = late_updates.concat(curated_files).concat(rule_rejections);
+        if let Some(raw_writer) = raw_writer {
+            to_commit = to_commit.concat(raw_writer.build(raw_rows));
+        }
+        let failure = shared.failure.clone();
+        committer
+            .build(to_commit)
+            .broadcast()
+            .inspect(move |message| {
+                if !failure.is_set() {
+                    failure.set(Error::PeerFailed(format!("process 0 stopped committing: {message}")));
+                }
+            })
+            .probe_with(&probe);
     });
     (input, probe)
+}
+
+/// Epochs of facts a process without the committer keeps.
+const FACTS_KEPT: u64 = 16;
+
+/// Every worker's facts of each epoch, merged into each process's [`EpochLog`] by its first
+/// worker (workers `process * per_process`). Gives nothing: concatenated into the upsert's input,
+/// it holds the upsert (and so the writer and the committer) at an epoch until every fact of the
+/// epoch is in the log, in every process.
+fn settle<'scope>(
+    facts: timely::dataflow::StreamVec<'scope, u64, EpochMeta>,
+    epochs: &EpochLog,
+    per_process: usize,
+    processes: usize,
+    committing: bool,
+) -> timely::dataflow::StreamVec<'scope, u64, UpsertInput> {
+    let epochs = epochs.clone();
+    facts
+        .flat_map(move |meta| (0..processes).map(move |process| ((process * per_process) as u64, meta.clone())))
+        .unary::<CapacityContainerBuilder<Vec<UpsertInput>>, _, _, _>(Exchange::new(|(leader, _): &(u64, EpochMeta)| *leader), "Settle", move |_capability, _info| {
+            move |input, _output| {
+                input.for_each_time(|time, data| {
+                    for (_, meta) in data.flat_map(|facts| facts.drain(..)) {
+                        epochs.merge(*time.time(), meta);
+                    }
+                    // The committer takes each epoch's entry; elsewhere an entry is done once the
+                    // upsert and the writers have passed its epoch, long before this: a worker
+                    // reads ahead of the commits by one epoch.
+                    if !committing {
+                        epochs.forget_before(time.time().saturating_sub(FACTS_KEPT));
+                    }
+                });
+            }
+        })
+}
+
+/// Passes the writer's messages on, and tells the committer when this process has failed.
+///
+/// It holds a capability at the earliest epoch not yet known to be sound here. Once the writer's
+/// frontier has passed epochs (so every operator upstream, in every process, is done with them)
+/// and this process has no failure, it moves on to that frontier; if this process has failed, it
+/// sends [`SinkMessage::Failed`] at the epoch it holds, which the committer has not committed yet.
+/// Failures in other processes are their own instances' to report.
+fn report_failures<'scope>(messages: timely::dataflow::StreamVec<'scope, u64, SinkMessage>, failure: Failure, process: usize) -> timely::dataflow::StreamVec<'scope, u64, SinkMessage> {
+    messages.unary_frontier(Pipeline, "ReportFailures", move |capability, _info| {
+        let mut held = Some(capability);
+        move |(input, frontier), output| {
+            input.for_each_time(|time, data| {
+                let mut session = output.session(&time);
+                for batch in data {
+                    session.give_iterator(batch.drain(..));
+                }
+            });
+            let Some(capability) = held.as_mut() else { return };
+            let passed = frontier.frontier().first().copied();
+            if let Some(message) = failure.describe() {
+                output.session(capability).give(SinkMessage::Failed { process, message });
+                held = None;
+                return;
+            }
+            match passed {
+                Some(time) if time > *capability.time() => capability.downgrade(&time),
+                Some(_) => {}
+                None => held = None,
+            }
+        }
+    })
 }
 
 /// The rules stage for one raw batch: the engine's rules, then the plugin chain; rows for the
@@ -514,9 +625,12 @@ fn rules_step(batch: &RecordBatch, chain: &mut crate::rules::chain::ChainInstanc
 /// What the rules stage emits: rows for the upsert, or rejected rows for the committer.
 type SinkOrUpsert = std::result::Result<UpsertInput, SinkMessage>;
 
-/// This worker's share of `tasks` (round-robin).
+/// This worker's share of `tasks` (round-robin over the tasks in file order: the planner's own
+/// order can differ between processes, and every process must split the same list the same way).
 pub fn share_of(tasks: &[FileScanTask], index: usize, peers: usize) -> Vec<FileScanTask> {
-    tasks.iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, t)| t.clone()).collect()
+    let mut ordered: Vec<&FileScanTask> = tasks.iter().collect();
+    ordered.sort_by(|a, b| (&a.data_file_path, a.start).cmp(&(&b.data_file_path, b.start)));
+    ordered.into_iter().enumerate().filter(|(i, _)| i % peers == index).map(|(_, t)| t.clone()).collect()
 }
 
 /// The slot of every row of a curated batch, and its key (rows read back at start).
@@ -619,6 +733,10 @@ pub struct Shared {
     pub epochs: EpochLog,
     pub counters: Arc<UpsertCounters>,
     pub accepted: Arc<AtomicU64>,
+    /// This process's index in the run (see [`crate::cluster`]).
+    pub process: usize,
+    /// Processes in the run (0 counts as 1).
+    pub processes: usize,
 }
 
 impl Shared {
@@ -682,17 +800,21 @@ fn is_late(reason: &str) -> bool {
     RejectReason::parse(reason).is_some_and(RejectReason::is_late)
 }
 
-/// Runs `logic` on `workers` timely worker threads of this process and returns the first error
-/// any operator parked in `shared.failure`.
-pub fn execute(workers: usize, shared: &Shared, logic: impl Fn(&mut Worker) + Send + Sync + 'static) -> Result<()> {
-    let guards = timely::execute(timely::Config::process(workers.max(1)), logic)
-        .map_err(|e| Error::Internal(format!("starting the dataflow workers: {e}")))?;
-    for result in guards.join() {
-        result.map_err(|e| Error::Internal(format!("a dataflow worker panicked: {e}")))?;
-    }
-    match shared.failure.take() {
-        Some(error) => Err(error),
-        None => Ok(()),
+/// Runs `logic` on `workers` timely worker threads of this process, with the other processes of
+/// `cluster`, and returns the first error any operator parked in `shared.failure`, else the bytes
+/// this process sent to the others.
+pub fn execute(
+    workers: usize,
+    cluster: &crate::cluster::Cluster,
+    identity: &crate::cluster::Identity,
+    shared: &Shared,
+    logic: impl Fn(&mut Worker) + Send + Sync + 'static,
+) -> Result<u64> {
+    let ran = crate::cluster::run(workers.max(1), cluster, identity, logic);
+    // An operator's own error explains more than the lost connection it may have caused.
+    match (shared.failure.take(), ran) {
+        (Some(error), _) => Err(error),
+        (None, ran) => ran,
     }
 }
 

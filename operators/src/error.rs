@@ -100,6 +100,17 @@ pub enum Error {
     /// The schema registry answered with an error or could not be reached.
     #[error("{0}")]
     Registry(String),
+    /// The processes of a cluster run could not start together: a peer was not reachable in time,
+    /// or it runs another graph, plugin set, engine version or view of the tables.
+    #[error("cluster: {0}")]
+    ClusterStart(String),
+    /// Another process of the cluster failed or vanished; this one stopped without committing
+    /// anything after the failure.
+    #[error(
+        "cluster: {0}. This process stopped without committing anything after it; restart every process of the cluster: \
+         each table resumes exactly once from what it holds"
+    )]
+    PeerFailed(String),
     /// A broken invariant inside the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,7 +119,8 @@ pub enum Error {
 impl Error {
     pub fn fault(&self) -> Fault {
         match self {
-            Error::User(_) | Error::NotFound(_) | Error::ChecksFailed { .. } | Error::Fenced { .. } => Fault::User,
+            Error::User(_) | Error::NotFound(_) | Error::ChecksFailed { .. } | Error::Fenced { .. } | Error::ClusterStart(_) => Fault::User,
+            Error::PeerFailed(_) => Fault::External,
             Error::Iceberg { source, .. } => match source.kind() {
                 iceberg::ErrorKind::DataInvalid
                 | iceberg::ErrorKind::FeatureUnsupported

@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod catalog_server;
 pub mod checks;
+pub mod cluster;
 pub mod commit;
 pub mod dataflow;
 pub mod error;

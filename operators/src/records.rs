@@ -173,6 +173,27 @@ pub mod ipc {
     }
 }
 
+/// An optional schema crossing processes: an Arrow IPC stream of an empty batch (see [`ipc`]).
+pub mod ipc_schema {
+    use std::sync::Arc;
+
+    use arrow::array::RecordBatch;
+    use arrow::datatypes::Schema;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(schema: &Option<Arc<Schema>>, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire(#[serde(with = "super::ipc")] RecordBatch);
+        schema.as_ref().map(|schema| Wire(RecordBatch::new_empty(schema.clone()))).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<Schema>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire(#[serde(with = "super::ipc")] RecordBatch);
+        Ok(Option::<Wire>::deserialize(deserializer)?.map(|wire| wire.0.schema()))
+    }
+}
+
 impl Serialize for Candidates {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         #[derive(Serialize)]

@@ -49,6 +49,11 @@ pub struct ReplaySettings {
     pub commit: CommitOptions,
     /// Consecutive raw partitions are grouped into one epoch (one commit) up to this many events.
     pub max_epoch_events: u64,
+    /// The processes of the run and this one's place among them.
+    pub cluster: crate::cluster::Cluster,
+    /// What every process of the run must agree on (graph, plugins, engine); the tables' snapshots
+    /// are added at the start.
+    pub identity: crate::cluster::Identity,
 }
 
 /// Called with the number of raw records just read, and once with the total before the first.
@@ -73,6 +78,8 @@ pub struct ReplaySummary {
     /// Per epoch, from its first raw file being read to its commit (what an epoch costs, without
     /// the start-up that reloads the state).
     pub epoch_times: Vec<Duration>,
+    /// Bytes this process sent to the other processes of a cluster run.
+    pub exchanged_bytes: u64,
 }
 
 impl ReplaySummary {
@@ -109,7 +116,8 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
     );
     progress.start(plan.input_records(), plan.epochs.len());
 
-    let shared = Shared::default();
+    let shared = Shared { process: settings.cluster.process, processes: settings.cluster.processes, ..Shared::default() };
+    let identity = settings.identity.clone().with("view of the tables", crate::cluster::snapshots(&[&raw, &curated, &rejected]));
     for (index, epoch) in plan.epochs.iter().enumerate() {
         let days = EpochDays { first: epoch.first_day, last: epoch.last_day };
         let meta = EpochMeta { days: Some(days), settled_day: Some(epoch.last_day), ..Default::default() };
@@ -147,13 +155,15 @@ pub fn replay(settings: ReplaySettings, progress: Arc<dyn ProgressSink>) -> Resu
         checks: settings.checks.clone(),
         compact_after_files: settings.compact_after_files,
         writer: Arc::from(crate::commit::new_writer_id()),
+        raw: None,
     };
 
     let worker_shared = shared.clone();
     let worker_events = events_read.clone();
     let epoch_times = Arc::new(std::sync::Mutex::new(Vec::new()));
     let worker_epoch_times = epoch_times.clone();
-    dataflow::execute(settings.workers, &shared, move |worker| {
+    let cluster = settings.cluster.clone();
+    summary.exchanged_bytes = dataflow::execute(settings.workers, &cluster, &identity, &shared, move |worker| {
         let epoch_times = &worker_epoch_times;
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();

@@ -61,7 +61,6 @@ use crate::source::kafka::confluent::{Backoff, Decoder};
 use crate::source::kafka::registry::RegistryClient;
 use crate::source::kafka::{KafkaSettings, Offsets, Resume, committed_offsets, committed_partition_days, note_day};
 use crate::source::raw::{StatePlan, plan_state};
-use crate::writer::write_partition;
 
 /// Everything a stream run needs, resolved from the graph file and the command line.
 #[derive(Clone)]
@@ -96,6 +95,11 @@ pub struct StreamSettings {
     pub metrics: Option<Arc<Metrics>>,
     /// Set from outside (a signal handler) to end the run after the current epoch.
     pub stop: Arc<AtomicBool>,
+    /// The processes of the run and this one's place among them.
+    pub cluster: crate::cluster::Cluster,
+    /// What every process of the run must agree on (graph, plugins, engine); the tables' snapshots
+    /// are added at the start.
+    pub identity: crate::cluster::Identity,
 }
 
 /// What a stream run did.
@@ -115,6 +119,8 @@ pub struct StreamSummary {
     pub committed_after: Option<Duration>,
     /// From the start to the first record read: start-up (catalog, seeds, consumer connections).
     pub first_record_after: Option<Duration>,
+    /// Bytes this process sent to the other processes of a cluster run.
+    pub exchanged_bytes: u64,
 }
 
 /// How long a worker with no epoch in flight waits for the next record before it looks at the
@@ -189,7 +195,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         ..Default::default()
     };
 
-    let shared = Shared::default();
+    let shared = Shared { process: settings.cluster.process, processes: settings.cluster.processes, ..Shared::default() };
+    let identity = settings.identity.clone().with("view of the tables", crate::cluster::snapshots(&[&raw, &curated, &rejected]));
     let frozen = Arc::new(state.frozen);
     let seed_tasks = Arc::new(state.seed_tasks);
     let stats = Arc::new(CommitStats::default());
@@ -220,16 +227,19 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
         checks: settings.checks.clone(),
         compact_after_files: settings.compact_after_files,
         writer: Arc::from(new_writer_id()),
+        raw: Some(raw.clone()),
     };
 
     let curated_schema = arrow_schema(curated.metadata().current_schema())?;
     let printed_key = PrintedKey::of(&settings.rules.pipeline, &curated_schema)?;
     let rejected_schema = arrow_schema(rejected.metadata().current_schema())?;
-    let maintenance = settings.schedule.clone().map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
+    // Maintenance runs beside the committer, in process 0 only.
+    let maintenance = settings.schedule.clone().filter(|_| settings.cluster.process == 0).map(|schedule| schedule.spawn(settings.catalog.clone(), &handle));
     let worker_shared = shared.clone();
     let worker_records = records_read.clone();
     let first_record = first_record_at.clone();
-    let ran = dataflow::execute(settings.workers, &shared, move |worker| {
+    let cluster = settings.cluster.clone();
+    let ran = dataflow::execute(settings.workers, &cluster, &identity, &shared, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let shared = worker_shared.clone();
         let metrics = settings.metrics.clone();
@@ -350,11 +360,11 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
             }
             match raw_rows.take(&raw_schema) {
                 Ok(days) if days.is_empty() => {}
-                Ok(days) => meta.raw_writes.push(handle.spawn(write_raw(raw.clone(), days, settings.target_file_size, index))),
+                Ok(days) => input.send(SourceRecord::RawRows(days)),
                 Err(error) => shared.failure.set(error),
             }
             unconfirmed.push_back(meta.offsets.clone());
-            shared.epochs.merge(epoch, meta);
+            input.send(SourceRecord::Facts(meta));
             epoch += 1;
             input.advance_to(epoch);
             // One epoch in flight: the epoch just closed is written and committed while the next
@@ -391,7 +401,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     if let Some(maintenance) = maintenance {
         maintenance.abort();
     }
-    ran?;
+    summary.exchanged_bytes = ran?;
     summary.records_read = records_read.load(Ordering::Relaxed);
     summary.epochs = stats.stream_epochs.load(Ordering::Relaxed);
     summary.outcome = shared.outcome(&stats);
@@ -400,20 +410,6 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
     summary.committed_after = last_commit.map(|at| at.duration_since(started));
     summary.first_record_after = first_record_at.get().map(|at| at.duration_since(started));
     Ok(summary)
-}
-
-/// Writes an epoch's raw rows, one set of files per ingestion date.
-async fn write_raw(
-    raw: iceberg::table::Table,
-    days: Vec<(i32, Vec<RecordBatch>)>,
-    target_file_size: usize,
-    worker: usize,
-) -> Result<Vec<iceberg::spec::DataFile>> {
-    let mut files = Vec::new();
-    for (day, batches) in days {
-        files.extend(write_partition(&raw, day, batches, target_file_size, &format!("w{worker}")).await?);
-    }
-    Ok(files)
 }
 
 /// The most rows the stream sends into the dataflow as one batch.

@@ -17,8 +17,17 @@ use operators::replay::{ProgressSink, ReplaySettings, ReplaySummary};
 use crate::graph::{Graph, Lake};
 
 #[derive(Debug, Parser)]
-#[command(name = "runtime", version, about = "ratings-flow: event streams into clean, upserted, partitioned Iceberg tables, live from Kafka or replayed from raw history")]
+#[command(
+    name = "runtime",
+    version,
+    about = "ratings-flow: event streams into clean, upserted, partitioned Iceberg tables, live from Kafka or replayed from raw history",
+    // `-h` is the cluster's hostfile, as in every Timely program; help is `--help`.
+    disable_help_flag = true
+)]
 pub struct Cli {
+    /// Print help.
+    #[arg(long, global = true, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// The graph file naming the pipeline's catalog, tables and settings.
     #[arg(long, global = true, default_value = "graphs/ratings.toml")]
     pub graph: PathBuf,
@@ -47,9 +56,22 @@ pub struct RunArgs {
     /// Last ingestion_date to replay, inclusive (default: the newest raw partition).
     #[arg(long)]
     pub to: Option<String>,
-    /// Timely worker threads.
+    /// Timely worker threads (per process in a cluster; every process needs the same).
     #[arg(short = 'w', long, default_value_t = 2)]
     pub workers: usize,
+    /// Cluster: processes running this one dataflow (README "Running on a cluster").
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub processes: usize,
+    /// Cluster: this process's index, 0..processes. Process 0 commits.
+    #[arg(short = 'p', long, default_value_t = 0)]
+    pub process: usize,
+    /// Cluster: a file of host:port lines, one per process in index order (default: 127.0.0.1
+    /// from port 2101 up).
+    #[arg(short = 'h', long)]
+    pub hostfile: Option<PathBuf>,
+    /// Cluster: how long a process waits for the others to connect at the start.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub cluster_wait: Duration,
     /// Never draw a progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -602,6 +624,8 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
     if args.workers == 0 {
         return Err(Error::User("-w must be at least 1".into()));
     }
+    let chain = load_rules(graph)?;
+    let command = format!("replay --from {} --to {}", format_date(from), to.map(format_date).unwrap_or_else(|| "newest".into()));
     let settings = ReplaySettings {
         catalog: graph.catalog.clone(),
         raw: parse_table_ident(&graph.raw)?,
@@ -609,7 +633,7 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         rejected: parse_table_ident(&graph.rejected)?,
         topic: graph.topic.clone(),
         rules: graph.rules.clone(),
-        chain: load_rules(graph)?,
+        chain: chain.clone(),
         checks: graph.checks_for(&graph.curated),
         compact_after_files: graph.compact_after_files,
         from,
@@ -618,12 +642,36 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         target_file_size: graph.target_file_size,
         commit: graph.commit,
         max_epoch_events: graph.replay_epoch_events,
+        cluster: cluster(args)?,
+        identity: identity(graph, &chain, &command)?,
     };
     let bar = progress_bar(0, "replay", args.no_progress);
     let summary = operators::replay::replay(settings, Arc::new(ReplayProgress(bar.clone())))?;
     bar.finish_and_clear();
     print_summary(&summary, graph.checks_for(&graph.curated).checks.len());
     Ok(())
+}
+
+/// Where this process sits in the run (`-n`, `-p`, `-h`, `--cluster-wait`).
+fn cluster(args: &RunArgs) -> Result<operators::cluster::Cluster> {
+    if args.processes <= 1 && args.process == 0 {
+        return Ok(operators::cluster::Cluster::single());
+    }
+    operators::cluster::Cluster::new(args.processes, args.process, args.hostfile.as_deref(), args.cluster_wait)
+}
+
+/// What every process of a cluster run must agree on: the command, the graph file, the reader
+/// schema, the plugins and the engine build.
+fn identity(graph: &Graph, chain: &operators::rules::chain::RuleChain, command: &str) -> Result<operators::cluster::Identity> {
+    use sha2::Digest;
+    let text = std::fs::read(&graph.path).map_err(|e| Error::User(format!("reading the graph {}: {e}", graph.path.display())))?;
+    let digest = |bytes: &[u8]| -> String { sha2::Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect() };
+    Ok(operators::cluster::Identity::default()
+        .with("command", command)
+        .with("graph file", format!("sha256 {}", digest(&text)))
+        .with("reader schema", format!("sha256 {}", digest(graph.reader_schema.canonical_form().as_bytes())))
+        .with("plugins", chain.identity())
+        .with("engine build", env!("CARGO_PKG_VERSION")))
 }
 
 fn print_summary(s: &ReplaySummary, checks: usize) {
@@ -640,7 +688,19 @@ fn print_summary(s: &ReplaySummary, checks: usize) {
         s.events_per_second()
     );
     println!("  state:     {} curated rows reloaded from the lateness window, {} frozen keys indexed", s.seeded_rows, s.frozen_keys);
+    print_exchange(s.exchanged_bytes, s.events_read);
     print_outcome(&s.outcome, checks);
+}
+
+/// In a cluster run: what this process sent to the others. Counts are this process's own
+/// (its workers' reads and upserts; the commits in process 0).
+fn print_exchange(bytes: u64, records: u64) {
+    if bytes > 0 {
+        println!(
+            "  cluster:   {bytes} bytes sent to the other processes ({:.1} per record this process read); the counts below are this process's",
+            bytes as f64 / records.max(1) as f64
+        );
+    }
 }
 
 /// The lines both modes print about what the run did to the tables.
@@ -770,6 +830,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         }
         None => None,
     };
+    let chain = load_rules(graph)?;
     let settings = operators::stream::StreamSettings {
         catalog: graph.catalog.clone(),
         raw: parse_table_ident(&graph.raw)?,
@@ -780,7 +841,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         registry_timeout: graph.registry_timeout,
         reader_schema: graph.reader_schema.clone(),
         rules: graph.rules.clone(),
-        chain: load_rules(graph)?,
+        chain: chain.clone(),
         checks: graph.checks_for(&graph.curated),
         compact_after_files: graph.compact_after_files,
         schedule: graph.maintenance_schedule.map(|every| {
@@ -801,6 +862,8 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         stop_when_idle: args.stop_when_idle,
         metrics,
         stop,
+        cluster: cluster(args)?,
+        identity: identity(graph, &chain, "stream")?,
     };
     let s = operators::stream::stream(settings)?;
     let from: Vec<String> = s
@@ -833,6 +896,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         }
     }
     println!("  resumed:   {} (partition@offset), {} curated rows reloaded from the lateness window", from.join(" "), s.seeded_rows);
+    print_exchange(s.exchanged_bytes, s.records_read);
     print_outcome(&s.outcome, graph.checks_for(&graph.curated).checks.len());
     Ok(())
 }

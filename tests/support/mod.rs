@@ -338,6 +338,12 @@ impl Lake {
     /// coordinates, payload), one text line per row, sorted: two tables that hold the same rows
     /// give the same lines.
     pub fn rejected_rows_of(&self, table: &str) -> Vec<String> {
+        self.rows_of(table)
+    }
+
+    /// Every row of a table with all its columns, one text line per row, sorted: two tables that
+    /// hold the same rows give the same lines.
+    pub fn rows_of(&self, table: &str) -> Vec<String> {
         let mut rows = Vec::new();
         for batch in self.scan(table) {
             let columns = batch.columns();

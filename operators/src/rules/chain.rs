@@ -115,6 +115,12 @@ impl RuleChain {
         Ok(RuleChain { plugins, ranges, required })
     }
 
+    /// The plugin ABI and `name version` of each plugin, in order: what every process of a
+    /// cluster run must share.
+    pub fn identity(&self) -> String {
+        format!("ABI {}: {}", ratings_plugin_sdk::abi::ABI_VERSION, self.names().join(", "))
+    }
+
     /// `name version` of each plugin, in order.
     pub fn names(&self) -> Vec<String> {
         self.plugins.iter().map(|p| format!("{} {}", p.label, p.description.version)).collect()

@@ -28,6 +28,7 @@ use timely::dataflow::StreamVec;
 
 use crate::catalog::Lakehouse;
 use crate::checks::{Checks, Evaluation};
+use crate::sink::FileDescription;
 use crate::commit::{
     CommitOptions, Committed, EPOCH_PROPERTY, Fence, FileChange, REPLAY_CURSOR_PROPERTY, WRITER_PROPERTY, commit, replace_partitions,
 };
@@ -136,7 +137,9 @@ pub struct Committer {
 
 #[derive(Default)]
 struct EpochInput {
-    files: Vec<DataFile>,
+    files: Vec<FileDescription>,
+    /// Stream: the raw data files the workers wrote for the epoch's records.
+    raw_files: Vec<FileDescription>,
     removed: Vec<String>,
     referenced: Vec<String>,
     rejections: Vec<RecordBatch>,
@@ -148,24 +151,27 @@ struct EpochInput {
 impl EpochInput {
     /// The curated change, or `None` when the epoch changed no curated row. `known` is the
     /// snapshot the writers' view of the files comes from.
-    fn curated_change(&mut self, properties: BTreeMap<String, String>, known: Option<i64>, fence: Fence) -> Option<FileChange> {
+    fn curated_change(&mut self, curated: &Table, properties: BTreeMap<String, String>, known: Option<i64>, fence: Fence) -> Result<Option<FileChange>> {
         if self.files.is_empty() && self.removed.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(FileChange {
+        let add = std::mem::take(&mut self.files).iter().map(|file| file.decode(curated)).collect::<Result<Vec<DataFile>>>()?;
+        Ok(Some(FileChange {
             remove: std::mem::take(&mut self.removed),
-            add: std::mem::take(&mut self.files),
+            add,
             referenced: std::mem::take(&mut self.referenced),
             referenced_in: known,
             guarded_partitions: BTreeSet::new(),
             properties,
             fence: Some(fence),
-        })
+        }))
     }
 }
 
 impl Committer {
-    pub fn build<'scope>(self, messages: StreamVec<'scope, u64, SinkMessage>) -> StreamVec<'scope, u64, u64> {
+    /// Commits each epoch once it is complete. The output says, once, at the first epoch it
+    /// did not commit because of a failure, what failed: every process stops on it.
+    pub fn build<'scope>(self, messages: StreamVec<'scope, u64, SinkMessage>) -> StreamVec<'scope, u64, String> {
         messages.unary_frontier(Exchange::new(|_: &SinkMessage| 0), "Commit", move |_capability, _info| {
             let mut pending: BTreeMap<u64, (Capability<u64>, EpochInput)> = BTreeMap::new();
             // Stream: the cumulative position of each table (every partition it has seen).
@@ -173,22 +179,32 @@ impl Committer {
                 CommitMode::Stream(stream) => Some(stream.resume.clone()),
                 CommitMode::Replay => None,
             };
+            // Whether the processes were told to stop.
+            let mut stopped = false;
             move |(input, frontier), output| {
                 input.for_each_time(|time, data| {
                     let epoch = &mut pending.entry(*time.time()).or_insert_with(|| (time.retain(0), EpochInput::default())).1;
                     for batch in data {
                         for message in batch.drain(..) {
                             match message {
-                                SinkMessage::CuratedFile(file) => epoch.files.push(file.0),
+                                SinkMessage::CuratedFile(file) => epoch.files.push(file),
+                                SinkMessage::RawFiles(files) => epoch.raw_files.extend(files),
                                 SinkMessage::RemovedFile(path) => epoch.removed.push(path),
                                 SinkMessage::DeletesIn(path) => epoch.referenced.push(path),
                                 SinkMessage::Rejected(rejected) => epoch.rejections.push(rejected.0),
                                 SinkMessage::Checked(judged) => {
                                     epoch.newest_ingestion_ms = epoch.newest_ingestion_ms.max(judged.newest_ingestion_ms);
-                                    match &mut epoch.evaluation {
-                                        Some(evaluation) => evaluation.merge(judged.evaluation),
-                                        None => epoch.evaluation = Some(judged.evaluation),
+                                    match Evaluation::resume(self.checks.clone(), judged.evaluation) {
+                                        Ok(evaluation) => match &mut epoch.evaluation {
+                                            Some(merged) => merged.merge(evaluation),
+                                            None => epoch.evaluation = Some(evaluation),
+                                        },
+                                        Err(error) => self.failure.set(error),
                                     }
+                                }
+                                // Whatever the epoch, nothing may be committed from here on.
+                                SinkMessage::Failed { process, message } => {
+                                    self.failure.set(crate::Error::PeerFailed(format!("process {process} failed: {message}")))
                                 }
                             }
                         }
@@ -200,7 +216,14 @@ impl Committer {
                     }
                     let (capability, epoch) = pending.pop_first().expect("first entry exists").1;
                     let meta = self.epochs.take(time);
-                    if time == 0 || self.failure.is_set() {
+                    if let Some(message) = self.failure.describe() {
+                        if !stopped {
+                            stopped = true;
+                            output.session(&capability).give(message);
+                        }
+                        continue;
+                    }
+                    if time == 0 {
                         continue;
                     }
                     let started = Instant::now();
@@ -233,9 +256,12 @@ impl Committer {
                                     "epoch committed"
                                 );
                             }
-                            output.session(&capability).give(time)
                         }
-                        Err(error) => self.failure.set(error),
+                        Err(error) => {
+                            output.session(&capability).give(error.to_string());
+                            stopped = true;
+                            self.failure.set(error);
+                        }
                     }
                 }
             }
@@ -351,8 +377,11 @@ impl Committer {
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
             (WRITER_PROPERTY.to_string(), self.writer.to_string()),
         ]);
-        if let Some(change) = input.curated_change(properties.clone(), self.curated_snapshot.get(), self.fences.curated.get()) {
-            let curated = self.lakehouse.load(&self.curated).await?;
+        let changed = !(input.files.is_empty() && input.removed.is_empty());
+        let curated = if changed { Some(self.lakehouse.load(&self.curated).await?) } else { None };
+        if let Some(curated) = curated
+            && let Some(change) = input.curated_change(&curated, properties.clone(), self.curated_snapshot.get(), self.fences.curated.get())?
+        {
             let committed = commit(&self.lakehouse, curated, change, self.options).await?;
             self.note(&committed, true);
             Fences::advance(&self.fences.curated, &committed);
@@ -419,13 +448,9 @@ impl Committer {
         let before = positions.raw.clone();
         advance(&mut positions.raw);
         // After a restart the first records may all be in raw already: nothing to commit there.
-        let mut raw_files = Vec::new();
-        for write in meta.raw_writes {
-            let written = write.await.map_err(|error| crate::Error::Internal(format!("the raw write task failed: {error}")))?;
-            raw_files.extend(written?);
-        }
-        if !raw_files.is_empty() || before != positions.raw {
+        if !input.raw_files.is_empty() || before != positions.raw {
             let raw = self.lakehouse.load(&stream.raw).await?;
+            let raw_files = input.raw_files.iter().map(|file| file.decode(&raw)).collect::<Result<Vec<DataFile>>>()?;
             let done = timer("raw");
             let change = FileChange {
                 add: raw_files,
@@ -475,13 +500,13 @@ impl Committer {
         properties.insert(PARTITION_DAYS_PROPERTY.to_string(), format_partition_days(&stream.topic, &positions.partition_days));
         // Only duplicates or rejections: no rows change, but the position still has to move.
         let fence = self.fences.curated.get();
-        let change = match input.curated_change(properties.clone(), self.curated_snapshot.get(), fence) {
+        let curated = self.lakehouse.load(&self.curated).await?;
+        let change = match input.curated_change(&curated, properties.clone(), self.curated_snapshot.get(), fence)? {
             Some(change) => change,
             None if before == positions.curated => return Ok(()),
             None => FileChange { properties, fence: Some(fence), ..Default::default() },
         };
         let done = timer("curated");
-        let curated = self.lakehouse.load(&self.curated).await?;
         let committed = commit(&self.lakehouse, curated, change, self.options).await?;
         self.note(&committed, true);
         Fences::advance(&self.fences.curated, &committed);

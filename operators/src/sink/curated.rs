@@ -47,7 +47,7 @@ use crate::model::RejectReason;
 use crate::pipeline::Pipeline;
 use crate::records::{Batch, PrintedKey, rejected_batch};
 use crate::sink::row_index::RowIndex;
-use crate::sink::{EpochLog, Failure, LocalDataFile, LocalEvaluation, SinkMessage};
+use crate::sink::{EpochLog, Failure, FileDescription, SinkMessage, WorkerEvaluation};
 use crate::stash::EpochStash;
 use crate::error::Context;
 use crate::writer::{read_parquet, write_partition, write_position_deletes};
@@ -220,8 +220,8 @@ impl CuratedWriter {
                         for rejected in judged.quarantined {
                             session.give(SinkMessage::Rejected(Batch(rejected)));
                         }
-                        session.give(SinkMessage::Checked(LocalEvaluation {
-                            evaluation: judged.evaluation,
+                        session.give(SinkMessage::Checked(WorkerEvaluation {
+                            evaluation: judged.evaluation.into_state(),
                             newest_ingestion_ms: judged.newest_ingestion_ms,
                         }));
                     }
@@ -282,11 +282,11 @@ impl CuratedWriter {
             for target in targets {
                 messages.push(SinkMessage::DeletesIn(files.paths[target as usize].to_string()));
             }
-            messages.push(SinkMessage::CuratedFile(Box::new(LocalDataFile(file))));
+            messages.push(SinkMessage::CuratedFile(FileDescription::of(file, &self.table)?));
         }
         for file in written {
             partition.data_files.insert(files.id(&Arc::from(file.file_path())));
-            messages.push(SinkMessage::CuratedFile(Box::new(LocalDataFile(file))));
+            messages.push(SinkMessage::CuratedFile(FileDescription::of(file, &self.table)?));
         }
         Ok(messages)
     }

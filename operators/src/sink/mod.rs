@@ -26,33 +26,52 @@
 //! curated.
 
 pub mod committer;
+pub mod raw_writer;
 pub mod curated;
 pub mod row_index;
 
 use iceberg::spec::DataFile;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Context;
 use crate::records::Batch;
 
-/// A data file handed from the worker that wrote it to the committing worker of the same process.
-/// Workers of one process exchange data without serialization; crossing processes is refused.
-#[derive(Debug, Clone)]
-pub struct LocalDataFile(pub DataFile);
-
-impl Serialize for LocalDataFile {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("data file descriptions are not sent between processes; run one process with -w workers"))
-    }
+/// A data or delete file as it travels from the worker that wrote it to the committing worker,
+/// possibly in another process: the Iceberg spec's JSON form of a manifest entry's `data_file`
+/// (iceberg-rust's own encoder), with the partition spec it was written under. It is decoded
+/// against the table it belongs to, which is what gives the JSON its types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDescription {
+    pub spec_id: i32,
+    pub json: String,
 }
 
-impl<'de> Deserialize<'de> for LocalDataFile {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("data file descriptions are not sent between processes"))
+impl FileDescription {
+    /// Describes `file`, written into `table` under its default partition spec.
+    pub fn of(file: DataFile, table: &iceberg::table::Table) -> crate::Result<FileDescription> {
+        let metadata = table.metadata();
+        let spec = metadata.default_partition_spec();
+        let partition_type = spec.partition_type(metadata.current_schema()).context(|| "the partition type of a written file".into())?;
+        let json = iceberg::spec::serialize_data_file_to_json(file, &partition_type, metadata.format_version())
+            .context(|| "describing a written file".into())?;
+        Ok(FileDescription { spec_id: spec.spec_id(), json })
+    }
+
+    /// The file this describes, as a file of `table`.
+    pub fn decode(&self, table: &iceberg::table::Table) -> crate::Result<DataFile> {
+        let metadata = table.metadata();
+        let spec = metadata
+            .partition_spec_by_id(self.spec_id)
+            .ok_or_else(|| crate::Error::Internal(format!("a written file names partition spec {}, which {} lacks", self.spec_id, table.identifier())))?;
+        let schema = metadata.current_schema();
+        let partition_type = spec.partition_type(schema).context(|| "the partition type of a written file".into())?;
+        iceberg::spec::deserialize_data_file_from_json(&self.json, self.spec_id, &partition_type, schema)
+            .context(|| "reading a written file's description".into())
     }
 }
 
 /// The ingestion dates an epoch covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochDays {
     pub first: i32,
     pub last: i32,
@@ -67,25 +86,22 @@ impl EpochDays {
     }
 }
 
-/// A worker's raw-table write for one epoch, running on the I/O runtime while the worker reads the
-/// next epoch; the committer awaits it before the raw commit.
-pub type RawWrite = tokio::task::JoinHandle<crate::Result<Vec<DataFile>>>;
-
 /// What the drivers know about an epoch that the operators need when it completes. Replay fills
-/// it from its plan up front; in stream mode every worker merges its share in before it advances
-/// its input past the epoch, so it is complete once the epoch's frontier has passed.
-#[derive(Debug, Default)]
+/// it from its plan up front, in every process; in stream mode every worker sends its share into
+/// the dataflow before it advances its input past the epoch, and the first worker of each process
+/// merges every worker's share into its process's [`EpochLog`] (see `dataflow::settle`), so it is
+/// complete once the epoch's frontier has passed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EpochMeta {
     /// Ingestion dates of the epoch's records (`None`: no records).
     pub days: Option<EpochDays>,
     /// Stream: next offset per partition reached in this epoch (partitions with records only).
     pub offsets: crate::source::kafka::Offsets,
-    /// Stream: the writes of the raw table's data files for this epoch's records (one per worker
-    /// that read records).
-    pub raw_writes: Vec<RawWrite>,
     /// Records the drivers read in this epoch.
     pub records: u64,
-    /// Stream: when the first worker closed the epoch (for the epoch's latency in the logs).
+    /// Stream: when the first worker of this process closed the epoch (for the epoch's latency in
+    /// the logs; a clock reading does not travel between processes).
+    #[serde(skip)]
     pub closed: Option<std::time::Instant>,
     /// Every record read after this epoch is ingested on this day or later (`None`: unknown).
     /// Replay: the epoch's last day (it reads ingestion dates in order). Stream: the earliest of
@@ -103,7 +119,6 @@ impl EpochMeta {
             self.days = Some(EpochDays::merge(self.days, days));
         }
         self.offsets.extend(other.offsets);
-        self.raw_writes.extend(other.raw_writes);
         self.records += other.records;
         self.closed = match (self.closed, other.closed) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -140,6 +155,12 @@ impl EpochLog {
         self.lock().get(&epoch).and_then(|meta| meta.settled_day)
     }
 
+    /// Drops the entries of epochs before `epoch`.
+    pub fn forget_before(&self, epoch: u64) {
+        let mut log = self.lock();
+        *log = log.split_off(&epoch);
+    }
+
     /// Hands the epoch's entry to the committer (it is not needed afterwards).
     pub fn take(&self, epoch: u64) -> EpochMeta {
         self.lock().remove(&epoch).unwrap_or_default()
@@ -150,7 +171,9 @@ impl EpochLog {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SinkMessage {
     /// A curated data file written for one of the changed partitions.
-    CuratedFile(Box<LocalDataFile>),
+    CuratedFile(FileDescription),
+    /// Stream: raw data files one worker wrote for the epoch's records.
+    RawFiles(Vec<FileDescription>),
     /// A curated data or delete file the epoch's new files replace.
     RemovedFile(String),
     /// A curated data file in which the epoch's position deletes mark rows.
@@ -158,27 +181,17 @@ pub enum SinkMessage {
     /// A record to write to the rejected table.
     Rejected(Batch),
     /// One worker's data-quality evaluation of the rows it wrote in the epoch.
-    Checked(LocalEvaluation),
+    Checked(WorkerEvaluation),
+    /// A process of the run failed at or before this epoch: nothing from here on may be committed.
+    Failed { process: usize, message: String },
 }
 
-/// A worker's check evaluation, handed to the committing worker of the same process (like
-/// [`LocalDataFile`], never serialized), with the newest ingestion time of the rows it judged.
-#[derive(Debug, Clone)]
-pub struct LocalEvaluation {
-    pub evaluation: crate::checks::Evaluation,
+/// A worker's check evaluation (without the checks, which the committer has), with the newest
+/// ingestion time of the rows it judged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerEvaluation {
+    pub evaluation: crate::checks::EvaluationState,
     pub newest_ingestion_ms: Option<i64>,
-}
-
-impl Serialize for LocalEvaluation {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("check evaluations are not sent between processes; run one process with -w workers"))
-    }
-}
-
-impl<'de> Deserialize<'de> for LocalEvaluation {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("check evaluations are not sent between processes"))
-    }
 }
 
 /// The first error any operator hit. Operators cannot return errors, so they park it here and stop
@@ -200,5 +213,10 @@ impl Failure {
 
     pub fn take(&self) -> Option<crate::Error> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+
+    /// The error, as a message for other processes.
+    pub fn describe(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(ToString::to_string)
     }
 }
