@@ -4,7 +4,7 @@
 //! cluster completes the tables exactly once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use ratings_tests::scenario::{READER, Scenario, stream_args, wait_until};
@@ -21,19 +21,59 @@ fn hostfile(dir: &Path, processes: usize) -> PathBuf {
     path
 }
 
+/// A process of a cluster, its stdout and stderr going to files (a pipe nobody reads while the
+/// test waits for the other processes could fill up and stall it).
+struct Process {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Process {
+    fn ended(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    fn finish(mut self) -> Output {
+        let status = self.child.wait().unwrap();
+        Output { status, stdout: std::fs::read(&self.stdout).unwrap(), stderr: std::fs::read(&self.stderr).unwrap() }
+    }
+}
+
 /// Starts process `process` of `processes` on `graph` with `args`.
-fn start(graph: &Path, hosts: &Path, processes: usize, process: usize, args: &[&str]) -> Child {
+fn start(graph: &Path, hosts: &Path, processes: usize, process: usize, args: &[&str]) -> Process {
     let (n, p) = (processes.to_string(), process.to_string());
     let mut cluster = vec!["-n", &n, "-p", &p, "-h", hosts.to_str().unwrap(), "--cluster-wait", "30s"];
     cluster.extend_from_slice(args);
-    Lake::command_for(graph, &cluster).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn runtime")
+    let dir = hosts.parent().unwrap();
+    let (stdout, stderr) = (dir.join(format!("p{process}-{}.out", rand::random::<u32>())), dir.join(format!("p{process}-{}.err", rand::random::<u32>())));
+    let child = Lake::command_for(graph, &cluster)
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn runtime");
+    Process { child, stdout, stderr }
 }
 
-/// Runs every process of a cluster to its end.
+/// Runs every process of a cluster to its end; fails the test if they are not done in 3 minutes.
 fn run_cluster(graphs: &[&Path], dir: &Path, args: &[&str]) -> Vec<Output> {
     let hosts = hostfile(dir, graphs.len());
-    let children: Vec<Child> = graphs.iter().enumerate().map(|(p, graph)| start(graph, &hosts, graphs.len(), p, args)).collect();
-    children.into_iter().map(|child| child.wait_with_output().unwrap()).collect()
+    let mut processes: Vec<Process> = graphs.iter().enumerate().map(|(p, graph)| start(graph, &hosts, graphs.len(), p, args)).collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !processes.iter_mut().all(Process::ended) {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = processes
+                .into_iter()
+                .map(|mut process| {
+                    let _ = process.child.kill();
+                    String::from_utf8_lossy(&process.finish().stderr).into_owned()
+                })
+                .collect();
+            panic!("the cluster did not finish in 3 minutes:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    processes.into_iter().map(Process::finish).collect()
 }
 
 fn assert_all_succeeded(outputs: &[Output]) {
@@ -76,9 +116,13 @@ fn a_replay_on_two_processes_writes_the_tables_one_process_writes() {
     assert!(read(&outputs[0]) > 0 && read(&outputs[1]) > 0, "{outputs:?}");
     assert_eq!(read(&outputs[0]) + read(&outputs[1]), 24_000);
     assert_same_tables(&cluster, &single);
-    // Both processes ran the graph's checks and the plugins on their share.
-    let history = cluster.ok(&["history", "curated"]).stdout;
-    assert!(history.contains("overwrite"), "{history}");
+    // Rows meet the plugins where they are read: the blocklist's rejections, equal to one
+    // process's, came from both processes' shares. The committer judged every epoch's checks
+    // on the evaluations of both.
+    let refused = cluster.rejected().iter().filter(|r| r.2 == "rule_rejected").count();
+    assert!(refused > 0, "the blocklist plugin refused nothing");
+    let committer = String::from_utf8_lossy(&outputs[0].stdout);
+    assert!(committer.contains("epochs judged before commit; failed: none"), "{committer}");
 }
 
 #[test]
@@ -129,24 +173,29 @@ fn a_killed_process_stops_the_others_and_a_restarted_cluster_completes_exactly_o
         s.produce(30_000, 5, &format!("2025-05-{:02}", 1 + 5 * victim), 11 + victim as u64, READER);
         let hosts = hostfile(s.lake.dir.path(), 2);
         let before = curated(&s);
-        let mut children: Vec<Child> = (0..2).map(|p| start(&s.lake.graph, &hosts, 2, p, &args)).collect();
+        let mut processes: Vec<Process> = (0..2).map(|p| start(&s.lake.graph, &hosts, 2, p, &args)).collect();
         wait_until("a commit of the cluster", Duration::from_secs(120), || {
-            if let Some(ended) = children.iter_mut().position(|child| child.try_wait().unwrap().is_some()) {
-                let output = children.remove(ended).wait_with_output().unwrap();
+            if let Some(ended) = processes.iter_mut().position(Process::ended) {
+                let output = processes.remove(ended).finish();
                 panic!("process {ended} ended before any commit:\n{}", String::from_utf8_lossy(&output.stderr));
             }
             curated(&s) > before
         });
-        std::thread::sleep(Duration::from_millis(150 + 350 * victim as u64));
-        children[victim].kill().unwrap();
-        let survivor = children.remove(1 - victim);
+        // A random instant within the next epochs.
+        let delay = Duration::from_millis(rand::random_range(0..1_000));
+        eprintln!("killing process {victim} {delay:?} after a commit");
+        std::thread::sleep(delay);
+        processes[victim].child.kill().unwrap();
         let killed_at = Instant::now();
-        let output = survivor.wait_with_output().unwrap();
+        let mut survivor = processes.remove(1 - victim);
+        wait_until("the survivor stops", Duration::from_secs(20), || survivor.ended());
+        eprintln!("the survivor stopped {:?} after the kill", killed_at.elapsed());
+        let output = survivor.finish();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(killed_at.elapsed() < Duration::from_secs(20), "the survivor took {:?} to stop", killed_at.elapsed());
         assert!(!output.status.success(), "{stderr}");
-        assert!(stderr.contains("cluster:"), "{stderr}");
-        children[0].wait().unwrap();
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.contains("cluster: lost the connection to another process"), "{stderr}");
+        processes.remove(0).finish();
     }
     // The kills landed mid-stream: records were left for the restart.
     assert!(s.lake.raw_events().len() < s.produced, "the kills landed after everything was committed");

@@ -10,12 +10,25 @@
 //!  exchange(owner) → Upsert arrangement (key → Slot) ──late updates, as ingested──────────────┤
 //!        │ per partition: keys whose row leaves it, new rows as one batch                      │
 //!        ▼ exchange(partition)                                                                 ▼
-//!  CuratedWriter (per partition: new data files, position delete files) ──► Committer (worker 0)
+//!  CuratedWriter (per partition: new data files, position delete files)                        │
+//!        │ ReportFailures: this process failed? → Failed                                       ▼
+//!        └──────────────────────────────────────────────────────────────────────────► Committer (worker 0)
+//!  stream only: epoch facts (offsets, days) ─exchange(first worker of each process)─► Settle      ▲
+//!               raw rows of the epoch ─► RawWriter (same worker; files on the I/O runtime) ───────┘
+//!  Committer ── "stopped: why" ── broadcast ─► every worker's failure flag ─► probe
 //! ```
 //!
 //! The driver feeds one epoch and advances its input; replay then waits on the probe until the
 //! committer has committed it, stream reads one more epoch meanwhile. The committer commits
 //! nothing after a failure, so nothing lands on top of a failed epoch.
+//!
+//! The same dataflow runs over several processes ([`crate::cluster`]): everything the committer
+//! needs reaches it as data, so a worker in another process is no different from one beside it.
+//! Each process's first worker keeps every worker's epoch facts (`Settle`), which the upsert and
+//! the writers read when an epoch completes. A failure in a process reaches the committer as
+//! [`SinkMessage::Failed`] before the epoch it may have spoilt completes (`ReportFailures`), and
+//! the committer's stop reaches every process through the broadcast, so no driver reads on for a
+//! run that can no longer commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

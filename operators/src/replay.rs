@@ -1,7 +1,9 @@
 //! `--mode replay`: drive raw partitions `from..=to` through the dataflow and commit each epoch.
 //!
-//! One process, `workers` timely worker threads. Every worker reads its share of each epoch's raw
-//! files, evaluates the rules on them, and the upsert exchanges candidates by key. The
+//! `workers` timely worker threads in each of the run's processes (one unless a cluster runs it,
+//! see [`crate::cluster`]); every process plans the same epochs from the same table snapshots.
+//! Every worker reads its share of each epoch's raw files, evaluates the rules on them, and the
+//! upsert exchanges candidates by key. The
 //! driver feeds one epoch, then waits until worker 0 has committed it before reading the next, so
 //! memory holds one raw partition at a time plus the upsert state, and a failed commit stops the
 //! run before anything builds on it.

@@ -5,7 +5,7 @@
 //!  start: offsets of raw, rejected, curated (each table's newest snapshot that has them)
 //!         seeds: curated rows inside the lateness window of the last ingestion date committed
 //!
-//!  worker i: consumer assigned partitions p % workers == i, from the table furthest behind
+//!  worker i (of all processes' workers): consumer assigned partitions p % workers == i, from the table furthest behind
 //!     │ poll → Confluent frame → registry (cached) → Avro → RawEvent (Kafka timestamp = ingestion)
 //!     │   every record, also undecodable ones, is a raw row (unless raw already holds it)
 //!     ▼
@@ -26,9 +26,10 @@
 //! - no partition has delivered a record for `stop_when_idle`, or a stop was requested (Ctrl-C,
 //!   SIGTERM): the run ends once this epoch is committed.
 //!
-//! At the close the worker hands its raw columns to a Parquet write on the I/O runtime, advances
-//! its input and reads the next epoch while the closed one is upserted, written and committed (the
-//! committer awaits the raw writes before the raw commit). Meanwhile the consumer is polled without
+//! At the close the worker sends its raw rows to its raw writer (`sink::raw_writer`: a Parquet
+//! write on the I/O runtime) and its facts of the epoch (offsets, days, records) into the
+//! dataflow, advances its input and reads the next epoch while the closed one is upserted,
+//! written and committed (the epoch completes once the raw writes are done). Meanwhile the consumer is polled without
 //! blocking, so the exchanges and the commit never wait behind a poll. Before closing an epoch a
 //! worker waits until the previous one is committed, so at most two epochs are in memory and a
 //! failed commit stops the run one epoch later at most. A crash at any point is safe: each table

@@ -14,7 +14,8 @@
 //! The write runs off the worker thread, so a worker keeps reading Kafka while its last epoch is
 //! written. The epoch stays open (the operator keeps its capability) until the write is done, so
 //! the committer sees the epoch complete only with every worker's raw files in hand, whichever
-//! process wrote them. The task wakes the operator when it is done.
+//! process wrote them. The task hands its result over a channel and then wakes the operator
+//! (woken before the result is there, the operator would sleep on with the epoch held open).
 
 use std::sync::Arc;
 
@@ -41,7 +42,8 @@ pub struct RawWriter {
     pub failure: Failure,
 }
 
-type Write = tokio::task::JoinHandle<crate::Result<Vec<DataFile>>>;
+/// A write in flight: its result arrives on the channel, then the operator is woken.
+type Write = std::sync::mpsc::Receiver<crate::Result<Vec<DataFile>>>;
 
 impl RawWriter {
     pub fn build<'scope>(self, rows: StreamVec<'scope, u64, RawRows>) -> StreamVec<'scope, u64, SinkMessage> {
@@ -53,38 +55,40 @@ impl RawWriter {
                 input.for_each_time(|time, data| {
                     for days in data.flat_map(|rows| rows.drain(..)) {
                         let (table, size, prefix, activator) = (self.table.clone(), self.target_file_size, format!("w{}", self.worker), activator.clone());
-                        let write = self.runtime.spawn(async move {
+                        let (done, result) = std::sync::mpsc::channel();
+                        self.runtime.spawn(async move {
                             let mut files = Vec::new();
+                            let mut failed = None;
                             for (day, batches) in days {
                                 match write_partition(&table, day, batches, size, &prefix).await {
                                     Ok(written) => files.extend(written),
                                     Err(error) => {
-                                        let _ = activator.activate();
-                                        return Err(error);
+                                        failed = Some(error);
+                                        break;
                                     }
                                 }
                             }
-                            // The operator may already be gone when the run stopped: nothing to wake.
+                            // The result first, then the wake-up: woken, the operator finds it.
+                            // Either fails only when the run has stopped and the operator is gone.
+                            let _ = done.send(failed.map_or(Ok(files), Err));
                             let _ = activator.activate();
-                            Ok(files)
                         });
-                        writing.push((time.retain(0), write));
+                        writing.push((time.retain(0), result));
                     }
                 });
                 let mut index = 0;
                 while index < writing.len() {
-                    if !writing[index].1.is_finished() {
-                        index += 1;
-                        continue;
-                    }
-                    let (capability, mut write) = writing.swap_remove(index);
-                    let written = self
-                        .runtime
-                        .block_on(&mut write)
-                        .map_err(|error| crate::Error::Internal(format!("the raw write task failed: {error}")))
-                        .and_then(|written| written)
-                        .and_then(|files| files.into_iter().map(|file| FileDescription::of(file, &self.table)).collect::<crate::Result<Vec<_>>>());
-                    let message = match written {
+                    let written = match writing[index].1.try_recv() {
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            index += 1;
+                            continue;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(crate::Error::Internal("the raw write task panicked".into())),
+                        Ok(written) => written,
+                    };
+                    let (capability, _) = writing.swap_remove(index);
+                    let described = written.and_then(|files| files.into_iter().map(|file| FileDescription::of(file, &self.table)).collect::<crate::Result<Vec<_>>>());
+                    let message = match described {
                         Ok(files) => SinkMessage::RawFiles(files),
                         Err(error) => {
                             let message = SinkMessage::Failed { process: self.process, message: error.to_string() };
