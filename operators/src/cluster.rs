@@ -52,12 +52,6 @@ pub struct Cluster {
     pub wait: Duration,
 }
 
-impl Default for Cluster {
-    fn default() -> Self {
-        Cluster::single()
-    }
-}
-
 impl Cluster {
     /// One process: no networking.
     pub fn single() -> Cluster {
@@ -247,16 +241,6 @@ fn greet(mut stream: TcpStream, ours: &Handshake, expected: Option<usize>, clust
     Ok((stream, theirs.process))
 }
 
-/// Bytes this process sent to the others during a run (message headers included).
-#[derive(Debug, Clone, Default)]
-pub struct ExchangeVolume(pub Arc<AtomicU64>);
-
-impl ExchangeVolume {
-    pub fn bytes(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Runs `logic` on `workers` worker threads of this process, connected to the other processes of
 /// `cluster` (none for a single process). Returns the bytes sent to other processes.
 pub fn run(
@@ -279,8 +263,10 @@ pub fn run(
 
     let connections = connect(cluster, workers, identity)?;
     quiet_connection_panics();
-    let volume = ExchangeVolume::default();
-    let sent = volume.0.clone();
+    // Bytes this process sends the others (message headers included), summed by a logger on
+    // each send thread.
+    let volume = Arc::new(AtomicU64::new(0));
+    let sent = volume.clone();
     let mut hooks = timely::communication::Hooks::default();
     hooks.log_fn = Arc::new(move |setup| {
         if !setup.sender {
@@ -320,7 +306,7 @@ pub fn run(
     // last exchange makes a receiving thread panic.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(comms)))
         .map_err(|_| Error::PeerFailed("lost the connection to another process while finishing the run".into()))?;
-    Ok(volume.bytes())
+    Ok(volume.load(Ordering::Relaxed))
 }
 
 /// Whether a thread of this process panicked because a connection to another process was lost

@@ -44,7 +44,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::{Broadcast, Partition};
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
@@ -447,20 +447,22 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     worker.dataflow::<u64, _, _>(|scope| {
         // Seeds (epoch 0) go to the upsert and to the writer; raw batches only to the rules; an
         // epoch's facts to every process; its raw rows to this worker's raw writer.
-        let records = input.to_stream(scope);
-        let facts = records.clone().flat_map(|record| match record {
-            SourceRecord::Facts(meta) => Some(meta),
-            _ => None,
+        let mut parts = input.to_stream(scope).partition(3, |record| match record {
+            SourceRecord::Facts(_) => (1, record),
+            SourceRecord::RawRows(_) => (2, record),
+            other => (0, other),
         });
-        let raw_rows = records.clone().flat_map(|record| match record {
+        let raw_rows = parts.pop().expect("three parts").flat_map(|record| match record {
             SourceRecord::RawRows(rows) => Some(rows),
             _ => None,
         });
-        let (raw, seeds) = records
-            .flat_map(|record| match record {
-                SourceRecord::Facts(_) | SourceRecord::RawRows(_) => None,
-                other => Some(other),
-            })
+        let facts = parts.pop().expect("three parts").flat_map(|record| match record {
+            SourceRecord::Facts(meta) => Some(meta),
+            _ => None,
+        });
+        let (raw, seeds) = parts
+            .pop()
+            .expect("three parts")
             .ok_err::<Vec<RecordBatch>, RecordBatch, Vec<SourceRecord>, SourceRecord, _>(|record| match record {
                 SourceRecord::Raw(batch) => Ok(batch),
                 seed => Err(seed),

@@ -625,6 +625,7 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         return Err(Error::User("-w must be at least 1".into()));
     }
     let chain = load_rules(graph)?;
+    let cluster = cluster(args)?;
     let command = format!("replay --from {} --to {}", format_date(from), to.map(format_date).unwrap_or_else(|| "newest".into()));
     let settings = ReplaySettings {
         catalog: graph.catalog.clone(),
@@ -642,8 +643,8 @@ fn replay(graph: &Graph, args: &crate::cli::RunArgs) -> Result<()> {
         target_file_size: graph.target_file_size,
         commit: graph.commit,
         max_epoch_events: graph.replay_epoch_events,
-        cluster: cluster(args)?,
-        identity: identity(graph, &chain, &command)?,
+        identity: identity(graph, &chain, &command, &cluster)?,
+        cluster,
     };
     let bar = progress_bar(0, "replay", args.no_progress);
     let summary = operators::replay::replay(settings, Arc::new(ReplayProgress(bar.clone())))?;
@@ -661,9 +662,18 @@ fn cluster(args: &RunArgs) -> Result<operators::cluster::Cluster> {
 }
 
 /// What every process of a cluster run must agree on: the command, the graph file, the reader
-/// schema, the plugins and the engine build.
-fn identity(graph: &Graph, chain: &operators::rules::chain::RuleChain, command: &str) -> Result<operators::cluster::Identity> {
+/// schema, the plugins and the engine build (nothing for a single process, which has no one to
+/// agree with).
+fn identity(
+    graph: &Graph,
+    chain: &operators::rules::chain::RuleChain,
+    command: &str,
+    cluster: &operators::cluster::Cluster,
+) -> Result<operators::cluster::Identity> {
     use sha2::Digest;
+    if cluster.is_single() {
+        return Ok(operators::cluster::Identity::default());
+    }
     let text = std::fs::read(&graph.path).map_err(|e| Error::User(format!("reading the graph {}: {e}", graph.path.display())))?;
     let digest = |bytes: &[u8]| -> String { sha2::Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect() };
     Ok(operators::cluster::Identity::default()
@@ -831,6 +841,7 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         None => None,
     };
     let chain = load_rules(graph)?;
+    let cluster = cluster(args)?;
     let settings = operators::stream::StreamSettings {
         catalog: graph.catalog.clone(),
         raw: parse_table_ident(&graph.raw)?,
@@ -862,8 +873,8 @@ fn stream(graph: &Graph, args: &RunArgs) -> Result<()> {
         stop_when_idle: args.stop_when_idle,
         metrics,
         stop,
-        cluster: cluster(args)?,
-        identity: identity(graph, &chain, "stream")?,
+        identity: identity(graph, &chain, "stream", &cluster)?,
+        cluster,
     };
     let s = operators::stream::stream(settings)?;
     let from: Vec<String> = s

@@ -151,8 +151,12 @@ struct EpochInput {
 impl EpochInput {
     /// The curated change, or `None` when the epoch changed no curated row. `known` is the
     /// snapshot the writers' view of the files comes from.
+    fn changes_curated(&self) -> bool {
+        !(self.files.is_empty() && self.removed.is_empty())
+    }
+
     fn curated_change(&mut self, curated: &Table, properties: BTreeMap<String, String>, known: Option<i64>, fence: Fence) -> Result<Option<FileChange>> {
-        if self.files.is_empty() && self.removed.is_empty() {
+        if !self.changes_curated() {
             return Ok(None);
         }
         let add = std::mem::take(&mut self.files).iter().map(|file| file.decode(curated)).collect::<Result<Vec<DataFile>>>()?;
@@ -377,8 +381,7 @@ impl Committer {
             (EPOCH_PROPERTY.to_string(), epoch.to_string()),
             (WRITER_PROPERTY.to_string(), self.writer.to_string()),
         ]);
-        let changed = !(input.files.is_empty() && input.removed.is_empty());
-        let curated = if changed { Some(self.lakehouse.load(&self.curated).await?) } else { None };
+        let curated = if input.changes_curated() { Some(self.lakehouse.load(&self.curated).await?) } else { None };
         if let Some(curated) = curated
             && let Some(change) = input.curated_change(&curated, properties.clone(), self.curated_snapshot.get(), self.fences.curated.get())?
         {

@@ -17,8 +17,6 @@
 //! process wrote them. The task hands its result over a channel and then wakes the operator
 //! (woken before the result is there, the operator would sleep on with the epoch held open).
 
-use std::sync::Arc;
-
 use arrow::array::RecordBatch;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
@@ -49,7 +47,7 @@ impl RawWriter {
     pub fn build<'scope>(self, rows: StreamVec<'scope, u64, RawRows>) -> StreamVec<'scope, u64, SinkMessage> {
         let scope = rows.scope();
         rows.unary_frontier(Pipeline, "RawWriter", move |_capability, info| {
-            let activator = Arc::new(scope.worker().sync_activator_for(info.address.to_vec()));
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
             let mut writing: Vec<(Capability<u64>, Write)> = Vec::new();
             move |(input, _frontier), output| {
                 input.for_each_time(|time, data| {
