@@ -125,6 +125,11 @@ pub struct Connections {
     pub sockets: Vec<Option<TcpStream>>,
 }
 
+/// How often a process looks for a peer that has not connected yet, or dials one that did not
+/// answer: processes of a cluster start within moments of each other, and every wait here adds to
+/// the start of the run (a refused dial costs a round trip, an idle accept nothing).
+const CONNECT_POLL: Duration = Duration::from_millis(5);
+
 /// Connects this process to every other and checks each agrees on the run (see the module doc).
 pub fn connect(cluster: &Cluster, workers: usize, identity: &Identity) -> Result<Connections> {
     let deadline = Instant::now() + cluster.wait;
@@ -163,7 +168,7 @@ pub fn connect(cluster: &Cluster, workers: usize, identity: &Identity) -> Result
                         cluster.processes
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(CONNECT_POLL);
             }
             Err(e) => return Err(Error::ClusterStart(format!("accepting connections on {}: {e}", cluster.hosts[me]))),
         }
@@ -180,7 +185,7 @@ fn dial(host: &str, deadline: Instant) -> std::io::Result<TcpStream> {
         match attempt {
             Ok(stream) => return Ok(stream),
             Err(error) if Instant::now() >= deadline => return Err(error),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => std::thread::sleep(CONNECT_POLL),
         }
     }
 }

@@ -261,12 +261,7 @@ fn candidates(
         Some(printed) => printed.strip(rows),
         None => rows,
     };
-    Ok(Candidates {
-        rows,
-        ingested,
-        keys: kept.iter().map(|&row| keys[row as usize]).collect(),
-        slots,
-    })
+    Ok(Candidates::new(rows, ingested, kept.iter().map(|&row| keys[row as usize]).collect(), slots))
 }
 
 /// What `ingested` (the rows as ingested: event columns, coordinates) says that `rows` (their
@@ -522,10 +517,10 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
                     None => Ok(rows.0),
                 };
                 match rows.and_then(|rows| as_ingested(&rows, &ingested.0, &topic)).and_then(|source| rejected_batch(&rejected_schema, &source, reasons, details)) {
-                    Ok(batch) => Err(SinkMessage::Rejected(Batch(batch))),
+                    Ok(batch) => Err(SinkMessage::Rejected(Batch::new(batch))),
                     Err(error) => {
                         failure.set(error);
-                        Err(SinkMessage::Rejected(Batch(RecordBatch::new_empty(rejected_schema.clone()))))
+                        Err(SinkMessage::Rejected(Batch::new(RecordBatch::new_empty(rejected_schema.clone()))))
                     }
                 }
             }
@@ -622,14 +617,14 @@ fn rules_step(batch: &RecordBatch, chain: &mut crate::rules::chain::ChainInstanc
     let mut judged = judge(batch, context)?;
     let mut out = Vec::new();
     if let Some(rejected) = judged.rejected.take() {
-        out.push(Err(SinkMessage::Rejected(Batch(rejected))));
+        out.push(Err(SinkMessage::Rejected(Batch::new(rejected))));
     }
     if judged.working.num_rows() == 0 {
         return Ok(out);
     }
     let applied = chain.apply(judged.working)?;
     if let Some(rejected) = plugin_rejections(&applied.rejected, &judged.ingested, context)? {
-        out.push(Err(SinkMessage::Rejected(Batch(rejected))));
+        out.push(Err(SinkMessage::Rejected(Batch::new(rejected))));
     }
     let candidates = candidates(applied, &judged.ingested, &judged.keys, &judged.orders, &judged.days, context)?;
     context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);

@@ -74,9 +74,15 @@ pub struct Candidates {
     pub ingested: RecordBatch,
     pub keys: Vec<u128>,
     pub slots: Vec<Slot>,
+    /// `rows` as sent to another process.
+    encoded_rows: EncodedOnce,
 }
 
 impl Candidates {
+    pub fn new(rows: RecordBatch, ingested: RecordBatch, keys: Vec<u128>, slots: Vec<Slot>) -> Candidates {
+        Candidates { rows, ingested, keys, slots, encoded_rows: EncodedOnce::default() }
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -87,12 +93,12 @@ impl Candidates {
 
     /// The rows at `indices`, in that order.
     pub fn take(&self, indices: &[u32]) -> Result<Candidates> {
-        Ok(Candidates {
-            rows: take_rows(&self.rows, indices)?,
-            ingested: take_rows(&self.ingested, indices)?,
-            keys: indices.iter().map(|&i| self.keys[i as usize]).collect(),
-            slots: indices.iter().map(|&i| self.slots[i as usize]).collect(),
-        })
+        Ok(Candidates::new(
+            take_rows(&self.rows, indices)?,
+            take_rows(&self.ingested, indices)?,
+            indices.iter().map(|&i| self.keys[i as usize]).collect(),
+            indices.iter().map(|&i| self.slots[i as usize]).collect(),
+        ))
     }
 }
 
@@ -149,27 +155,64 @@ pub fn day_runs(batch: &RecordBatch, column: &str) -> Result<Vec<(i32, RecordBat
 }
 
 /// Record batches cross workers inside one process as they are; between processes they travel as
-/// Arrow IPC streams (schema, then the batch), which keeps every type and value exactly.
+/// Arrow IPC streams (schema, then the batch), which keeps every type and value exactly. The
+/// stream goes as one byte string (one copy), and is read back without copying its buffers again.
 pub mod ipc {
     use arrow::array::RecordBatch;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use arrow::buffer::Buffer;
+    use arrow::error::ArrowError;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(batch: &RecordBatch, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::new();
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(serde::ser::Error::custom)?;
-        writer.write(batch).map_err(serde::ser::Error::custom)?;
-        writer.finish().map_err(serde::ser::Error::custom)?;
-        drop(writer);
-        bytes.serialize(serializer)
+        serializer.serialize_bytes(&encode(batch).map_err(serde::ser::Error::custom)?)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RecordBatch, D::Error> {
-        let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
-        let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(serde::de::Error::custom)?;
-        match reader.next() {
-            Some(batch) => batch.map_err(serde::de::Error::custom),
-            None => Err(serde::de::Error::custom("an IPC stream without a batch")),
+        decode(serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec()).map_err(serde::de::Error::custom)
+    }
+
+    /// The IPC stream of `batch`, in a buffer sized for it up front (growing it would copy it).
+    pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+        let body: usize = batch.columns().iter().map(|column| column.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+        // Room for the schema and batch headers and the padding of each buffer to 64 bytes.
+        let mut bytes = Vec::with_capacity(body + 1024 + 128 * batch.num_columns());
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())?;
+        writer.write(batch)?;
+        writer.finish()?;
+        drop(writer);
+        Ok(bytes)
+    }
+
+    /// The batch of an IPC stream: its arrays point into `bytes` (arrow copies only a buffer that
+    /// is not aligned for its type).
+    pub fn decode(bytes: Vec<u8>) -> Result<RecordBatch, ArrowError> {
+        let mut buffer = Buffer::from_vec(bytes);
+        let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+        let mut batch = None;
+        while !buffer.is_empty() && batch.is_none() {
+            batch = decoder.decode(&mut buffer)?;
         }
+        batch.ok_or_else(|| ArrowError::IpcError("an IPC stream without a batch".into()))
+    }
+}
+
+/// The IPC encoding of a batch (see [`ipc`]), made the first time the value holding it is
+/// serialized. Timely sizes a message for another process by serializing it, then serializes it
+/// again into its send buffer; this makes that one encoding, not two. A value is never changed
+/// once it is sent, so the encoding cannot go stale.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedOnce(std::sync::OnceLock<Vec<u8>>);
+
+impl EncodedOnce {
+    fn serialize<S: serde::Serializer>(&self, batch: &RecordBatch, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let bytes = match self.0.get() {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = ipc::encode(batch).map_err(serde::ser::Error::custom)?;
+                self.0.get_or_init(|| bytes)
+            }
+        };
+        serializer.serialize_bytes(bytes)
     }
 }
 
@@ -196,16 +239,21 @@ pub mod ipc_schema {
 
 impl Serialize for Candidates {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        struct Rows<'a>(&'a EncodedOnce, &'a RecordBatch);
+        impl Serialize for Rows<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                self.0.serialize(self.1, serializer)
+            }
+        }
         #[derive(Serialize)]
         struct Wire<'a> {
-            #[serde(with = "ipc")]
-            rows: &'a RecordBatch,
+            rows: Rows<'a>,
             #[serde(with = "ipc")]
             ingested: &'a RecordBatch,
             keys: &'a [u128],
             slots: &'a [Slot],
         }
-        Wire { rows: &self.rows, ingested: &self.ingested, keys: &self.keys, slots: &self.slots }.serialize(serializer)
+        Wire { rows: Rows(&self.encoded_rows, &self.rows), ingested: &self.ingested, keys: &self.keys, slots: &self.slots }.serialize(serializer)
     }
 }
 
@@ -221,13 +269,31 @@ impl<'de> Deserialize<'de> for Candidates {
             slots: Vec<Slot>,
         }
         let wire = Wire::deserialize(deserializer)?;
-        Ok(Candidates { rows: wire.rows, ingested: wire.ingested, keys: wire.keys, slots: wire.slots })
+        Ok(Candidates::new(wire.rows, wire.ingested, wire.keys, wire.slots))
     }
 }
 
-/// A batch that can cross workers (see [`ipc`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Batch(#[serde(with = "ipc")] pub RecordBatch);
+/// A batch that can cross workers (see [`ipc`], [`EncodedOnce`]).
+#[derive(Debug, Clone)]
+pub struct Batch(pub RecordBatch, EncodedOnce);
+
+impl Batch {
+    pub fn new(batch: RecordBatch) -> Batch {
+        Batch(batch, EncodedOnce::default())
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.1.serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        ipc::deserialize(deserializer).map(Batch::new)
+    }
+}
 
 /// Turns the key columns of a batch into keys.
 #[derive(Debug, Clone)]
@@ -588,6 +654,21 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_sent_twice_is_encoded_once_and_reads_back_unchanged() {
+        let rows = batch(vec![
+            ("seq", Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])) as ArrayRef),
+            ("name", Arc::new(StringArray::from(vec![Some("a"), Some(""), None])) as ArrayRef),
+        ]);
+        // A slice, as exchanges send: only its rows travel.
+        let sent = Batch::new(rows.slice(1, 2));
+        let (first, second) = (serde_json::to_string(&sent).unwrap(), serde_json::to_string(&sent).unwrap());
+        assert_eq!(first, second, "the size pass and the write pass send the same bytes");
+        assert!(sent.1.0.get().is_some(), "the encoding is kept after the first pass");
+        let back: Batch = serde_json::from_str(&first).unwrap();
+        assert_eq!(back.0, rows.slice(1, 2));
+    }
+
+    #[test]
     fn candidates_cross_processes_as_arrow_ipc_unchanged() {
         let rows = batch(vec![("seq", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]);
         let ingested = RecordBatch::try_new_with_options(
@@ -603,7 +684,7 @@ mod tests {
             day: 3,
             fingerprint: 11,
         };
-        let candidates = Candidates { rows, ingested, keys: vec![u128::MAX, 3], slots: vec![slot, slot] };
+        let candidates = Candidates::new(rows, ingested, vec![u128::MAX, 3], vec![slot, slot]);
         let wire = serde_json::to_string(&candidates).unwrap();
         let back: Candidates = serde_json::from_str(&wire).unwrap();
         assert_eq!((back.rows, back.keys, back.slots), (candidates.rows, candidates.keys, candidates.slots));

@@ -218,7 +218,7 @@ impl CuratedWriter {
                     }
                     if !self.checks.is_empty() {
                         for rejected in judged.quarantined {
-                            session.give(SinkMessage::Rejected(Batch(rejected)));
+                            session.give(SinkMessage::Rejected(Batch::new(rejected)));
                         }
                         session.give(SinkMessage::Checked(WorkerEvaluation {
                             evaluation: judged.evaluation.into_state(),

@@ -336,7 +336,7 @@ fn gather(
     for (day, entries) in inserted {
         let indices: Vec<(usize, usize)> = entries.iter().map(|(_, batch, row)| (*batch as usize, *row as usize)).collect();
         let batch = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering the epoch's new rows".into())?;
-        inserts.push(UpsertChange::Insert { day, keys: entries.iter().map(|(key, _, _)| *key).collect(), rows: Batch(batch) });
+        inserts.push(UpsertChange::Insert { day, keys: entries.iter().map(|(key, _, _)| *key).collect(), rows: Batch::new(batch) });
     }
     if late.is_empty() {
         return Ok((inserts, None));
@@ -348,7 +348,7 @@ fn gather(
     let ingested = ingested_of(batches, &indices)?;
     let frozen_days = late.iter().map(|(_, _, _, day)| *day).collect();
     let keys = late.iter().map(|(key, _, _, _)| *key).collect();
-    Ok((inserts, Some(UpsertChange::LateUpdates { keys, rows: Batch(late_rows), ingested: Batch(ingested), frozen_days })))
+    Ok((inserts, Some(UpsertChange::LateUpdates { keys, rows: Batch::new(late_rows), ingested: Batch::new(ingested), frozen_days })))
 }
 
 /// The as-ingested columns of the rows at `indices` (batch, row): every column some batch kept.
@@ -516,7 +516,7 @@ mod tests {
     fn candidates(records: &[Record]) -> Candidates {
         let offsets = Int64Array::from_iter_values(records.iter().map(|(_, slot)| slot.position.offset));
         let rows = RecordBatch::try_from_iter([("seq", Arc::new(offsets) as arrow::array::ArrayRef)]).unwrap();
-        Candidates { rows: rows.clone(), ingested: rows, keys: records.iter().map(|r| r.0).collect(), slots: records.iter().map(|r| r.1).collect() }
+        Candidates::new(rows.clone(), rows, records.iter().map(|r| r.0).collect(), records.iter().map(|r| r.1).collect())
     }
 
     /// Plain oracle: sort all records of a key by ingestion order, drop exact repeats, fold.
