@@ -139,7 +139,7 @@ fn rules_and_upsert(c: &mut Criterion) {
                             fingerprint: 0,
                         })
                         .collect();
-                    let candidates = operators::records::Candidates { rows: rows.clone(), ingested: rows, keys: judged.keys, slots };
+                    let candidates = operators::records::Candidates::new(rows.clone(), rows, judged.keys, slots);
                     // The exchange brings each key to its owner.
                     for owner in 0..peers as u64 {
                         let mine: Vec<u32> = (0..candidates.keys.len() as u32)

@@ -105,7 +105,7 @@ fn main() {
             )
             .unwrap();
             PEAK.store(LIVE.load(Relaxed), Relaxed);
-            input.send(UpsertInput::Rows { owner: 0, candidates: Candidates { rows, ingested, keys, slots } });
+            input.send(UpsertInput::Rows { owner: 0, candidates: Candidates::new(rows, ingested, keys, slots) });
             input.advance_to(epoch + 1);
             worker.step_while(|| probe.less_than(input.time()));
             // Let the spine finish its merges: the state, not a merge in flight, is measured.
