@@ -183,10 +183,8 @@ impl Lakehouse {
             }
             return Ok(table);
         }
-        let properties = HashMap::from([
-            ("write.parquet.compression-codec".to_string(), "zstd".to_string()),
-            (crate::schema::PLAIN_COLUMNS_PROPERTY.to_string(), layout.plain_columns.join(",")),
-        ]);
+        let mut properties = HashMap::from([(crate::schema::PLAIN_COLUMNS_PROPERTY.to_string(), layout.plain_columns.join(","))]);
+        properties.extend(crate::writer::compression_properties(layout.compression));
         match &self.backend {
             Backend::Sql { catalog, .. } => {
                 let creation = TableCreation::builder()

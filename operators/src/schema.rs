@@ -17,6 +17,9 @@ pub struct TableLayout {
     /// would only be built to be thrown away once it outgrows its page. Kept in the table's
     /// [`PLAIN_COLUMNS_PROPERTY`].
     pub plain_columns: Vec<String>,
+    /// How new Parquet files are compressed; a new table gets it as Iceberg's compression
+    /// properties ([`crate::writer::compression_properties`]).
+    pub compression: parquet::basic::Compression,
 }
 
 /// The table property listing columns written without a dictionary (comma-separated).

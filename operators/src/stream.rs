@@ -453,17 +453,70 @@ impl RawRows {
     }
 
     /// The epoch's rows per ingestion date, each day's in partition and offset order, leaving it
-    /// empty.
+    /// empty. A consumer reads each partition in offset order, so the rows grouped by (date,
+    /// partition) in the order they were read are already in that order: one pass and one gather
+    /// instead of joining the epoch's batches and sorting them. Should a partition's offsets ever
+    /// go backwards within a group, the rows are sorted instead.
     fn take(&mut self, schema: &arrow_schema::SchemaRef) -> Result<Vec<(i32, Vec<RecordBatch>)>> {
         self.rows = 0;
         let batches = std::mem::take(&mut self.batches);
         if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(Vec::new());
         }
-        let all = arrow::compute::concat_batches(schema, &batches).context(|| "joining the epoch's raw rows".into())?;
-        let all = crate::records::sorted_by(&all, &["ingestion_date", "source_partition", "source_offset"])?;
-        Ok(crate::records::day_runs(&all, "ingestion_date")?.into_iter().map(|(day, rows)| (day, vec![rows])).collect())
+        match arrival_groups(&batches)? {
+            Some(groups) => {
+                let sources: Vec<&RecordBatch> = batches.iter().collect();
+                let mut days: Vec<(i32, Vec<RecordBatch>)> = Vec::new();
+                let mut rows: Vec<(usize, usize)> = Vec::new();
+                let mut groups = groups.into_iter().peekable();
+                while let Some(((day, _), group)) = groups.next() {
+                    rows.extend(group);
+                    if groups.peek().is_none_or(|((next_day, _), _)| *next_day != day) {
+                        let gathered = arrow::compute::interleave_record_batch(&sources, &rows)
+                            .context(|| "gathering the epoch's raw rows by day".into())?;
+                        days.push((day, vec![gathered]));
+                        rows.clear();
+                    }
+                }
+                Ok(days)
+            }
+            None => {
+                let all = arrow::compute::concat_batches(schema, &batches).context(|| "joining the epoch's raw rows".into())?;
+                let all = crate::records::sorted_by(&all, &["ingestion_date", "source_partition", "source_offset"])?;
+                Ok(crate::records::day_runs(&all, "ingestion_date")?.into_iter().map(|(day, rows)| (day, vec![rows])).collect())
+            }
+        }
     }
+}
+
+/// The rows of `batches` as (batch, row) positions grouped by (ingestion date, partition), in the
+/// groups' order, each group in reading order; `None` if a group's offsets are not ascending.
+fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<BTreeMap<(i32, i32), Vec<(usize, usize)>>>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
+    let mut groups: BTreeMap<(i32, i32), (i64, Vec<(usize, usize)>)> = BTreeMap::new();
+    for (index, batch) in batches.iter().enumerate() {
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")));
+        let days = column("ingestion_date")?.as_primitive_opt::<Date32Type>().ok_or_else(|| Error::Internal("ingestion_date is not a date".into()))?;
+        let partitions = column("source_partition")?.as_primitive_opt::<Int32Type>().ok_or_else(|| Error::Internal("source_partition is not an int".into()))?;
+        let offsets = column("source_offset")?.as_primitive_opt::<Int64Type>().ok_or_else(|| Error::Internal("source_offset is not a long".into()))?;
+        let (days, partitions, offsets) = (days.values(), partitions.values(), offsets.values());
+        let mut row = 0;
+        while row < batch.num_rows() {
+            // Consecutive rows of one group (a partition's fetch, one day) go in together.
+            let key = (days[row], partitions[row]);
+            let (last_offset, rows) = groups.entry(key).or_insert_with(|| (i64::MIN, Vec::new()));
+            while row < batch.num_rows() && (days[row], partitions[row]) == key {
+                if offsets[row] <= *last_offset {
+                    return Ok(None);
+                }
+                *last_offset = offsets[row];
+                rows.push((index, row));
+                row += 1;
+            }
+        }
+    }
+    Ok(Some(groups.into_iter().map(|(key, (_, rows))| (key, rows)).collect()))
 }
 
 /// One worker's consumer and decoder.
@@ -598,5 +651,124 @@ impl PartitionReader {
                 metrics.consumer_lag(*partition).set((high - next).max(0));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, Date32Array, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn schema() -> arrow_schema::SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("payload", DataType::Utf8, true),
+            Field::new("ingestion_date", DataType::Date32, false),
+            Field::new("source_partition", DataType::Int32, false),
+            Field::new("source_offset", DataType::Int64, false),
+            Field::new("ingestion_ts_ms", DataType::Int64, false),
+        ]))
+    }
+
+    /// Batches as a consumer reads them: each of 4 partitions in offset order, runs of one
+    /// partition interleaved, ingestion dates jumping back and forth within a partition.
+    fn read_batches(seed: u64) -> Vec<RecordBatch> {
+        let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut next_offset = [0i64; 4];
+        (0..random.random_range(1..6))
+            .map(|_| {
+                let (mut days, mut partitions, mut offsets, mut payloads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..random.random_range(0..40) {
+                    let partition = random.random_range(0..4);
+                    for _ in 0..random.random_range(1..8) {
+                        next_offset[partition] += random.random_range(1..3);
+                        days.push(20_000 + random.random_range(0..3));
+                        partitions.push(partition as i32);
+                        offsets.push(next_offset[partition]);
+                        payloads.push(format!("p{partition}o{}", next_offset[partition]));
+                    }
+                }
+                let payloads_len = payloads.len();
+                RecordBatch::try_new(
+                    schema(),
+                    vec![
+                        Arc::new(StringArray::from(payloads)),
+                        Arc::new(Date32Array::from(days)),
+                        Arc::new(Int32Array::from(partitions)),
+                        Arc::new(Int64Array::from(offsets)),
+                        Arc::new(Int64Array::from(vec![0; payloads_len])),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// (date, partition, offset, payload) of each row.
+    fn row_tuples(batch: &RecordBatch) -> Vec<(i32, i32, i64, String)> {
+        (0..batch.num_rows())
+            .map(|row| {
+                (
+                    batch.column(1).as_primitive::<arrow::datatypes::Date32Type>().value(row),
+                    batch.column(2).as_primitive::<arrow::datatypes::Int32Type>().value(row),
+                    batch.column(3).as_primitive::<arrow::datatypes::Int64Type>().value(row),
+                    batch.column(0).as_string::<i32>().value(row).to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn rows_of(days: &[(i32, Vec<RecordBatch>)]) -> Vec<(i32, i32, i64, String)> {
+        let mut rows = Vec::new();
+        for (day, batches) in days {
+            for batch in batches {
+                let tuples = row_tuples(batch);
+                assert!(tuples.iter().all(|(date, ..)| date == day), "a row sits under another day");
+                rows.extend(tuples);
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn raw_rows_come_out_per_day_in_partition_and_offset_order_like_a_sort() {
+        for seed in 0..200 {
+            let batches = read_batches(seed);
+            let mut oracle: Vec<_> = batches.iter().flat_map(row_tuples).collect();
+            oracle.sort();
+            let mut raw = RawRows::default();
+            for batch in batches {
+                raw.push(&batch, &Offsets::new()).unwrap();
+            }
+            let days = raw.take(&schema()).unwrap();
+            let mut seen_days: Vec<i32> = days.iter().map(|(day, _)| *day).collect();
+            seen_days.dedup();
+            assert_eq!(seen_days.len(), days.len(), "seed {seed}: a day comes out twice");
+            assert_eq!(rows_of(&days), oracle, "seed {seed}");
+            assert_eq!(raw.len(), 0);
+        }
+    }
+
+    #[test]
+    fn raw_rows_whose_offsets_go_backwards_are_still_sorted() {
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["b", "a", "c"])),
+                Arc::new(Date32Array::from(vec![20_000, 20_000, 19_999])),
+                Arc::new(Int32Array::from(vec![0, 0, 0])),
+                Arc::new(Int64Array::from(vec![7, 3, 9])),
+                Arc::new(Int64Array::from(vec![0, 0, 0])),
+            ],
+        )
+        .unwrap();
+        let mut raw = RawRows::default();
+        raw.push(&batch, &Offsets::new()).unwrap();
+        let rows = rows_of(&raw.take(&schema()).unwrap());
+        assert_eq!(rows, vec![(19_999, 0, 9, "c".into()), (20_000, 0, 3, "a".into()), (20_000, 0, 7, "b".into())]);
     }
 }

@@ -70,6 +70,14 @@ pub async fn fixture() -> Fixture {
 /// A data file of `rows` rows (keys `first..first+rows`) in partition `day`.
 pub async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFile {
     let table = f.lakehouse.load(&f.ident).await.unwrap();
+    let batch = curated_rows(&table, day, first, rows);
+    let mut files = crate::writer::write_partition(&table, day, [batch], 1 << 27, "t").await.unwrap();
+    assert_eq!(files.len(), 1);
+    files.pop().unwrap()
+}
+
+/// `rows` curated rows of `table` (keys `first..first+rows`) in partition `day`.
+pub fn curated_rows(table: &iceberg::table::Table, day: i32, first: u128, rows: u128) -> arrow::array::RecordBatch {
     let candidates: Vec<(u128, Candidate)> = (first..first + rows)
         .map(|key| {
             (key, Candidate {
@@ -85,8 +93,5 @@ pub async fn data_file(f: &Fixture, day: i32, first: u128, rows: u128) -> DataFi
         })
         .collect();
     let schema = arrow_schema(table.metadata().current_schema()).unwrap();
-    let batch = curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap();
-    let mut files = crate::writer::write_partition(&table, day, [batch], 1 << 27, "t").await.unwrap();
-    assert_eq!(files.len(), 1);
-    files.pop().unwrap()
+    curated_to_batch(&schema, candidates.iter().map(|(k, c)| (k, c))).unwrap()
 }

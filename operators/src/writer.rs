@@ -1,6 +1,7 @@
-//! Writing rows of one partition as Iceberg data files (Parquet, zstd), rolled at a target size,
-//! and position delete files (the spec's `file_path`, `pos` rows) that mark rows of data files as
-//! deleted without rewriting them.
+//! Writing rows of one partition as Iceberg data files (Parquet), rolled at a target size, and
+//! position delete files (the spec's `file_path`, `pos` rows) that mark rows of data files as
+//! deleted without rewriting them. Both are compressed as the table's properties say
+//! ([`table_compression`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use iceberg::table::Table;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use arrow_array::{Int64Array, RecordBatch, StringArray};
@@ -27,7 +28,7 @@ pub async fn write_partition(
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let context = || format!("writing partition {} of {}", crate::model::format_date(day), table.identifier());
-    let mut properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid")));
+    let mut properties = WriterProperties::builder().set_compression(table_compression(table)?);
     // Columns whose values are (nearly) all distinct (the table says which): a dictionary would
     // only be built to be thrown away once it outgrows its page.
     let plain = metadata.properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
@@ -74,6 +75,99 @@ pub async fn write_partition(
         });
     }
     Ok(files)
+}
+
+/// Iceberg's table property naming the Parquet codec of new files.
+pub const COMPRESSION_CODEC_PROPERTY: &str = "write.parquet.compression-codec";
+/// Iceberg's table property giving the codec's level (zstd 1–22, gzip 0–9, brotli 0–11).
+pub const COMPRESSION_LEVEL_PROPERTY: &str = "write.parquet.compression-level";
+
+/// What a graph (or a table without the properties) gets: zstd at level 1, the cheapest zstd
+/// level, which Iceberg readers everywhere decode.
+pub fn default_compression() -> Compression {
+    Compression::ZSTD(ZstdLevel::default())
+}
+
+/// How `table` asks its new Parquet files to be compressed: its [`COMPRESSION_CODEC_PROPERTY`]
+/// and [`COMPRESSION_LEVEL_PROPERTY`], as every Iceberg writer reads them (so `ALTER TABLE ...
+/// SET TBLPROPERTIES` from another engine changes what this one writes next). Without a codec:
+/// [`default_compression`]; a codec without a level: zstd 1, gzip 6, brotli 1.
+pub fn table_compression(table: &Table) -> Result<Compression> {
+    compression_of(table.metadata().properties(), table.identifier())
+}
+
+/// [`table_compression`] of a table with these properties.
+fn compression_of(properties: &std::collections::HashMap<String, String>, table: &iceberg::TableIdent) -> Result<Compression> {
+    match properties.get(COMPRESSION_CODEC_PROPERTY) {
+        None => Ok(default_compression()),
+        Some(codec) => compression(codec, properties.get(COMPRESSION_LEVEL_PROPERTY).map(String::as_str)).map_err(|e| {
+            crate::Error::User(format!(
+                "table {table}: {e} (its properties {COMPRESSION_CODEC_PROPERTY} / {COMPRESSION_LEVEL_PROPERTY}; \
+                 correct them with any Iceberg tool, a retry does not help)"
+            ))
+        }),
+    }
+}
+
+/// A graph's `[tables] compression`: a codec, optionally with its level: `zstd`, `zstd(3)`,
+/// `lz4`, `snappy`, `gzip(6)`, `brotli(4)`, `uncompressed`.
+pub fn parse_compression(text: &str) -> std::result::Result<Compression, String> {
+    let text = text.trim();
+    match text.strip_suffix(')').and_then(|head| head.split_once('(')) {
+        Some((codec, level)) => compression(codec.trim(), Some(level.trim())),
+        None => compression(text, None),
+    }
+}
+
+/// The table properties that ask for `compression` (see [`table_compression`]).
+pub fn compression_properties(compression: Compression) -> Vec<(String, String)> {
+    let (codec, level) = match compression {
+        Compression::ZSTD(level) => ("zstd", Some(level.compression_level())),
+        Compression::GZIP(level) => ("gzip", Some(level.compression_level() as i32)),
+        Compression::BROTLI(level) => ("brotli", Some(level.compression_level() as i32)),
+        Compression::SNAPPY => ("snappy", None),
+        Compression::LZ4_RAW | Compression::LZ4 => ("lz4", None),
+        _ => ("uncompressed", None),
+    };
+    let mut properties = vec![(COMPRESSION_CODEC_PROPERTY.to_string(), codec.to_string())];
+    properties.extend(level.map(|level| (COMPRESSION_LEVEL_PROPERTY.to_string(), level.to_string())));
+    properties
+}
+
+/// The Parquet compression of an Iceberg codec name (case-insensitive) and level. `lz4` is
+/// Parquet's LZ4_RAW, the framing every current reader takes (the older LZ4 is deprecated).
+fn compression(codec: &str, level: Option<&str>) -> std::result::Result<Compression, String> {
+    let parsed_level = |max: u32| -> std::result::Result<Option<u32>, String> {
+        match level {
+            None => Ok(None),
+            Some(text) => match text.parse::<u32>() {
+                Ok(level) if level <= max => Ok(Some(level)),
+                _ => Err(format!("compression level \"{text}\" for {codec}: expected a whole number up to {max}")),
+            },
+        }
+    };
+    let without_level = |compression: Compression| match level {
+        None => Ok(compression),
+        Some(text) => Err(format!("{codec} takes no compression level, found \"{text}\"")),
+    };
+    match codec.to_ascii_lowercase().as_str() {
+        "zstd" => Ok(Compression::ZSTD(match parsed_level(22)? {
+            Some(level) => ZstdLevel::try_new(level as i32).map_err(|e| format!("zstd level: {e}"))?,
+            None => ZstdLevel::default(),
+        })),
+        "gzip" => Ok(Compression::GZIP(match parsed_level(9)? {
+            Some(level) => GzipLevel::try_new(level).map_err(|e| format!("gzip level: {e}"))?,
+            None => GzipLevel::default(),
+        })),
+        "brotli" => Ok(Compression::BROTLI(match parsed_level(11)? {
+            Some(level) => BrotliLevel::try_new(level).map_err(|e| format!("brotli level: {e}"))?,
+            None => BrotliLevel::default(),
+        })),
+        "snappy" => without_level(Compression::SNAPPY),
+        "lz4" => without_level(Compression::LZ4_RAW),
+        "uncompressed" | "none" => without_level(Compression::UNCOMPRESSED),
+        other => Err(format!("unknown Parquet codec \"{other}\": expected zstd, lz4, snappy, gzip, brotli or uncompressed")),
+    }
 }
 
 /// The key of partition `day` in the table's (one-field, by day) partition spec.
@@ -186,7 +280,7 @@ pub async fn write_position_deletes(table: &Table, day: i32, deletes: &[(Arc<str
         ],
     )
     .context(context)?;
-    let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("zstd level 1 is valid"))).build();
+    let properties = WriterProperties::builder().set_compression(table_compression(table)?).build();
     let mut writer = RollingFileWriterBuilder::new(
         ParquetWriterBuilder::new(properties, schema),
         usize::MAX,
@@ -293,6 +387,92 @@ mod tests {
             PrimitiveLiteral::Float(v) => v.0,
             other => panic!("rating bound is not a float: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_graph_names_a_codec_with_or_without_its_level() {
+        use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+        assert_eq!(super::parse_compression("zstd(1)"), Ok(Compression::ZSTD(ZstdLevel::try_new(1).unwrap())));
+        assert_eq!(super::parse_compression(" ZSTD( 9 ) "), Ok(Compression::ZSTD(ZstdLevel::try_new(9).unwrap())));
+        assert_eq!(super::parse_compression("zstd"), Ok(Compression::ZSTD(ZstdLevel::try_new(1).unwrap())));
+        assert_eq!(super::parse_compression("lz4"), Ok(Compression::LZ4_RAW));
+        assert_eq!(super::parse_compression("snappy"), Ok(Compression::SNAPPY));
+        assert_eq!(super::parse_compression("gzip(9)"), Ok(Compression::GZIP(GzipLevel::try_new(9).unwrap())));
+        assert_eq!(super::parse_compression("brotli"), Ok(Compression::BROTLI(BrotliLevel::try_new(1).unwrap())));
+        assert_eq!(super::parse_compression("uncompressed"), Ok(Compression::UNCOMPRESSED));
+        for (text, expected) in [
+            ("zstd(23)", "expected a whole number up to 22"),
+            ("zstd(-1)", "expected a whole number up to 22"),
+            ("gzip(x)", "expected a whole number up to 9"),
+            ("lz4(3)", "lz4 takes no compression level"),
+            ("lzo", "unknown Parquet codec \"lzo\""),
+        ] {
+            let error = super::parse_compression(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_properties_of_a_compression_read_back_as_that_compression() {
+        use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+        for compression in [
+            Compression::ZSTD(ZstdLevel::try_new(3).unwrap()),
+            Compression::GZIP(GzipLevel::try_new(2).unwrap()),
+            Compression::LZ4_RAW,
+            Compression::SNAPPY,
+            Compression::UNCOMPRESSED,
+        ] {
+            let properties: std::collections::HashMap<_, _> = super::compression_properties(compression).into_iter().collect();
+            let codec = &properties[super::COMPRESSION_CODEC_PROPERTY];
+            let level = properties.get(super::COMPRESSION_LEVEL_PROPERTY).map(String::as_str);
+            assert_eq!(super::compression(codec, level), Ok(compression));
+        }
+    }
+
+    /// The codec of every column chunk of the Parquet file at `path` in `table`.
+    async fn codecs_of(table: &iceberg::table::Table, path: &str) -> Vec<parquet::basic::Compression> {
+        use parquet::file::reader::FileReader;
+        let bytes = table.file_io().new_input(path).unwrap().read().await.unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
+        let metadata = reader.metadata();
+        metadata.row_groups().iter().flat_map(|group| group.columns().iter().map(|column| column.compression())).collect()
+    }
+
+    #[tokio::test]
+    async fn files_are_compressed_as_the_table_properties_say() {
+        use parquet::basic::{Compression, ZstdLevel};
+        let f = fixture().await;
+        // The fixture's table, created with the default: zstd level 1.
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        assert_eq!(table.metadata().properties().get(super::COMPRESSION_CODEC_PROPERTY).map(String::as_str), Some("zstd"));
+        let rows = crate::test_fixture::curated_rows(&table, 0, 1, 50);
+        let files = super::write_partition(&table, 0, [rows.clone()], 1 << 27, "t").await.unwrap();
+        assert!(codecs_of(&table, files[0].file_path()).await.iter().all(|c| *c == Compression::ZSTD(ZstdLevel::try_new(1).unwrap())));
+        // A table created with lz4: data and position delete files are LZ4_RAW.
+        let mut layout = crate::test_fixture::ratings_pipeline().curated_layout().unwrap();
+        layout.compression = Compression::LZ4_RAW;
+        let lz4 = crate::catalog::parse_table_ident("curated.lz4_ratings").unwrap();
+        let table = f.lakehouse.ensure_table(&lz4, &layout).await.unwrap();
+        let files = super::write_partition(&table, 0, [rows], 1 << 27, "t").await.unwrap();
+        let codecs = codecs_of(&table, files[0].file_path()).await;
+        assert!(!codecs.is_empty() && codecs.iter().all(|c| *c == Compression::LZ4_RAW), "{codecs:?}");
+        let deletes = super::write_position_deletes(&table, 0, &[(files[0].file_path().into(), 0)], "t").await.unwrap();
+        assert!(codecs_of(&table, deletes.file_path()).await.iter().all(|c| *c == Compression::LZ4_RAW));
+    }
+
+    #[test]
+    fn a_table_asking_for_an_unknown_codec_is_refused_with_the_property_named() {
+        let table = crate::catalog::parse_table_ident("curated.movie_ratings").unwrap();
+        let properties = std::collections::HashMap::from([(super::COMPRESSION_CODEC_PROPERTY.to_string(), "lzo".to_string())]);
+        let error = super::compression_of(&properties, &table).unwrap_err().to_string();
+        assert!(error.contains("unknown Parquet codec \"lzo\"") && error.contains(super::COMPRESSION_CODEC_PROPERTY), "{error}");
+        assert!(error.contains("curated.movie_ratings"), "{error}");
+        let properties = std::collections::HashMap::from([
+            (super::COMPRESSION_CODEC_PROPERTY.to_string(), "gzip".to_string()),
+            (super::COMPRESSION_LEVEL_PROPERTY.to_string(), "12".to_string()),
+        ]);
+        assert!(super::compression_of(&properties, &table).unwrap_err().to_string().contains("up to 9"));
+        assert_eq!(super::compression_of(&Default::default(), &table).unwrap(), super::default_compression());
     }
 
     #[tokio::test]

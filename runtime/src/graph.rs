@@ -307,6 +307,13 @@ pub struct TablesSection {
     pub raw: String,
     pub curated: String,
     pub rejected: String,
+    /// Parquet codec (and level) of the tables `init` creates: `zstd(1)`, `lz4`, `snappy`, ...
+    #[serde(default = "default_compression")]
+    pub compression: String,
+}
+
+fn default_compression() -> String {
+    "zstd(1)".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -469,7 +476,9 @@ impl Graph {
             .enumerate()
             .map(|(index, section)| stage_from(section).map_err(|e| format!("stages[{index}]: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
-        let pipeline = Arc::new(Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?);
+        let mut pipeline = Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?;
+        pipeline.compression = operators::writer::parse_compression(&file.tables.compression).map_err(|e| format!("tables.compression: {e}"))?;
+        let pipeline = Arc::new(pipeline);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
             if let Some((name, text)) = kafka_secret(&key, &value, folder)? {
@@ -911,6 +920,19 @@ mod tests {
         assert!(database.starts_with(graph.path.parent().unwrap()));
         assert_eq!(graph.target_file_size, 128 * 1024 * 1024);
         assert_eq!(graph.resolve_table("movie_ratings"), Some("curated.movie_ratings"));
+    }
+
+    #[test]
+    fn the_tables_compression_is_a_codec_with_an_optional_level() {
+        use operators::writer::{default_compression, parse_compression};
+        assert_eq!(load(GOOD).unwrap().pipeline.compression, default_compression());
+        let with = |codec: &str| GOOD.replace("compression = \"zstd(1)\"", &format!("compression = \"{codec}\""));
+        let graph = load(&with("lz4")).unwrap();
+        assert_ne!(graph.pipeline.compression, default_compression());
+        assert_eq!(graph.pipeline.compression, parse_compression("lz4").unwrap());
+        assert_eq!(graph.pipeline.raw_layout().unwrap().compression, graph.pipeline.compression);
+        let message = load(&with("zstd(40)")).unwrap_err().to_string();
+        assert!(message.contains("tables.compression: compression level \"40\" for zstd: expected a whole number up to 22"), "{message}");
     }
 
     #[test]

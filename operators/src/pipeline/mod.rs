@@ -322,6 +322,9 @@ pub struct Pipeline {
     /// The columns the rules offer the plugins: event columns, the partition column, the
     /// lineage, then what the stages changed or added.
     pub working: arrow::datatypes::SchemaRef,
+    /// How the tables' new Parquet files are compressed when `init` creates them (a table's own
+    /// properties rule once it exists: [`crate::writer::table_compression`]).
+    pub compression: parquet::basic::Compression,
 }
 
 impl Pipeline {
@@ -494,6 +497,7 @@ impl Pipeline {
             validations,
             stages,
             working,
+            compression: crate::writer::default_compression(),
         })
     }
 
@@ -501,7 +505,7 @@ impl Pipeline {
     pub fn raw_layout(&self) -> Result<TableLayout> {
         let tail = RAW_COORDINATES.iter().map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let columns = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false)).chain(tail);
-        layout(columns.collect(), &[], "ingestion_date", &self.plain_columns(), "raw")
+        layout(columns.collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, "raw")
     }
 
     /// The rejected table: reason and detail, the event columns as ingested, coordinates, payload.
@@ -513,14 +517,14 @@ impl Pipeline {
             .filter(|(name, _, _)| !name.starts_with("decode_"))
             .map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let events = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false));
-        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", &self.plain_columns(), "rejected")
+        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, "rejected")
     }
 
     /// The curated table: the declared columns, then the lineage; the key is its identifier.
     pub fn curated_layout(&self) -> Result<TableLayout> {
         let declared = self.curated.iter().map(|(name, ty)| (name.clone(), ty.clone(), self.required.contains(name)));
         let lineage = LINEAGE.iter().map(|(name, ty)| (name.to_string(), Type::Primitive(ty.clone()), true));
-        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), "curated")
+        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), self.compression, "curated")
     }
 
     /// Columns nearly every row holds a different value of: the key, the order, ingestion times
@@ -539,7 +543,14 @@ fn lineage_names() -> String {
 
 /// A schema of `columns` with Iceberg writer-style ids, `identifier` columns as its identifier
 /// fields, identity-partitioned by `partition_column`.
-fn layout(columns: Vec<(String, Type, bool)>, identifier: &[String], partition_column: &str, plain: &[String], table: &str) -> Result<TableLayout> {
+fn layout(
+    columns: Vec<(String, Type, bool)>,
+    identifier: &[String],
+    partition_column: &str,
+    plain: &[String],
+    compression: parquet::basic::Compression,
+    table: &str,
+) -> Result<TableLayout> {
     let mut next = columns.len() as i32 + 1;
     let fields: Vec<Arc<NestedField>> = columns
         .iter()
@@ -557,7 +568,7 @@ fn layout(columns: Vec<(String, Type, bool)>, identifier: &[String], partition_c
         .with_identifier_field_ids(identifier_ids)
         .build()
         .context(|| format!("building the {table} table's schema"))?;
-    Ok(TableLayout { schema, partition_column: partition_column.to_string(), plain_columns: plain.to_vec() })
+    Ok(TableLayout { schema, partition_column: partition_column.to_string(), plain_columns: plain.to_vec(), compression })
 }
 
 /// `ty` with its nested fields numbered from `next`, depth-first.
