@@ -2,7 +2,8 @@
 # Stream throughput and freshness against the project's broker (release build).
 #
 # 1. Produces EVENTS events into a fresh 6-partition topic.
-# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client and fetch settings) reads them.
+# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client and fetch settings) reads them;
+#    then a bare rskafka reader (bare-consume-rskafka, another client) does the same.
 # 3. `runtime --mode stream -w WORKERS` with the graph's epoch settings (10 s interval, epochs of at
 #    most 1M records, the one after a full epoch closing once the backlog is drained) reads them
 #    into a fresh lakehouse until idle: committed events/s = EVENTS / (process start -> commit of
@@ -47,6 +48,9 @@ echo "producing $events events to $topic..."
 cpu_mark
 "$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers"
 cpu_report bare-consume
+cpu_mark
+"$bin/bare-consume-rskafka" 127.0.0.1:9092 "$topic" "$events" "$workers"
+cpu_report bare-consume-rskafka
 cpu_mark
 # The rate is over the time from the process start to the commit of the last epoch that read
 # records (the runtime's "landed" line): the idle wait before the stop is not part of it.

@@ -412,7 +412,8 @@ fn conform(batch: &RecordBatch, table: &Table) -> crate::Result<RecordBatch> {
 
 /// All of a partition's new rows in one batch, sorted by key (the order files are written in).
 /// Each part arrives sorted (the upsert emits keys in order; a file is read back in the order it
-/// was written), so one part is used as it is and several are gathered once, in key order.
+/// was written), so one part is used as it is and several are gathered once, in key order: a
+/// stable sort finds the sorted parts as runs and only merges them.
 fn sorted_by_key(mut rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
     let sorted = |keys: &[u128]| keys.windows(2).all(|pair| pair[0] <= pair[1]);
     if rows.len() == 1 && sorted(&rows[0].0) {
@@ -420,7 +421,7 @@ fn sorted_by_key(mut rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
     }
     let mut order: Vec<(u128, usize, usize)> =
         rows.iter().enumerate().flat_map(|(part, (keys, _))| keys.iter().enumerate().map(move |(row, key)| (*key, part, row))).collect();
-    order.sort_unstable();
+    order.sort();
     let batches: Vec<&RecordBatch> = rows.iter().map(|(_, batch)| batch).collect();
     if batches.is_empty() {
         return Err(crate::Error::Internal("no rows to write".into()));
