@@ -85,3 +85,16 @@ fn pyiceberg_and_duckdb_read_what_we_committed() {
     assert_eq!(operations.first().map(String::as_str), Some("append"));
     assert!(operations.iter().skip(1).any(|op| op == "overwrite"));
 }
+
+#[test]
+fn pyiceberg_and_duckdb_read_tables_written_with_lz4() {
+    let lake = Lake::with_graph(|text| {
+        assert!(text.contains("compression = \"zstd(1)\""), "the shipped graph states its compression");
+        text.replace("compression = \"zstd(1)\"", "compression = \"lz4\"")
+    });
+    lake.ok(EDGY);
+    lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
+    let seen = assert_readers_agree(&lake);
+    let codecs: Vec<String> = serde_json::from_value(seen["duckdb_codecs"].clone()).unwrap();
+    assert_eq!(codecs, ["LZ4_RAW"], "every column chunk of curated is LZ4_RAW");
+}

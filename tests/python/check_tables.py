@@ -74,6 +74,11 @@ def main() -> None:
     ).fetchall()
     names = ["event_id", "user_id", "movie_id", "rating", "is_approved", "rating_timestamp", "rating_date"]
     duck_dicts = [dict(zip(names, r)) for r in duck_rows]
+    # The codecs of the live data files' column chunks, as DuckDB's Parquet reader sees them.
+    paths = [path.removeprefix("file://") for path in live]
+    codecs = sorted(
+        {row[0] for row in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [paths]).fetchall()}
+    ) if paths else []
 
     print(
         json.dumps(
@@ -87,6 +92,7 @@ def main() -> None:
                 "operations": operations,
                 "duckdb_rows": len(duck_dicts),
                 "duckdb_checksum": checksum(duck_dicts),
+                "duckdb_codecs": codecs,
             }
         )
     )
