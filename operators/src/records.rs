@@ -74,13 +74,13 @@ pub struct Candidates {
     pub ingested: RecordBatch,
     pub keys: Vec<u128>,
     pub slots: Vec<Slot>,
-    /// `rows` as sent to another process.
-    encoded_rows: EncodedOnce,
+    /// `rows` and `ingested` as sent to another process.
+    encoded: [EncodedOnce; 2],
 }
 
 impl Candidates {
     pub fn new(rows: RecordBatch, ingested: RecordBatch, keys: Vec<u128>, slots: Vec<Slot>) -> Candidates {
-        Candidates { rows, ingested, keys, slots, encoded_rows: EncodedOnce::default() }
+        Candidates { rows, ingested, keys, slots, encoded: Default::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -239,21 +239,22 @@ pub mod ipc_schema {
 
 impl Serialize for Candidates {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        struct Rows<'a>(&'a EncodedOnce, &'a RecordBatch);
-        impl Serialize for Rows<'_> {
+        struct Encoded<'a>(&'a EncodedOnce, &'a RecordBatch);
+        impl Serialize for Encoded<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
                 self.0.serialize(self.1, serializer)
             }
         }
         #[derive(Serialize)]
         struct Wire<'a> {
-            rows: Rows<'a>,
-            #[serde(with = "ipc")]
-            ingested: &'a RecordBatch,
+            rows: Encoded<'a>,
+            ingested: Encoded<'a>,
             keys: &'a [u128],
             slots: &'a [Slot],
         }
-        Wire { rows: Rows(&self.encoded_rows, &self.rows), ingested: &self.ingested, keys: &self.keys, slots: &self.slots }.serialize(serializer)
+        let [rows, ingested] = &self.encoded;
+        Wire { rows: Encoded(rows, &self.rows), ingested: Encoded(ingested, &self.ingested), keys: &self.keys, slots: &self.slots }
+            .serialize(serializer)
     }
 }
 

@@ -469,7 +469,7 @@ impl RawRows {
                 let mut days: Vec<(i32, Vec<RecordBatch>)> = Vec::new();
                 let mut rows: Vec<(usize, usize)> = Vec::new();
                 let mut groups = groups.into_iter().peekable();
-                while let Some(((day, _), group)) = groups.next() {
+                while let Some(((day, _), (_, group))) = groups.next() {
                     rows.extend(group);
                     if groups.peek().is_none_or(|((next_day, _), _)| *next_day != day) {
                         let gathered = arrow::compute::interleave_record_batch(&sources, &rows)
@@ -489,12 +489,15 @@ impl RawRows {
     }
 }
 
-/// The rows of `batches` as (batch, row) positions grouped by (ingestion date, partition), in the
-/// groups' order, each group in reading order; `None` if a group's offsets are not ascending.
-fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<BTreeMap<(i32, i32), Vec<(usize, usize)>>>> {
+/// Rows by (ingestion date, partition): the group's last offset and its (batch, row) positions.
+type ArrivalGroups = BTreeMap<(i32, i32), (i64, Vec<(usize, usize)>)>;
+
+/// The rows of `batches` grouped by (ingestion date, partition), in the groups' order, each group
+/// in reading order; `None` if a group's offsets are not ascending.
+fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<ArrivalGroups>> {
     use arrow::array::AsArray;
     use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
-    let mut groups: BTreeMap<(i32, i32), (i64, Vec<(usize, usize)>)> = BTreeMap::new();
+    let mut groups = ArrivalGroups::new();
     for (index, batch) in batches.iter().enumerate() {
         let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")));
         let days = column("ingestion_date")?.as_primitive_opt::<Date32Type>().ok_or_else(|| Error::Internal("ingestion_date is not a date".into()))?;
@@ -516,7 +519,7 @@ fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<BTreeMap<(i32, i32),
             }
         }
     }
-    Ok(Some(groups.into_iter().map(|(key, (_, rows))| (key, rows)).collect()))
+    Ok(Some(groups))
 }
 
 /// One worker's consumer and decoder.

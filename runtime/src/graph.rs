@@ -308,12 +308,8 @@ pub struct TablesSection {
     pub curated: String,
     pub rejected: String,
     /// Parquet codec (and level) of the tables `init` creates: `zstd(1)`, `lz4`, `snappy`, ...
-    #[serde(default = "default_compression")]
-    pub compression: String,
-}
-
-fn default_compression() -> String {
-    "zstd(1)".into()
+    /// (absent: the engine's default, `zstd(1)`).
+    pub compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,7 +473,9 @@ impl Graph {
             .map(|(index, section)| stage_from(section).map_err(|e| format!("stages[{index}]: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
         let mut pipeline = Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?;
-        pipeline.compression = operators::writer::parse_compression(&file.tables.compression).map_err(|e| format!("tables.compression: {e}"))?;
+        if let Some(compression) = &file.tables.compression {
+            pipeline.compression = operators::writer::parse_compression(compression).map_err(|e| format!("tables.compression: {e}"))?;
+        }
         let pipeline = Arc::new(pipeline);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
