@@ -94,7 +94,7 @@ fn floor(c: &mut Criterion) {
                         offset: event.source_offset,
                         ingestion_ts_ms: event.ingestion_ts_ms,
                     };
-                    columns.append_primitives(&plan.read(body).unwrap(), at).unwrap();
+                    assert!(columns.append_planned(&plan, body, at).unwrap());
                 }
                 (*day, columns.finish().unwrap())
             })

@@ -15,6 +15,7 @@ use apache_avro::Schema;
 use operators::generate::{GenerateSettings, Generator};
 use operators::model::RejectReason;
 use operators::produce::encode_event;
+use operators::source::kafka::columns::{Coordinates, RawColumns};
 use operators::source::kafka::confluent::{Backoff, Decoder, frame};
 use operators::source::kafka::registry::RegistryClient;
 use rand::{Rng, SeedableRng};
@@ -147,16 +148,25 @@ fn mutated_and_hostile_frames_are_refused_with_a_reason_and_their_bytes_never_a_
     let mut generator = Generator::new(GenerateSettings { events: 2_000, days: 1, ..GenerateSettings::realistic(20_000) });
     let valid: Vec<Vec<u8>> =
         generator.next_day().unwrap().1.iter().map(|event| frame(schema_id, &encode_event(&reader, event).unwrap())).collect();
+    let graph = runtime::graph::Graph::load(&workspace_root().join("graphs/ratings.toml")).unwrap();
+    let raw_schema = operators::schema::arrow_schema(&graph.pipeline.raw_layout().unwrap().schema).unwrap();
+    let mut columns = RawColumns::new(&raw_schema, 1024).unwrap();
+    let at = Coordinates { topic: "fuzz", partition: 0, offset: 0, ingestion_ts_ms: 0 };
     for frame in &valid {
-        assert!(matches!(decoder.decode(frame), Ok(Ok(_))), "a valid frame is read");
+        assert!(matches!(decoder.decode(frame, &mut columns, at), Ok(Ok(()))), "a valid frame is read");
     }
+    assert_eq!(columns.finish().unwrap().num_rows(), valid.len());
     LARGEST.store(0, Ordering::Relaxed);
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut outcomes: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for case in 0..cases {
         let (kind, bytes) = mutate(&mut rng, &valid[case % valid.len()], schema_id);
-        let decoded = catch_unwind(AssertUnwindSafe(|| decoder.decode(&bytes).map(|decoded| decoded.map(drop))))
+        if case % 1000 == 0 {
+            // Whatever was read, the columns make a batch of the raw table's schema.
+            columns.finish().unwrap_or_else(|error| panic!("case {case}: the columns do not make a batch: {error}"));
+        }
+        let decoded = catch_unwind(AssertUnwindSafe(|| decoder.decode(&bytes, &mut columns, at)))
             .unwrap_or_else(|_| panic!("case {case} ({kind}) panicked the decoder: {bytes:?}"))
             .unwrap_or_else(|error| panic!("case {case} ({kind}): {error}"));
         let outcome = match decoded {
@@ -164,13 +174,17 @@ fn mutated_and_hostile_frames_are_refused_with_a_reason_and_their_bytes_never_a_
             Err(refused) => {
                 assert_eq!(refused.payload, bytes, "case {case} ({kind}): the bytes are kept as they came");
                 assert!(!refused.detail.is_empty());
-                match refused.reason {
+                let outcome = match refused.reason {
                     RejectReason::BadFraming => "bad_framing",
                     RejectReason::UnknownSchemaId => "unknown_schema_id",
                     RejectReason::UndecodableBody => "undecodable_body",
                     RejectReason::IncompatibleSchema => "incompatible_schema",
                     other => panic!("case {case} ({kind}): refused as {other:?}"),
-                }
+                };
+                // As the stream does; a body the decoder gave up on halfway left nothing behind,
+                // or the columns would no longer make a batch.
+                columns.append_undecodable(refused, at);
+                outcome
             }
         };
         *outcomes.entry((kind, outcome)).or_default() += 1;

@@ -602,10 +602,10 @@ impl PartitionReader {
         let ingestion_ts_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let payload = message.payload().unwrap_or_default();
         let at = Coordinates { topic: &self.topic, partition, offset, ingestion_ts_ms };
-        let appended = match self.decoder.decode(payload) {
-            Ok(Ok(decoded)) => decoded.append_to(columns, at),
+        let appended = match self.decoder.decode(payload, columns, at) {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(undecodable)) => {
-                columns.append_undecodable(&undecodable, at);
+                columns.append_undecodable(undecodable, at);
                 Ok(())
             }
             Err(error) => Err(error),

@@ -29,7 +29,7 @@ use apache_avro::types::Value;
 
 use crate::error::{Error, Result};
 use crate::model::{RejectReason, Undecodable};
-use crate::source::kafka::columns::{Coordinates, Primitive, RawColumns};
+use crate::source::kafka::columns::{Coordinates, RawColumns};
 use crate::source::kafka::read_plan::ReadPlan;
 use crate::source::kafka::registry::{Lookup, RegistryClient};
 
@@ -70,27 +70,6 @@ pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One decoded record in the reader schema's shape.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoded<'a> {
-    /// Read by the writer schema's plan: a value per reader field.
-    Planned(Vec<Primitive<'a>>),
-    /// Decoded and resolved by apache-avro: a record of the reader schema.
-    Resolved(Value),
-}
-
-impl Decoded<'_> {
-    /// Appends the record to `columns` (the raw table's) with its coordinates.
-    pub fn append_to(self, columns: &mut RawColumns, at: Coordinates<'_>) -> Result<()> {
-        match self {
-            Decoded::Planned(values) => columns.append_primitives(&values, at),
-            Decoded::Resolved(record) => columns
-                .append_record(record, at)
-                .map_err(|problem| Error::Internal(format!("a record resolved into the reader schema does not fit its columns: {problem}"))),
-        }
-    }
-}
-
 #[expect(clippy::large_enum_variant, reason = "one per writer schema id, held in the decoder's cache")]
 enum Writer {
     /// Decode with `schema`; resolve into the reader schema unless both are the same. Bodies the
@@ -117,7 +96,7 @@ pub struct Decoder {
     reader_form: String,
     registry: RegistryClient,
     runtime: tokio::runtime::Handle,
-    writers: HashMap<u32, Writer>,
+    writers: HashMap<u32, Writer, foldhash::fast::RandomState>,
     backoff: Backoff,
     stop: Arc<AtomicBool>,
     /// Called once per failed registry attempt (for the metrics).
@@ -135,14 +114,14 @@ impl Decoder {
     ) -> Self {
         bound_avro_allocations();
         let reader_form = reader.canonical_form();
-        Decoder { reader, reader_form, registry, runtime, writers: HashMap::new(), backoff, stop, on_retry }
+        Decoder { reader, reader_form, registry, runtime, writers: HashMap::default(), backoff, stop, on_retry }
     }
 
-    /// Decodes one record value. `Err` only when the run was stopped while the registry was down.
-    pub fn decode<'a>(&'a mut self, payload: &'a [u8]) -> Result<std::result::Result<Decoded<'a>, Undecodable>> {
-        let refuse = |reason: RejectReason, detail: String| {
-            Ok(Err(Undecodable { reason, detail, payload: payload.to_vec() }))
-        };
+    /// Decodes one record value into `columns`, with its coordinates. `Ok(Err(_))`: the record
+    /// cannot be read (why, and its bytes); nothing was appended. `Err` when the run was stopped
+    /// while the registry was down, or the columns do not follow the reader schema (a bug).
+    pub fn decode(&mut self, payload: &[u8], columns: &mut RawColumns, at: Coordinates<'_>) -> Result<std::result::Result<(), Undecodable>> {
+        let refuse = |reason: RejectReason, detail: String| Ok(Err(Undecodable { reason, detail, payload: payload.to_vec() }));
         let (id, body) = match split_frame(payload) {
             Ok(split) => split,
             Err(detail) => return refuse(RejectReason::BadFraming, detail),
@@ -155,11 +134,15 @@ impl Decoder {
             Writer::Readable { schema, names, resolve, plan } => (schema, names, *resolve, plan),
             Writer::Refused { reason, detail } => return refuse(*reason, detail.clone()),
         };
-        if let Some(values) = plan.as_ref().and_then(|plan| plan.read(body)) {
-            return Ok(Ok(Decoded::Planned(values)));
+        if let Some(plan) = plan
+            && columns.append_planned(plan, body, at)?
+        {
+            return Ok(Ok(()));
         }
         match decode_generic(schema, names, resolve, &self.reader, body) {
-            Ok(record) => Ok(Ok(Decoded::Resolved(record))),
+            Ok(record) => columns.append_record(record, at).map(Ok).map_err(|problem| {
+                Error::Internal(format!("a record resolved into the reader schema does not fit its columns: {problem}"))
+            }),
             Err(detail) => refuse(RejectReason::UndecodableBody, format!("schema id {id}: {detail}")),
         }
     }

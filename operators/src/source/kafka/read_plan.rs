@@ -226,10 +226,11 @@ impl ReadPlan {
         Some(ReadPlan { fields, defaults })
     }
 
-    /// Reads one body: a value per reader field, in the reader's order. `None`: not a body this
-    /// plan reads cleanly; decode it the generic way.
-    pub fn read<'a>(&'a self, mut body: &'a [u8]) -> Option<Vec<Column<'a>>> {
-        let mut out: Vec<Column<'a>> = self.defaults.iter().map(FieldDefault::value).collect();
+    /// Reads one body, handing each value the writer holds to `store` with its reader field, as
+    /// it is read. Reader fields the writer lacks, or holds as null, get nothing: theirs is
+    /// [`Self::default_of`]. `None`: not a body this plan reads cleanly (`store` may have had some
+    /// of its values); decode it the generic way.
+    pub fn read_into<'a>(&'a self, mut body: &'a [u8], mut store: impl FnMut(usize, Column<'a>)) -> Option<()> {
         for field in &self.fields {
             let (read, action) = if field.union {
                 let index = usize::try_from(read_long(&mut body)?).ok()?;
@@ -241,10 +242,24 @@ impl ReadPlan {
             match action {
                 Action::Skip => {}
                 Action::Generic => return None,
-                Action::Store(index, resolved) => out[index] = convert(resolved, value)?,
+                Action::Store(index, resolved) => store(index, convert(resolved, value)?),
             }
         }
-        body.is_empty().then_some(out)
+        body.is_empty().then_some(())
+    }
+
+    /// The value of reader field `index` in a record that does not store one: its default if the
+    /// writer lacks the field, else null.
+    pub fn default_of(&self, index: usize) -> Column<'_> {
+        self.defaults.get(index).map_or(Column::Null, FieldDefault::value)
+    }
+
+    /// Reads one body: a value per reader field, in the reader's order ([`Self::read_into`] as a
+    /// list). `None`: not a body this plan reads cleanly; decode it the generic way.
+    pub fn read<'a>(&'a self, body: &'a [u8]) -> Option<Vec<Column<'a>>> {
+        let mut out: Vec<Column<'a>> = self.defaults.iter().map(FieldDefault::value).collect();
+        self.read_into(body, |index, value| out[index] = value)?;
+        Some(out)
     }
 }
 
