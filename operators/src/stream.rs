@@ -454,9 +454,14 @@ impl RawRows {
 
     /// The epoch's rows per ingestion date, each day's in partition and offset order, leaving it
     /// empty. A consumer reads each partition in offset order, so the rows grouped by (date,
-    /// partition) in the order they were read are already in that order: one pass and one gather
-    /// instead of joining the epoch's batches and sorting them. Should a partition's offsets ever
-    /// go backwards within a group, the rows are sorted instead.
+    /// partition) in the order they were read are already in that order: one pass instead of
+    /// joining the epoch's batches and sorting them. Should a partition's offsets ever go
+    /// backwards within a group, the rows are sorted instead.
+    ///
+    /// A partition's records arrive a fetch at a time, in runs of hundreds or thousands, so a day
+    /// is handed on as slices of the batches as read, without copying a row. A day read in short
+    /// runs (partitions interleaved record by record) is gathered into one batch instead, since
+    /// the writer pays a fixed cost per batch.
     fn take(&mut self, schema: &arrow_schema::SchemaRef) -> Result<Vec<(i32, Vec<RecordBatch>)>> {
         self.rows = 0;
         let batches = std::mem::take(&mut self.batches);
@@ -467,15 +472,20 @@ impl RawRows {
             Some(groups) => {
                 let sources: Vec<&RecordBatch> = batches.iter().collect();
                 let mut days: Vec<(i32, Vec<RecordBatch>)> = Vec::new();
-                let mut rows: Vec<(usize, usize)> = Vec::new();
+                let mut runs: Vec<Run> = Vec::new();
                 let mut groups = groups.into_iter().peekable();
                 while let Some(((day, _), (_, group))) = groups.next() {
-                    rows.extend(group);
+                    runs.extend(group);
                     if groups.peek().is_none_or(|((next_day, _), _)| *next_day != day) {
-                        let gathered = arrow::compute::interleave_record_batch(&sources, &rows)
-                            .context(|| "gathering the epoch's raw rows by day".into())?;
-                        days.push((day, vec![gathered]));
-                        rows.clear();
+                        let rows: usize = runs.iter().map(|run| run.rows).sum();
+                        let batches = if rows >= runs.len() * SHORTEST_SLICED_RUN {
+                            runs.iter().map(|run| batches[run.batch].slice(run.first, run.rows)).collect()
+                        } else {
+                            let rows: Vec<(usize, usize)> = runs.iter().flat_map(|run| (run.first..run.first + run.rows).map(|row| (run.batch, row))).collect();
+                            vec![arrow::compute::interleave_record_batch(&sources, &rows).context(|| "gathering the epoch's raw rows by day".into())?]
+                        };
+                        days.push((day, batches));
+                        runs.clear();
                     }
                 }
                 Ok(days)
@@ -489,8 +499,20 @@ impl RawRows {
     }
 }
 
-/// Rows by (ingestion date, partition): the group's last offset and its (batch, row) positions.
-type ArrivalGroups = BTreeMap<(i32, i32), (i64, Vec<(usize, usize)>)>;
+/// A day's raw rows are handed on as slices when its runs average at least this many rows, and
+/// gathered into one batch otherwise.
+const SHORTEST_SLICED_RUN: usize = 256;
+
+/// Consecutive rows of one batch.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    batch: usize,
+    first: usize,
+    rows: usize,
+}
+
+/// Rows by (ingestion date, partition): the group's last offset and its runs, in reading order.
+type ArrivalGroups = BTreeMap<(i32, i32), (i64, Vec<Run>)>;
 
 /// The rows of `batches` grouped by (ingestion date, partition), in the groups' order, each group
 /// in reading order; `None` if a group's offsets are not ascending.
@@ -508,15 +530,16 @@ fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<ArrivalGroups>> {
         while row < batch.num_rows() {
             // Consecutive rows of one group (a partition's fetch, one day) go in together.
             let key = (days[row], partitions[row]);
-            let (last_offset, rows) = groups.entry(key).or_insert_with(|| (i64::MIN, Vec::new()));
+            let (last_offset, runs) = groups.entry(key).or_insert_with(|| (i64::MIN, Vec::new()));
+            let first = row;
             while row < batch.num_rows() && (days[row], partitions[row]) == key {
                 if offsets[row] <= *last_offset {
                     return Ok(None);
                 }
                 *last_offset = offsets[row];
-                rows.push((index, row));
                 row += 1;
             }
+            runs.push(Run { batch: index, first, rows: row - first });
         }
     }
     Ok(Some(groups))
@@ -678,18 +701,21 @@ mod tests {
     }
 
     /// Batches as a consumer reads them: each of 4 partitions in offset order, runs of one
-    /// partition interleaved, ingestion dates jumping back and forth within a partition.
+    /// partition interleaved. In half the seeds the runs are short and ingestion dates jump back
+    /// and forth within a partition; in the others runs are fetch-sized, one date each.
     fn read_batches(seed: u64) -> Vec<RecordBatch> {
         let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut next_offset = [0i64; 4];
+        let fetch_sized = seed % 2 == 1;
         (0..random.random_range(1..6))
             .map(|_| {
                 let (mut days, mut partitions, mut offsets, mut payloads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..random.random_range(0..40) {
+                for _ in 0..random.random_range(0..if fetch_sized { 12 } else { 40 }) {
                     let partition = random.random_range(0..4);
-                    for _ in 0..random.random_range(1..8) {
+                    let (rows, run_day) = if fetch_sized { (random.random_range(200..700), Some(20_000 + random.random_range(0..3))) } else { (random.random_range(1..8), None) };
+                    for _ in 0..rows {
                         next_offset[partition] += random.random_range(1..3);
-                        days.push(20_000 + random.random_range(0..3));
+                        days.push(run_day.unwrap_or_else(|| 20_000 + random.random_range(0..3)));
                         partitions.push(partition as i32);
                         offsets.push(next_offset[partition]);
                         payloads.push(format!("p{partition}o{}", next_offset[partition]));
@@ -739,6 +765,7 @@ mod tests {
 
     #[test]
     fn raw_rows_come_out_per_day_in_partition_and_offset_order_like_a_sort() {
+        let mut sliced_days = 0;
         for seed in 0..200 {
             let batches = read_batches(seed);
             let mut oracle: Vec<_> = batches.iter().flat_map(row_tuples).collect();
@@ -753,7 +780,9 @@ mod tests {
             assert_eq!(seen_days.len(), days.len(), "seed {seed}: a day comes out twice");
             assert_eq!(rows_of(&days), oracle, "seed {seed}");
             assert_eq!(raw.len(), 0);
+            sliced_days += days.iter().filter(|(_, batches)| batches.len() > 1).count();
         }
+        assert!(sliced_days > 100, "only {sliced_days} days were handed on as slices");
     }
 
     #[test]
