@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use iceberg::TableIdent;
-use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode as KafkaCommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::{CatalogSettings, Lakehouse};
 use crate::commit::{CommitOptions, Fence, REPLAY_CURSOR_PROPERTY, new_writer_id, newest_property};
@@ -56,6 +56,7 @@ use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::schema::arrow_schema;
 use crate::source::kafka::columns::{Coordinates, RawColumns};
+use crate::source::kafka::fetch::BatchConsumer;
 use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
@@ -310,11 +311,8 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 let in_flight = probe.less_than(&epoch);
                 let wait = if in_flight { Duration::ZERO } else { IDLE_POLL };
                 // Drain what the consumer has buffered, then look at the clock and the dataflow again.
-                let mut drained = 0;
                 let batch = (epoch_share - meta.records).min(256);
-                while drained < batch && source.next(if drained == 0 { wait } else { Duration::ZERO }, &mut meta, &mut columns, &shared.failure) {
-                    drained += 1;
-                }
+                let drained = source.read(wait, batch, &mut meta, &mut columns, &shared.failure);
                 // Rows enter the dataflow in batches of up to STREAM_BATCH_ROWS, or as soon as the
                 // consumer has nothing more buffered: every batch costs the rules a fixed amount.
                 unsent += drained as usize;
@@ -547,7 +545,7 @@ fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<ArrivalGroups>> {
 
 /// One worker's consumer and decoder.
 struct PartitionReader {
-    consumer: BaseConsumer,
+    consumer: BatchConsumer,
     decoder: Decoder,
     topic: String,
     raw_from: Offsets,
@@ -572,14 +570,8 @@ impl PartitionReader {
         if !partitions.is_empty() {
             settings.kafka.partitions(&consumer, Duration::from_secs(15))?;
         }
-        let mut assignment = TopicPartitionList::new();
-        for partition in partitions {
-            let offset = resume.start(*partition).map(Offset::Offset).unwrap_or(Offset::Beginning);
-            assignment
-                .add_partition_offset(&settings.kafka.topic, *partition, offset)
-                .context(|| format!("assigning partition {partition}"))?;
-        }
-        consumer.assign(&assignment).context(|| format!("assigning partitions {partitions:?}"))?;
+        let starts: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, resume.start(*p))).collect();
+        let consumer = BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?;
         let registry = RegistryClient::new(&settings.registry_url, settings.registry_timeout)?;
         let retries = metrics.as_ref().map(|m| m.registry_retries.clone());
         let decoder = Decoder::new(
@@ -606,43 +598,44 @@ impl PartitionReader {
         })
     }
 
-    /// Reads the next record into `columns`, after noting it in `meta`. `false` when nothing
-    /// arrived within `wait` or on a failure (set).
-    fn next(&mut self, wait: Duration, meta: &mut EpochMeta, columns: &mut RawColumns, failure: &crate::sink::Failure) -> bool {
+    /// Reads up to `max` records into `columns`, noting each in `meta`, waiting up to `wait` for
+    /// the first if none is buffered. Returns how many were read; stops at a failure (set).
+    fn read(&mut self, wait: Duration, max: u64, meta: &mut EpochMeta, columns: &mut RawColumns, failure: &crate::sink::Failure) -> u64 {
         if self.partitions.is_empty() {
             std::thread::sleep(wait);
-            return false;
+            return 0;
         }
-        let Some(message) = self.consumer.poll(wait) else { return false };
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(%error, "Kafka consumer error; librdkafka retries on its own");
-                return false;
+        let (decoder, topic, newest_day) = (&mut self.decoder, self.topic.as_str(), &mut self.newest_day);
+        let mut read = 0;
+        let mut failed = false;
+        self.consumer.read(wait, usize::try_from(max).unwrap_or(usize::MAX), |record| {
+            if failed {
+                // The run stops; records after the failure are not noted, so no table claims them.
+                return;
             }
-        };
-        let (partition, offset) = (message.partition(), message.offset());
-        let ingestion_ts_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
-        let payload = message.payload().unwrap_or_default();
-        let at = Coordinates { topic: &self.topic, partition, offset, ingestion_ts_ms };
-        let appended = match self.decoder.decode(payload, columns, at) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(undecodable)) => {
-                columns.append_undecodable(undecodable, at);
-                Ok(())
+            let ingestion_ts_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+            let at = Coordinates { topic, partition: record.partition, offset: record.offset, ingestion_ts_ms };
+            let appended = match decoder.decode(record.payload, columns, at) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(undecodable)) => {
+                    columns.append_undecodable(undecodable, at);
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = appended {
+                failure.set(error);
+                failed = true;
+                return;
             }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = appended {
-            failure.set(error);
-            return false;
-        }
-        let day = day_of_millis(ingestion_ts_ms);
-        meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
-        note_day(&mut self.newest_day, partition, day);
-        meta.offsets.insert(partition, offset + 1);
-        meta.records += 1;
-        true
+            let day = day_of_millis(ingestion_ts_ms);
+            meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
+            note_day(newest_day, record.partition, day);
+            meta.offsets.insert(record.partition, record.offset + 1);
+            meta.records += 1;
+            read += 1;
+        });
+        read
     }
 
     /// The earliest of this worker's partitions' newest ingestion dates (what curated reflects of
@@ -660,19 +653,19 @@ impl PartitionReader {
                 // Only fails for an invalid offset, which a consumed record's successor is not.
                 let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
             }
-            if let Err(error) = self.consumer.commit(&list, KafkaCommitMode::Async) {
+            if let Err(error) = self.consumer.consumer().commit(&list, KafkaCommitMode::Async) {
                 tracing::debug!(%error, "could not store the group's offsets (monitoring only)");
             }
         }
         let Some(metrics) = &self.metrics else { return };
         for partition in &self.partitions {
-            let Ok(position) = self.consumer.position() else { return };
+            let Ok(position) = self.consumer.consumer().position() else { return };
             let next = position
                 .find_partition(&self.topic, *partition)
                 .and_then(|e| e.offset().to_raw())
                 .filter(|o| *o >= 0);
             if let (Some(next), Ok((_, high))) =
-                (next, self.consumer.fetch_watermarks(&self.topic, *partition, Duration::from_millis(500)))
+                (next, self.consumer.consumer().fetch_watermarks(&self.topic, *partition, Duration::from_millis(500)))
             {
                 metrics.consumer_lag(*partition).set((high - next).max(0));
             }

@@ -16,6 +16,7 @@
 
 pub mod columns;
 pub mod confluent;
+pub mod fetch;
 pub mod read_plan;
 pub mod registry;
 
