@@ -2,24 +2,37 @@
 //! client, version and fetch settings as the engine) reading a topic from the beginning and doing
 //! nothing with the records but touching their payload.
 //!
-//! Usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS]
+//! Usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [batch|poll]
+//! - `batch` (default): the engine's own reader (`operators::source::kafka::fetch`), which takes
+//!   records from librdkafka a batch at a time;
+//! - `poll`: rdkafka's `BaseConsumer::poll`, a record per call (what the engine did before
+//!   2026-12-01, kept to show the difference).
 //! Prints: `bare consume: N records in S s (R records/s); T s from the first record (R' records/s)`
 //! (from the consumers' creation, and from the first record on, as the runtime's `landed` line
 //! reports both).
 
 use std::time::{Duration, Instant};
 
+use operators::source::kafka::fetch::BatchConsumer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, brokers, topic, records, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS]");
+        eprintln!("usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [batch|poll]");
         std::process::exit(2);
     };
     let records: u64 = records.parse().expect("RECORDS is a number");
     let consumers: usize = rest.first().map(|c| c.parse().expect("CONSUMERS is a number")).unwrap_or(2);
+    let batch = match rest.get(1).map(String::as_str) {
+        None | Some("batch") => true,
+        Some("poll") => false,
+        Some(other) => {
+            eprintln!("bare-consume: read mode {other:?} is neither batch nor poll");
+            std::process::exit(2);
+        }
+    };
     let config = || {
         let mut config = ClientConfig::new();
         config
@@ -44,12 +57,26 @@ fn main() {
                 // As the engine does: leaders known before the assignment, or librdkafka's first
                 // offset query finds none and retries 500 ms later.
                 consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+                let mine: Vec<i32> = partitions.iter().copied().filter(|p| *p as usize % consumers == index).collect();
+                let mut bytes = 0u64;
+                if batch {
+                    let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
+                    let mut reader = BatchConsumer::assign(consumer, topic, &starts).expect("assignment");
+                    while total.load(std::sync::atomic::Ordering::Relaxed) < records {
+                        let read = reader.read(Duration::from_millis(100), 256, |record| bytes += record.payload.len() as u64);
+                        if read > 0 {
+                            first_record.get_or_init(Instant::now);
+                            total.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    std::hint::black_box(bytes);
+                    return;
+                }
                 let mut assignment = TopicPartitionList::new();
-                for p in partitions.iter().filter(|p| **p as usize % consumers == index) {
-                    assignment.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+                for p in mine {
+                    assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
                 }
                 consumer.assign(&assignment).unwrap();
-                let mut bytes = 0u64;
                 while total.load(std::sync::atomic::Ordering::Relaxed) < records {
                     if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
                         first_record.get_or_init(Instant::now);
@@ -65,7 +92,8 @@ fn main() {
     let reading = first_record.get().map(|first| first.elapsed().as_secs_f64()).unwrap_or(seconds);
     let n = total.into_inner();
     println!(
-        "bare consume: {n} records in {seconds:.2} s ({:.0} records/s); {reading:.2} s from the first record ({:.0} records/s)",
+        "bare consume ({}): {n} records in {seconds:.2} s ({:.0} records/s); {reading:.2} s from the first record ({:.0} records/s)",
+        if batch { "batch" } else { "poll" },
         n as f64 / seconds,
         n as f64 / reading
     );

@@ -2,8 +2,9 @@
 # Stream throughput and freshness against the project's broker (release build).
 #
 # 1. Produces EVENTS events into a fresh 6-partition topic.
-# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client and fetch settings) reads them;
-#    then a bare rskafka reader (bare-consume-rskafka, another client) does the same.
+# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client, fetch settings and batch reader
+#    as the engine) reads them; then the same with rdkafka's one-record poll, and a bare rskafka
+#    reader (bare-consume-rskafka, another client).
 # 3. `runtime --mode stream -w WORKERS` with the graph's epoch settings (10 s interval, epochs of at
 #    most 1M records, the one after a full epoch closing once the backlog is drained) reads them
 #    into a fresh lakehouse until idle: committed events/s = EVENTS / (process start -> commit of
@@ -46,8 +47,11 @@ graph_for "$topic" "$work/t"
 echo "producing $events events to $topic..."
 "$bin/runtime" --graph "$work/t/graph.toml" produce --count "$events" --days 5 --start 2025-05-01 2>/dev/null
 cpu_mark
-"$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers"
-cpu_report bare-consume
+"$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers" batch
+cpu_report "bare-consume (batch)"
+cpu_mark
+"$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers" poll
+cpu_report "bare-consume (poll)"
 cpu_mark
 "$bin/bare-consume-rskafka" 127.0.0.1:9092 "$topic" "$events" "$workers"
 cpu_report bare-consume-rskafka
