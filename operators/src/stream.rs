@@ -6,14 +6,16 @@
 //!         seeds: curated rows inside the lateness window of the last ingestion date committed
 //!
 //!  worker i (of all processes' workers): consumer assigned partitions p % workers == i, from the table furthest behind
-//!     │ poll → Confluent frame → registry (cached) → Avro → RawEvent (Kafka timestamp = ingestion)
+//!     │ records a batch at a time (source::kafka::fetch) → Confluent frame → registry (cached)
+//!     │   → Avro read plan → typed raw columns (Kafka timestamp = ingestion)
 //!     │   every record, also undecodable ones, is a raw row (unless raw already holds it)
 //!     ▼
 //!  shared dataflow (rules → upsert → curated writer) ── commit on worker 0 per epoch:
 //!     raw append ─► rejected append ─► curated overwrite, each with its offsets
 //! ```
 //!
-//! Raw rows go into Arrow column builders (per ingestion date and partition) as they are read.
+//! Raw rows go into typed column buffers (`source::kafka::columns`) as they are read; at the close
+//! an epoch's rows reach the raw writer per ingestion date as slices of the batches as read.
 //!
 //! An epoch closes when the first of these happens:
 //! - `commit_interval` has passed on the worker's clock;
