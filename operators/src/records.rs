@@ -103,10 +103,30 @@ impl Candidates {
 }
 
 /// The rows of `batch` at `rows`, in that order (a batch of no columns keeps only a row count).
+///
+/// Most callers keep most of a batch's rows in their order (all but the rejected ones, or one
+/// worker's share): ascending rows are selected with arrow's filter, which copies runs of kept
+/// rows whole where a gather copies value by value, and all rows in order are the batch itself.
 pub fn take_rows(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
     if batch.num_columns() == 0 {
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         return RecordBatch::try_new_with_options(batch.schema(), Vec::new(), &options).context(|| "selecting rows".into());
+    }
+    if let Some(&past) = rows.iter().find(|&&row| row as usize >= batch.num_rows()) {
+        // arrow's take would panic.
+        return Err(Error::Internal(format!("row {past} of a batch of {} rows", batch.num_rows())));
+    }
+    if rows.windows(2).all(|pair| pair[0] < pair[1]) {
+        if rows.len() == batch.num_rows() {
+            return Ok(batch.clone());
+        }
+        let mut keep = arrow::array::builder::BooleanBufferBuilder::new(batch.num_rows());
+        keep.append_n(batch.num_rows(), false);
+        for &row in rows {
+            keep.set_bit(row as usize, true);
+        }
+        let keep = arrow::array::BooleanArray::new(keep.finish(), None);
+        return arrow::compute::filter_record_batch(batch, &keep).context(|| "selecting rows".into());
     }
     arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(rows.to_vec())).context(|| "selecting rows".into())
 }
@@ -619,6 +639,38 @@ mod tests {
             ["a", "b", "c"].iter().map(|name| arrow::compute::SortColumn { values: rows.column_by_name(name).unwrap().clone(), options: None }).collect();
         let oracle = arrow::compute::take_record_batch(&rows, &arrow::compute::lexsort_to_indices(&columns, None).unwrap()).unwrap();
         assert_eq!(sorted, oracle);
+    }
+
+    #[test]
+    fn taking_rows_equals_arrows_take_for_ascending_unordered_repeated_and_all_rows() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let n = 300;
+        let numbers: Int64Array = (0..n).map(|i| rng.random_bool(0.9).then_some(i as i64)).collect();
+        let text: StringArray = (0..n).map(|i| rng.random_bool(0.9).then(|| format!("row {i}"))).collect();
+        let rows = batch(vec![("n", Arc::new(numbers) as ArrayRef), ("t", Arc::new(text) as ArrayRef)]);
+        let mut ascending_seen = 0;
+        for case in 0..200 {
+            let mut picked: Vec<u32> = match case % 4 {
+                // Most rows kept, in order (a batch less its rejections).
+                0 => (0..n as u32).filter(|_| rng.random_bool(0.97)).collect(),
+                // About half, in order (one worker's share).
+                1 => (0..n as u32).filter(|_| rng.random_bool(0.5)).collect(),
+                // All of them.
+                2 => (0..n as u32).collect(),
+                // Any rows, repeated, in any order.
+                _ => (0..rng.random_range(0..n)).map(|_| rng.random_range(0..n as u32)).collect(),
+            };
+            if case % 4 == 3 && rng.random_bool(0.5) {
+                picked.sort_unstable();
+            }
+            ascending_seen += usize::from(picked.windows(2).all(|pair| pair[0] < pair[1]));
+            let oracle = arrow::compute::take_record_batch(&rows, &arrow::array::UInt32Array::from(picked.clone())).unwrap();
+            assert_eq!(take_rows(&rows, &picked).unwrap(), oracle, "case {case}: rows {picked:?}");
+        }
+        assert!(ascending_seen > 140, "only {ascending_seen} cases took ascending rows");
+        assert!(take_rows(&rows, &[0, n as u32]).is_err(), "a row past the end is an error");
+        assert!(take_rows(&rows, &[n as u32, 0]).is_err(), "in any order");
     }
 
     #[test]
