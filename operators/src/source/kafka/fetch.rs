@@ -3,8 +3,8 @@
 //! rdkafka's `BaseConsumer::poll` hands over one message per call: librdkafka pops one op,
 //! wraps it as an event, and the crate puts that event in a fresh `Arc`, reads the clock and frees
 //! it all again. For a stream of small records that is most of the client's cost: the bare
-//! consumer (`benches/bare_consume.rs`) used 0.86–0.93 CPU-seconds per million records that way,
-//! and 0.47–0.51 taking them with librdkafka's `rd_kafka_consume_batch_queue` (benches/README).
+//! consumer (`benches/bare_consume.rs`) used 0.74–0.93 CPU-seconds per million records that way,
+//! and 0.36–0.51 taking them with librdkafka's `rd_kafka_consume_batch_queue` (benches/README).
 //! rdkafka has no batch call, so this module makes it, through rdkafka's own bindings.
 //!
 //! How the queues are laid out:
