@@ -608,7 +608,7 @@ impl PartitionReader {
             return 0;
         }
         let (decoder, topic, newest_day) = (&mut self.decoder, self.topic.as_str(), &mut self.newest_day);
-        let mut read = 0;
+        let before = meta.records;
         let mut failed = false;
         self.consumer.read(wait, usize::try_from(max).unwrap_or(usize::MAX), |record| {
             if failed {
@@ -617,15 +617,8 @@ impl PartitionReader {
             }
             let ingestion_ts_ms = record.timestamp_ms.unwrap_or_else(now_ms);
             let at = Coordinates { topic, partition: record.partition, offset: record.offset, ingestion_ts_ms };
-            let appended = match decoder.decode(record.payload, columns, at) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(undecodable)) => {
-                    columns.append_undecodable(undecodable, at);
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            };
-            if let Err(error) = appended {
+            let decoded = decoder.decode(record.payload, columns, at);
+            if let Err(error) = decoded.map(|read| read.unwrap_or_else(|undecodable| columns.append_undecodable(undecodable, at))) {
                 failure.set(error);
                 failed = true;
                 return;
@@ -635,9 +628,8 @@ impl PartitionReader {
             note_day(newest_day, record.partition, day);
             meta.offsets.insert(record.partition, record.offset + 1);
             meta.records += 1;
-            read += 1;
         });
-        read
+        meta.records - before
     }
 
     /// The earliest of this worker's partitions' newest ingestion dates (what curated reflects of

@@ -93,6 +93,10 @@ struct Flags {
 }
 
 impl Flags {
+    fn new(rows: usize) -> Self {
+        Flags { values: BooleanBufferBuilder::new(rows), nulls: NullBufferBuilder::new(rows) }
+    }
+
     fn push(&mut self, value: bool) {
         self.values.append(value);
         self.nulls.append_non_null();
@@ -182,9 +186,7 @@ enum EventColumn {
 impl EventColumn {
     fn new(ty: &DataType, rows: usize) -> EventColumn {
         match ty {
-            DataType::Boolean => {
-                EventColumn::Boolean(Flags { values: BooleanBufferBuilder::new(rows), nulls: NullBufferBuilder::new(rows) })
-            }
+            DataType::Boolean => EventColumn::Boolean(Flags::new(rows)),
             DataType::Int32 => EventColumn::Int(Values::new(rows)),
             DataType::Int64 => EventColumn::Long(Values::new(rows)),
             DataType::Float32 => EventColumn::Float(Values::new(rows)),
