@@ -42,7 +42,6 @@ use operators::source::kafka::columns::{Coordinates, RawColumns};
 use operators::source::kafka::read_plan::ReadPlan;
 use operators::writer::write_partition;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 #[global_allocator]
@@ -135,16 +134,10 @@ fn floor(c: &mut Criterion) {
         })
         .collect();
 
-    let parquet_properties = |table: &iceberg::table::Table| {
-        let mut properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
-        for column in plain_columns(table) {
-            properties = properties.set_column_dictionary_enabled(column.into(), false);
-        }
-        properties.build()
-    };
+    let parquet_properties = |table: &iceberg::table::Table| operators::writer::parquet_properties(table).unwrap();
     let (raw_properties, curated_properties) = (parquet_properties(&raw), parquet_properties(&curated));
-    export_columns(&root, "raw", &raw_batches, &plain_columns(&raw));
-    export_columns(&root, "curated", &by_day, &plain_columns(&curated));
+    export_columns(&root, "raw", &raw_batches, &raw);
+    export_columns(&root, "curated", &by_day, &curated);
     let arrow_writer = |batches: &[(i32, RecordBatch)], properties: &WriterProperties| {
         for (day, batch) in batches {
             let file = std::fs::File::create(dir.path().join(format!("arrow-writer-{day}.parquet"))).unwrap();
@@ -206,9 +199,10 @@ fn plain_columns(table: &iceberg::table::Table) -> Vec<String> {
     plain.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
 }
 
-/// Leaves `batches` as `target/floor-columns/<name>-<day>.arrow` and the plain columns as
-/// `<name>.plain`, for `benches/floor_pyarrow.py`.
-fn export_columns(root: &std::path::Path, name: &str, batches: &[(i32, RecordBatch)], plain: &[String]) {
+/// Leaves `batches` as `target/floor-columns/<name>-<day>.arrow`, the columns `table` writes
+/// without a dictionary as `<name>.plain` and their encoding (`delta` or `plain`) as
+/// `<name>.encoding`, for `benches/floor_pyarrow.py`.
+fn export_columns(root: &std::path::Path, name: &str, batches: &[(i32, RecordBatch)], table: &iceberg::table::Table) {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
     let folder = target.join("floor-columns");
     std::fs::create_dir_all(&folder).unwrap();
@@ -218,7 +212,9 @@ fn export_columns(root: &std::path::Path, name: &str, batches: &[(i32, RecordBat
         writer.write(batch).unwrap();
         writer.finish().unwrap();
     }
-    std::fs::write(folder.join(format!("{name}.plain")), plain.join("\n")).unwrap();
+    std::fs::write(folder.join(format!("{name}.plain")), plain_columns(table).join("\n")).unwrap();
+    let encoding = operators::writer::table_distinct_encoding(table).unwrap();
+    std::fs::write(folder.join(format!("{name}.encoding")), encoding.name()).unwrap();
 }
 
 criterion_group!(benches, floor);

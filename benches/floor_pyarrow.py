@@ -3,7 +3,7 @@
 `cargo bench --bench floor` leaves the raw and curated columns of its 1M events as Arrow IPC
 files in target/floor-columns/ (one per partition) with the columns the engine writes without a
 dictionary. This writes each set as zstd-1 Parquet files, one per partition, with the same
-dictionary settings, and prints the median of the runs beside the size written:
+dictionary settings and encodings, and prints the median of the runs beside the size written:
 
     .venv/bin/python benches/floor_pyarrow.py [target/floor-columns] [runs]
 """
@@ -22,15 +22,32 @@ import pyarrow.parquet as pq
 def load(folder: Path, name: str):
     tables = [pa.ipc.open_file(path).read_all() for path in sorted(folder.glob(f"{name}-*.arrow"))]
     plain = [c for c in (folder / f"{name}.plain").read_text().split("\n") if c]
-    return tables, plain
+    encoding_file = folder / f"{name}.encoding"
+    delta = encoding_file.exists() and encoding_file.read_text().strip() == "delta"
+    return tables, plain, delta
 
 
-def write(tables, plain, out: Path) -> int:
+def delta_encoding(field: pa.Field):
+    """The engine's encoding of a distinct column of this type (operators::writer::DistinctEncoding)."""
+    t = field.type
+    if pa.types.is_integer(t) or pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_timestamp(t):
+        return "DELTA_BINARY_PACKED"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "DELTA_LENGTH_BYTE_ARRAY"
+    return None
+
+
+def write(tables, plain, delta, out: Path) -> int:
     size = 0
     for index, table in enumerate(tables):
         dictionary = [c for c in table.column_names if c not in plain]
+        encodings = {}
+        if delta:
+            encodings = {c: delta_encoding(table.schema.field(c)) for c in plain if c in table.column_names}
+            encodings = {c: e for c, e in encodings.items() if e}
         path = out / f"{index}.parquet"
-        pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=dictionary)
+        pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=dictionary,
+                       column_encoding=encodings or None)
         size += path.stat().st_size
     return size
 
@@ -44,17 +61,17 @@ def main() -> None:
         sys.exit(f"no columns in {folder}: run `cargo bench -p ratings-benches --bench floor` first")
     print(f"pyarrow {pa.__version__}, zstd level 1, {runs} runs, median")
     for name in ("raw", "curated"):
-        tables, plain = load(folder, name)
+        tables, plain, delta = load(folder, name)
         rows = sum(t.num_rows for t in tables)
         times = []
         with tempfile.TemporaryDirectory() as out:
             for _ in range(runs):
                 start = time.perf_counter()
-                size = write(tables, plain, Path(out))
+                size = write(tables, plain, delta, Path(out))
                 times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"{name:8} {rows:>9} rows in {len(tables):>2} files: {median * 1000:7.1f} ms "
-              f"(min {min(times) * 1000:.1f}), {size / 1e6:.1f} MB")
+        print(f"{name:8} {rows:>9} rows in {len(tables):>2} files, distinct columns {'delta' if delta else 'plain'}: "
+              f"{median * 1000:7.1f} ms (min {min(times) * 1000:.1f}), {size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ impl Lakehouse {
         }
         let mut properties = HashMap::from([(crate::schema::PLAIN_COLUMNS_PROPERTY.to_string(), layout.plain_columns.join(","))]);
         properties.extend(crate::writer::compression_properties(layout.compression));
+        properties.insert(crate::writer::DISTINCT_ENCODING_PROPERTY.to_string(), layout.distinct_encoding.name().to_string());
         match &self.backend {
             Backend::Sql { catalog, .. } => {
                 let creation = TableCreation::builder()

@@ -20,6 +20,9 @@ pub struct TableLayout {
     /// How new Parquet files are compressed; a new table gets it as Iceberg's compression
     /// properties ([`crate::writer::compression_properties`]).
     pub compression: parquet::basic::Compression,
+    /// How the plain columns are encoded; a new table gets it as its
+    /// [`crate::writer::DISTINCT_ENCODING_PROPERTY`].
+    pub distinct_encoding: crate::writer::DistinctEncoding,
 }
 
 /// The table property listing columns written without a dictionary (comma-separated).

@@ -28,14 +28,7 @@ pub async fn write_partition(
 ) -> Result<Vec<DataFile>> {
     let metadata = table.metadata();
     let context = || format!("writing partition {} of {}", crate::model::format_date(day), table.identifier());
-    let mut properties = WriterProperties::builder().set_compression(table_compression(table)?);
-    // Columns whose values are (nearly) all distinct (the table says which): a dictionary would
-    // only be built to be thrown away once it outgrows its page.
-    let plain = metadata.properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
-    for column in plain.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        properties = properties.set_column_dictionary_enabled(column.into(), false);
-    }
-    let properties = properties.build();
+    let properties = parquet_properties(table)?;
     let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
     let mut writer = RollingFileWriterBuilder::new(
         parquet,
@@ -75,6 +68,101 @@ pub async fn write_partition(
         });
     }
     Ok(files)
+}
+
+/// The Parquet writer settings of `table`'s new data files: its codec ([`table_compression`]);
+/// no dictionary for its distinct columns ([`crate::schema::PLAIN_COLUMNS_PROPERTY`]), which
+/// would only be built to be thrown away once it outgrows its page; and those columns' encoding
+/// ([`table_distinct_encoding`]).
+pub fn parquet_properties(table: &Table) -> Result<WriterProperties> {
+    let metadata = table.metadata();
+    let encoding = table_distinct_encoding(table)?;
+    let schema = metadata.current_schema();
+    let mut properties = WriterProperties::builder().set_compression(table_compression(table)?);
+    let plain = metadata.properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
+    for column in plain.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        properties = properties.set_column_dictionary_enabled(column.into(), false);
+        let field_type = schema.field_by_name(column).map(|field| field.field_type.as_ref());
+        if let Some(parquet_encoding) = field_type.and_then(|ty| encoding.of(ty)) {
+            properties = properties.set_column_encoding(column.into(), parquet_encoding);
+        }
+    }
+    Ok(properties.build())
+}
+
+/// The table property choosing how the distinct columns (those of
+/// [`crate::schema::PLAIN_COLUMNS_PROPERTY`]) are encoded: `delta` or `plain`
+/// ([`DistinctEncoding`]).
+pub const DISTINCT_ENCODING_PROPERTY: &str = "ratings-flow.write.distinct-columns-encoding";
+
+/// How the columns that hold a different value in (nearly) every row, the key, the order,
+/// ingestion times and offsets, are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistinctEncoding {
+    /// Parquet's delta encodings: DELTA_BINARY_PACKED for integer, date, time and timestamp
+    /// columns, DELTA_LENGTH_BYTE_ARRAY for strings and binaries (other types stay PLAIN).
+    /// Offsets and ingestion times, nearly sorted, shrink to a few bits per value before the
+    /// codec sees them; strings reach the codec as one run of bytes instead of bytes broken by a
+    /// 4-byte length each, which zstd otherwise spends its time matching. On the ratings columns
+    /// this writes both tables ~30% faster for the same size (benches/README.md). Every current
+    /// Parquet reader takes them (pyarrow, DuckDB, Trino, iceberg-rust, Spark's own reader);
+    /// Iceberg Java's vectorized reader reads DELTA_BINARY_PACKED from 1.10 and
+    /// DELTA_LENGTH_BYTE_ARRAY from 1.11.
+    Delta,
+    /// PLAIN, as every Parquet reader ever written takes it.
+    Plain,
+}
+
+impl DistinctEncoding {
+    /// The name stored in [`DISTINCT_ENCODING_PROPERTY`] and written in a graph.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistinctEncoding::Delta => "delta",
+            DistinctEncoding::Plain => "plain",
+        }
+    }
+
+    /// The encoding of `name` (case-insensitive).
+    pub fn parse(name: &str) -> std::result::Result<DistinctEncoding, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "delta" => Ok(DistinctEncoding::Delta),
+            "plain" => Ok(DistinctEncoding::Plain),
+            other => Err(format!("unknown encoding \"{other}\": expected delta or plain")),
+        }
+    }
+
+    /// The Parquet encoding of a distinct column of Iceberg type `ty`; `None` leaves the
+    /// writer's default (PLAIN).
+    fn of(self, ty: &iceberg::spec::Type) -> Option<parquet::basic::Encoding> {
+        use iceberg::spec::{PrimitiveType as P, Type};
+        use parquet::basic::Encoding;
+        match (self, ty) {
+            (DistinctEncoding::Plain, _) => None,
+            (DistinctEncoding::Delta, Type::Primitive(P::Int | P::Long | P::Date | P::Time | P::Timestamp | P::Timestamptz | P::TimestampNs | P::TimestamptzNs)) => {
+                Some(Encoding::DELTA_BINARY_PACKED)
+            }
+            (DistinctEncoding::Delta, Type::Primitive(P::String | P::Binary)) => Some(Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            (DistinctEncoding::Delta, _) => None,
+        }
+    }
+}
+
+/// How `table` asks its distinct columns to be encoded: its [`DISTINCT_ENCODING_PROPERTY`].
+/// A table without it (made before the property existed) keeps PLAIN, as its files so far.
+pub fn table_distinct_encoding(table: &Table) -> Result<DistinctEncoding> {
+    distinct_encoding_of(table.metadata().properties(), table.identifier())
+}
+
+/// [`table_distinct_encoding`] of a table with these properties.
+fn distinct_encoding_of(properties: &std::collections::HashMap<String, String>, table: &iceberg::TableIdent) -> Result<DistinctEncoding> {
+    match properties.get(DISTINCT_ENCODING_PROPERTY) {
+        None => Ok(DistinctEncoding::Plain),
+        Some(name) => DistinctEncoding::parse(name).map_err(|e| {
+            crate::Error::User(format!(
+                "table {table}: {e} (its property {DISTINCT_ENCODING_PROPERTY}; correct it with any Iceberg tool, a retry does not help)"
+            ))
+        }),
+    }
 }
 
 /// Iceberg's table property naming the Parquet codec of new files.
@@ -458,6 +546,67 @@ mod tests {
         assert!(!codecs.is_empty() && codecs.iter().all(|c| *c == Compression::LZ4_RAW), "{codecs:?}");
         let deletes = super::write_position_deletes(&table, 0, &[(files[0].file_path().into(), 0)], "t").await.unwrap();
         assert!(codecs_of(&table, deletes.file_path()).await.iter().all(|c| *c == Compression::LZ4_RAW));
+    }
+
+    /// The encodings of each column of the Parquet file at `path` in `table`, by column name.
+    async fn encodings_of(table: &iceberg::table::Table, path: &str) -> std::collections::HashMap<String, Vec<parquet::basic::Encoding>> {
+        use parquet::file::reader::FileReader;
+        let bytes = table.file_io().new_input(path).unwrap().read().await.unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
+        let mut encodings = std::collections::HashMap::<String, Vec<_>>::new();
+        for group in reader.metadata().row_groups() {
+            for column in group.columns() {
+                encodings.entry(column.column_path().string()).or_default().extend(column.encodings());
+            }
+        }
+        encodings
+    }
+
+    #[tokio::test]
+    async fn distinct_columns_are_delta_encoded_as_the_table_says_and_read_back_unchanged() {
+        use parquet::basic::Encoding;
+        let f = fixture().await;
+        // The fixture's table, created with the default: delta.
+        let table = f.lakehouse.load(&f.ident).await.unwrap();
+        assert_eq!(super::table_distinct_encoding(&table).unwrap(), super::DistinctEncoding::Delta);
+        let rows = crate::test_fixture::curated_rows(&table, 0, 1, 3000);
+        let files = super::write_partition(&table, 0, [rows.clone()], 1 << 27, "t").await.unwrap();
+        let encodings = encodings_of(&table, files[0].file_path()).await;
+        for (column, expected) in [
+            ("event_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            ("rating_timestamp", Encoding::DELTA_BINARY_PACKED),
+            ("ingestion_ts_ms", Encoding::DELTA_BINARY_PACKED),
+            ("source_offset", Encoding::DELTA_BINARY_PACKED),
+            // Not a distinct column: a dictionary, as before.
+            ("user_id", Encoding::RLE_DICTIONARY),
+        ] {
+            assert!(encodings[column].contains(&expected), "{column}: {:?}", encodings[column]);
+        }
+        let read = super::read_parquet(&table, files[0].file_path()).await.unwrap();
+        assert_eq!(arrow::compute::concat_batches(&rows.schema(), &read).unwrap(), rows);
+        // A table created with plain: no delta encoding anywhere.
+        let mut layout = crate::test_fixture::ratings_pipeline().curated_layout().unwrap();
+        layout.distinct_encoding = super::DistinctEncoding::Plain;
+        let plain = crate::catalog::parse_table_ident("curated.plain_ratings").unwrap();
+        let table = f.lakehouse.ensure_table(&plain, &layout).await.unwrap();
+        let files = super::write_partition(&table, 0, [rows.clone()], 1 << 27, "t").await.unwrap();
+        let encodings = encodings_of(&table, files[0].file_path()).await;
+        let delta = [Encoding::DELTA_BINARY_PACKED, Encoding::DELTA_LENGTH_BYTE_ARRAY, Encoding::DELTA_BYTE_ARRAY];
+        assert!(encodings.values().flatten().all(|e| !delta.contains(e)), "{encodings:?}");
+        assert!(encodings["event_id"].contains(&Encoding::PLAIN), "{encodings:?}");
+        let read = super::read_parquet(&table, files[0].file_path()).await.unwrap();
+        assert_eq!(arrow::compute::concat_batches(&rows.schema(), &read).unwrap(), rows);
+    }
+
+    #[test]
+    fn a_table_without_the_encoding_property_keeps_plain_and_an_unknown_one_is_refused() {
+        let table = crate::catalog::parse_table_ident("curated.movie_ratings").unwrap();
+        assert_eq!(super::distinct_encoding_of(&Default::default(), &table).unwrap(), super::DistinctEncoding::Plain);
+        let with = |name: &str| std::collections::HashMap::from([(super::DISTINCT_ENCODING_PROPERTY.to_string(), name.to_string())]);
+        assert_eq!(super::distinct_encoding_of(&with("DELTA"), &table).unwrap(), super::DistinctEncoding::Delta);
+        let error = super::distinct_encoding_of(&with("rle"), &table).unwrap_err().to_string();
+        assert!(error.contains("unknown encoding \"rle\"") && error.contains(super::DISTINCT_ENCODING_PROPERTY), "{error}");
+        assert!(error.contains("curated.movie_ratings"), "{error}");
     }
 
     #[test]

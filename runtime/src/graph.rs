@@ -310,6 +310,9 @@ pub struct TablesSection {
     /// Parquet codec (and level) of the tables `init` creates: `zstd(1)`, `lz4`, `snappy`, ...
     /// (absent: the engine's default, `zstd(1)`).
     pub compression: Option<String>,
+    /// `delta` or `plain`: how the columns holding a distinct value per row (key, order,
+    /// ingestion time, offset) are encoded in the tables `init` creates (absent: `delta`).
+    pub distinct_encoding: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -475,6 +478,10 @@ impl Graph {
         let mut pipeline = Pipeline::new(&reader_schema, &file.upsert, &file.validate, stages, &file.curated)?;
         if let Some(compression) = &file.tables.compression {
             pipeline.compression = operators::writer::parse_compression(compression).map_err(|e| format!("tables.compression: {e}"))?;
+        }
+        if let Some(encoding) = &file.tables.distinct_encoding {
+            pipeline.distinct_encoding =
+                operators::writer::DistinctEncoding::parse(encoding).map_err(|e| format!("tables.distinct_encoding: {e}"))?;
         }
         let pipeline = Arc::new(pipeline);
         let mut properties = std::collections::BTreeMap::new();
@@ -931,6 +938,18 @@ mod tests {
         assert_eq!(graph.pipeline.raw_layout().unwrap().compression, graph.pipeline.compression);
         let message = load(&with("zstd(40)")).unwrap_err().to_string();
         assert!(message.contains("tables.compression: compression level \"40\" for zstd: expected a whole number up to 22"), "{message}");
+    }
+
+    #[test]
+    fn the_tables_distinct_encoding_is_delta_unless_the_graph_says_plain() {
+        use operators::writer::DistinctEncoding;
+        assert_eq!(load(GOOD).unwrap().pipeline.distinct_encoding, DistinctEncoding::Delta);
+        let with = |encoding: &str| GOOD.replace("[tables]\n", &format!("[tables]\ndistinct_encoding = \"{encoding}\"\n"));
+        let graph = load(&with("Plain")).unwrap();
+        assert_eq!(graph.pipeline.distinct_encoding, DistinctEncoding::Plain);
+        assert_eq!(graph.pipeline.curated_layout().unwrap().distinct_encoding, DistinctEncoding::Plain);
+        let message = load(&with("rle")).unwrap_err().to_string();
+        assert!(message.contains("tables.distinct_encoding: unknown encoding \"rle\": expected delta or plain"), "{message}");
     }
 
     #[test]

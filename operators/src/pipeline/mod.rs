@@ -325,6 +325,9 @@ pub struct Pipeline {
     /// How the tables' new Parquet files are compressed when `init` creates them (a table's own
     /// properties rule once it exists: [`crate::writer::table_compression`]).
     pub compression: parquet::basic::Compression,
+    /// How the tables' distinct columns ([`Pipeline::plain_columns`]) are encoded when `init`
+    /// creates them (then the table's own property rules: [`crate::writer::table_distinct_encoding`]).
+    pub distinct_encoding: crate::writer::DistinctEncoding,
 }
 
 impl Pipeline {
@@ -498,6 +501,7 @@ impl Pipeline {
             stages,
             working,
             compression: crate::writer::default_compression(),
+            distinct_encoding: crate::writer::DistinctEncoding::Delta,
         })
     }
 
@@ -505,7 +509,7 @@ impl Pipeline {
     pub fn raw_layout(&self) -> Result<TableLayout> {
         let tail = RAW_COORDINATES.iter().map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let columns = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false)).chain(tail);
-        layout(columns.collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, "raw")
+        layout(columns.collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, self.distinct_encoding, "raw")
     }
 
     /// The rejected table: reason and detail, the event columns as ingested, coordinates, payload.
@@ -517,14 +521,14 @@ impl Pipeline {
             .filter(|(name, _, _)| !name.starts_with("decode_"))
             .map(|(name, ty, required)| (name.to_string(), Type::Primitive(ty.clone()), *required));
         let events = self.event_columns.iter().map(|f| (f.name.clone(), f.field_type.as_ref().clone(), false));
-        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, "rejected")
+        layout(head.into_iter().chain(events).chain(tail).collect(), &[], "ingestion_date", &self.plain_columns(), self.compression, self.distinct_encoding, "rejected")
     }
 
     /// The curated table: the declared columns, then the lineage; the key is its identifier.
     pub fn curated_layout(&self) -> Result<TableLayout> {
         let declared = self.curated.iter().map(|(name, ty)| (name.clone(), ty.clone(), self.required.contains(name)));
         let lineage = LINEAGE.iter().map(|(name, ty)| (name.to_string(), Type::Primitive(ty.clone()), true));
-        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), self.compression, "curated")
+        layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), self.compression, self.distinct_encoding, "curated")
     }
 
     /// Columns nearly every row holds a different value of: the key, the order, ingestion times
@@ -549,6 +553,7 @@ fn layout(
     partition_column: &str,
     plain: &[String],
     compression: parquet::basic::Compression,
+    distinct_encoding: crate::writer::DistinctEncoding,
     table: &str,
 ) -> Result<TableLayout> {
     let mut next = columns.len() as i32 + 1;
@@ -568,7 +573,7 @@ fn layout(
         .with_identifier_field_ids(identifier_ids)
         .build()
         .context(|| format!("building the {table} table's schema"))?;
-    Ok(TableLayout { schema, partition_column: partition_column.to_string(), plain_columns: plain.to_vec(), compression })
+    Ok(TableLayout { schema, partition_column: partition_column.to_string(), plain_columns: plain.to_vec(), compression, distinct_encoding })
 }
 
 /// `ty` with its nested fields numbered from `next`, depth-first.
