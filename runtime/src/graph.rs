@@ -943,8 +943,10 @@ mod tests {
     #[test]
     fn the_tables_distinct_encoding_is_delta_unless_the_graph_says_plain() {
         use operators::writer::DistinctEncoding;
-        assert_eq!(load(GOOD).unwrap().pipeline.distinct_encoding, DistinctEncoding::Delta);
-        let with = |encoding: &str| GOOD.replace("[tables]\n", &format!("[tables]\ndistinct_encoding = \"{encoding}\"\n"));
+        let shipped = GOOD.lines().find(|line| line.starts_with("distinct_encoding =")).expect("the shipped graph states it");
+        let without = GOOD.replace(shipped, "");
+        assert_eq!(load(&without).unwrap().pipeline.distinct_encoding, DistinctEncoding::Delta);
+        let with = |encoding: &str| GOOD.replace(shipped, &format!("distinct_encoding = \"{encoding}\""));
         let graph = load(&with("Plain")).unwrap();
         assert_eq!(graph.pipeline.distinct_encoding, DistinctEncoding::Plain);
         assert_eq!(graph.pipeline.curated_layout().unwrap().distinct_encoding, DistinctEncoding::Plain);
