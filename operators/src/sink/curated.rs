@@ -258,12 +258,22 @@ impl CuratedWriter {
         }
         let written = match rows.iter().any(|(keys, _)| !keys.is_empty()) {
             true => {
-                let (keys, batch) = sorted_by_key(rows)?;
-                let batch = match &self.printed_key {
-                    Some(printed) => printed.restore(&batch, &keys)?,
-                    None => batch,
+                // New rows are written in the parts they arrived in, each in key order (one per
+                // upsert worker): merging them into one order would copy every row once more
+                // for nothing the index or a reader needs. A compacted partition's rows (read
+                // back file by file) are merged, so its files hold one run.
+                let parts = match compact {
+                    true => vec![sorted_by_key(rows)?],
+                    false => rows.into_iter().filter(|(keys, _)| !keys.is_empty()).collect(),
                 };
-                self.write_rows(day, partition, (keys, batch), files, judged)?
+                let parts = match &self.printed_key {
+                    Some(printed) => parts
+                        .into_iter()
+                        .map(|(keys, batch)| printed.restore(&batch, &keys).map(|batch| (keys, batch)))
+                        .collect::<crate::Result<NewRows>>()?,
+                    None => parts,
+                };
+                self.write_rows(day, partition, parts, files, judged)?
             }
             false => Vec::new(),
         };
@@ -330,21 +340,57 @@ impl CuratedWriter {
         Ok(())
     }
 
-    /// Writes `rows` (sorted by key) into new data files and records where each now sits. The
-    /// checks judge the rows first; rows a `quarantine` check refuses leave the partition and
-    /// become rejections instead of being written.
+    /// Writes `parts` (each in key order), one after the other, into new data files and records
+    /// where each row now sits. The checks judge the rows first; rows a `quarantine` check refuses
+    /// leave the partition and become rejections instead of being written.
     fn write_rows(
         &self,
         day: i32,
         partition: &mut Partition,
-        (mut keys, mut batch): (Vec<u128>, RecordBatch),
+        parts: NewRows,
         files: &mut Files,
         judged: &mut Judged,
     ) -> crate::Result<Vec<iceberg::spec::DataFile>> {
-        if keys.is_empty() {
+        let mut kept: NewRows = Vec::with_capacity(parts.len());
+        for (keys, batch) in parts {
+            let (keys, batch) = self.judge(partition, keys, batch, judged)?;
+            if !keys.is_empty() {
+                kept.push((keys, batch));
+            }
+        }
+        if kept.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.checks.is_empty() {
+        let (keys, batches): (Vec<Vec<u128>>, Vec<RecordBatch>) = kept.into_iter().unzip();
+        let prefix = format!("w{}", self.worker);
+        let written = self.runtime.block_on(write_partition(&self.table, day, batches, self.target_file_size, &prefix))?;
+        // The rolling writer fills files in row order: the first file's `record_count` rows, then
+        // the next file's.
+        let mut keys = keys.into_iter().flatten();
+        for file in &written {
+            let id = files.id(&Arc::from(file.file_path()));
+            partition.rows.add_written(id, keys.by_ref().take(file.record_count() as usize).collect());
+        }
+        if keys.next().is_some() {
+            return Err(crate::Error::Internal(format!(
+                "the writer's files for {}={} hold fewer rows than were written",
+                self.pipeline.partitioning.column,
+                crate::model::format_date(day)
+            )));
+        }
+        Ok(written)
+    }
+
+    /// The rows of one part the checks let through, with their keys; rows a `quarantine` check
+    /// refuses leave the partition's index and go to `judged.quarantined`.
+    fn judge(
+        &self,
+        partition: &mut Partition,
+        mut keys: Vec<u128>,
+        mut batch: RecordBatch,
+        judged: &mut Judged,
+    ) -> crate::Result<(Vec<u128>, RecordBatch)> {
+        if !keys.is_empty() && !self.checks.is_empty() {
             let newest = crate::records::positions(&batch)?.iter().map(|p| p.ingestion_ts_ms).max();
             judged.newest_ingestion_ms = judged.newest_ingestion_ms.max(newest);
             if let Some(quarantine) = judged.evaluation.observe(&batch)? {
@@ -366,28 +412,9 @@ impl CuratedWriter {
                 judged.quarantined.push(self.rejected_rows(&batch, &quarantined, reasons, details)?);
                 batch = arrow::compute::filter_record_batch(&batch, &keep).context(|| "filtering quarantined rows".into())?;
                 keys = kept_keys;
-                if keys.is_empty() {
-                    return Ok(Vec::new());
-                }
             }
         }
-        let prefix = format!("w{}", self.worker);
-        let written = self.runtime.block_on(write_partition(&self.table, day, [batch], self.target_file_size, &prefix))?;
-        // The rolling writer fills files in row order: the first file's `record_count` rows, then
-        // the next file's.
-        let mut keys = keys.into_iter();
-        for file in &written {
-            let id = files.id(&Arc::from(file.file_path()));
-            partition.rows.add_written(id, keys.by_ref().take(file.record_count() as usize).collect());
-        }
-        if keys.next().is_some() {
-            return Err(crate::Error::Internal(format!(
-                "the writer's files for {}={} hold fewer rows than were written",
-                self.pipeline.partitioning.column,
-                crate::model::format_date(day)
-            )));
-        }
-        Ok(written)
+        Ok((keys, batch))
     }
 
     /// Curated rows as the rejected table records them: their values where the rejected table has
@@ -410,10 +437,10 @@ fn conform(batch: &RecordBatch, table: &Table) -> crate::Result<RecordBatch> {
     crate::pipeline::types::conform_batch(batch, &schema)
 }
 
-/// All of a partition's new rows in one batch, sorted by key (the order files are written in).
-/// Each part arrives sorted (the upsert emits keys in order; a file is read back in the order it
-/// was written), so one part is used as it is and several are gathered once, in key order: a
-/// stable sort finds the sorted parts as runs and only merges them.
+/// All of a compacted partition's rows in one batch, sorted by key. Each part is a few runs in
+/// key order (a file is read back in the order it was written), so one sorted part is used as it
+/// is and several are gathered once, in key order: a stable sort finds the runs and only merges
+/// them.
 fn sorted_by_key(mut rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
     let sorted = |keys: &[u128]| keys.windows(2).all(|pair| pair[0] <= pair[1]);
     if rows.len() == 1 && sorted(&rows[0].0) {

@@ -1,10 +1,11 @@
 //! Where a curated partition's live rows sit: key → (data file, position).
 //!
-//! The curated writer writes every data file in key order, so a file is indexed by its keys as
-//! one sorted vector (the position is the index) and a live flag per row: 17 bytes a row, against
-//! ~58 for a hash map entry (`benches/state_bytes.rs`), and no hashing on the hot path. Rows
-//! reloaded at start (whatever order their file has) are indexed the same way, each with its
-//! position, once the reload is complete.
+//! The curated writer writes a data file as a few runs in key order (one per upsert worker that
+//! sent rows, or one for a compacted partition), so a file is indexed by its keys as written (the
+//! position is the index), where each run starts, and a live flag per row: 17 bytes a row,
+//! against ~58 for a hash map entry (`benches/state_bytes.rs`), and no hashing on the hot path;
+//! finding a key is one binary search per run. Rows reloaded at start (whatever order their file
+//! has) are indexed as one sorted run, each with its position, once the reload is complete.
 //!
 //! Semantics: a key is live at most once per partition (the upsert removes a row before it
 //! inserts its successor). Finding a key searches the files newest first; a file's dead rows stay
@@ -15,10 +16,12 @@ use std::collections::BTreeMap;
 
 use crate::model::KeyMap;
 
-/// One data file's rows, sorted by key.
+/// One data file's rows: runs of ascending keys.
 struct IndexedFile {
     id: u32,
     keys: Vec<u128>,
+    /// Where each run of ascending keys starts in `keys`; the first is 0.
+    runs: Vec<u32>,
     /// The row's position in the file; `None` when it is its index (files this writer wrote).
     positions: Option<Vec<u32>>,
     live: Vec<bool>,
@@ -26,7 +29,12 @@ struct IndexedFile {
 
 impl IndexedFile {
     fn find(&self, key: u128) -> Option<usize> {
-        self.keys.binary_search(&key).ok().filter(|&index| self.live[index])
+        let ends = self.runs.iter().skip(1).map(|&start| start as usize).chain([self.keys.len()]);
+        self.runs.iter().zip(ends).find_map(|(&start, end)| {
+            let start = start as usize;
+            let index = start + self.keys[start..end].binary_search(&key).ok()?;
+            self.live[index].then_some(index)
+        })
     }
 
     fn position(&self, index: usize) -> u32 {
@@ -43,11 +51,13 @@ pub struct RowIndex {
 }
 
 impl RowIndex {
-    /// A file this writer wrote: its rows are `keys`, in that order, which must be ascending.
+    /// A file this writer wrote: its rows are `keys`, in that order. Any order is indexed
+    /// correctly; a file written as a few ascending runs is found with a binary search per run.
     pub fn add_written(&mut self, id: u32, keys: Vec<u128>) {
-        debug_assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "written files are in key order");
+        let descents = keys.windows(2).enumerate().filter(|(_, pair)| pair[1] <= pair[0]).map(|(index, _)| index as u32 + 1);
+        let runs = std::iter::once(0).chain(descents).collect();
         let live = vec![true; keys.len()];
-        self.files.push(IndexedFile { id, keys, positions: None, live });
+        self.files.push(IndexedFile { id, keys, runs, positions: None, live });
     }
 
     /// A row reloaded at start.
@@ -65,7 +75,7 @@ impl RowIndex {
             rows.sort_unstable();
             let live = vec![true; rows.len()];
             let (keys, positions) = rows.into_iter().unzip();
-            self.files.push(IndexedFile { id, keys, positions: Some(positions), live });
+            self.files.push(IndexedFile { id, keys, runs: vec![0], positions: Some(positions), live });
         }
     }
 
@@ -110,8 +120,8 @@ mod tests {
         (0..files).flat_map(|id| index.live_rows(id).into_iter().map(move |(position, key)| (key, (id, position)))).collect()
     }
 
-    /// Random files written, rows reloaded, removed and located, against a hash map of
-    /// key → (file, position) (what the writer kept before).
+    /// Random files written (in runs of ascending keys, or in no order), rows reloaded, removed
+    /// and located, against a hash map of key → (file, position) (what the writer kept before).
     #[test]
     fn the_index_answers_as_a_key_to_location_map_does() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -135,7 +145,8 @@ mod tests {
             }
             index.seal_reloaded();
             for _ in 0..30 {
-                // An epoch: some keys removed (some to be rewritten), then a sorted file written.
+                // An epoch: some keys removed (some to be rewritten), then a file written: one
+                // sorted run, a few (one per upsert worker), or in no order at all.
                 let mut written: Vec<u128> = Vec::new();
                 for key in &universe {
                     if rng.random_bool(0.1) {
@@ -147,7 +158,25 @@ mod tests {
                         written.push(*key);
                     }
                 }
-                written.sort_unstable();
+                match rng.random_range(0..3) {
+                    0 => written.sort_unstable(),
+                    1 => {
+                        let parts = rng.random_range(2..=4);
+                        let mut runs = vec![Vec::new(); parts];
+                        for key in written.drain(..) {
+                            runs[rng.random_range(0..parts)].push(key);
+                        }
+                        for mut run in runs {
+                            run.sort_unstable();
+                            written.extend(run);
+                        }
+                    }
+                    _ => {
+                        for i in (1..written.len()).rev() {
+                            written.swap(i, rng.random_range(0..=i));
+                        }
+                    }
+                }
                 for (position, key) in written.iter().enumerate() {
                     oracle.insert(*key, (next_id, position as u32));
                 }
