@@ -5,7 +5,11 @@ files in target/floor-columns/ (one per partition) with the columns the engine w
 dictionary. This writes each set as zstd-1 Parquet files, one per partition, with the same
 dictionary settings and encodings, and prints the median of the runs beside the size written:
 
-    .venv/bin/python benches/floor_pyarrow.py [target/floor-columns] [runs]
+    .venv/bin/python benches/floor_pyarrow.py [target/floor-columns] [runs] [--both]
+
+With `--both` each set is written with its distinct columns delta-encoded and plain, run by run
+in turn, and then each distinct column alone both ways: what the graph's `distinct_encoding`
+costs or saves on the best writer measured.
 """
 import os
 import statistics
@@ -52,26 +56,44 @@ def write(tables, plain, delta, out: Path) -> int:
     return size
 
 
+def timed(tables, plain, encodings, runs: int):
+    """Median and minimum seconds of writing `tables` once per encoding choice in `encodings`
+    (True: delta), the choices taking turns run by run; and the bytes each wrote."""
+    times = {delta: [] for delta in encodings}
+    sizes = {}
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(runs):
+            for delta in encodings:
+                start = time.perf_counter()
+                sizes[delta] = write(tables, plain, delta, Path(out))
+                times[delta].append(time.perf_counter() - start)
+    return {delta: (statistics.median(t), min(t), sizes[delta]) for delta, t in times.items()}
+
+
 def main() -> None:
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CARGO_TARGET_DIR", "target"))
+    arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
+    both = "--both" in sys.argv[1:]
+    folder = Path(arguments[0] if arguments else os.environ.get("CARGO_TARGET_DIR", "target"))
     if folder.name != "floor-columns":
         folder = folder / "floor-columns"
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    runs = int(arguments[1]) if len(arguments) > 1 else 10
     if not any(folder.glob("raw-*.arrow")):
         sys.exit(f"no columns in {folder}: run `cargo bench -p ratings-benches --bench floor` first")
     print(f"pyarrow {pa.__version__}, zstd level 1, {runs} runs, median")
+    label = lambda delta: "delta" if delta else "plain"
     for name in ("raw", "curated"):
         tables, plain, delta = load(folder, name)
         rows = sum(t.num_rows for t in tables)
-        times = []
-        with tempfile.TemporaryDirectory() as out:
-            for _ in range(runs):
-                start = time.perf_counter()
-                size = write(tables, plain, delta, Path(out))
-                times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        print(f"{name:8} {rows:>9} rows in {len(tables):>2} files, distinct columns {'delta' if delta else 'plain'}: "
-              f"{median * 1000:7.1f} ms (min {min(times) * 1000:.1f}), {size / 1e6:.1f} MB")
+        results = timed(tables, plain, (True, False) if both else (delta,), runs)
+        for encoding, (median, least, size) in results.items():
+            print(f"{name:8} {rows:>9} rows in {len(tables):>2} files, distinct columns {label(encoding)}: "
+                  f"{median * 1000:7.1f} ms (min {least * 1000:.1f}), {size / 1e6:.1f} MB")
+        if both:
+            for column in plain:
+                alone = [t.select([column]) for t in tables]
+                results = timed(alone, plain, (True, False), runs)
+                print(f"  {column:18} " + ", ".join(
+                    f"{label(encoding)} {median * 1000:6.1f} ms {size / 1e6:5.1f} MB" for encoding, (median, _, size) in results.items()))
 
 
 if __name__ == "__main__":

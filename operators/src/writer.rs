@@ -106,8 +106,8 @@ pub enum DistinctEncoding {
     /// 4-byte length each, which zstd otherwise spends its time matching. On the ratings columns
     /// this writes both tables ~30% faster for the same size (benches/README.md). Every current
     /// Parquet reader takes them (pyarrow, DuckDB, Trino, iceberg-rust, Spark's own reader);
-    /// Iceberg Java's vectorized reader reads DELTA_BINARY_PACKED from 1.10 and
-    /// DELTA_LENGTH_BYTE_ARRAY from 1.11.
+    /// Iceberg Java's vectorized reader learnt DELTA_BINARY_PACKED in apache/iceberg#13391
+    /// (2025) and DELTA_LENGTH_BYTE_ARRAY in #15362 (2026).
     Delta,
     /// PLAIN, as every Parquet reader ever written takes it.
     Plain,
