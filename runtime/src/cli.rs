@@ -304,8 +304,8 @@ impl MixArgs {
     }
 }
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs the parsed command line (the binary parses it first, to set the allocator up by mode).
+pub fn main(cli: Cli) -> ExitCode {
     // Crash tests set FAILPOINTS (e.g. `stream-after-raw-commit=sleep(60000)`); unset, it does nothing.
     let _failpoints = fail::FailScenario::setup();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

@@ -1,27 +1,42 @@
 use std::process::ExitCode;
 
+use clap::Parser;
+use runtime::cli::{Cli, Mode};
+
 // Timely and differential allocate and free many large, short-lived batches. mimalloc (built
 // without transparent huge pages, `no_thp`) reuses them instead of having the kernel zero fresh
 // 2 MiB pages for every epoch; see benches/README.md for the measurements.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long memory the engine freed stays with mimalloc before it goes back to the OS. mimalloc's
-/// default (10 ms) returns an epoch's buffers between two of its own steps, and every reuse then
-/// has the kernel zero fresh pages: a third of a stream run's CPU time was system time. With two
-/// seconds the buffers are reused within and across short epochs, and an idle engine still gives
-/// its memory back (1M records through `--mode stream`: 144k → ~205k records/s, system time
-/// 3.4 s → 1.2 s; benches/README.md). `MIMALLOC_PURGE_DELAY` in the environment overrides it.
-const PURGE_DELAY_MS: std::ffi::c_long = 2000;
+/// How long memory the engine freed stays with mimalloc before it goes back to the OS, by mode.
+/// mimalloc's default (10 ms) returns an epoch's buffers between two of its own steps, and every
+/// reuse then has the kernel zero fresh pages: a third of a stream run's CPU time was system time.
+/// - The stream keeps freed memory 2 s, so buffers are reused within and across its short epochs
+///   and an idle engine still gives memory back (1M records: 144k → ~205k records/s, system time
+///   3.4 s → 1.2 s). 1 s cost it ~10% more CPU (medians of 5 alternated 2M-record runs).
+/// - The replay keeps it 1 s: its epochs are seconds long, so 1 s still covers the reuse within
+///   one, while the peak holds less freed memory (10M events: max RSS ~2.05–2.13 GiB → ~1.86–1.88
+///   GiB, wall +5%, under the 2 GB goal).
+///
+/// Figures in benches/README.md. `MIMALLOC_PURGE_DELAY` in the environment overrides both.
+fn purge_delay_ms(mode: Option<Mode>) -> std::ffi::c_long {
+    match mode {
+        Some(Mode::Replay) => 1000,
+        Some(Mode::Stream) | None => 2000,
+    }
+}
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys does not name it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: called before any other thread exists (the function is not thread safe).
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+        // SAFETY: called before any other thread exists (the function is not thread safe);
+        // parsing the command line starts none.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, purge_delay_ms(cli.run.mode)) };
     }
     operators::source::kafka::confluent::bound_avro_allocations();
-    runtime::cli::main()
+    runtime::cli::main(cli)
 }
