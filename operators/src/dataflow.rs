@@ -176,11 +176,13 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     } else {
         Some(rejected_batch(&context.rejected_schema, &take(raw, &rejected_rows)?, reasons, details)?)
     };
-    let rows = take(raw, &kept)?;
     let event_names: Vec<&str> = pipeline.event_columns.iter().map(|f| f.name.as_str()).collect();
     let mut ingested_names = event_names.clone();
     ingested_names.extend(crate::records::COORDINATES);
-    let ingested = project(&rows, &ingested_names)?;
+    // Only the columns used from here on are copied: not the raw table's ingestion date, decode
+    // error, detail and payload.
+    let rows = take(&project(raw, &ingested_names)?, &kept)?;
+    let ingested = rows.clone();
     // The offered columns: event columns (a uuid key in canonical form), the partition column,
     // the lineage.
     let mut fields: Vec<Field> = Vec::new();
