@@ -193,12 +193,6 @@ fn floor(c: &mut Criterion) {
     group.finish();
 }
 
-/// The columns the table writes without a dictionary (its plain-columns property).
-fn plain_columns(table: &iceberg::table::Table) -> Vec<String> {
-    let plain = table.metadata().properties().get(operators::schema::PLAIN_COLUMNS_PROPERTY).cloned().unwrap_or_default();
-    plain.split(',').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
-}
-
 /// Leaves `batches` as `target/floor-columns/<name>-<day>.arrow`, the columns `table` writes
 /// without a dictionary as `<name>.plain` and their encoding (`delta` or `plain`) as
 /// `<name>.encoding`, for `benches/floor_pyarrow.py`.
@@ -212,7 +206,7 @@ fn export_columns(root: &std::path::Path, name: &str, batches: &[(i32, RecordBat
         writer.write(batch).unwrap();
         writer.finish().unwrap();
     }
-    std::fs::write(folder.join(format!("{name}.plain")), plain_columns(table).join("\n")).unwrap();
+    std::fs::write(folder.join(format!("{name}.plain")), operators::writer::table_plain_columns(table).join("\n")).unwrap();
     let encoding = operators::writer::table_distinct_encoding(table).unwrap();
     std::fs::write(folder.join(format!("{name}.encoding")), encoding.name()).unwrap();
 }

@@ -181,14 +181,13 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     ingested_names.extend(crate::records::COORDINATES);
     // Only the columns used from here on are copied: not the raw table's ingestion date, decode
     // error, detail and payload.
-    let rows = take(&project(raw, &ingested_names)?, &kept)?;
-    let ingested = rows.clone();
+    let ingested = take(&project(raw, &ingested_names)?, &kept)?;
     // The offered columns: event columns (a uuid key in canonical form), the partition column,
     // the lineage.
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for name in &event_names {
-        let column = rows.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
+        let column = ingested.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
         let column: ArrayRef = if rules.keys.canonical() && *name == pipeline.key[0] {
             Arc::new(uuid_text(keys.iter().copied()))
         } else {
@@ -202,7 +201,7 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
         columns.push(Arc::new(Date32Array::from(days.clone())));
     }
     for (name, _) in LINEAGE {
-        let column = rows.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
+        let column = ingested.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
         fields.push(Field::new(name, column.data_type().clone(), false));
         columns.push(column.clone());
     }

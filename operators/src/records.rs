@@ -486,13 +486,6 @@ pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
     const SHORT_INPUT: usize = 240;
     let rows = columns.first().map_or(0, |c| c.len());
     let mut prints = vec![0u64; rows];
-    let mix = |print: &mut u64, seed: u64, value: Option<&[u8]>| {
-        *print = match value {
-            None => XxHash3_64::oneshot_with_seed(seed ^ NULL, &[]),
-            Some(bytes) if bytes.len() <= SHORT_INPUT => XxHash3_64::oneshot_with_seed(seed, bytes),
-            Some(bytes) => XxHash3_64::oneshot_with_seed(seed ^ LONG, &XxHash3_64::oneshot(bytes).to_le_bytes()),
-        }
-    };
     for column in columns {
         // The column's type, so equal bytes of two types differ. A nested type's text names its
         // fields, which a file read back may name otherwise (`item` / `element`): nested columns
@@ -501,13 +494,21 @@ pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
             true => XxHash3_64::oneshot(b"nested"),
             false => XxHash3_64::oneshot(format!("{:?}", column.data_type()).as_bytes()),
         };
+        let mix = |print: &mut u64, value: Option<&[u8]>| {
+            let seed = *print ^ tag;
+            *print = match value {
+                None => XxHash3_64::oneshot_with_seed(seed ^ NULL, &[]),
+                Some(bytes) if bytes.len() <= SHORT_INPUT => XxHash3_64::oneshot_with_seed(seed, bytes),
+                Some(bytes) => XxHash3_64::oneshot_with_seed(seed ^ LONG, &XxHash3_64::oneshot(bytes).to_le_bytes()),
+            }
+        };
         let nulls = column.logical_nulls();
         let valid = |row: usize| nulls.as_ref().is_none_or(|nulls| nulls.is_valid(row));
         macro_rules! hash_values {
             ($array:expr) => {{
                 let array = $array;
                 for (row, print) in prints.iter_mut().enumerate() {
-                    mix(print, *print ^ tag, valid(row).then(|| <[u8] as AsRef<[u8]>>::as_ref(array.value(row).as_ref())));
+                    mix(print, valid(row).then(|| <[u8] as AsRef<[u8]>>::as_ref(array.value(row).as_ref())));
                 }
             }};
         }
@@ -522,16 +523,16 @@ pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
             DataType::Boolean => {
                 let booleans = column.as_boolean();
                 for (row, print) in prints.iter_mut().enumerate() {
-                    mix(print, *print ^ tag, valid(row).then(|| if booleans.value(row) { &[1u8][..] } else { &[0u8][..] }));
+                    mix(print, valid(row).then(|| if booleans.value(row) { &[1u8][..] } else { &[0u8][..] }));
                 }
             }
-            DataType::Null => prints.iter_mut().for_each(|print| mix(print, *print ^ tag, None)),
+            DataType::Null => prints.iter_mut().for_each(|print| mix(print, None)),
             data_type if data_type.is_primitive() => {
                 let width = data_type.primitive_width().ok_or_else(|| Error::Internal(format!("{data_type} has no width")))?;
                 let data = column.to_data();
                 let bytes = &data.buffers()[0].as_slice()[data.offset() * width..];
                 for (row, print) in prints.iter_mut().enumerate() {
-                    mix(print, *print ^ tag, valid(row).then(|| &bytes[row * width..(row + 1) * width]));
+                    mix(print, valid(row).then(|| &bytes[row * width..(row + 1) * width]));
                 }
             }
             _ => {
@@ -540,7 +541,7 @@ pub fn fingerprints(columns: &[ArrayRef]) -> Result<Vec<u64>> {
                     .context(|| "encoding values to fingerprint them".into())?;
                 let encoded = converter.convert_columns(&[column]).context(|| "encoding values to fingerprint them".into())?;
                 for (print, value) in prints.iter_mut().zip(encoded.iter()) {
-                    mix(print, *print ^ tag, Some(value.as_ref()));
+                    mix(print, Some(value.as_ref()));
                 }
             }
         }

@@ -79,8 +79,7 @@ pub fn parquet_properties(table: &Table) -> Result<WriterProperties> {
     let encoding = table_distinct_encoding(table)?;
     let schema = metadata.current_schema();
     let mut properties = WriterProperties::builder().set_compression(table_compression(table)?);
-    let plain = metadata.properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
-    for column in plain.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+    for column in table_plain_columns(table) {
         properties = properties.set_column_dictionary_enabled(column.into(), false);
         let field_type = schema.field_by_name(column).map(|field| field.field_type.as_ref());
         if let Some(parquet_encoding) = field_type.and_then(|ty| encoding.of(ty)) {
@@ -88,6 +87,12 @@ pub fn parquet_properties(table: &Table) -> Result<WriterProperties> {
         }
     }
     Ok(properties.build())
+}
+
+/// The columns `table` writes without a dictionary: its [`crate::schema::PLAIN_COLUMNS_PROPERTY`].
+pub fn table_plain_columns(table: &Table) -> Vec<&str> {
+    let plain = table.metadata().properties().get(crate::schema::PLAIN_COLUMNS_PROPERTY).map(String::as_str).unwrap_or_default();
+    plain.split(',').map(str::trim).filter(|c| !c.is_empty()).collect()
 }
 
 /// The table property choosing how the distinct columns (those of
@@ -517,13 +522,17 @@ mod tests {
         }
     }
 
-    /// The codec of every column chunk of the Parquet file at `path` in `table`.
-    async fn codecs_of(table: &iceberg::table::Table, path: &str) -> Vec<parquet::basic::Compression> {
+    /// Every column chunk of the Parquet file at `path` in `table`.
+    async fn column_chunks_of(table: &iceberg::table::Table, path: &str) -> Vec<parquet::file::metadata::ColumnChunkMetaData> {
         use parquet::file::reader::FileReader;
         let bytes = table.file_io().new_input(path).unwrap().read().await.unwrap();
         let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
-        let metadata = reader.metadata();
-        metadata.row_groups().iter().flat_map(|group| group.columns().iter().map(|column| column.compression())).collect()
+        reader.metadata().row_groups().iter().flat_map(|group| group.columns().iter().cloned()).collect()
+    }
+
+    /// The codec of every column chunk of the Parquet file at `path` in `table`.
+    async fn codecs_of(table: &iceberg::table::Table, path: &str) -> Vec<parquet::basic::Compression> {
+        column_chunks_of(table, path).await.iter().map(|column| column.compression()).collect()
     }
 
     #[tokio::test]
@@ -550,14 +559,9 @@ mod tests {
 
     /// The encodings of each column of the Parquet file at `path` in `table`, by column name.
     async fn encodings_of(table: &iceberg::table::Table, path: &str) -> std::collections::HashMap<String, Vec<parquet::basic::Encoding>> {
-        use parquet::file::reader::FileReader;
-        let bytes = table.file_io().new_input(path).unwrap().read().await.unwrap();
-        let reader = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
         let mut encodings = std::collections::HashMap::<String, Vec<_>>::new();
-        for group in reader.metadata().row_groups() {
-            for column in group.columns() {
-                encodings.entry(column.column_path().string()).or_default().extend(column.encodings());
-            }
+        for column in column_chunks_of(table, path).await {
+            encodings.entry(column.column_path().string()).or_default().extend(column.encodings());
         }
         encodings
     }

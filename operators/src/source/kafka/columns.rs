@@ -336,8 +336,6 @@ pub struct RawColumns {
     offset: Int64Builder,
     ingestion_ts_ms: Int64Builder,
     ingestion_date: Date32Builder,
-    /// Rows appended since the last batch.
-    rows: usize,
     /// The undecodable records among them: their row, reason, detail and bytes.
     undecodable: Vec<(usize, Undecodable)>,
 }
@@ -361,7 +359,6 @@ impl RawColumns {
             offset: Int64Builder::with_capacity(rows),
             ingestion_ts_ms: Int64Builder::with_capacity(rows),
             ingestion_date: Date32Builder::with_capacity(rows),
-            rows: 0,
             undecodable: Vec::new(),
         })
     }
@@ -372,14 +369,13 @@ impl RawColumns {
         self.offset.append_value(at.offset);
         self.ingestion_ts_ms.append_value(at.ingestion_ts_ms);
         self.ingestion_date.append_value(day_of_millis(at.ingestion_ts_ms));
-        self.rows += 1;
     }
 
     /// One record read by `plan` (made for the reader schema these columns follow) straight into
     /// the columns. `Ok(false)`: the plan does not read this body cleanly, nothing was appended;
     /// decode it the generic way.
     pub fn append_planned(&mut self, plan: &ReadPlan, body: &[u8], at: Coordinates<'_>) -> Result<bool> {
-        let rows = self.rows;
+        let rows = self.rows();
         let events = &mut self.events;
         let mut misfit = None;
         let read = plan.read_into(body, |index, value| {
@@ -425,20 +421,20 @@ impl RawColumns {
         for (index, column) in self.events.iter_mut().enumerate() {
             column.push_null(self.schema.field(index).data_type());
         }
-        self.undecodable.push((self.rows, undecodable));
+        self.undecodable.push((self.rows(), undecodable));
         self.coordinates(at);
     }
 
     /// The rows so far as a batch of the raw table's schema; the builders start again empty.
     pub fn finish(&mut self) -> Result<RecordBatch> {
+        let undecodable = self.undecodable_columns();
         let mut columns: Vec<ArrayRef> = self.events.iter_mut().map(EventColumn::finish).collect();
         columns.push(Arc::new(self.topic.finish()));
         columns.push(Arc::new(self.partition.finish()));
         columns.push(Arc::new(self.offset.finish()));
         columns.push(Arc::new(self.ingestion_ts_ms.finish()));
         columns.push(Arc::new(self.ingestion_date.finish()));
-        columns.extend(self.undecodable_columns());
-        self.rows = 0;
+        columns.extend(undecodable);
         self.undecodable.clear();
         // Builders name list items and map entries their own way; the table's names win.
         let columns = columns
@@ -449,12 +445,18 @@ impl RawColumns {
         RecordBatch::try_new(self.schema.clone(), columns).context(|| "assembling raw rows".into())
     }
 
+    /// Rows appended since the last batch (each appends its coordinates once).
+    fn rows(&self) -> usize {
+        self.offset.len()
+    }
+
     /// `decode_error`, `decode_detail` and `payload` of the rows so far: null but for the
     /// undecodable records.
     fn undecodable_columns(&self) -> [ArrayRef; 3] {
-        let mut errors = StringBuilder::with_capacity(self.rows, 0);
-        let mut details = StringBuilder::with_capacity(self.rows, 0);
-        let mut payloads = LargeBinaryBuilder::with_capacity(self.rows, 0);
+        let rows = self.rows();
+        let mut errors = StringBuilder::with_capacity(rows, 0);
+        let mut details = StringBuilder::with_capacity(rows, 0);
+        let mut payloads = LargeBinaryBuilder::with_capacity(rows, 0);
         let mut next = 0;
         for (row, undecodable) in &self.undecodable {
             let gap = row - next;
@@ -466,7 +468,7 @@ impl RawColumns {
             payloads.append_value(&undecodable.payload);
             next = row + 1;
         }
-        let rest = self.rows - next;
+        let rest = rows - next;
         errors.append_nulls(rest);
         details.append_nulls(rest);
         payloads.append_nulls(rest);
