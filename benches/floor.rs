@@ -114,7 +114,7 @@ fn floor(c: &mut Criterion) {
             .fields()
             .iter()
             .map(|field| match field.name().as_str() {
-                "event_id" => Arc::new(uuid_text(judged.keys.iter().copied())) as ArrayRef,
+                "event_id" => Arc::new(uuid_text(&judged.keys).unwrap()) as ArrayRef,
                 "is_approved" => Arc::new(approved.clone()) as ArrayRef,
                 "rating_date" => Arc::new(Date32Array::from(judged.days.clone())) as ArrayRef,
                 name => rows.column_by_name(name).unwrap().clone(),

@@ -189,7 +189,7 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     for name in &event_names {
         let column = ingested.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
         let column: ArrayRef = if rules.keys.canonical() && *name == pipeline.key[0] {
-            Arc::new(uuid_text(keys.iter().copied()))
+            Arc::new(uuid_text(&keys)?)
         } else {
             column.clone()
         };
@@ -246,17 +246,16 @@ fn candidates(
         }
         false => None,
     };
-    let slots = kept
-        .iter()
-        .enumerate()
-        .map(|(i, &row)| {
-            let order = match &cast_orders {
-                Some(cast) => cast[i].ok_or_else(|| Error::Internal(format!("a stage made the order {} null", context.rules.pipeline.order_by)))?,
-                None => orders[row as usize],
-            };
-            Ok(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: prints[i] })
-        })
-        .collect::<Result<Vec<Slot>>>()?;
+    // Sized up front: collecting through `Result` cannot know the length, and grew this list of
+    // an epoch's rows by doubling (copies, fresh pages).
+    let mut slots = Vec::with_capacity(kept.len());
+    for (i, &row) in kept.iter().enumerate() {
+        let order = match &cast_orders {
+            Some(cast) => cast[i].ok_or_else(|| Error::Internal(format!("a stage made the order {} null", context.rules.pipeline.order_by)))?,
+            None => orders[row as usize],
+        };
+        slots.push(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: prints[i] });
+    }
     let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
     let rows = match &context.printed_key {
         Some(printed) => printed.strip(rows),
@@ -342,7 +341,7 @@ fn plugin_rejections(rejected: &[(u32, String)], ingested: &RecordBatch, context
     Ok(Some(rejected_batch(&context.rejected_schema, &take(ingested, &rows)?, reasons, details)?))
 }
 
-/// `candidates` split by the worker owning each key.
+/// `candidates` split by the worker owning each key (shares of the same batches, not copies).
 fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
     if peers == 1 {
         return Ok(vec![UpsertInput::Rows { owner: 0, candidates }]);
@@ -354,7 +353,7 @@ fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
     rows.into_iter()
         .enumerate()
         .filter(|(_, rows)| !rows.is_empty())
-        .map(|(owner, rows)| Ok(UpsertInput::Rows { owner: owner as u64, candidates: candidates.take(&rows)? }))
+        .map(|(owner, rows)| Ok(UpsertInput::Rows { owner: owner as u64, candidates: candidates.share(&rows)? }))
         .collect()
 }
 

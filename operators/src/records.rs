@@ -74,13 +74,17 @@ pub struct Candidates {
     pub ingested: RecordBatch,
     pub keys: Vec<u128>,
     pub slots: Vec<Slot>,
-    /// `rows` and `ingested` as sent to another process.
+    /// The row of `rows` and `ingested` each candidate is, when they are not all of them in order:
+    /// a worker's share of a batch refers to the batch, which the workers of one process share,
+    /// instead of copying its rows ([`Candidates::share`]).
+    selection: Option<Vec<u32>>,
+    /// `rows` and `ingested` (their selected rows) as sent to another process.
     encoded: [EncodedOnce; 2],
 }
 
 impl Candidates {
     pub fn new(rows: RecordBatch, ingested: RecordBatch, keys: Vec<u128>, slots: Vec<Slot>) -> Candidates {
-        Candidates { rows, ingested, keys, slots, encoded: Default::default() }
+        Candidates { rows, ingested, keys, slots, selection: None, encoded: Default::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -91,14 +95,29 @@ impl Candidates {
         self.keys.is_empty()
     }
 
-    /// The rows at `indices`, in that order.
-    pub fn take(&self, indices: &[u32]) -> Result<Candidates> {
-        Ok(Candidates::new(
-            take_rows(&self.rows, indices)?,
-            take_rows(&self.ingested, indices)?,
-            indices.iter().map(|&i| self.keys[i as usize]).collect(),
-            indices.iter().map(|&i| self.slots[i as usize]).collect(),
-        ))
+    /// The candidates at `indices`, in that order, sharing this one's batches: only keys, slots and
+    /// row numbers are copied. The rows themselves are copied only if the share is sent to another
+    /// process, and then only the selected ones.
+    pub fn share(&self, indices: &[u32]) -> Result<Candidates> {
+        if let Some(&past) = indices.iter().find(|&&i| i as usize >= self.len()) {
+            return Err(Error::Internal(format!("candidate {past} of {}", self.len())));
+        }
+        Ok(Candidates {
+            rows: self.rows.clone(),
+            ingested: self.ingested.clone(),
+            keys: indices.iter().map(|&i| self.keys[i as usize]).collect(),
+            slots: indices.iter().map(|&i| self.slots[i as usize]).collect(),
+            selection: Some(indices.iter().map(|&i| self.row_of(i as usize)).collect()),
+            encoded: Default::default(),
+        })
+    }
+
+    /// The row of `rows` and `ingested` that candidate `index` (of `keys` and `slots`) is.
+    pub fn row_of(&self, index: usize) -> u32 {
+        match &self.selection {
+            Some(selection) => selection[index],
+            None => index as u32,
+        }
     }
 }
 
@@ -224,11 +243,13 @@ pub mod ipc {
 pub struct EncodedOnce(std::sync::OnceLock<Vec<u8>>);
 
 impl EncodedOnce {
-    fn serialize<S: serde::Serializer>(&self, batch: &RecordBatch, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    /// Serializes the IPC stream of `batch()`, made on the first call only.
+    fn serialize<S: serde::Serializer>(&self, batch: impl FnOnce() -> Result<RecordBatch>, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let bytes = match self.0.get() {
             Some(bytes) => bytes,
             None => {
-                let bytes = ipc::encode(batch).map_err(serde::ser::Error::custom)?;
+                let batch = batch().map_err(serde::ser::Error::custom)?;
+                let bytes = ipc::encode(&batch).map_err(serde::ser::Error::custom)?;
                 self.0.get_or_init(|| bytes)
             }
         };
@@ -259,10 +280,13 @@ pub mod ipc_schema {
 
 impl Serialize for Candidates {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        struct Encoded<'a>(&'a EncodedOnce, &'a RecordBatch);
+        /// One of the candidates' batches, cut to their own rows when first encoded: a share
+        /// travels as its selected rows only.
+        struct Encoded<'a>(&'a EncodedOnce, &'a RecordBatch, Option<&'a [u32]>);
         impl Serialize for Encoded<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                self.0.serialize(self.1, serializer)
+                let Encoded(encoded, batch, selection) = *self;
+                encoded.serialize(|| selection.map_or_else(|| Ok(batch.clone()), |rows| take_rows(batch, rows)), serializer)
             }
         }
         #[derive(Serialize)]
@@ -273,7 +297,8 @@ impl Serialize for Candidates {
             slots: &'a [Slot],
         }
         let [rows, ingested] = &self.encoded;
-        Wire { rows: Encoded(rows, &self.rows), ingested: Encoded(ingested, &self.ingested), keys: &self.keys, slots: &self.slots }
+        let selection = self.selection.as_deref();
+        Wire { rows: Encoded(rows, &self.rows, selection), ingested: Encoded(ingested, &self.ingested, selection), keys: &self.keys, slots: &self.slots }
             .serialize(serializer)
     }
 }
@@ -306,7 +331,7 @@ impl Batch {
 
 impl Serialize for Batch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.1.serialize(&self.0, serializer)
+        self.1.serialize(|| Ok(self.0.clone()), serializer)
     }
 }
 
@@ -417,13 +442,21 @@ impl KeyMaker {
 }
 
 /// Canonical text of a UUID key.
-pub fn uuid_text(keys: impl ExactSizeIterator<Item = u128>) -> StringArray {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let mut text = arrow::array::StringBuilder::with_capacity(keys.len(), keys.len() * uuid::fmt::Hyphenated::LENGTH);
-    for key in keys {
-        text.append_value(uuid::Uuid::from_u128(key).hyphenated().encode_lower(&mut buffer));
+///
+/// Every value is 36 bytes, so the text is printed straight into one buffer of them all, and the
+/// offsets are multiples of 36: a builder's per-value bookkeeping cost as much as the printing.
+pub fn uuid_text(keys: &[u128]) -> Result<StringArray> {
+    const LENGTH: usize = uuid::fmt::Hyphenated::LENGTH;
+    if keys.len().checked_mul(LENGTH).is_none_or(|bytes| bytes > i32::MAX as usize) {
+        return Err(Error::Internal(format!("{} keys do not fit one string column", keys.len())));
     }
-    text.finish()
+    let mut text = vec![0u8; keys.len() * LENGTH];
+    for (key, out) in keys.iter().zip(text.chunks_exact_mut(LENGTH)) {
+        uuid::Uuid::from_u128(*key).hyphenated().encode_lower(out);
+    }
+    let offsets = arrow::buffer::OffsetBuffer::new((0..=keys.len()).map(|row| (row * LENGTH) as i32).collect());
+    // SAFETY: the text is ASCII (hex digits and hyphens) and every offset falls between two values.
+    Ok(unsafe { StringArray::new_unchecked(offsets, text.into(), None) })
 }
 
 /// A UUID key's column, left out of the curated rows while they wait in the upsert and the
@@ -461,7 +494,7 @@ impl PrintedKey {
         let mut fields = schema.fields().to_vec();
         fields.insert(self.index, self.field.clone());
         let mut columns = rows.columns().to_vec();
-        columns.insert(self.index, Arc::new(uuid_text(keys.iter().copied())));
+        columns.insert(self.index, Arc::new(uuid_text(keys)?));
         let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
         let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
         RecordBatch::try_new_with_options(Arc::new(schema), columns, &options).context(|| format!("printing the key column {} back", self.field.name()))
@@ -833,7 +866,7 @@ mod tests {
         let keys: Vec<u128> = vec![0, u128::MAX, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef];
         let rows = batch(vec![
             ("user_id", Arc::new(StringArray::from(vec!["u1", "u2", "u3"])) as ArrayRef),
-            ("event_id", Arc::new(uuid_text(keys.iter().copied())) as ArrayRef),
+            ("event_id", Arc::new(uuid_text(&keys).unwrap()) as ArrayRef),
             ("rating_timestamp", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
         ]);
         let printed = PrintedKey::of(&pipeline, &rows.schema()).unwrap().expect("a uuid key is printed");
@@ -844,6 +877,17 @@ mod tests {
 
         let exact = Pipeline { key_kind: KeyKind::Exact, ..pipeline };
         assert!(PrintedKey::of(&exact, &rows.schema()).unwrap().is_none(), "any other key stays in the rows as ingested");
+    }
+
+    #[test]
+    fn uuid_text_prints_every_key_as_the_uuid_crate_does() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let keys: Vec<u128> = (0..1000).map(|_| rng.random()).chain([0, u128::MAX]).collect();
+        let text = uuid_text(&keys).unwrap();
+        let oracle: Vec<String> = keys.iter().map(|key| uuid::Uuid::from_u128(*key).hyphenated().to_string()).collect();
+        assert_eq!(text.iter().map(Option::unwrap).collect::<Vec<_>>(), oracle);
+        assert_eq!((text.null_count(), uuid_text(&[]).unwrap().len()), (0, 0));
     }
 
     #[test]
@@ -882,5 +926,27 @@ mod tests {
         let back: Candidates = serde_json::from_str(&wire).unwrap();
         assert_eq!((back.rows, back.keys, back.slots), (candidates.rows, candidates.keys, candidates.slots));
         assert_eq!(back.ingested.num_rows(), 2, "a batch of no columns keeps its row count");
+    }
+
+    #[test]
+    fn a_share_refers_to_its_rows_and_crosses_processes_as_them_alone() {
+        let rows = batch(vec![("seq", Arc::new(Int64Array::from(vec![10, 11, 12, 13])) as ArrayRef)]);
+        let ingested = batch(vec![("as_ingested", Arc::new(StringArray::from(vec![None, Some("b"), None, Some("d")])) as ArrayRef)]);
+        let slot = |order| Slot { position: IngestPosition { ingestion_ts_ms: 5, partition: 1, offset: order }, origin: Origin::Input, order, day: 3, fingerprint: 0 };
+        let candidates = Candidates::new(rows.clone(), ingested, vec![0, 1, 2, 3], (10..14).map(slot).collect());
+        let share = candidates.share(&[3, 1]).unwrap();
+        let again = share.share(&[1]).unwrap();
+        assert_eq!((share.keys.as_slice(), share.row_of(0), share.row_of(1)), (&[3, 1][..], 3, 1));
+        assert_eq!((again.keys.as_slice(), again.row_of(0)), (&[1][..], 1), "a share of a share refers to the first batch");
+        assert_eq!(share.rows.num_rows(), 4, "the batch is shared, not copied");
+        assert!(candidates.share(&[4]).is_err(), "a candidate past the end is refused, not a panic");
+        let wire = serde_json::to_string(&share).unwrap();
+        assert_eq!(serde_json::to_string(&share).unwrap(), wire, "the size pass and the write pass send the same bytes");
+        let back: Candidates = serde_json::from_str(&wire).unwrap();
+        let seq = |b: &RecordBatch| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
+        assert_eq!((seq(&back.rows), back.row_of(1)), (vec![13, 11], 1));
+        assert_eq!(back.keys, [3, 1]);
+        assert_eq!(back.ingested.column(0).as_string::<i32>().iter().collect::<Vec<_>>(), [Some("d"), Some("b")]);
+        assert_eq!(back.slots, share.slots);
     }
 }

@@ -183,7 +183,7 @@ pub fn upsert<'scope>(
                             let index = batches.len() as u32;
                             // Keys and slots move into the epoch's list; only the rows wait on.
                             let (keys, slots) = (std::mem::take(&mut candidates.keys), std::mem::take(&mut candidates.slots));
-                            epoch.extend(keys.into_iter().zip(slots).enumerate().map(|(row, (key, slot))| (key, slot, Source::Row(index, row as u32))));
+                            epoch.extend(keys.into_iter().zip(slots).enumerate().map(|(row, (key, slot))| (key, slot, Source::Row(index, candidates.row_of(row)))));
                             batches.push(candidates);
                         }
                     }

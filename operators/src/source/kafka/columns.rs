@@ -22,7 +22,7 @@ use arrow::array::builder::{
     ArrayBuilder, BinaryBuilder, BooleanBufferBuilder, BooleanBuilder, NullBufferBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
     Int64Builder, LargeBinaryBuilder, ListBuilder, MapBuilder, StringBuilder, StructBuilder, TimestampMicrosecondBuilder, make_builder,
 };
-use arrow::array::{ArrayRef, BooleanArray, GenericBinaryArray, PrimitiveArray, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Date32Array, GenericBinaryArray, PrimitiveArray, RecordBatch, StringArray};
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit};
 use arrow_array::OffsetSizeTrait;
@@ -331,11 +331,12 @@ impl EventColumn {
 pub struct RawColumns {
     schema: SchemaRef,
     events: Vec<EventColumn>,
-    topic: StringBuilder,
+    /// The topic of the rows so far, as runs of (topic, rows): a consumer reads one topic, so this
+    /// is one run, where a string per row cost a copy and three appends per record.
+    topics: Vec<(Box<str>, usize)>,
     partition: Int32Builder,
     offset: Int64Builder,
     ingestion_ts_ms: Int64Builder,
-    ingestion_date: Date32Builder,
     /// The undecodable records among them: their row, reason, detail and bytes.
     undecodable: Vec<(usize, Undecodable)>,
 }
@@ -354,21 +355,22 @@ impl RawColumns {
         Ok(RawColumns {
             schema: schema.clone(),
             events,
-            topic: StringBuilder::with_capacity(rows, rows * 16),
+            topics: Vec::new(),
             partition: Int32Builder::with_capacity(rows),
             offset: Int64Builder::with_capacity(rows),
             ingestion_ts_ms: Int64Builder::with_capacity(rows),
-            ingestion_date: Date32Builder::with_capacity(rows),
             undecodable: Vec::new(),
         })
     }
 
     fn coordinates(&mut self, at: Coordinates<'_>) {
-        self.topic.append_value(at.topic);
+        match self.topics.last_mut() {
+            Some((topic, rows)) if **topic == *at.topic => *rows += 1,
+            _ => self.topics.push((at.topic.into(), 1)),
+        }
         self.partition.append_value(at.partition);
         self.offset.append_value(at.offset);
         self.ingestion_ts_ms.append_value(at.ingestion_ts_ms);
-        self.ingestion_date.append_value(day_of_millis(at.ingestion_ts_ms));
     }
 
     /// One record read by `plan` (made for the reader schema these columns follow) straight into
@@ -390,8 +392,9 @@ impl RawColumns {
             events.iter_mut().for_each(|column| column.truncate(rows));
             return Ok(false);
         }
-        // Fields the writer lacks, or holds as null, take the plan's value for them.
-        for (index, column) in events.iter_mut().enumerate() {
+        // Fields the writer lacks, or holds as null, take the plan's value for them (a plan whose
+        // writer always gives every field a value leaves none).
+        for (index, column) in events.iter_mut().enumerate().filter(|_| !plan.fills_every_field()) {
             if column.rows() == rows && !column.push(plan.default_of(index)) {
                 return Err(Error::Internal(format!("reader field {index} does not take its default {:?}", plan.default_of(index))));
             }
@@ -429,11 +432,14 @@ impl RawColumns {
     pub fn finish(&mut self) -> Result<RecordBatch> {
         let undecodable = self.undecodable_columns();
         let mut columns: Vec<ArrayRef> = self.events.iter_mut().map(EventColumn::finish).collect();
-        columns.push(Arc::new(self.topic.finish()));
+        columns.push(Arc::new(topic_column(std::mem::take(&mut self.topics))));
         columns.push(Arc::new(self.partition.finish()));
         columns.push(Arc::new(self.offset.finish()));
-        columns.push(Arc::new(self.ingestion_ts_ms.finish()));
-        columns.push(Arc::new(self.ingestion_date.finish()));
+        let ingestion_ts_ms = self.ingestion_ts_ms.finish();
+        // The date of each ingestion time, in one pass over the column instead of per record.
+        let ingestion_date: Date32Array = arrow::compute::unary(&ingestion_ts_ms, day_of_millis);
+        columns.push(Arc::new(ingestion_ts_ms));
+        columns.push(Arc::new(ingestion_date));
         columns.extend(undecodable);
         self.undecodable.clear();
         // Builders name list items and map entries their own way; the table's names win.
@@ -474,6 +480,19 @@ impl RawColumns {
         payloads.append_nulls(rest);
         [Arc::new(errors.finish()), Arc::new(details.finish()), Arc::new(payloads.finish())]
     }
+}
+
+/// The topic column of runs of (topic, rows).
+fn topic_column(runs: Vec<(Box<str>, usize)>) -> StringArray {
+    let rows: usize = runs.iter().map(|(_, rows)| rows).sum();
+    let bytes: usize = runs.iter().map(|(topic, rows)| topic.len() * rows).sum();
+    let mut column = StringBuilder::with_capacity(rows, bytes);
+    for (topic, rows) in &runs {
+        for _ in 0..*rows {
+            column.append_value(topic);
+        }
+    }
+    column.finish()
 }
 
 fn downcast<T: 'static>(builder: &mut dyn ArrayBuilder) -> Option<&mut T> {
