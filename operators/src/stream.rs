@@ -435,10 +435,26 @@ impl RawRows {
     /// Keeps the rows of `batch` at or after `raw_from` (partition → first offset the raw table
     /// lacks): after a restart the raw table may be ahead of the others.
     fn push(&mut self, batch: &RecordBatch, raw_from: &Offsets) -> Result<()> {
-        let coordinates = crate::records::positions(batch)?;
-        let held = |p: &crate::model::IngestPosition| p.offset < raw_from.get(&p.partition).copied().unwrap_or(0);
-        let batch = if coordinates.iter().any(held) {
-            let keep: arrow::array::BooleanArray = coordinates.iter().map(|p| Some(!held(p))).collect();
+        use arrow::array::AsArray;
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")));
+        let partitions = column("source_partition")?.as_primitive_opt::<arrow::datatypes::Int32Type>().ok_or_else(|| Error::Internal("source_partition is not an int".into()))?;
+        let offsets = column("source_offset")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::Internal("source_offset is not a long".into()))?;
+        // Rows come in runs of one partition: its first missing offset is looked up once a run.
+        let mut run: Option<(i32, i64)> = None;
+        let held: Vec<bool> = partitions
+            .values()
+            .iter()
+            .zip(offsets.values().iter())
+            .map(|(&partition, &offset)| {
+                let from = match run {
+                    Some((of, from)) if of == partition => from,
+                    _ => run.insert((partition, raw_from.get(&partition).copied().unwrap_or(0))).1,
+                };
+                offset < from
+            })
+            .collect();
+        let batch = if held.iter().any(|&held| held) {
+            let keep: arrow::array::BooleanArray = held.iter().map(|&held| Some(!held)).collect();
             arrow::compute::filter_record_batch(batch, &keep).context(|| "dropping rows the raw table holds".into())?
         } else {
             batch.clone()
@@ -770,6 +786,26 @@ mod tests {
             sliced_days += days.iter().filter(|(_, batches)| batches.len() > 1).count();
         }
         assert!(sliced_days > 100, "only {sliced_days} days were handed on as slices");
+    }
+
+    #[test]
+    fn raw_rows_the_raw_table_already_holds_are_dropped_and_no_others() {
+        let mut dropped = 0;
+        for seed in 0..100 {
+            let batches = read_batches(seed);
+            let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1000);
+            // The raw table holds each partition up to some offset (partition 3: none of it).
+            let raw_from: Offsets = (0..3).map(|partition| (partition, random.random_range(0..400))).collect();
+            let mut oracle: Vec<_> = batches.iter().flat_map(row_tuples).filter(|(_, partition, offset, _)| *offset >= raw_from.get(partition).copied().unwrap_or(0)).collect();
+            oracle.sort();
+            let mut raw = RawRows::default();
+            for batch in &batches {
+                raw.push(batch, &raw_from).unwrap();
+            }
+            dropped += batches.iter().map(RecordBatch::num_rows).sum::<usize>() - raw.len();
+            assert_eq!(rows_of(&raw.take(&schema()).unwrap()), oracle, "seed {seed}");
+        }
+        assert!(dropped > 1000, "only {dropped} rows were held already");
     }
 
     #[test]

@@ -99,7 +99,14 @@ impl Rules {
         }
         let order = order_values(column(&self.pipeline.order_by)?)?;
         let days = self.partition_values(column(&self.pipeline.partitioning.source)?)?;
-        let mut judged = Judged::default();
+        // Nearly every row passes: the accepted lists are sized for all of them up front.
+        let mut judged = Judged {
+            accepted: Vec::with_capacity(rows),
+            keys: Vec::with_capacity(rows),
+            orders: Vec::with_capacity(rows),
+            days: Vec::with_capacity(rows),
+            ..Judged::default()
+        };
         for (row, verdict) in verdicts.into_iter().enumerate() {
             let verdict = verdict.or_else(|| {
                 let (order, day) = (order[row], days[row]);

@@ -482,17 +482,12 @@ impl RawColumns {
     }
 }
 
-/// The topic column of runs of (topic, rows).
+/// The topic column of runs of (topic, rows): each run's text repeated at once.
 fn topic_column(runs: Vec<(Box<str>, usize)>) -> StringArray {
-    let rows: usize = runs.iter().map(|(_, rows)| rows).sum();
-    let bytes: usize = runs.iter().map(|(topic, rows)| topic.len() * rows).sum();
-    let mut column = StringBuilder::with_capacity(rows, bytes);
-    for (topic, rows) in &runs {
-        for _ in 0..*rows {
-            column.append_value(topic);
-        }
-    }
-    column.finish()
+    let offsets = OffsetBuffer::<i32>::from_lengths(runs.iter().flat_map(|(topic, rows)| std::iter::repeat_n(topic.len(), *rows)));
+    let text: String = runs.iter().map(|(topic, rows)| topic.repeat(*rows)).collect();
+    // SAFETY: the text is whole topics (`str`s) one after another, and each offset ends one.
+    unsafe { StringArray::new_unchecked(offsets, text.into_bytes().into(), None) }
 }
 
 fn downcast<T: 'static>(builder: &mut dyn ArrayBuilder) -> Option<&mut T> {
@@ -748,5 +743,25 @@ mod tests {
         assert!(error.is_null(0));
         assert_eq!(error.value(1), "bad_framing");
         assert_eq!(batch.column(schema.index_of("source_offset").unwrap()).as_primitive::<Int64Type>().values().to_vec(), vec![0, 1]);
+    }
+
+    #[test]
+    fn coordinates_keep_each_records_topic_and_ingestion_date_across_batches() {
+        let mut columns = RawColumns::new(&raw_schema(), 4).unwrap();
+        let refused = || Undecodable { reason: RejectReason::BadFraming, detail: String::new(), payload: Vec::new() };
+        let day = 86_400_000;
+        let topics = ["a", "a", "bb", "a", "", ""];
+        for (offset, topic) in topics.iter().enumerate() {
+            let at = Coordinates { topic, partition: 0, offset: offset as i64, ingestion_ts_ms: offset as i64 * day / 2 - 1 };
+            columns.append_undecodable(refused(), at);
+        }
+        let column = |batch: &RecordBatch, name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let first = columns.finish().unwrap();
+        assert_eq!(column(&first, "source_topic").as_string::<i32>().iter().flatten().collect::<Vec<_>>(), topics);
+        let dates = column(&first, "ingestion_date");
+        assert_eq!(dates.as_primitive::<arrow::datatypes::Date32Type>().values().to_vec(), [-1, 0, 0, 1, 1, 2], "the UTC day, before 1970 too");
+        columns.append_undecodable(refused(), Coordinates { topic: "c", partition: 0, offset: 9, ingestion_ts_ms: 0 });
+        let second = columns.finish().unwrap();
+        assert_eq!(column(&second, "source_topic").as_string::<i32>().iter().flatten().collect::<Vec<_>>(), ["c"], "a batch starts with no topic");
     }
 }
