@@ -145,7 +145,7 @@ fn rules_and_upsert(c: &mut Criterion) {
                         let mine: Vec<u32> = (0..candidates.keys.len() as u32)
                             .filter(|i| operators::upsert::route(candidates.keys[*i as usize]) % peers as u64 == owner)
                             .collect();
-                        input.send(operators::upsert::UpsertInput::Rows { owner, candidates: candidates.take(&mine).unwrap() });
+                        input.send(operators::upsert::UpsertInput::Rows { owner, candidates: candidates.share(&mine).unwrap() });
                     }
                 }
                 input.close();
