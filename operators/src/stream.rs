@@ -435,26 +435,22 @@ impl RawRows {
     /// Keeps the rows of `batch` at or after `raw_from` (partition → first offset the raw table
     /// lacks): after a restart the raw table may be ahead of the others.
     fn push(&mut self, batch: &RecordBatch, raw_from: &Offsets) -> Result<()> {
-        use arrow::array::AsArray;
-        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")));
-        let partitions = column("source_partition")?.as_primitive_opt::<arrow::datatypes::Int32Type>().ok_or_else(|| Error::Internal("source_partition is not an int".into()))?;
-        let offsets = column("source_offset")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::Internal("source_offset is not a long".into()))?;
+        let partitions = raw_column::<arrow::datatypes::Int32Type>(batch, "source_partition")?.values();
+        let offsets = raw_column::<arrow::datatypes::Int64Type>(batch, "source_offset")?.values();
         // Rows come in runs of one partition: its first missing offset is looked up once a run.
         let mut run: Option<(i32, i64)> = None;
-        let held: Vec<bool> = partitions
-            .values()
+        let keep: arrow::array::BooleanArray = partitions
             .iter()
-            .zip(offsets.values().iter())
+            .zip(offsets.iter())
             .map(|(&partition, &offset)| {
                 let from = match run {
                     Some((of, from)) if of == partition => from,
                     _ => run.insert((partition, raw_from.get(&partition).copied().unwrap_or(0))).1,
                 };
-                offset < from
+                Some(offset >= from)
             })
             .collect();
-        let batch = if held.iter().any(|&held| held) {
-            let keep: arrow::array::BooleanArray = held.iter().map(|&held| Some(!held)).collect();
+        let batch = if keep.false_count() > 0 {
             arrow::compute::filter_record_batch(batch, &keep).context(|| "dropping rows the raw table holds".into())?
         } else {
             batch.clone()
@@ -530,18 +526,22 @@ struct Run {
 /// Rows by (ingestion date, partition): the group's last offset and its runs, in reading order.
 type ArrivalGroups = BTreeMap<(i32, i32), (i64, Vec<Run>)>;
 
+/// A coordinate column of raw rows the stream built itself (so a missing or mistyped one is a bug).
+fn raw_column<'a, T: arrow::datatypes::ArrowPrimitiveType>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::PrimitiveArray<T>> {
+    use arrow::array::AsArray;
+    let column = batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")))?;
+    column.as_primitive_opt::<T>().ok_or_else(|| Error::Internal(format!("raw column {name} is {}, not {}", column.data_type(), T::DATA_TYPE)))
+}
+
 /// The rows of `batches` grouped by (ingestion date, partition), in the groups' order, each group
 /// in reading order; `None` if a group's offsets are not ascending.
 fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<ArrivalGroups>> {
-    use arrow::array::AsArray;
     use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
     let mut groups = ArrivalGroups::new();
     for (index, batch) in batches.iter().enumerate() {
-        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::Internal(format!("raw rows without {name}")));
-        let days = column("ingestion_date")?.as_primitive_opt::<Date32Type>().ok_or_else(|| Error::Internal("ingestion_date is not a date".into()))?;
-        let partitions = column("source_partition")?.as_primitive_opt::<Int32Type>().ok_or_else(|| Error::Internal("source_partition is not an int".into()))?;
-        let offsets = column("source_offset")?.as_primitive_opt::<Int64Type>().ok_or_else(|| Error::Internal("source_offset is not a long".into()))?;
-        let (days, partitions, offsets) = (days.values(), partitions.values(), offsets.values());
+        let days = raw_column::<Date32Type>(batch, "ingestion_date")?.values();
+        let partitions = raw_column::<Int32Type>(batch, "source_partition")?.values();
+        let offsets = raw_column::<Int64Type>(batch, "source_offset")?.values();
         let mut row = 0;
         while row < batch.num_rows() {
             // Consecutive rows of one group (a partition's fetch, one day) go in together.

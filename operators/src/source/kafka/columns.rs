@@ -394,9 +394,11 @@ impl RawColumns {
         }
         // Fields the writer lacks, or holds as null, take the plan's value for them (a plan whose
         // writer always gives every field a value leaves none).
-        for (index, column) in events.iter_mut().enumerate().filter(|_| !plan.fills_every_field()) {
-            if column.rows() == rows && !column.push(plan.default_of(index)) {
-                return Err(Error::Internal(format!("reader field {index} does not take its default {:?}", plan.default_of(index))));
+        if !plan.fills_every_field() {
+            for (index, column) in events.iter_mut().enumerate() {
+                if column.rows() == rows && !column.push(plan.default_of(index)) {
+                    return Err(Error::Internal(format!("reader field {index} does not take its default {:?}", plan.default_of(index))));
+                }
             }
         }
         self.coordinates(at);
