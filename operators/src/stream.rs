@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use iceberg::TableIdent;
-use rdkafka::consumer::{CommitMode as KafkaCommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode as KafkaCommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::{CatalogSettings, Lakehouse};
@@ -58,7 +58,8 @@ use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::schema::arrow_schema;
 use crate::source::kafka::columns::{Coordinates, RawColumns};
-use crate::source::kafka::fetch::BatchConsumer;
+use crate::source::kafka::fetch::{BatchConsumer, Fetched};
+use crate::source::kafka::native::{FetchSettings, NativeFetcher};
 use crate::sink::committer::{CommitMode, CommitStats, StreamCommit};
 use crate::sink::{EpochDays, EpochMeta};
 use crate::source::kafka::confluent::{Backoff, Decoder};
@@ -561,9 +562,36 @@ fn arrival_groups(batches: &[RecordBatch]) -> Result<Option<ArrivalGroups>> {
     Ok(Some(groups))
 }
 
+/// Where a worker's records come from: librdkafka, or the native fetch path beside a librdkafka
+/// consumer that is assigned nothing (it stores the group's offsets and reads watermarks).
+enum Records {
+    Librdkafka(BatchConsumer),
+    Native { fetcher: NativeFetcher, consumer: BaseConsumer },
+}
+
+impl Records {
+    fn consumer(&self) -> &BaseConsumer {
+        match self {
+            Records::Librdkafka(batch) => batch.consumer(),
+            Records::Native { consumer, .. } => consumer,
+        }
+    }
+
+    /// The offset after the last record handed over from `partition`.
+    fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        match self {
+            Records::Librdkafka(batch) => {
+                let position = batch.consumer().position().ok()?;
+                position.find_partition(topic, partition).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0)
+            }
+            Records::Native { fetcher, .. } => fetcher.position(partition),
+        }
+    }
+}
+
 /// One worker's consumer and decoder.
 struct PartitionReader {
-    consumer: BatchConsumer,
+    records: Records,
     decoder: Decoder,
     topic: String,
     raw_from: Offsets,
@@ -589,7 +617,10 @@ impl PartitionReader {
             settings.kafka.partitions(&consumer, Duration::from_secs(15))?;
         }
         let starts: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, resume.start(*p))).collect();
-        let consumer = BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?;
+        let records = match FetchSettings::of(&settings.kafka)? {
+            Some(native) => Records::Native { fetcher: NativeFetcher::start(native, &starts)?, consumer },
+            None => Records::Librdkafka(BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?),
+        };
         let registry = RegistryClient::new(&settings.registry_url, settings.registry_timeout)?;
         let retries = metrics.as_ref().map(|m| m.registry_retries.clone());
         let decoder = Decoder::new(
@@ -605,7 +636,7 @@ impl PartitionReader {
             }),
         );
         Ok(PartitionReader {
-            consumer,
+            records,
             decoder,
             topic: settings.kafka.topic.clone(),
             raw_from: resume.raw.clone(),
@@ -626,7 +657,8 @@ impl PartitionReader {
         let (decoder, topic, newest_day) = (&mut self.decoder, self.topic.as_str(), &mut self.newest_day);
         let before = meta.records;
         let mut failed = false;
-        self.consumer.read(wait, usize::try_from(max).unwrap_or(usize::MAX), |record| {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let each = |record: Fetched<'_>| {
             if failed {
                 // The run stops; records after the failure are not noted, so no table claims them.
                 return;
@@ -644,7 +676,14 @@ impl PartitionReader {
             note_day(newest_day, record.partition, day);
             meta.offsets.insert(record.partition, record.offset + 1);
             meta.records += 1;
-        });
+        };
+        let fetched = match &mut self.records {
+            Records::Librdkafka(batch) => Ok(batch.read(wait, max, each)),
+            Records::Native { fetcher, .. } => fetcher.read(wait, max, each),
+        };
+        if let Err(error) = fetched {
+            failure.set(error);
+        }
         meta.records - before
     }
 
@@ -663,19 +702,15 @@ impl PartitionReader {
                 // Only fails for an invalid offset, which a consumed record's successor is not.
                 let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
             }
-            if let Err(error) = self.consumer.consumer().commit(&list, KafkaCommitMode::Async) {
+            if let Err(error) = self.records.consumer().commit(&list, KafkaCommitMode::Async) {
                 tracing::debug!(%error, "could not store the group's offsets (monitoring only)");
             }
         }
         let Some(metrics) = &self.metrics else { return };
         for partition in &self.partitions {
-            let Ok(position) = self.consumer.consumer().position() else { return };
-            let next = position
-                .find_partition(&self.topic, *partition)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0);
+            let next = self.records.position(&self.topic, *partition);
             if let (Some(next), Ok((_, high))) =
-                (next, self.consumer.consumer().fetch_watermarks(&self.topic, *partition, Duration::from_millis(500)))
+                (next, self.records.consumer().fetch_watermarks(&self.topic, *partition, Duration::from_millis(500)))
             {
                 metrics.consumer_lag(*partition).set((high - next).max(0));
             }

@@ -282,6 +282,8 @@ pub struct SourceSection {
     pub group_id: String,
     /// The reader schema (`.avsc`) records are resolved into.
     pub reader_schema: PathBuf,
+    /// Which client fetches records: `auto` (default), `native` or `librdkafka`.
+    pub fetch: Option<String>,
     /// Further librdkafka client settings, passed as given.
     #[serde(default)]
     pub kafka: std::collections::BTreeMap<String, toml::Value>,
@@ -505,6 +507,10 @@ impl Graph {
             brokers: file.source.brokers.trim().to_string(),
             topic: file.source.topic.clone(),
             group_id: file.source.group_id,
+            fetch: match &file.source.fetch {
+                Some(text) => operators::source::kafka::native::FetchClient::parse(text).map_err(|e| format!("source.{e}"))?,
+                None => Default::default(),
+            },
             properties,
         };
         for (key, name) in [("tables.raw", &file.tables.raw), ("tables.curated", &file.tables.curated), ("tables.rejected", &file.tables.rejected)] {

@@ -17,6 +17,7 @@
 pub mod columns;
 pub mod confluent;
 pub mod fetch;
+pub mod native;
 pub mod read_plan;
 pub mod registry;
 
@@ -77,6 +78,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     pub group_id: String,
+    /// Which client fetches records ([`native`]).
+    pub fetch: native::FetchClient,
     /// Further librdkafka client settings (security, fetch sizes, timeouts), passed as given.
     pub properties: BTreeMap<String, String>,
 }
@@ -100,6 +103,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("topic", &self.topic)
             .field("group_id", &self.group_id)
+            .field("fetch", &self.fetch)
             .field("properties", &properties)
             .finish()
     }
