@@ -2,9 +2,11 @@
 //! client, version and fetch settings as the engine) reading a topic from the beginning and doing
 //! nothing with the records but touching their payload.
 //!
-//! Usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [batch|poll]
-//! - `batch` (default): the engine's own reader (`operators::source::kafka::fetch`), which takes
-//!   records from librdkafka a batch at a time;
+//! Usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [native|batch|poll]
+//! - `native`: the engine's native fetch path (`operators::source::kafka::native`), Kafka's Fetch
+//!   API spoken directly and record batches read in place (the engine's default on plaintext);
+//! - `batch` (default): the engine's librdkafka reader (`operators::source::kafka::fetch`), which
+//!   takes records from librdkafka a batch at a time;
 //! - `poll`: rdkafka's `BaseConsumer::poll`, a record per call (what the engine did before
 //!   2026-12-01, kept to show the difference).
 //! Prints: `bare consume: N records in S s (R records/s); T s from the first record (R' records/s)`
@@ -13,25 +15,32 @@
 
 use std::time::{Duration, Instant};
 
+use operators::source::kafka::KafkaSettings;
 use operators::source::kafka::fetch::BatchConsumer;
+use operators::source::kafka::native::{FetchClient, FetchSettings, NativeFetcher};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, brokers, topic, records, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [batch|poll]");
+        eprintln!("usage: bare-consume BROKERS TOPIC RECORDS [CONSUMERS] [native|batch|poll]");
         std::process::exit(2);
     };
     let records: u64 = records.parse().expect("RECORDS is a number");
     let consumers: usize = rest.first().map(|c| c.parse().expect("CONSUMERS is a number")).unwrap_or(2);
-    let batch = match rest.get(1).map(String::as_str) {
-        None | Some("batch") => true,
-        Some("poll") => false,
-        Some(other) => {
-            eprintln!("bare-consume: read mode {other:?} is neither batch nor poll");
-            std::process::exit(2);
-        }
+    let mode = rest.get(1).map(String::as_str).unwrap_or("batch");
+    if !["native", "batch", "poll"].contains(&mode) {
+        eprintln!("bare-consume: read mode {mode:?} is not native, batch or poll");
+        std::process::exit(2);
+    }
+    // The engine's settings for its native fetch path, with the same fetch sizes.
+    let kafka = KafkaSettings {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        group_id: "bare-consume".into(),
+        fetch: FetchClient::Native,
+        properties: [("fetch.max.bytes", "52428800"), ("max.partition.fetch.bytes", "10485760")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     };
     let config = || {
         let mut config = ClientConfig::new();
@@ -51,7 +60,7 @@ fn main() {
     let first_record = std::sync::OnceLock::new();
     std::thread::scope(|scope| {
         for index in 0..consumers {
-            let (total, partitions, config, first_record) = (&total, &partitions, &config, &first_record);
+            let (total, partitions, config, first_record, kafka) = (&total, &partitions, &config, &first_record, &kafka);
             scope.spawn(move || {
                 let consumer: BaseConsumer = config().create().expect("consumer");
                 // As the engine does: leaders known before the assignment, or librdkafka's first
@@ -59,7 +68,21 @@ fn main() {
                 consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
                 let mine: Vec<i32> = partitions.iter().copied().filter(|p| *p as usize % consumers == index).collect();
                 let mut bytes = 0u64;
-                if batch {
+                if mode == "native" {
+                    let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
+                    let settings = FetchSettings::of(&kafka).expect("settings").expect("native");
+                    let mut reader = NativeFetcher::start(settings, &starts).expect("fetcher");
+                    while total.load(std::sync::atomic::Ordering::Relaxed) < records {
+                        let read = reader.read(Duration::from_millis(100), 256, |record| bytes += record.payload.len() as u64).expect("fetch");
+                        if read > 0 {
+                            first_record.get_or_init(Instant::now);
+                            total.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    std::hint::black_box(bytes);
+                    return;
+                }
+                if mode == "batch" {
                     let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
                     let mut reader = BatchConsumer::assign(consumer, topic, &starts).expect("assignment");
                     while total.load(std::sync::atomic::Ordering::Relaxed) < records {
@@ -92,8 +115,7 @@ fn main() {
     let reading = first_record.get().map(|first| first.elapsed().as_secs_f64()).unwrap_or(seconds);
     let n = total.into_inner();
     println!(
-        "bare consume ({}): {n} records in {seconds:.2} s ({:.0} records/s); {reading:.2} s from the first record ({:.0} records/s)",
-        if batch { "batch" } else { "poll" },
+        "bare consume ({mode}): {n} records in {seconds:.2} s ({:.0} records/s); {reading:.2} s from the first record ({:.0} records/s)",
         n as f64 / seconds,
         n as f64 / reading
     );

@@ -2,9 +2,9 @@
 # Stream throughput and freshness against the project's broker (release build).
 #
 # 1. Produces EVENTS events into a fresh 6-partition topic.
-# 2. Ceiling: a bare librdkafka consumer (bare-consume, same client, fetch settings and batch reader
-#    as the engine) reads them; then the same with rdkafka's one-record poll, and a bare rskafka
-#    reader (bare-consume-rskafka, another client).
+# 2. Ceiling: a bare consumer on the engine's native fetch path (bare-consume native: the engine's
+#    default client, same fetch settings) reads them; then the engine's librdkafka batch reader,
+#    rdkafka's one-record poll, and a bare rskafka reader (bare-consume-rskafka, another client).
 # 3. `runtime --mode stream -w WORKERS` with the graph's epoch settings (10 s interval, epochs of at
 #    most 1M records, the one after a full epoch closing once the backlog is drained) reads them
 #    into a fresh lakehouse until idle: committed events/s = EVENTS / (process start -> commit of
@@ -46,6 +46,9 @@ topic=bench.throughput.$RANDOM$RANDOM
 graph_for "$topic" "$work/t"
 echo "producing $events events to $topic..."
 "$bin/runtime" --graph "$work/t/graph.toml" produce --count "$events" --days 5 --start 2025-05-01 2>/dev/null
+cpu_mark
+"$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers" native
+cpu_report "bare-consume (native)"
 cpu_mark
 "$bin/bare-consume" 127.0.0.1:9092 "$topic" "$events" "$workers" batch
 cpu_report "bare-consume (batch)"
