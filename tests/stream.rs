@@ -13,12 +13,17 @@ use ratings_tests::{Lake, assert_matches_oracle, python_json, set_line};
 const V2: &str = "tests/schemas/movie_rating_v2.avsc";
 const INCOMPATIBLE: &str = "tests/schemas/movie_rating_no_rating.avsc";
 #[test]
-fn stream_equals_the_oracle_and_replay_reproduces_it() {
+fn stream_equals_the_oracle_and_replay_reproduces_it_with_either_fetch_client() {
     let mut s = Scenario::new(4);
     s.produce(12_000, 5, "2025-05-01", 7, READER);
     let first = s.stream(&["-w", "2"]);
     assert!(first.contains("12000 records"), "{first}");
-    // A second run resumes where the first committed, with state seeded from curated.
+    // A second run resumes where the first (native fetch, the default) committed, with state
+    // seeded from curated, and fetches through librdkafka.
+    edit_graph(&s.lake, |graph| {
+        assert!(graph.contains("[source]\n"), "{graph}");
+        graph.replacen("[source]\n", "[source]\nfetch = \"librdkafka\"\n", 1)
+    });
     s.produce(6_000, 3, "2025-05-06", 8, READER);
     let second = s.stream(&["-w", "3"]);
     assert!(second.contains("6000 records"), "{second}");

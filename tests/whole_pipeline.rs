@@ -10,6 +10,7 @@ mod bad_input;
 mod checks;
 mod cluster;
 mod external_readers;
+mod fetch;
 mod maintenance;
 mod movies;
 mod object_storage;

@@ -618,8 +618,14 @@ impl PartitionReader {
         }
         let starts: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, resume.start(*p))).collect();
         let records = match FetchSettings::of(&settings.kafka)? {
-            Some(native) => Records::Native { fetcher: NativeFetcher::start(native, &starts)?, consumer },
-            None => Records::Librdkafka(BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?),
+            Some(native) => {
+                tracing::debug!(?partitions, "fetching natively");
+                Records::Native { fetcher: NativeFetcher::start(native, &starts)?, consumer }
+            }
+            None => {
+                tracing::debug!(?partitions, "fetching through librdkafka");
+                Records::Librdkafka(BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?)
+            }
         };
         let registry = RegistryClient::new(&settings.registry_url, settings.registry_timeout)?;
         let retries = metrics.as_ref().map(|m| m.registry_retries.clone());
