@@ -114,8 +114,12 @@ impl Connection {
         let size = usize::try_from(i32::from_be_bytes(size)).ok().filter(|size| *size <= MAX_RESPONSE).ok_or_else(|| {
             FetchError::Retriable(format!("Kafka broker {} sent a response size of {}", self.address, i32::from_be_bytes(size)))
         })?;
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).map_err(|e| self.lost("reading a response", e))?;
+        // Read into spare capacity: a fetch response is megabytes that need no zeroing first.
+        let mut body = Vec::with_capacity(size);
+        let read = (&mut self.stream).take(size as u64).read_to_end(&mut body).map_err(|e| self.lost("reading a response", e))?;
+        if read < size {
+            return Err(self.lost("reading a response", std::io::ErrorKind::UnexpectedEof.into()));
+        }
         let whole = Bytes::from(body);
         let mut rest = whole.clone();
         let garbled = |what: &str, e: String| FetchError::Retriable(format!("Kafka broker {} sent a garbled {what} (API {} v{version}): {e}", self.address, R::KEY));
