@@ -123,6 +123,9 @@ struct Judged {
     rejected: Option<RecordBatch>,
     working: RecordBatch,
     ingested: RecordBatch,
+    /// Columns of `ingested` that `working` holds as they are (the same arrays): unless a plugin
+    /// writes one, the curated rows hold it as ingested, and no row needs comparing.
+    unchanged: BTreeSet<String>,
     keys: Vec<u128>,
     orders: Vec<i64>,
     days: Vec<i32>,
@@ -143,6 +146,7 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let rules = &context.rules;
     let pipeline = &rules.pipeline;
     let judged = rules.judge(raw)?;
+    let keys_as_ingested = judged.keys_as_ingested;
     let mut rejected_rows = judged.rejected;
     let (mut reasons, mut details) = (judged.reasons, judged.details);
     // Only a stream restart needs the coordinates here.
@@ -188,7 +192,8 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let mut columns: Vec<ArrayRef> = Vec::new();
     for name in &event_names {
         let column = ingested.column_by_name(name).ok_or_else(|| Error::Internal(format!("column {name} is missing")))?;
-        let column: ArrayRef = if rules.keys.canonical() && *name == pipeline.key[0] {
+        // A uuid key whose every text is canonical already is offered as ingested, not printed.
+        let column: ArrayRef = if rules.keys.canonical() && *name == pipeline.key[0] && !keys_as_ingested {
             Arc::new(uuid_text(&keys)?)
         } else {
             column.clone()
@@ -208,13 +213,22 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let options = RecordBatchOptions::new().with_row_count(Some(kept.len()));
     let working = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "assembling the rules' columns".into())?;
     let working = crate::pipeline::stages::apply_all(&pipeline.stages, &working)?;
-    Ok(Judged { rejected, working, ingested, keys, orders, days })
+    let unchanged = event_names
+        .iter()
+        .filter(|name| match (working.column_by_name(name), ingested.column_by_name(name)) {
+            (Some(offered), Some(as_ingested)) => Arc::ptr_eq(offered, as_ingested),
+            _ => false,
+        })
+        .map(|name| name.to_string())
+        .collect();
+    Ok(Judged { rejected, working, ingested, unchanged, keys, orders, days })
 }
 
 /// The candidates of the rows the plugin chain kept, in the curated table's columns.
 fn candidates(
     applied: crate::rules::chain::Applied,
     ingested: &RecordBatch,
+    unchanged: &BTreeSet<String>,
     keys: &[u128],
     orders: &[i64],
     days: &[i32],
@@ -256,7 +270,8 @@ fn candidates(
         };
         slots.push(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: prints[i] });
     }
-    let ingested = differences(&take(ingested, kept)?, &rows, &context.topic)?;
+    let as_ingested = |name: &str| unchanged.contains(name) && !applied.written.contains(name);
+    let ingested = differences(ingested, kept, &rows, &context.topic, as_ingested)?;
     let rows = match &context.printed_key {
         Some(printed) => printed.strip(rows),
         None => rows,
@@ -264,35 +279,55 @@ fn candidates(
     Ok(Candidates::new(rows, ingested, kept.iter().map(|&row| keys[row as usize]).collect(), slots))
 }
 
-/// What `ingested` (the rows as ingested: event columns, coordinates) says that `rows` (their
-/// curated rows) does not: a column only where some row differs (a `uuid` key in another
-/// spelling, a value a plugin replaced, an event column curated lacks, a topic not the graph's),
-/// and in it only the differing values. Usually no column at all: late updates, the one use, are
-/// rare, and the rows wait in the upsert for a whole epoch.
-fn differences(ingested: &RecordBatch, rows: &RecordBatch, topic: &str) -> Result<RecordBatch> {
+/// What `ingested` (the rows as ingested: event columns, coordinates), cut to the `kept` rows,
+/// says that `rows` (their curated rows) does not: a column only where some row differs (a `uuid`
+/// key in another spelling, a value a plugin replaced, an event column curated lacks, a topic not
+/// the graph's), and in it only the differing values. Usually no column at all: late updates, the
+/// one use, are rare, and the rows wait in the upsert for a whole epoch. A column `as_ingested`
+/// names is known to be the same in `rows` and is not compared; the others are cut to the kept
+/// rows only where they are compared.
+fn differences(ingested: &RecordBatch, kept: &[u32], rows: &RecordBatch, topic: &str, as_ingested: impl Fn(&str) -> bool) -> Result<RecordBatch> {
     let count = rows.num_rows();
+    let cut = |column: &ArrayRef, name: &str| -> Result<ArrayRef> {
+        match kept.len() == column.len() {
+            true => Ok(column.clone()),
+            false => arrow::compute::take(column, &arrow::array::UInt32Array::from(kept.to_vec()), None).context(|| format!("cutting {name} to the kept rows")),
+        }
+    };
     let (mut fields, mut columns) = (Vec::new(), Vec::new());
     for (field, column) in ingested.schema().fields().iter().zip(ingested.columns()) {
         let name = field.name().as_str();
         if LINEAGE.iter().any(|(lineage, _)| *lineage == name) {
             continue;
         }
-        let same = if name == "source_topic" {
+        let (column, same) = if name == "source_topic" {
             let topic = arrow::array::Scalar::new(arrow::array::StringArray::from(vec![topic]));
-            arrow::compute::kernels::cmp::eq(column, &topic).context(|| "comparing topics".into())?
+            let graphs = |column: &ArrayRef| arrow::compute::kernels::cmp::eq(column, &topic).context(|| "comparing topics".into());
+            // Every row of the batch on the graph's topic: so are the kept ones.
+            if graphs(column)?.true_count() == column.len() {
+                continue;
+            }
+            let column = cut(column, name)?;
+            let same = graphs(&column)?;
+            (column, same)
         } else {
             match rows.column_by_name(name) {
                 Some(curated) if curated.data_type() == column.data_type() => {
-                    arrow::compute::kernels::cmp::not_distinct(column, curated).context(|| format!("comparing {name}"))?
+                    if as_ingested(name) {
+                        continue;
+                    }
+                    let column = cut(column, name)?;
+                    let same = arrow::compute::kernels::cmp::not_distinct(&column, curated).context(|| format!("comparing {name}"))?;
+                    (column, same)
                 }
-                _ => arrow::array::BooleanArray::from(vec![false; count]),
+                _ => (cut(column, name)?, arrow::array::BooleanArray::from(vec![false; count])),
             }
         };
         if same.true_count() == count {
             continue;
         }
         fields.push(field.as_ref().clone().with_nullable(true));
-        columns.push(arrow::compute::nullif(column, &same).context(|| format!("keeping {name} where it differs")).map(ArrayRef::from)?);
+        columns.push(arrow::compute::nullif(&column, &same).context(|| format!("keeping {name} where it differs")).map(ArrayRef::from)?);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(count));
     RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options).context(|| "rows as ingested".into())
@@ -626,7 +661,7 @@ fn rules_step(batch: &RecordBatch, chain: &mut crate::rules::chain::ChainInstanc
     if let Some(rejected) = plugin_rejections(&applied.rejected, &judged.ingested, context)? {
         out.push(Err(SinkMessage::Rejected(Batch::new(rejected))));
     }
-    let candidates = candidates(applied, &judged.ingested, &judged.keys, &judged.orders, &judged.days, context)?;
+    let candidates = candidates(applied, &judged.ingested, &judged.unchanged, &judged.keys, &judged.orders, &judged.days, context)?;
     context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);
     out.extend(by_owner(candidates, peers)?.into_iter().map(Ok));
     Ok(out)
@@ -646,7 +681,7 @@ pub fn share_of(tasks: &[FileScanTask], index: usize, peers: usize) -> Vec<FileS
 /// The slot of every row of a curated batch, and its key (rows read back at start).
 pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Slot)>> {
     let pipeline = &rules.pipeline;
-    let keys = rules.keys.keys(batch)?;
+    let keys = rules.keys.keys(batch)?.all("the curated table")?;
     let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("curated column {name} is missing from the table")));
     let orders = order_values(column(&pipeline.order_by)?)?;
     let days = order_values(column(&pipeline.partitioning.column)?)?;
@@ -655,12 +690,12 @@ pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Sl
     let positions = positions(batch)?;
     let mut slots = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
-        let key = keys[row].as_ref().map_err(|problem| Error::User(format!("curated table holds a row without a valid key: {problem:?}")))?;
+        let key = keys[row];
         let (Some(order), Some(day)) = (orders[row], days[row]) else {
             return Err(Error::User(format!("curated table holds a row without {} or {}", pipeline.order_by, pipeline.partitioning.column)));
         };
         let day = i32::try_from(day).map_err(|_| Error::User(format!("curated partition value {day} is not a day")))?;
-        slots.push((*key, Slot { position: positions[row], origin: Origin::Seed, order, day, fingerprint: prints[row] }));
+        slots.push((key, Slot { position: positions[row], origin: Origin::Seed, order, day, fingerprint: prints[row] }));
     }
     Ok(slots)
 }

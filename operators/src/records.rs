@@ -357,30 +357,66 @@ pub enum KeyProblem {
     NotUuid(String),
 }
 
+/// The keys of a batch's rows ([`KeyMaker::keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Per row its key; 0 for a row in `problems` (which a caller rejects or refuses).
+    pub values: Vec<u128>,
+    /// The rows without a key, in row order.
+    pub problems: Vec<(usize, KeyProblem)>,
+    /// Whether every row with a key holds its key column as the curated table does: always for
+    /// a key kept as ingested; for a `uuid` key, when each text is already its canonical form.
+    pub as_ingested: bool,
+}
+
+impl Keys {
+    fn problem(&mut self, row: usize, problem: KeyProblem) {
+        self.problems.push((row, problem));
+        self.values.push(0);
+    }
+
+    /// The keys of a batch that must have one in every row (rows read back from curated).
+    pub fn all(self, what: &str) -> Result<Vec<u128>> {
+        match self.problems.into_iter().next() {
+            Some((row, problem)) => Err(Error::User(format!("{what} holds a row ({row}) without a valid key: {problem:?}"))),
+            None => Ok(self.values),
+        }
+    }
+}
+
 impl KeyMaker {
     pub fn new(pipeline: &Pipeline) -> KeyMaker {
         KeyMaker { columns: pipeline.key.clone(), kind: pipeline.key_kind }
     }
 
     /// The key of every row of `batch` (which holds the key columns by name).
-    pub fn keys(&self, batch: &RecordBatch) -> Result<Vec<std::result::Result<u128, KeyProblem>>> {
+    pub fn keys(&self, batch: &RecordBatch) -> Result<Keys> {
         let columns = self
             .columns
             .iter()
             .map(|name| batch.column_by_name(name).cloned().ok_or_else(|| Error::User(format!("key column {name} is missing from the table"))))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let rows = batch.num_rows();
+        let mut keys = Keys { values: Vec::with_capacity(rows), problems: Vec::new(), as_ingested: true };
         if self.kind == KeyKind::Uuid {
             let text = columns[0].as_string_opt::<i32>().ok_or_else(|| Error::User(format!("key column {} is not a string", self.columns[0])))?;
-            return Ok((0..rows)
-                .map(|row| {
-                    let value = if text.is_valid(row) { text.value(row).trim() } else { "" };
-                    if value.is_empty() {
-                        return Err(KeyProblem::Missing(self.columns[0].clone()));
+            for row in 0..rows {
+                let raw = if text.is_valid(row) { text.value(row) } else { "" };
+                let value = raw.trim();
+                if value.is_empty() {
+                    keys.problem(row, KeyProblem::Missing(self.columns[0].clone()));
+                    continue;
+                }
+                match uuid::Uuid::try_parse(value) {
+                    Ok(uuid) => {
+                        // 36 bytes that parse are the hyphenated form: canonical unless upper case.
+                        keys.as_ingested &= raw.len() == 36 && !raw.bytes().any(|b| b.is_ascii_uppercase());
+                        keys.values.push(uuid.as_u128());
                     }
-                    uuid::Uuid::try_parse(value).map(|u| u.as_u128()).map_err(|_| KeyProblem::NotUuid(value.to_string()))
-                })
-                .collect());
+                    Err(_) => keys.problem(row, KeyProblem::NotUuid(value.to_string())),
+                }
+            }
+            return Ok(keys);
         }
         // Each row's values as ingested, length-prefixed, one column after the other, in a small
         // buffer of its own; a null (or blank string) is missing. Hashed in one call per row: a
@@ -421,14 +457,13 @@ impl KeyMaker {
                 other => return Err(Error::User(format!("key column {name} is {other}; a key is a string, int, long or binary"))),
             }
         }
-        Ok(encoded
-            .into_iter()
-            .zip(missing)
-            .map(|(bytes, missing)| match missing {
-                Some(name) => Err(KeyProblem::Missing(name)),
-                None => Ok(twox_hash::XxHash3_128::oneshot(&bytes)),
-            })
-            .collect())
+        for (row, (bytes, missing)) in encoded.into_iter().zip(missing).enumerate() {
+            match missing {
+                Some(name) => keys.problem(row, KeyProblem::Missing(name)),
+                None => keys.values.push(twox_hash::XxHash3_128::oneshot(&bytes)),
+            }
+        }
+        Ok(keys)
     }
 
     /// Whether curated holds the key columns rewritten (a UUID's canonical form).
@@ -854,10 +889,30 @@ mod tests {
             ("b", Arc::new(StringArray::from(vec![Some("c"), Some("bc"), Some("c"), Some("c"), Some("x")])) as ArrayRef),
         ]);
         let made = keys.keys(&rows).unwrap();
-        assert_ne!(made[0], made[1], "(ab, c) and (a, bc) are two keys");
-        assert_ne!(made[0], made[2], "another spelling is another key");
-        assert_eq!(made[0], made[3], "the same values are the same key");
-        assert_eq!(made[4], Err(KeyProblem::Missing("a".into())));
+        let values = &made.values;
+        assert_ne!(values[0], values[1], "(ab, c) and (a, bc) are two keys");
+        assert_ne!(values[0], values[2], "another spelling is another key");
+        assert_eq!(values[0], values[3], "the same values are the same key");
+        assert_eq!(made.problems, vec![(4, KeyProblem::Missing("a".into()))]);
+        assert!(made.as_ingested, "an exact key is always held as ingested");
+    }
+
+    #[test]
+    fn a_uuid_key_is_as_ingested_only_when_every_text_is_its_canonical_form() {
+        let keys = KeyMaker { columns: vec!["id".into()], kind: KeyKind::Uuid };
+        let canonical = "0123abcd-0000-4000-8000-00000000beef";
+        let made = |texts: Vec<Option<&str>>| keys.keys(&batch(vec![("id", Arc::new(StringArray::from(texts)) as ArrayRef)])).unwrap();
+        let plain = made(vec![Some(canonical), Some(canonical), None, Some("not a uuid")]);
+        assert!(plain.as_ingested, "rows without a key do not count");
+        assert_eq!(plain.values[0], uuid::Uuid::parse_str(canonical).unwrap().as_u128());
+        assert_eq!(plain.problems, vec![(2, KeyProblem::Missing("id".into())), (3, KeyProblem::NotUuid("not a uuid".into()))]);
+        let simple = canonical.replace('-', "");
+        for other in ["0123ABCD-0000-4000-8000-00000000BEEF", &simple, "{0123abcd-0000-4000-8000-00000000beef}", " 0123abcd-0000-4000-8000-00000000beef"] {
+            let spelled = made(vec![Some(canonical), Some(other)]);
+            assert!(spelled.problems.is_empty(), "{other}");
+            assert_eq!(spelled.values[0], spelled.values[1], "{other} is the same key");
+            assert!(!spelled.as_ingested, "{other} is not how curated holds the key");
+        }
     }
 
     #[test]

@@ -141,12 +141,14 @@ pub struct ChainInstance {
 }
 
 /// What the chain made of a batch: the rows it kept (indices into the input batch, ascending), the
-/// batch over exactly those rows with the plugins' columns, and the rows a plugin rejected with the
-/// detail (`plugin: reason`).
+/// batch over exactly those rows with the plugins' columns, the rows a plugin rejected with the
+/// detail (`plugin: reason`), and the columns some plugin wrote (every other column is the input's,
+/// cut to the kept rows).
 pub struct Applied {
     pub kept: Vec<u32>,
     pub batch: RecordBatch,
     pub rejected: Vec<(u32, String)>,
+    pub written: BTreeSet<String>,
 }
 
 impl ChainInstance {
@@ -212,6 +214,6 @@ impl ChainInstance {
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(kept.len()));
         let batch = RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), arrays, &options)
             .map_err(|e| Error::Internal(format!("assembling the chain's output: {e}")))?;
-        Ok(Applied { kept, batch, rejected })
+        Ok(Applied { kept, batch, rejected, written: written.into_keys().collect() })
     }
 }

@@ -43,11 +43,43 @@ pub struct Rules {
 pub struct Judged {
     pub accepted: Vec<u32>,
     pub keys: Vec<u128>,
+    /// Whether every accepted row's key column holds what curated will ([`crate::records::Keys`]).
+    pub keys_as_ingested: bool,
     pub orders: Vec<i64>,
     pub days: Vec<i32>,
     pub rejected: Vec<u32>,
     pub reasons: Vec<String>,
     pub details: Vec<String>,
+}
+
+/// Each row's verdict while the rules run: the first rule a row fails decides its reason, so a
+/// rejected row is skipped by every later rule. Only rejected rows carry text.
+struct Verdicts {
+    failed: Vec<bool>,
+    /// (row, reason, detail), in the order the rules rejected them.
+    rejected: Vec<(usize, String, String)>,
+}
+
+impl Verdicts {
+    fn new(rows: usize) -> Verdicts {
+        Verdicts { failed: vec![false; rows], rejected: Vec::new() }
+    }
+
+    fn passing(&self, row: usize) -> bool {
+        !self.failed[row]
+    }
+
+    /// Rejects `row`, which must still be passing.
+    fn reject(&mut self, row: usize, reason: String, detail: String) {
+        debug_assert!(!self.failed[row], "row {row} was rejected already");
+        self.failed[row] = true;
+        self.rejected.push((row, reason, detail));
+    }
+
+    /// The rows no rule has rejected yet.
+    fn open(&self) -> Vec<usize> {
+        (0..self.failed.len()).filter(|&row| !self.failed[row]).collect()
+    }
 }
 
 impl Rules {
@@ -71,26 +103,24 @@ impl Rules {
         let rows = raw.num_rows();
         let column = |name: &str| raw.column_by_name(name).ok_or_else(|| Error::User(format!("column {name} is missing from the raw table")));
         let ingestion = column("ingestion_ts_ms")?.as_primitive_opt::<Int64Type>().ok_or_else(|| Error::User("ingestion_ts_ms is not a long".into()))?.clone();
-        // Verdict per row: None while it passes.
-        let mut verdicts: Vec<Option<(String, String)>> = vec![None; rows];
+        let mut verdicts = Verdicts::new(rows);
         if let (Some(errors), Some(details)) = (raw.column_by_name("decode_error"), raw.column_by_name("decode_detail")) {
             let (errors, details) = (errors.as_string::<i32>(), details.as_string::<i32>());
             for row in (0..rows).filter(|&row| errors.is_valid(row)) {
                 let detail = if details.is_valid(row) { details.value(row).to_string() } else { String::new() };
-                verdicts[row] = Some((errors.value(row).to_string(), detail));
+                verdicts.reject(row, errors.value(row).to_string(), detail);
             }
         }
         let keys = self.keys.keys(raw)?;
-        for (row, key) in keys.iter().enumerate() {
-            if verdicts[row].is_some() {
+        for (row, problem) in &keys.problems {
+            if !verdicts.passing(*row) {
                 continue;
             }
-            match key {
-                Ok(_) => {}
-                Err(KeyProblem::Missing(name)) => verdicts[row] = Some((format!("missing_{name}"), format!("{name} is missing"))),
-                Err(KeyProblem::NotUuid(text)) => {
+            match problem {
+                KeyProblem::Missing(name) => verdicts.reject(*row, format!("missing_{name}"), format!("{name} is missing")),
+                KeyProblem::NotUuid(text) => {
                     let name = &self.pipeline.key[0];
-                    verdicts[row] = Some((format!("invalid_{name}"), format!("{name} {text:?} is not a UUID")));
+                    verdicts.reject(*row, format!("invalid_{name}"), format!("{name} {text:?} is not a UUID"));
                 }
             }
         }
@@ -99,50 +129,53 @@ impl Rules {
         }
         let order = order_values(column(&self.pipeline.order_by)?)?;
         let days = self.partition_values(column(&self.pipeline.partitioning.source)?)?;
+        for row in 0..rows {
+            if !verdicts.passing(row) {
+                continue;
+            }
+            let Some(_) = order[row] else {
+                verdicts.reject(row, RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.order_by));
+                continue;
+            };
+            let Some(day) = days[row] else {
+                verdicts.reject(row, RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.partitioning.source));
+                continue;
+            };
+            let ingestion_date = day_of_millis(ingestion.value(row));
+            if day < self.window_start(ingestion_date) {
+                let detail = format!(
+                    "{} {} is {} days before ingestion date {} (lateness {} days)",
+                    self.pipeline.partitioning.column,
+                    format_date(day),
+                    ingestion_date - day,
+                    format_date(ingestion_date),
+                    self.lateness_days
+                );
+                verdicts.reject(row, RejectReason::Late.as_str().into(), detail);
+            }
+        }
         // Nearly every row passes: the accepted lists are sized for all of them up front.
+        let passing = rows - verdicts.rejected.len();
         let mut judged = Judged {
-            accepted: Vec::with_capacity(rows),
-            keys: Vec::with_capacity(rows),
-            orders: Vec::with_capacity(rows),
-            days: Vec::with_capacity(rows),
+            accepted: Vec::with_capacity(passing),
+            keys: Vec::with_capacity(passing),
+            orders: Vec::with_capacity(passing),
+            days: Vec::with_capacity(passing),
+            keys_as_ingested: keys.as_ingested,
             ..Judged::default()
         };
-        for (row, verdict) in verdicts.into_iter().enumerate() {
-            let verdict = verdict.or_else(|| {
-                let (order, day) = (order[row], days[row]);
-                if order.is_none() {
-                    return Some((RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.order_by)));
-                }
-                let day = match day {
-                    None => return Some((RejectReason::MissingField.as_str().into(), format!("{} is missing", self.pipeline.partitioning.source))),
-                    Some(day) => day,
-                };
-                let ingestion_date = day_of_millis(ingestion.value(row));
-                (day < self.window_start(ingestion_date)).then(|| {
-                    let detail = format!(
-                        "{} {} is {} days before ingestion date {} (lateness {} days)",
-                        self.pipeline.partitioning.column,
-                        format_date(day),
-                        ingestion_date - day,
-                        format_date(ingestion_date),
-                        self.lateness_days
-                    );
-                    (RejectReason::Late.as_str().into(), detail)
-                })
-            });
-            match verdict {
-                Some((reason, detail)) => {
-                    judged.rejected.push(row as u32);
-                    judged.reasons.push(reason);
-                    judged.details.push(detail);
-                }
-                None => {
-                    judged.accepted.push(row as u32);
-                    judged.keys.push(*keys[row].as_ref().expect("a row without a key was rejected"));
-                    judged.orders.push(order[row].expect("checked"));
-                    judged.days.push(days[row].expect("checked"));
-                }
-            }
+        for row in (0..rows).filter(|&row| verdicts.passing(row)) {
+            judged.accepted.push(row as u32);
+            judged.keys.push(keys.values[row]);
+            judged.orders.push(order[row].expect("checked"));
+            judged.days.push(days[row].expect("checked"));
+        }
+        // Rejections in row order, as the rules met them row by row.
+        verdicts.rejected.sort_unstable_by_key(|(row, _, _)| *row);
+        for (row, reason, detail) in verdicts.rejected {
+            judged.rejected.push(row as u32);
+            judged.reasons.push(reason);
+            judged.details.push(detail);
         }
         Ok(judged)
     }
@@ -172,18 +205,17 @@ impl Rules {
 }
 
 /// Marks the rows `validation` rejects among those still passing.
-fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::Int64Array, verdicts: &mut [Option<(String, String)>]) -> Result<()> {
+fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::Int64Array, verdicts: &mut Verdicts) -> Result<()> {
     let name = &validation.column;
-    let reject = |verdict: &mut Option<(String, String)>, detail: String| *verdict = Some((validation.reason.clone(), detail));
+    let reject = |verdicts: &mut Verdicts, row: usize, detail: String| verdicts.reject(row, validation.reason.clone(), detail);
     // Rows no earlier rule rejected. Columns are read through their typed array, found once per
     // batch, and a detail is only formatted for a row that fails.
-    let open = |verdicts: &[Option<(String, String)>]| (0..verdicts.len()).filter(|&row| verdicts[row].is_none()).collect::<Vec<_>>();
     match &validation.rule {
         Rule::Present => {
             let strings = column.as_string_opt::<i32>();
-            for row in open(verdicts) {
+            for row in verdicts.open() {
                 if column.is_null(row) || strings.is_some_and(|strings| strings.value(row).is_empty()) {
-                    reject(&mut verdicts[row], format!("{name} is missing"));
+                    reject(verdicts, row, format!("{name} is missing"));
                 }
             }
         }
@@ -197,10 +229,10 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
             let outside = |value: f64| value.is_nan() || min.is_some_and(|min| value < min) || max.is_some_and(|max| value > max);
             // The value as a number to compare, and as the column shows it (for the detail): each
             // value is shown in its own type (a float32 rating 10.1 reads as 10.1, not 10.100000381).
-            let check = |verdicts: &mut [Option<(String, String)>], value_of: &dyn Fn(usize) -> f64, shown: &dyn Fn(usize) -> String| {
-                for row in open(verdicts) {
+            let check = |verdicts: &mut Verdicts, value_of: &dyn Fn(usize) -> f64, shown: &dyn Fn(usize) -> String| {
+                for row in verdicts.open() {
                     if column.is_valid(row) && outside(value_of(row)) {
-                        reject(&mut verdicts[row], format!("{name} {} is {bounds}", shown(row)));
+                        reject(verdicts, row, format!("{name} {} is {bounds}", shown(row)));
                     }
                 }
             };
@@ -244,17 +276,19 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
             // The ingestion time in the column's unit, rounded down (milliseconds to seconds: floor).
             let in_unit = |ms: i64| if per_second >= 1000 { ms * (per_second / 1000) } else { ms.div_euclid(1000 / per_second) };
             let tolerance = in_unit(*tolerance_ms);
-            for row in open(verdicts) {
+            for row in verdicts.open() {
                 let Some(value) = values[row] else { continue };
                 let ingested = in_unit(ingestion.value(row));
                 if after && value > ingested + tolerance {
                     reject(
-                        &mut verdicts[row],
+                        verdicts,
+                        row,
                         format!("{name} {value} is {}{suffix} after ingestion (tolerance {tolerance}{suffix})", value - ingested),
                     );
                 } else if !after && value < ingested - tolerance {
                     reject(
-                        &mut verdicts[row],
+                        verdicts,
+                        row,
                         format!("{name} {value} is {}{suffix} before ingestion (tolerance {tolerance}{suffix})", ingested - value),
                     );
                 }

@@ -129,10 +129,9 @@ pub async fn plan_state(curated: &Table, window_start: i32, rules: &Rules) -> Re
     columns.push(day_column);
     let frozen_tasks = plan(curated, Some(date_before(day_column, window_start)), Some(&columns)).await?;
     read_tasks(curated, frozen_tasks, |batch| {
-        let keys = rules.keys.keys(&batch)?;
+        let keys = rules.keys.keys(&batch)?.all("the curated table")?;
         let day_values = batch.column_by_name(day_column).ok_or_else(|| Error::User(format!("curated column {day_column} is missing")))?;
         for (key, day) in keys.into_iter().zip(order_values(day_values)?) {
-            let key = key.map_err(|problem| Error::User(format!("curated table holds a row without a valid key: {problem:?}")))?;
             let day = day.ok_or_else(|| Error::User(format!("curated table holds a row without {day_column}")))?;
             frozen.insert(key, day as i32);
         }
