@@ -664,6 +664,10 @@ impl PartitionReader {
         let before = meta.records;
         let mut failed = false;
         let max = usize::try_from(max).unwrap_or(usize::MAX);
+        // Records come in runs of one partition: its next offset and newest day are noted once
+        // per run, not per record.
+        let mut run: Option<(i32, i64, i32)> = None;
+        let mut days: Option<EpochDays> = None;
         let each = |record: Fetched<'_>| {
             if failed {
                 // The run stops; records after the failure are not noted, so no table claims them.
@@ -678,15 +682,32 @@ impl PartitionReader {
                 return;
             }
             let day = day_of_millis(ingestion_ts_ms);
-            meta.days = Some(EpochDays::merge(meta.days, EpochDays { first: day, last: day }));
-            note_day(newest_day, record.partition, day);
-            meta.offsets.insert(record.partition, record.offset + 1);
+            days = Some(EpochDays::merge(days, EpochDays { first: day, last: day }));
+            match &mut run {
+                Some((partition, next, newest)) if *partition == record.partition => {
+                    *next = record.offset + 1;
+                    *newest = (*newest).max(day);
+                }
+                _ => {
+                    if let Some((partition, next, newest)) = run.replace((record.partition, record.offset + 1, day)) {
+                        note_day(newest_day, partition, newest);
+                        meta.offsets.insert(partition, next);
+                    }
+                }
+            }
             meta.records += 1;
         };
         let fetched = match &mut self.records {
             Records::Librdkafka(batch) => Ok(batch.read(wait, max, each)),
             Records::Native { fetcher, .. } => fetcher.read(wait, max, each),
         };
+        if let Some((partition, next, newest)) = run {
+            note_day(newest_day, partition, newest);
+            meta.offsets.insert(partition, next);
+        }
+        if let Some(days) = days {
+            meta.days = Some(EpochDays::merge(meta.days, days));
+        }
         if let Err(error) = fetched {
             failure.set(error);
         }

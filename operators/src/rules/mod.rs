@@ -76,9 +76,16 @@ impl Verdicts {
         self.rejected.push((row, reason, detail));
     }
 
-    /// The rows no rule has rejected yet.
-    fn open(&self) -> Vec<usize> {
-        (0..self.failed.len()).filter(|&row| !self.failed[row]).collect()
+    /// Rejects with `reason` every row still passing that `fails` gives a detail for.
+    fn reject_each(&mut self, reason: &str, mut fails: impl FnMut(usize) -> Option<String>) {
+        for row in 0..self.failed.len() {
+            if !self.failed[row]
+                && let Some(detail) = fails(row)
+            {
+                self.failed[row] = true;
+                self.rejected.push((row, reason.to_string(), detail));
+            }
+        }
     }
 }
 
@@ -128,7 +135,12 @@ impl Rules {
             apply(validation, column(&validation.column)?, &ingestion, &mut verdicts)?;
         }
         let order = order_values(column(&self.pipeline.order_by)?)?;
-        let days = self.partition_values(column(&self.pipeline.partitioning.source)?)?;
+        let source = column(&self.pipeline.partitioning.source)?;
+        // A day of the order column itself (the shipped graph) reads its values once.
+        let days = match self.pipeline.partitioning.source == self.pipeline.order_by {
+            true => self.partition_values(source.data_type(), &order)?,
+            false => self.partition_values(source.data_type(), &order_values(source)?)?,
+        };
         for row in 0..rows {
             if !verdicts.passing(row) {
                 continue;
@@ -180,43 +192,45 @@ impl Rules {
         Ok(judged)
     }
 
-    /// The partition value of each row (`None`: the source value is null).
-    pub fn partition_values(&self, source: &ArrayRef) -> Result<Vec<Option<i32>>> {
+    /// The partition value of each row (`None`: the source value is null), from the source
+    /// column's type and its values as [`order_values`] reads them.
+    pub fn partition_values(&self, source_type: &DataType, values: &[Option<i64>]) -> Result<Vec<Option<i32>>> {
         let partitioning = &self.pipeline.partitioning;
-        let values = order_values(source)?;
-        let per_day: Option<i64> = match (partitioning.transform, source.data_type()) {
+        let per_day: Option<i64> = match (partitioning.transform, source_type) {
             (PartitionTransform::Day { unit: Some(unit) }, _) => Some(86_400 * unit.per_second()),
             (PartitionTransform::Day { unit: None }, DataType::Date32) | (PartitionTransform::Identity, _) => None,
             (PartitionTransform::Day { unit: None }, DataType::Timestamp(..)) => Some(86_400 * TimeUnit::Microseconds.per_second()),
             (_, other) => return Err(Error::User(format!("cannot take the day of a {other} column"))),
         };
-        values
-            .into_iter()
-            .map(|value| {
-                value
-                    .map(|v| {
-                        let day = per_day.map_or(v, |per_day| v.div_euclid(per_day));
-                        i32::try_from(day).map_err(|_| Error::User(format!("partition value {day} of {} does not fit a date", partitioning.source)))
-                    })
-                    .transpose()
-            })
-            .collect()
+        let mut days = Vec::with_capacity(values.len());
+        for value in values {
+            days.push(match value {
+                None => None,
+                Some(v) => {
+                    let day = per_day.map_or(*v, |per_day| v.div_euclid(per_day));
+                    Some(i32::try_from(day).map_err(|_| Error::User(format!("partition value {day} of {} does not fit a date", partitioning.source)))?)
+                }
+            });
+        }
+        Ok(days)
     }
 }
 
 /// Marks the rows `validation` rejects among those still passing.
 fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::Int64Array, verdicts: &mut Verdicts) -> Result<()> {
     let name = &validation.column;
-    let reject = |verdicts: &mut Verdicts, row: usize, detail: String| verdicts.reject(row, validation.reason.clone(), detail);
-    // Rows no earlier rule rejected. Columns are read through their typed array, found once per
-    // batch, and a detail is only formatted for a row that fails.
+    let reason = validation.reason.as_str();
+    // Only rows no earlier rule rejected are judged. Columns are read through their typed array
+    // and null buffer, found once per batch, and a detail is only formatted for a row that fails.
+    let nulls = column.logical_nulls();
+    let is_null = |row: usize| nulls.as_ref().is_some_and(|nulls| nulls.is_null(row));
     match &validation.rule {
         Rule::Present => {
             let strings = column.as_string_opt::<i32>();
-            for row in verdicts.open() {
-                if column.is_null(row) || strings.is_some_and(|strings| strings.value(row).is_empty()) {
-                    reject(verdicts, row, format!("{name} is missing"));
-                }
+            // A column without nulls that is not text has every value present.
+            if nulls.is_some() || strings.is_some() {
+                let missing = |row: usize| is_null(row) || strings.is_some_and(|strings| strings.value_length(row) == 0);
+                verdicts.reject_each(reason, |row| missing(row).then(|| format!("{name} is missing")));
             }
         }
         Rule::Range { min, max } => {
@@ -230,11 +244,7 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
             // The value as a number to compare, and as the column shows it (for the detail): each
             // value is shown in its own type (a float32 rating 10.1 reads as 10.1, not 10.100000381).
             let check = |verdicts: &mut Verdicts, value_of: &dyn Fn(usize) -> f64, shown: &dyn Fn(usize) -> String| {
-                for row in verdicts.open() {
-                    if column.is_valid(row) && outside(value_of(row)) {
-                        reject(verdicts, row, format!("{name} {} is {bounds}", shown(row)));
-                    }
-                }
+                verdicts.reject_each(reason, |row| (!is_null(row) && outside(value_of(row))).then(|| format!("{name} {} is {bounds}", shown(row))));
             };
             match column.data_type() {
                 DataType::Float32 => {
@@ -276,23 +286,17 @@ fn apply(validation: &Validation, column: &ArrayRef, ingestion: &arrow::array::I
             // The ingestion time in the column's unit, rounded down (milliseconds to seconds: floor).
             let in_unit = |ms: i64| if per_second >= 1000 { ms * (per_second / 1000) } else { ms.div_euclid(1000 / per_second) };
             let tolerance = in_unit(*tolerance_ms);
-            for row in verdicts.open() {
-                let Some(value) = values[row] else { continue };
+            verdicts.reject_each(reason, |row| {
+                let value = values[row]?;
                 let ingested = in_unit(ingestion.value(row));
                 if after && value > ingested + tolerance {
-                    reject(
-                        verdicts,
-                        row,
-                        format!("{name} {value} is {}{suffix} after ingestion (tolerance {tolerance}{suffix})", value - ingested),
-                    );
+                    Some(format!("{name} {value} is {}{suffix} after ingestion (tolerance {tolerance}{suffix})", value - ingested))
                 } else if !after && value < ingested - tolerance {
-                    reject(
-                        verdicts,
-                        row,
-                        format!("{name} {value} is {}{suffix} before ingestion (tolerance {tolerance}{suffix})", ingested - value),
-                    );
+                    Some(format!("{name} {value} is {}{suffix} before ingestion (tolerance {tolerance}{suffix})", ingested - value))
+                } else {
+                    None
                 }
-            }
+            });
         }
     }
     Ok(())
