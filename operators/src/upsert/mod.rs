@@ -193,6 +193,9 @@ pub fn upsert<'scope>(
                 epoch.dedup_by_key(|(key, slot, _)| (*key, *slot));
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
+                // Counted here and added once per epoch: the counters are shared by every worker,
+                // and an atomic add per key would bounce their cache line between the cores.
+                let (mut inserted_keys, mut updated_keys, mut moved_keys) = (0u64, 0u64, 0u64);
                 // Slots the batch adds to the arrangement: a key without a slot gains one.
                 let mut held = 0i64;
                 let mut removed: Vec<(i32, u128)> = Vec::new();
@@ -249,13 +252,13 @@ pub fn upsert<'scope>(
                     // Epoch 0 holds the seeds: they are what the table holds, not changes to it.
                     if time > 0 && !current.as_ref().is_some_and(|slot| slot.same_row(&winner)) {
                         match &current {
-                            None => counters.inserted.fetch_add(1, Relaxed),
+                            None => inserted_keys += 1,
                             Some(slot) if slot.day != winner.day => {
-                                counters.moved.fetch_add(1, Relaxed);
-                                counters.updated.fetch_add(1, Relaxed)
+                                moved_keys += 1;
+                                updated_keys += 1;
                             }
-                            Some(_) => counters.updated.fetch_add(1, Relaxed),
-                        };
+                            Some(_) => updated_keys += 1,
+                        }
                         if let Some(slot) = &current {
                             removed.push((slot.day, key));
                         }
@@ -311,6 +314,9 @@ pub fn upsert<'scope>(
                     tracing::warn!(epoch = time, records = out_of_order, "records ingested before their key's current row (Kafka timestamps going backwards): the late rule followed arrival order for them");
                 }
                 counters.held.fetch_add(held, Relaxed);
+                counters.inserted.fetch_add(inserted_keys, Relaxed);
+                counters.updated.fetch_add(updated_keys, Relaxed);
+                counters.moved.fetch_add(moved_keys, Relaxed);
                 let upper = Antichain::from_elem(time + 1);
                 let description = Description::new(std::mem::replace(&mut lower, upper.clone()), upper, Antichain::from_elem(0));
                 writer.insert(changes.done(description), Some(time));
