@@ -15,14 +15,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// - The stream keeps freed memory 2 s, so buffers are reused within and across its short epochs
 ///   and an idle engine still gives memory back (1M records: 144k → ~205k records/s, system time
 ///   3.4 s → 1.2 s). 1 s cost it ~10% more CPU (medians of 5 alternated 2M-record runs).
-/// - The replay keeps it 1 s: its epochs are seconds long, so 1 s still covers the reuse within
-///   one, while the peak holds less freed memory (10M events: max RSS ~2.05–2.13 GiB → ~1.86–1.88
-///   GiB, wall +5%, under the 2 GB goal).
+/// - The replay keeps it 0.5 s: its epochs are seconds long, so that still covers most reuse
+///   within one, while the peak holds less freed memory. 10M events, alternated: 2 s gave max RSS
+///   2050–2142 MiB; 1 s 1935–1989 MiB (and 2085 MiB once in `make bench-peers`, over the 2 GB
+///   goal); 0.5 s 1828–1889 MiB, wall about 3% longer (medians 13.98 against 13.6 s).
 ///
 /// Figures in benches/README.md. `MIMALLOC_PURGE_DELAY` in the environment overrides both.
 fn purge_delay_ms(mode: Option<Mode>) -> std::ffi::c_long {
     match mode {
-        Some(Mode::Replay) => 1000,
+        Some(Mode::Replay) => 500,
         Some(Mode::Stream) | None => 2000,
     }
 }
