@@ -989,6 +989,17 @@ mod tests {
     }
 
     #[test]
+    fn the_fetch_client_defaults_to_auto_and_an_unknown_one_is_refused() {
+        use operators::source::kafka::native::FetchClient;
+        assert_eq!(load(GOOD).unwrap().kafka.fetch, FetchClient::Auto);
+        let with = |value: &str| GOOD.replacen("[source]\n", &format!("[source]\nfetch = \"{value}\"\n"), 1);
+        assert_eq!(load(&with("librdkafka")).unwrap().kafka.fetch, FetchClient::Librdkafka);
+        assert_eq!(load(&with("native")).unwrap().kafka.fetch, FetchClient::Native);
+        let message = load(&with("fast")).unwrap_err().to_string();
+        assert!(message.contains("source.fetch = \"fast\": expected \"auto\", \"native\" or \"librdkafka\""), "{message}");
+    }
+
+    #[test]
     fn kafka_secrets_come_from_the_environment_or_a_file_never_from_the_graph() {
         let with = |line: &str| GOOD.replace("\"fetch.max.bytes\" = ", &format!("{line}\n\"fetch.max.bytes\" = "));
         let message = load(&with("\"sasl.password\" = \"hunter2-in-the-graph\"")).unwrap_err().to_string();
