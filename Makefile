@@ -111,7 +111,7 @@ bench-cluster: build plugins ## One process x 2 workers against 2 processes x 1 
 bench-state: ## Bytes per live key of the upsert state and the curated writer's row index (counting allocator)
 	$(CARGO) bench -p ratings-benches --bench state_bytes
 
-bench-stream: build plugins ## Stream throughput against a bare librdkafka consumer (with each side's and the broker's CPU time), and produce-to-snapshot freshness
+bench-stream: build plugins ## Stream throughput against bare consumers (the native fetch path, librdkafka, rskafka; each side's and the broker's CPU time), and produce-to-snapshot freshness
 	bash benches/stream.sh
 
 clean: ## Remove build output, the demo lakehouse, broker state and the Python environment
