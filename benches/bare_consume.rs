@@ -68,30 +68,27 @@ fn main() {
                 consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
                 let mine: Vec<i32> = partitions.iter().copied().filter(|p| *p as usize % consumers == index).collect();
                 let mut bytes = 0u64;
-                if mode == "native" {
-                    let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
-                    let settings = FetchSettings::of(&kafka).expect("settings").expect("native");
-                    let mut reader = NativeFetcher::start(settings, &starts).expect("fetcher");
+                // Reads until every consumer together has `records`, through the engine's reader.
+                let mut drain = |mut read: Box<dyn FnMut(&mut u64) -> usize + '_>| {
                     while total.load(std::sync::atomic::Ordering::Relaxed) < records {
-                        let read = reader.read(Duration::from_millis(100), 256, |record| bytes += record.payload.len() as u64).expect("fetch");
+                        let read = read(&mut bytes);
                         if read > 0 {
                             first_record.get_or_init(Instant::now);
                             total.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
+                };
+                let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
+                if mode == "native" {
+                    let settings = FetchSettings::of(kafka).expect("settings").expect("native");
+                    let mut reader = NativeFetcher::start(settings, &starts).expect("fetcher");
+                    drain(Box::new(|bytes| reader.read(Duration::from_millis(100), 256, |record| *bytes += record.payload.len() as u64).expect("fetch")));
                     std::hint::black_box(bytes);
                     return;
                 }
                 if mode == "batch" {
-                    let starts: Vec<(i32, Option<i64>)> = mine.iter().map(|p| (*p, None)).collect();
                     let mut reader = BatchConsumer::assign(consumer, topic, &starts).expect("assignment");
-                    while total.load(std::sync::atomic::Ordering::Relaxed) < records {
-                        let read = reader.read(Duration::from_millis(100), 256, |record| bytes += record.payload.len() as u64);
-                        if read > 0 {
-                            first_record.get_or_init(Instant::now);
-                            total.fetch_add(read as u64, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
+                    drain(Box::new(|bytes| reader.read(Duration::from_millis(100), 256, |record| *bytes += record.payload.len() as u64)));
                     std::hint::black_box(bytes);
                     return;
                 }

@@ -610,12 +610,6 @@ impl PartitionReader {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
         let consumer = settings.kafka.consumer()?;
-        // Partition leaders into this consumer's metadata cache first: librdkafka asks for the
-        // start offsets as soon as partitions are assigned, and one that finds no leader yet
-        // retries 500 ms later, so every start (and test) would idle half a second.
-        if !partitions.is_empty() {
-            settings.kafka.partitions(&consumer, Duration::from_secs(15))?;
-        }
         let starts: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, resume.start(*p))).collect();
         let records = match FetchSettings::of(&settings.kafka)? {
             Some(native) => {
@@ -624,6 +618,13 @@ impl PartitionReader {
             }
             None => {
                 tracing::debug!(?partitions, "fetching through librdkafka");
+                // Partition leaders into this consumer's metadata cache first: librdkafka asks for
+                // the start offsets as soon as partitions are assigned, and one that finds no
+                // leader yet retries 500 ms later, so every start (and test) would idle half a
+                // second.
+                if !partitions.is_empty() {
+                    settings.kafka.partitions(&consumer, Duration::from_secs(15))?;
+                }
                 Records::Librdkafka(BatchConsumer::assign(consumer, &settings.kafka.topic, &starts)?)
             }
         };

@@ -290,6 +290,11 @@ impl FetchThread {
         }
         self.resolve_starts()?;
         let by_leader = self.partitions_by_leader();
+        if by_leader.is_empty() {
+            // Nothing to ask for (a worker with no partition): wait as a fetch would, not spin.
+            std::thread::sleep(Duration::from_millis(self.settings.max_wait_ms.max(1) as u64));
+            return Ok(Records::default());
+        }
         let mut sent = Vec::with_capacity(by_leader.len());
         for (leader, partitions) in by_leader {
             let request = self.fetch_request(&partitions);
