@@ -24,14 +24,14 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use kafka_protocol::compression::Decompressor;
 
-/// Where one record's value lies: in the fetch response itself, or in a decompressed batch.
+/// Where one record's value lies: in a partition's fetched data, or in a decompressed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef {
     pub partition: i32,
     pub offset: i64,
     /// Milliseconds since the epoch; negative: none.
     pub timestamp_ms: i64,
-    /// Which of [`Records::buffers`]: a fetch response, or a decompressed batch.
+    /// Which of [`Records::buffers`]: a partition's fetched data, or a decompressed batch.
     pub buffer: u32,
     pub start: u32,
     /// The value's length; a null value is empty, as librdkafka hands it.
@@ -39,7 +39,8 @@ pub struct RecordRef {
 }
 
 /// The records of one round of fetch responses, in fetch order (each partition's in offset
-/// order), and the buffers their values lie in: the responses and any decompressed batches.
+/// order), and the buffers their values lie in: each partition's fetched data (slices of the
+/// responses, which they keep alive) and any decompressed batches.
 #[derive(Debug, Default)]
 pub struct Records {
     pub buffers: Vec<Bytes>,
@@ -74,19 +75,12 @@ const LOG_APPEND_TIME: i16 = 0x08;
 const TRANSACTIONAL: i16 = 0x10;
 const CONTROL: i16 = 0x20;
 
-/// Reads one partition's record set (`data`, a slice of `out.buffers[response]`) into `out`, skipping
-/// records before `fetch_offset`. `aborted` lists (producer id, first offset) of the aborted
-/// transactions the broker named for this data. Returns the next offset to fetch, or `None` if
-/// the data holds no complete batch.
-pub fn read_partition(
-    partition: i32,
-    data: &Bytes,
-    fetch_offset: i64,
-    aborted: &[(i64, i64)],
-    out: &mut Records,
-    response: u32,
-) -> Result<Option<i64>, BatchError> {
-    let response_start = subslice_start(&out.buffers[response as usize], data);
+/// Reads one partition's record set (`data`) into `out`, skipping records before `fetch_offset`.
+/// `aborted` lists (producer id, first offset) of the aborted transactions the broker named for
+/// this data. Returns the next offset to fetch, or `None` if the data holds no complete batch.
+pub fn read_partition(partition: i32, data: &Bytes, fetch_offset: i64, aborted: &[(i64, i64)], out: &mut Records) -> Result<Option<i64>, BatchError> {
+    let fetched = u32::try_from(out.buffers.len()).map_err(|_| BatchError::Malformed { offset: fetch_offset, detail: "too many buffers".into() })?;
+    out.buffers.push(data.clone());
     let mut aborted: Vec<(i64, i64)> = aborted.to_vec();
     aborted.sort_unstable_by_key(|(_, first)| *first);
     let mut pending_aborts = aborted.into_iter().peekable();
@@ -143,7 +137,7 @@ pub fn read_partition(
         let log_append = attributes & LOG_APPEND_TIME != 0;
         let timestamp = |delta: i64| if log_append { max_timestamp } else { base_timestamp + delta };
         let (buffer, records, origin) = match attributes & COMPRESSION_MASK {
-            0 => (response, data.slice(body_start..at), response_start + body_start),
+            0 => (fetched, data.slice(body_start..at), body_start),
             codec => {
                 let compressed = data.slice(body_start..at);
                 let plain = decompress(codec, compressed).map_err(malformed)?;
@@ -158,18 +152,11 @@ pub fn read_partition(
             if offset < fetch_offset {
                 continue;
             }
-            let start = u32::try_from(origin + record.value_start).map_err(|_| malformed("a fetch response over 4 GiB".into()))?;
+            let start = u32::try_from(origin + record.value_start).map_err(|_| malformed("a partition's data over 4 GiB".into()))?;
             out.records.push(RecordRef { partition, offset, timestamp_ms: timestamp(record.timestamp_delta), buffer, start, len: record.value_len });
         }
     }
     Ok(next)
-}
-
-/// Where `part` (a `Bytes` sliced from `whole`) starts in `whole`.
-fn subslice_start(whole: &Bytes, part: &Bytes) -> usize {
-    let (whole_start, part_start) = (whole.as_ptr() as usize, part.as_ptr() as usize);
-    debug_assert!(part_start >= whole_start && part_start + part.len() <= whole_start + whole.len(), "the partition's data lies in the response");
-    part_start - whole_start
 }
 
 fn decompress(codec: i16, mut compressed: Bytes) -> Result<Bytes, String> {
@@ -322,8 +309,8 @@ mod tests {
     }
 
     fn read(data: &Bytes, fetch_offset: i64, aborted: &[(i64, i64)]) -> (Vec<(i64, i64, Vec<u8>)>, Option<i64>) {
-        let mut fetched = Records { buffers: vec![data.clone()], records: Vec::new() };
-        let next = read_partition(3, data, fetch_offset, aborted, &mut fetched, 0).unwrap();
+        let mut fetched = Records::default();
+        let next = read_partition(3, data, fetch_offset, aborted, &mut fetched).unwrap();
         assert!(fetched.records.iter().all(|r| r.partition == 3));
         (fetched.records.iter().map(|r| (r.offset, r.timestamp_ms, fetched.payload(r).to_vec())).collect(), next)
     }
@@ -421,8 +408,8 @@ mod tests {
         let mut old = data.to_vec();
         old[16] = 1;
         let old = Bytes::from(old);
-        let mut fetched = Records { buffers: vec![old.clone()], records: Vec::new() };
-        assert_eq!(read_partition(0, &old, 0, &[], &mut fetched, 0), Err(BatchError::OldFormat { offset: 0, magic: 1 }));
+        let mut fetched = Records::default();
+        assert_eq!(read_partition(0, &old, 0, &[], &mut fetched), Err(BatchError::OldFormat { offset: 0, magic: 1 }));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         for _ in 0..2000 {
             let mut bytes = data.to_vec();
@@ -431,9 +418,9 @@ mod tests {
                 bytes[at] = rng.random();
             }
             let bytes = Bytes::from(bytes);
-            let mut fetched = Records { buffers: vec![bytes.clone()], records: Vec::new() };
+            let mut fetched = Records::default();
             // Any outcome but a panic; references always lie inside their buffer.
-            if read_partition(0, &bytes, 0, &[], &mut fetched, 0).is_ok() {
+            if read_partition(0, &bytes, 0, &[], &mut fetched).is_ok() {
                 for r in &fetched.records {
                     let _ = fetched.payload(r);
                 }

@@ -84,7 +84,7 @@ impl Connection {
     /// Sends `request` and waits for its response.
     pub fn call<R: Request>(&mut self, version: i16, request: &R) -> Result<R::Response, FetchError> {
         let correlation = self.send(version, request)?;
-        self.receive::<R>(version, correlation).map(|(response, _)| response)
+        self.receive::<R>(version, correlation)
     }
 
     /// Sends `request` without waiting; returns its correlation id for [`Self::receive`].
@@ -106,9 +106,9 @@ impl Connection {
         Ok(self.correlation)
     }
 
-    /// Waits for the response to the request sent as `correlation`. Returns it and its bytes (a
-    /// fetch response's record data are slices of them).
-    pub fn receive<R: Request>(&mut self, version: i16, correlation: i32) -> Result<(R::Response, Bytes), FetchError> {
+    /// Waits for the response to the request sent as `correlation`. A fetch response's record
+    /// data are slices of its bytes (kafka-protocol decodes `Bytes` without copying).
+    pub fn receive<R: Request>(&mut self, version: i16, correlation: i32) -> Result<R::Response, FetchError> {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).map_err(|e| self.lost("reading a response", e))?;
         let size = usize::try_from(i32::from_be_bytes(size)).ok().filter(|size| *size <= MAX_RESPONSE).ok_or_else(|| {
@@ -120,8 +120,7 @@ impl Connection {
         if read < size {
             return Err(self.lost("reading a response", std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let whole = Bytes::from(body);
-        let mut rest = whole.clone();
+        let mut rest = Bytes::from(body);
         let garbled = |what: &str, e: String| FetchError::Retriable(format!("Kafka broker {} sent a garbled {what} (API {} v{version}): {e}", self.address, R::KEY));
         let header = ResponseHeader::decode(&mut rest, R::Response::header_version(version)).map_err(|e| garbled("response header", chain(e)))?;
         if header.correlation_id != correlation {
@@ -130,8 +129,7 @@ impl Connection {
                 self.address, header.correlation_id
             )));
         }
-        let response = R::Response::decode(&mut rest, version).map_err(|e| garbled("response", chain(e)))?;
-        Ok((response, whole))
+        R::Response::decode(&mut rest, version).map_err(|e| garbled("response", chain(e)))
     }
 
     fn lost(&self, doing: &str, error: std::io::Error) -> FetchError {

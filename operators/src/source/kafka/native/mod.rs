@@ -309,13 +309,11 @@ impl FetchThread {
         let mut advanced: Vec<(i32, i64)> = Vec::new();
         for (leader, version, correlation, partitions) in sent {
             let connection = self.connections.get_mut(&leader).expect("sent on this connection");
-            let (response, body) = connection.receive::<FetchRequest>(version, correlation)?;
+            let response = connection.receive::<FetchRequest>(version, correlation)?;
             let address = connection.address().to_string();
             if let Some(error) = ResponseError::try_from_code(response.error_code) {
                 return Err(classify(error, format!("fetching from Kafka broker {address}")));
             }
-            let buffer = records.buffers.len() as u32;
-            records.buffers.push(body);
             for topic in response.responses {
                 for data in topic.partitions {
                     let partition = data.partition_index;
@@ -339,7 +337,7 @@ impl FetchThread {
                     }
                     let Some(bytes) = data.records else { continue };
                     let aborted: Vec<(i64, i64)> = data.aborted_transactions.unwrap_or_default().iter().map(|a| (a.producer_id.0, a.first_offset)).collect();
-                    let next = read_partition(partition, &bytes, fetch_offset, &aborted, &mut records, buffer)
+                    let next = read_partition(partition, &bytes, fetch_offset, &aborted, &mut records)
                         .map_err(|e| FetchError::Fatal(format!("partition {partition} of {}: {e}", self.settings.topic)))?;
                     if let Some(next) = next.filter(|next| *next > fetch_offset) {
                         advanced.push((partition, next));
