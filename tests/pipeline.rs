@@ -70,6 +70,35 @@ fn replaying_again_changes_nothing_and_commits_nothing_to_curated() {
     assert_eq!(lake.rejected(), rejected);
 }
 
+#[test]
+fn replaying_again_under_changed_rules_updates_exactly_the_rows_they_now_derive_otherwise() {
+    let lake = Lake::with_epoch_events(Some(5000));
+    lake.ok(EDGY);
+    lake.ok(&["--mode", "replay", "--from", "2025-05-01", "--no-progress"]);
+    let before = lake.curated_rows();
+    // Approval from 8 instead of 7, then the last day replayed again: the current rows whose record
+    // was ingested that day are derived again, and those rated in [7, 8) are no longer approved.
+    let graph = std::fs::read_to_string(&lake.graph).unwrap();
+    std::fs::write(&lake.graph, ratings_tests::set_line(graph, "config", "{ threshold = 8.0 }")).unwrap();
+    let again = lake.ok(&["--mode", "replay", "--from", "2025-05-09", "--no-progress"]);
+
+    let last_day = operators::model::parse_date("2025-05-09").unwrap();
+    let expected: Vec<_> = before
+        .iter()
+        .map(|(key, row)| {
+            let mut row = row.clone();
+            if row.position.ingestion_date() == last_day && (7.0..8.0).contains(&row.rating.0) {
+                row.is_approved = false;
+            }
+            (*key, row)
+        })
+        .collect();
+    let changed = before.iter().zip(&expected).filter(|(was, now)| was != now).count();
+    assert!(changed > 10, "the scenario re-derives rows: {changed}");
+    assert_eq!(lake.curated_rows(), expected);
+    assert!(again.stdout.contains(&format!("0 new rows, {changed} updated rows")), "{}", again.stdout);
+}
+
 /// EDGY, plus event ids in other UUID spellings, generated under another topic than the graph's.
 fn edgy_respelled() -> Vec<&'static str> {
     let mut args = EDGY.to_vec();

@@ -56,7 +56,7 @@ use crate::metrics::Metrics;
 use crate::model::{KeyMap, Origin, RejectReason, format_date};
 use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
+use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprinted_columns, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
@@ -248,8 +248,6 @@ fn candidates(
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
     let rows = RecordBatch::try_new_with_options(schema.clone(), columns, &options).context(|| "assembling curated rows".into())?;
-    let declared = context.rules.pipeline.curated.len();
-    let prints = fingerprints(&rows.columns()[..declared])?;
     let positions = positions(&rows)?;
     let kept = &applied.kept;
     // A cast order column: its curated values order the records (a restart reads those back).
@@ -268,7 +266,8 @@ fn candidates(
             Some(cast) => cast[i].ok_or_else(|| Error::Internal(format!("a stage made the order {} null", context.rules.pipeline.order_by)))?,
             None => orders[row as usize],
         };
-        slots.push(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: prints[i] });
+        // No fingerprint yet: only a record meeting its reloaded row needs one (the upsert's doc).
+        slots.push(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: 0 });
     }
     let as_ingested = |name: &str| unchanged.contains(name) && !applied.written.contains(name);
     let ingested = differences(ingested, kept, &rows, &context.topic, as_ingested)?;
@@ -460,6 +459,8 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
     let mut input: InputHandle<u64, CapacityContainerBuilder<Vec<SourceRecord>>> = InputHandle::new();
     let probe = ProbeHandle::new();
     let lateness_days = context.rules.lateness_days;
+    // The leading columns of the candidates' rows that a slot's fingerprint hashes.
+    let row_values = fingerprinted_columns(&context.rules.pipeline).len();
     let partition_column = context.rules.pipeline.partitioning.column.clone();
     let rejected_schema = context.rejected_schema.clone();
     let topic = context.topic.clone();
@@ -539,7 +540,7 @@ pub fn build(worker: &mut Worker, context: RulesContext, shared: &Shared, sinks:
             evaluated.ok_err::<Vec<UpsertInput>, UpsertInput, Vec<SinkMessage>, SinkMessage, _>(|x| x);
         let settled = settle(facts, &shared.epochs, peers / processes, processes, process == 0);
         let epochs = shared.epochs.clone();
-        let changes = upsert(candidates.concat(seed_slots).concat(settled), lateness_days, move |epoch| epochs.settled_day(epoch), counters, shared.failure.clone());
+        let changes = upsert(candidates.concat(seed_slots).concat(settled), lateness_days, row_values, move |epoch| epochs.settled_day(epoch), counters, shared.failure.clone());
         let failure = shared.failure.clone();
         let (day_changes, late_updates) = changes.ok_err::<Vec<DayChange>, DayChange, Vec<SinkMessage>, SinkMessage, _>(move |change| match change {
             UpsertChange::Remove { day, key } => Ok(DayChange::Remove { day, key }),
@@ -685,8 +686,8 @@ pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Sl
     let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("curated column {name} is missing from the table")));
     let orders = order_values(column(&pipeline.order_by)?)?;
     let days = order_values(column(&pipeline.partitioning.column)?)?;
-    let declared: Vec<ArrayRef> = pipeline.curated.iter().map(|(name, _)| column(name).cloned()).collect::<Result<_>>()?;
-    let prints = fingerprints(&declared)?;
+    let values: Vec<ArrayRef> = fingerprinted_columns(pipeline).into_iter().map(|name| column(name).cloned()).collect::<Result<_>>()?;
+    let prints = fingerprints(&values)?;
     let positions = positions(batch)?;
     let mut slots = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {

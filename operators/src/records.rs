@@ -41,9 +41,19 @@ pub struct Slot {
     pub order: i64,
     /// The curated partition the row lives in (a day number, or an identity partition's integer).
     pub day: i32,
-    /// A hash of the row's curated values: a re-processed record equal to its reloaded row is no
-    /// change for the table.
+    /// A hash of the row's values ([`fingerprinted_columns`]): a re-processed record equal to its
+    /// reloaded row is no change for the table. Computed for reloaded rows (seeds) as they load;
+    /// a record's candidate leaves it 0 until the upsert meets it against a seed at the same
+    /// position, the one place it is compared, and hashes its row then (see [`crate::upsert`]).
     pub fingerprint: u64,
+}
+
+/// The curated columns a [`Slot::fingerprint`] hashes, in curated order: all but a UUID key's,
+/// which the key itself stands for (and which candidate rows leave out while they wait, see
+/// [`PrintedKey`]). So the first this many columns of a candidate's rows are exactly these.
+pub fn fingerprinted_columns(pipeline: &Pipeline) -> Vec<&str> {
+    let printed = (pipeline.key_kind == KeyKind::Uuid).then(|| pipeline.key[0].as_str());
+    pipeline.curated.iter().map(|(name, _)| name.as_str()).filter(|name| Some(*name) != printed).collect()
 }
 
 impl Slot {

@@ -40,7 +40,10 @@
 //!   against a seed inside the lateness window, and the winner is the greatest either way.)
 //! - A row that only differs from the current one in how it was obtained (a reloaded seed and its
 //!   re-processed record: same position, same fingerprint) replaces it in the arrangement but is
-//!   no change for the table.
+//!   no change for the table. Only there is a fingerprint compared, so a record's is computed
+//!   there, from its row, and not for every record: a stream never meets a record it committed
+//!   (it resumes after the committed offsets), a replay only where it runs again over committed
+//!   dates. The first such meeting in an epoch hashes that candidate batch's rows at once.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -128,6 +131,24 @@ pub fn fold<'a, T>(candidates: impl IntoIterator<Item = (&'a Slot, T)>, lateness
     (current, late)
 }
 
+/// The fingerprint of row `row` of candidate batch `batch`: its first `row_values` columns hashed
+/// ([`crate::records::fingerprints`]), the whole batch's at its first use (a replay run again over
+/// committed dates meets nearly every row of it).
+fn row_fingerprint(batches: &[Candidates], prints: &mut [Option<Vec<u64>>], row_values: usize, batch: u32, row: u32) -> crate::Result<u64> {
+    let (batch, row) = (batch as usize, row as usize);
+    let batch_prints = match &mut prints[batch] {
+        Some(computed) => computed,
+        unknown @ None => {
+            let rows = &batches[batch].rows;
+            let columns = rows.columns().get(..row_values).ok_or_else(|| {
+                crate::Error::Internal(format!("candidate rows have {} columns, the fingerprint hashes {row_values}", rows.num_columns()))
+            })?;
+            unknown.insert(crate::records::fingerprints(columns)?)
+        }
+    };
+    Ok(batch_prints[row])
+}
+
 /// Which worker holds a key: UUIDs and xxh3 hashes have their bits spread already.
 pub fn route(key: u128) -> u64 {
     (key ^ (key >> 64)) as u64
@@ -142,9 +163,13 @@ enum Source {
 }
 
 /// Maintains the current slot per key (epoch 0: the seeds) and emits each epoch's changes.
+///
+/// `row_values`: how many leading columns of the candidates' rows a slot's fingerprint hashes
+/// ([`crate::records::fingerprinted_columns`]).
 pub fn upsert<'scope>(
     input: StreamVec<'scope, u64, UpsertInput>,
     lateness_days: i32,
+    row_values: usize,
     settled_day: impl Fn(u64) -> Option<i32> + 'static,
     counters: Arc<UpsertCounters>,
     failure: Failure,
@@ -169,6 +194,8 @@ pub fn upsert<'scope>(
             input.for_each_time(|time, data| pending.stash(&time, data));
             while let Some((time, capability, arrived)) = pending.pop_complete(frontier.frontier()) {
                 let mut batches: Vec<Candidates> = Vec::new();
+                // Per batch, its rows' fingerprints, once a record of it meets its reloaded row.
+                let mut prints: Vec<Option<Vec<u64>>> = Vec::new();
                 // (key, slot, where the row is), sorted by key, then ingestion order. Sized once:
                 // growing a vector of millions by doubling costs a copy and fresh pages each time.
                 let total = arrived.iter().flatten().map(|item| match item {
@@ -185,6 +212,7 @@ pub fn upsert<'scope>(
                             let (keys, slots) = (std::mem::take(&mut candidates.keys), std::mem::take(&mut candidates.slots));
                             epoch.extend(keys.into_iter().zip(slots).enumerate().map(|(row, (key, slot))| (key, slot, Source::Row(index, candidates.row_of(row)))));
                             batches.push(candidates);
+                            prints.push(None);
                         }
                     }
                 }
@@ -248,7 +276,16 @@ pub fn upsert<'scope>(
                         }
                         continue;
                     };
-                    let winner = *winner;
+                    let mut winner = *winner;
+                    if let (Some(slot), Source::Row(batch, row)) = (&current, source)
+                        && slot.origin == Origin::Seed
+                        && slot.position == winner.position
+                    {
+                        match row_fingerprint(&batches, &mut prints, row_values, batch, row) {
+                            Ok(print) => winner.fingerprint = print,
+                            Err(error) => failure.set(error),
+                        }
+                    }
                     // Epoch 0 holds the seeds: they are what the table holds, not changes to it.
                     if time > 0 && !current.as_ref().is_some_and(|slot| slot.same_row(&winner)) {
                         match &current {
@@ -518,11 +555,20 @@ mod tests {
         (rng.random_range(0..25u128), slot)
     }
 
-    /// The rows of `records`: one column, the record's offset.
+    /// The rows of `records`: the row's value (what its slot's `fingerprint` stands for in these
+    /// tests, the one column the upsert hashes), then the record's offset.
     fn candidates(records: &[Record]) -> Candidates {
+        let values = Int64Array::from_iter_values(records.iter().map(|(_, slot)| slot.fingerprint as i64));
         let offsets = Int64Array::from_iter_values(records.iter().map(|(_, slot)| slot.position.offset));
-        let rows = RecordBatch::try_from_iter([("seq", Arc::new(offsets) as arrow::array::ArrayRef)]).unwrap();
+        let rows = RecordBatch::try_from_iter([("value", Arc::new(values) as arrow::array::ArrayRef), ("seq", Arc::new(offsets) as arrow::array::ArrayRef)]).unwrap();
         Candidates::new(rows.clone(), rows, records.iter().map(|r| r.0).collect(), records.iter().map(|r| r.1).collect())
+    }
+
+    /// A reloaded row's slot: its fingerprint hashes the row's value as the upsert hashes a
+    /// candidate's row.
+    fn seed(slot: Slot) -> Slot {
+        let value: arrow::array::ArrayRef = Arc::new(Int64Array::from(vec![slot.fingerprint as i64]));
+        Slot { origin: Origin::Seed, fingerprint: crate::records::fingerprints(&[value]).unwrap()[0], ..slot }
     }
 
     /// Plain oracle: sort all records of a key by ingestion order, drop exact repeats, fold.
@@ -562,7 +608,7 @@ mod tests {
             let probe = ProbeHandle::new();
             let mut input = InputHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
-                upsert(input.to_stream(scope), 5, move |epoch| settled.get(epoch as usize).copied().flatten(), counters, failure)
+                upsert(input.to_stream(scope), 5, 1, move |epoch| settled.get(epoch as usize).copied().flatten(), counters, failure)
                     .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
                     .probe_with(&probe);
             });
@@ -572,7 +618,7 @@ mod tests {
                 let mine: Vec<Record> = records.into_iter().skip(worker.index()).step_by(worker.peers()).collect();
                 if epoch == 0 {
                     for (key, slot) in mine {
-                        input.send(UpsertInput::Seed { key, slot: Slot { origin: Origin::Seed, ..slot } });
+                        input.send(UpsertInput::Seed { key, slot: seed(slot) });
                     }
                 } else {
                     for owner in 0..peers {
@@ -601,13 +647,13 @@ mod tests {
             for change in &changes {
                 match change {
                     UpsertChange::Insert { day, keys, rows } => {
-                        let offsets = rows.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                        let offsets = rows.0.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
                         for (key, offset) in keys.iter().zip(offsets.values()) {
                             assert!(current.insert(*key, (*day, *offset)).is_none(), "epoch {epoch}: {key} inserted twice");
                         }
                     }
                     UpsertChange::LateUpdates { rows, frozen_days, .. } => {
-                        let offsets = rows.0.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                        let offsets = rows.0.column_by_name("seq").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
                         assert_eq!(offsets.len(), frozen_days.len());
                         for offset in offsets.values() {
                             assert!(late.insert(*offset), "late update reported twice");
