@@ -118,7 +118,8 @@ fn rules_and_upsert(c: &mut Criterion) {
                 worker.dataflow::<u64, _, _>(|scope| {
                     // Epoch e holds the events ingested on day START_DAY + e - 1, as replay's epochs do.
                     let settled_day = |epoch: u64| Some(START_DAY + epoch as i32 - 1);
-                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, settled_day, Default::default(), Default::default())
+                    let row_values = operators::records::fingerprinted_columns(&rules.pipeline).len();
+                    operators::upsert::upsert(input.to_stream(scope), rules.lateness_days, row_values, settled_day, Default::default(), Default::default())
                         .probe_with(&probe);
                 });
                 let (index, peers) = (worker.index(), worker.peers());
