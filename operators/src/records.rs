@@ -50,7 +50,8 @@ pub struct Slot {
 
 /// The curated columns a [`Slot::fingerprint`] hashes, in curated order: all but a UUID key's,
 /// which the key itself stands for (and which candidate rows leave out while they wait, see
-/// [`PrintedKey`]). So the first this many columns of a candidate's rows are exactly these.
+/// [`PrintedKey`]). So the first this many columns of a candidate's rows are exactly these. Never
+/// empty: the order column is curated, and it is no UUID (the pipeline checks both).
 pub fn fingerprinted_columns(pipeline: &Pipeline) -> Vec<&str> {
     let printed = (pipeline.key_kind == KeyKind::Uuid).then(|| pipeline.key[0].as_str());
     pipeline.curated.iter().map(|(name, _)| name.as_str()).filter(|name| Some(*name) != printed).collect()
