@@ -67,7 +67,9 @@ use crate::sink::Failure;
 use crate::stash::EpochStash;
 
 mod frozen;
+mod key_buckets;
 use frozen::FrozenKeys;
+use key_buckets::KeyBuckets;
 
 /// The arrangement of current slots.
 pub type UpsertSpine = OrdValSpine<u128, Slot, u64, isize>;
@@ -196,29 +198,37 @@ pub fn upsert<'scope>(
                 let mut batches: Vec<Candidates> = Vec::new();
                 // Per batch, its rows' fingerprints, once a record of it meets its reloaded row.
                 let mut prints: Vec<Option<Vec<u64>>> = Vec::new();
-                // (key, slot, where the row is), sorted by key, then ingestion order. Sized once:
-                // growing a vector of millions by doubling costs a copy and fresh pages each time.
+                // (key, slot, where the row is), sorted by key, then ingestion order: placed in
+                // buckets by key as they arrive, each sized by a count of the keys first (growing
+                // vectors by doubling costs a copy and fresh pages each time), then each sorted.
                 let total = arrived.iter().flatten().map(|item| match item {
                     UpsertInput::Rows { candidates, .. } => candidates.len(),
                     UpsertInput::Seed { .. } => 1,
                 });
-                let mut epoch: Vec<(u128, Slot, Source)> = Vec::with_capacity(total.sum());
+                let keys = arrived.iter().flatten().flat_map(|item| match item {
+                    UpsertInput::Rows { candidates, .. } => candidates.keys.as_slice(),
+                    UpsertInput::Seed { key, .. } => std::slice::from_ref(key),
+                });
+                let mut epoch: KeyBuckets<(u128, Slot, Source)> = KeyBuckets::for_keys(total.sum(), keys.copied());
                 for item in arrived.into_iter().flatten() {
                     match item {
-                        UpsertInput::Seed { key, slot } => epoch.push((key, slot, Source::Seed)),
+                        UpsertInput::Seed { key, slot } => epoch.push(key, (key, slot, Source::Seed)),
                         UpsertInput::Rows { mut candidates, .. } => {
                             let index = batches.len() as u32;
                             // Keys and slots move into the epoch's list; only the rows wait on.
                             let (keys, slots) = (std::mem::take(&mut candidates.keys), std::mem::take(&mut candidates.slots));
-                            epoch.extend(keys.into_iter().zip(slots).enumerate().map(|(row, (key, slot))| (key, slot, Source::Row(index, candidates.row_of(row)))));
+                            for (row, (key, slot)) in keys.into_iter().zip(slots).enumerate() {
+                                epoch.push(key, (key, slot, Source::Row(index, candidates.row_of(row))));
+                            }
                             batches.push(candidates);
                             prints.push(None);
                         }
                     }
                 }
-                epoch.sort_unstable_by_key(|(key, slot, _)| (*key, *slot));
                 // The same record twice is one candidate.
-                epoch.dedup_by_key(|(key, slot, _)| (*key, *slot));
+                let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot), |a, b| (a.0, a.1) == (b.0, b.1));
+                // A key's candidates share a bucket, so grouping within buckets groups by key.
+                let groups = || epoch.iter().flat_map(|bucket| bucket.chunk_by(|a, b| a.0 == b.0));
                 let (mut cursor, storage) = state.cursor();
                 let mut out_of_order = 0u64;
                 // Counted here and added once per epoch: the counters are shared by every worker,
@@ -237,11 +247,11 @@ pub fn upsert<'scope>(
                 let frozen_before = settled_day(time).map(|settled| settled - lateness_days);
                 let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
                 // Per key at most a retraction and an insertion; an expiring key only a retraction.
-                let keys = epoch.chunk_by(|a, b| a.0 == b.0).count() + expiring.len();
+                let keys = groups().count() + expiring.len();
                 let mut changes = Changes::with_capacity(keys, 2 * keys);
                 let mut frozen_lookup = frozen.lookup();
                 let mut freezing = Freezing { keys: Vec::new(), days: Vec::new(), changes: &mut changes, held: &mut held, time, frozen_before };
-                for group in epoch.chunk_by(|a, b| a.0 == b.0) {
+                for group in groups() {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
                         freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
@@ -541,6 +551,11 @@ mod tests {
     type Record = (u128, Slot);
 
     fn random_record(rng: &mut ChaCha8Rng, seq: i64) -> Record {
+        random_record_among(rng, seq, 25)
+    }
+
+    /// A random record of one of `keys` keys (`0..keys`).
+    fn random_record_among(rng: &mut ChaCha8Rng, seq: i64, keys: u128) -> Record {
         // Ingestion moves forward ~1 day every 20 records; orders land up to 4 days before it, so
         // late updates, ties (coarse orders) and partition moves all happen.
         let ingestion_ts_ms = seq * DAY_MS / 20;
@@ -552,7 +567,7 @@ mod tests {
             day: order.div_euclid(86_400) as i32,
             fingerprint: rng.random_range(0..3),
         };
-        (rng.random_range(0..25u128), slot)
+        (rng.random_range(0..keys), slot)
     }
 
     /// The rows of `records`: the row's value (what its slot's `fingerprint` stands for in these
@@ -728,6 +743,29 @@ mod tests {
             let live = current.values().filter(|(day, _)| *day >= frozen_before).count();
             assert!(live < current.len(), "seed {seed}: no row froze");
             assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: slots held after freezing");
+        }
+    }
+
+    #[test]
+    fn upsert_matches_the_oracle_on_spread_keys_sorted_in_many_buckets() {
+        // UUID-like keys (an odd multiplier spreads 0..3000 over all 128 bits, one to one) and
+        // epochs of thousands of candidates, so the epoch is sorted in many key buckets.
+        let spread = |key: u128| key.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        for seed in 0..4u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut epochs: Vec<Vec<Record>> = vec![Vec::new()];
+            epochs.extend((0..4).map(|epoch| {
+                (0..6_000).map(|i| random_record_among(&mut rng, epoch * 6_000 + i, 3_000)).map(|(key, slot)| (spread(key), slot)).collect::<Vec<_>>()
+            }));
+            let again: Vec<_> = epochs[2].iter().take(50).copied().collect();
+            epochs[2].extend(again);
+            let workers = 1 + seed as usize % 2;
+            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], workers, Arc::default());
+            let mut prefix = Vec::new();
+            for (epoch, batch) in epochs.iter().enumerate() {
+                prefix.extend(batch.iter().copied());
+                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
+            }
         }
     }
 
