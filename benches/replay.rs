@@ -128,12 +128,12 @@ fn rules_and_upsert(c: &mut Criterion) {
                     let share = batch.slice(batch.num_rows() * index / peers, batch.num_rows() * (index + 1) / peers - batch.num_rows() * index / peers);
                     let judged = rules.judge(&share).unwrap();
                     let rows = arrow::compute::take_record_batch(&share, &arrow::array::UInt32Array::from(judged.accepted.clone())).unwrap();
-                    let positions = operators::records::positions(&rows).unwrap();
+                    let positions = operators::records::Positions::of(&rows).unwrap();
                     let slots = positions
                         .iter()
                         .zip(judged.orders.iter().zip(&judged.days))
                         .map(|(position, (order, day))| operators::records::Slot {
-                            position: *position,
+                            position,
                             origin: operators::model::Origin::Input,
                             order: *order,
                             day: *day,

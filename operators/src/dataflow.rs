@@ -56,7 +56,7 @@ use crate::metrics::Metrics;
 use crate::model::{KeyMap, Origin, RejectReason, format_date};
 use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprinted_columns, fingerprints, order_values, positions, rejected_batch, take_rows as take, uuid_text};
+use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprinted_columns, fingerprints, order_values, Positions, rejected_batch, take_rows as take, uuid_text};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
@@ -151,8 +151,8 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let (mut reasons, mut details) = (judged.reasons, judged.details);
     // Only a stream restart needs the coordinates here.
     let coordinates = match &context.curated_from {
-        Some(_) => positions(raw)?,
-        None => Vec::new(),
+        Some(_) => Some(Positions::of(raw)?),
+        None => None,
     };
     let mut kept = Vec::with_capacity(judged.accepted.len());
     let (mut keys, mut orders, mut days) = (Vec::new(), Vec::new(), Vec::new());
@@ -165,7 +165,8 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
             continue;
         }
         if let Some(from) = &context.curated_from
-            && let position = coordinates[row as usize]
+            && let Some(coordinates) = &coordinates
+            && let position = coordinates.get(row as usize)
             && position.offset < from.get(&position.partition).copied().unwrap_or(0)
         {
             continue;
@@ -248,7 +249,7 @@ fn candidates(
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows.num_rows()));
     let rows = RecordBatch::try_new_with_options(schema.clone(), columns, &options).context(|| "assembling curated rows".into())?;
-    let positions = positions(&rows)?;
+    let positions = Positions::of(&rows)?;
     let kept = &applied.kept;
     // A cast order column: its curated values order the records (a restart reads those back).
     let cast_orders = match context.rules.pipeline.order_cast {
@@ -267,7 +268,7 @@ fn candidates(
             None => orders[row as usize],
         };
         // No fingerprint yet: only a record meeting its reloaded row needs one (the upsert's doc).
-        slots.push(Slot { position: positions[i], origin: Origin::Input, order, day: days[row as usize], fingerprint: 0 });
+        slots.push(Slot { position: positions.get(i), origin: Origin::Input, order, day: days[row as usize], fingerprint: 0 });
     }
     let as_ingested = |name: &str| unchanged.contains(name) && !applied.written.contains(name);
     let ingested = differences(ingested, kept, &rows, &context.topic, as_ingested)?;
@@ -688,7 +689,7 @@ pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Sl
     let days = order_values(column(&pipeline.partitioning.column)?)?;
     let values: Vec<ArrayRef> = fingerprinted_columns(pipeline).into_iter().map(|name| column(name).cloned()).collect::<Result<_>>()?;
     let prints = fingerprints(&values)?;
-    let positions = positions(batch)?;
+    let positions = Positions::of(batch)?;
     let mut slots = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let key = keys[row];
@@ -696,7 +697,7 @@ pub fn curated_slots(batch: &RecordBatch, rules: &Rules) -> Result<Vec<(u128, Sl
             return Err(Error::User(format!("curated table holds a row without {} or {}", pipeline.order_by, pipeline.partitioning.column)));
         };
         let day = i32::try_from(day).map_err(|_| Error::User(format!("curated partition value {day} is not a day")))?;
-        slots.push((key, Slot { position: positions[row], origin: Origin::Seed, order, day, fingerprint: prints[row] }));
+        slots.push((key, Slot { position: positions.get(row), origin: Origin::Seed, order, day, fingerprint: prints[row] }));
     }
     Ok(slots)
 }

@@ -697,15 +697,37 @@ pub fn rejected_batch(schema: &SchemaRef, source: &RecordBatch, reasons: Vec<Str
     RecordBatch::try_new_with_options(schema.clone(), columns, &options).context(|| "assembling rejected rows".into())
 }
 
-/// Where a row came from: its ingestion position, read from the lineage (or raw coordinate) columns.
-pub fn positions(batch: &RecordBatch) -> Result<Vec<IngestPosition>> {
-    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("column {name} is missing from the table")));
-    let ingestion = column("ingestion_ts_ms")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::User("ingestion_ts_ms is not a long".into()))?;
-    let partition = column("source_partition")?.as_primitive_opt::<arrow::datatypes::Int32Type>().ok_or_else(|| Error::User("source_partition is not an int".into()))?;
-    let offset = column("source_offset")?.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| Error::User("source_offset is not a long".into()))?;
-    Ok((0..batch.num_rows())
-        .map(|row| IngestPosition { ingestion_ts_ms: ingestion.value(row), partition: partition.value(row), offset: offset.value(row) })
-        .collect())
+/// Where a batch's rows came from: their ingestion positions, read row by row from the lineage
+/// (or raw coordinate) columns in place, so no list of positions is built for a pass that reads
+/// each one once.
+pub struct Positions<'a> {
+    ingestion: &'a arrow::array::Int64Array,
+    partition: &'a arrow::array::Int32Array,
+    offset: &'a arrow::array::Int64Array,
+}
+
+impl<'a> Positions<'a> {
+    pub fn of(batch: &'a RecordBatch) -> Result<Self> {
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| Error::User(format!("column {name} is missing from the table")));
+        Ok(Positions {
+            ingestion: column("ingestion_ts_ms")?.as_primitive_opt().ok_or_else(|| Error::User("ingestion_ts_ms is not a long".into()))?,
+            partition: column("source_partition")?.as_primitive_opt().ok_or_else(|| Error::User("source_partition is not an int".into()))?,
+            offset: column("source_offset")?.as_primitive_opt().ok_or_else(|| Error::User("source_offset is not a long".into()))?,
+        })
+    }
+
+    pub fn get(&self, row: usize) -> IngestPosition {
+        IngestPosition { ingestion_ts_ms: self.ingestion.value(row), partition: self.partition.value(row), offset: self.offset.value(row) }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = IngestPosition> + '_ {
+        (0..self.ingestion.len()).map(|row| self.get(row))
+    }
+
+    /// The latest ingestion time of the rows (milliseconds), `None` for no rows.
+    pub fn newest_ingestion_ms(&self) -> Option<i64> {
+        arrow::compute::max(self.ingestion)
+    }
 }
 
 /// Whether [`order_values`] reads a column of this type.

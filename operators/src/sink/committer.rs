@@ -352,7 +352,7 @@ impl Committer {
         let all = arrow::compute::concat_batches(&schema, &batches).context(|| "joining the epoch's rejected rows".into())?;
         let all = match held {
             Some(held) if !held.is_empty() => {
-                let positions = crate::records::positions(&all)?;
+                let positions = crate::records::Positions::of(&all)?;
                 let keep: arrow::array::BooleanArray =
                     positions.iter().map(|p| Some(p.offset >= held.get(&p.partition).copied().unwrap_or(0))).collect();
                 arrow::compute::filter_record_batch(&all, &keep).context(|| "dropping rejections already written".into())?

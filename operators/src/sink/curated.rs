@@ -391,7 +391,7 @@ impl CuratedWriter {
         judged: &mut Judged,
     ) -> crate::Result<(Vec<u128>, RecordBatch)> {
         if !keys.is_empty() && !self.checks.is_empty() {
-            let newest = crate::records::positions(&batch)?.iter().map(|p| p.ingestion_ts_ms).max();
+            let newest = crate::records::Positions::of(&batch)?.newest_ingestion_ms();
             judged.newest_ingestion_ms = judged.newest_ingestion_ms.max(newest);
             if let Some(quarantine) = judged.evaluation.observe(&batch)? {
                 let refused = &quarantine.rows;
