@@ -12,9 +12,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How long memory the engine freed stays with mimalloc before it goes back to the OS, by mode.
 /// mimalloc's default (10 ms) returns an epoch's buffers between two of its own steps, and every
 /// reuse then has the kernel zero fresh pages: a third of a stream run's CPU time was system time.
-/// - The stream keeps freed memory 2 s, so buffers are reused within and across its short epochs
-///   and an idle engine still gives memory back (1M records: 144k → ~205k records/s, system time
-///   3.4 s → 1.2 s). 1 s cost it ~10% more CPU (medians of 5 alternated 2M-record runs).
+/// - The stream keeps freed memory 5 s, so buffers are reused within and across its epochs (a
+///   backlog's epochs are ~2 s apart) and an idle engine still gives memory back. Against 10 ms:
+///   1M records 144k → ~205k records/s, system time 3.4 s → 1.2 s; 1 s cost ~10% more CPU than
+///   2 s; 2 s still returned memory between back-to-back epochs: 4M records, 5 alternated pairs,
+///   2 s gave 424–455k page faults and 11.3–13.3 CPU-s, 5 s 320–350k and 10.5–12.9 CPU-s, for
+///   40–130 MB more peak resident memory (10 s: no fewer faults than 5 s).
 /// - The replay keeps it 0.5 s: its epochs are seconds long, so that still covers most reuse
 ///   within one, while the peak holds less freed memory. 10M events, alternated: 2 s gave max RSS
 ///   2050–2142 MiB; 1 s 1935–1989 MiB (and 2085 MiB once in `make bench-peers`, over the 2 GB
@@ -24,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn purge_delay_ms(mode: Option<Mode>) -> std::ffi::c_long {
     match mode {
         Some(Mode::Replay) => 500,
-        Some(Mode::Stream) | None => 2000,
+        Some(Mode::Stream) | None => 5000,
     }
 }
 
