@@ -8,14 +8,15 @@
 # 3. `runtime --mode stream -w WORKERS` with the graph's epoch settings (10 s interval, epochs of at
 #    most 1M records, the one after a full epoch closing once the backlog is drained) reads them
 #    into a fresh lakehouse until idle: committed events/s = EVENTS / (process start -> commit of
-#    the last epoch with records).
+#    the last epoch with records). STREAM_RUNS times (default 3), each into a fresh lakehouse,
+#    then the medians: on a shared VM one run's CPU time moves ±15% from minute to minute.
 # 4. Freshness: a second topic is produced at RATE events/s for 30 s with send-time timestamps
 #    while the stream runs with the graph's commit interval; p50/p99 of (raw snapshot commit time -
 #    Kafka timestamp) over every row.
 # Steps 2 and 3 also print the CPU time (user + system) of the client process and of the broker
 # during it: on a machine whose cores the broker shares, that is the budget the ceiling leaves.
 #
-# Usage: bash benches/stream.sh [EVENTS] [WORKERS] [RATE] [INTERVAL]
+# Usage: [STREAM_RUNS=N] bash benches/stream.sh [EVENTS] [WORKERS] [RATE] [INTERVAL]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-2000000}
@@ -58,12 +59,25 @@ cpu_report "bare-consume (poll)"
 cpu_mark
 "$bin/bare-consume-rskafka" 127.0.0.1:9092 "$topic" "$events" "$workers"
 cpu_report bare-consume-rskafka
-cpu_mark
 # The rate is over the time from the process start to the commit of the last epoch that read
 # records (the runtime's "landed" line): the idle wait before the stop is not part of it.
-"$bin/runtime" --graph "$work/t/graph.toml" --mode stream -w "$workers" --stop-when-idle ${idle}s --no-progress 2>/dev/null \
-  | grep -E "^stream|landed|first record"
-cpu_report "stream (with the ${idle} s idle wait)"
+runs=${STREAM_RUNS:-3}
+: > "$work/stream-runs"
+for run in $(seq 1 "$runs"); do
+  graph_for "$topic" "$work/s$run"
+  cpu_mark
+  "$bin/runtime" --graph "$work/s$run/graph.toml" --mode stream -w "$workers" --stop-when-idle ${idle}s --no-progress 2>/dev/null \
+    | grep -E "^stream|landed|first record" | tee "$work/stream-out"
+  # Not in a pipeline: `times` must run in this shell.
+  cpu_report "stream run $run of $runs (with the ${idle} s idle wait)" > "$work/stream-cpu"
+  cat "$work/stream-cpu"
+  # (landed records/s, engine CPU-s) of this run
+  echo "$(grep -o '[0-9]* records/s)' "$work/stream-out" | sed -n 2p | tr -dc 0-9) $(awk '{ print $(NF-6) }' "$work/stream-cpu")" >> "$work/stream-runs"
+done
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+landed_median=$(cut -d' ' -f1 "$work/stream-runs" | median)
+cpu_median=$(cut -d' ' -f2 "$work/stream-runs" | median)
+echo "stream, median of $runs runs: $landed_median records/s landed, $cpu_median CPU-s ($(awk -v c="$cpu_median" -v n="$events" 'BEGIN { printf "%.2f", c / n * 1e6 }') per million records)"
 
 topic=bench.freshness.$RANDOM$RANDOM
 "$TANSU" topic create "$topic" --partitions 6 --broker tcp://127.0.0.1:9092 >/dev/null
