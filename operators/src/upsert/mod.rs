@@ -694,6 +694,24 @@ mod tests {
             .collect()
     }
 
+    /// Runs `epochs` through the upsert (lateness 5 days) and asserts after each epoch that its
+    /// rows and late updates are the oracle's over every record so far; returns those checkpoints.
+    fn each_epoch_matches_the_oracle(
+        epochs: &[Vec<Record>],
+        settled: Vec<Option<i32>>,
+        workers: usize,
+        counters: Arc<UpsertCounters>,
+        what: &str,
+    ) -> Vec<Checkpoint> {
+        let checkpoints = run(epochs.to_vec(), settled, workers, counters);
+        let mut prefix = Vec::new();
+        for (epoch, batch) in epochs.iter().enumerate() {
+            prefix.extend(batch.iter().copied());
+            assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "{what}, epoch {epoch}");
+        }
+        checkpoints
+    }
+
     #[test]
     fn upsert_matches_the_oracle_after_every_epoch_with_and_without_freezing() {
         for seed in 0..8u64 {
@@ -704,12 +722,7 @@ mod tests {
             let again: Vec<_> = epochs[2].iter().take(5).copied().collect();
             epochs[2].extend(again);
             let workers = 1 + seed as usize % 2;
-            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], workers, Arc::default());
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().copied());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
-            }
+            let checkpoints = each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"));
             assert!(!checkpoints.last().unwrap().1.is_empty(), "seed {seed}: no late update exercised");
 
             // Slots freeze (leave the arrangement) once the settled day passes their day by the
@@ -732,14 +745,9 @@ mod tests {
             epochs[1].extend(quiet);
             let settled = settled_days(&epochs);
             let counters = Arc::new(UpsertCounters::default());
-            let checkpoints = run(epochs.clone(), settled.clone(), workers, counters.clone());
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().copied());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "frozen: seed {seed}, epoch {epoch}");
-            }
+            each_epoch_matches_the_oracle(&epochs, settled.clone(), workers, counters.clone(), &format!("frozen: seed {seed}"));
             let frozen_before = settled.last().copied().flatten().unwrap() - 5;
-            let (current, _) = oracle(&prefix, 5);
+            let (current, _) = oracle(&epochs.concat(), 5);
             let live = current.values().filter(|(day, _)| *day >= frozen_before).count();
             assert!(live < current.len(), "seed {seed}: no row froze");
             assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: slots held after freezing");
@@ -760,12 +768,7 @@ mod tests {
             let again: Vec<_> = epochs[2].iter().take(50).copied().collect();
             epochs[2].extend(again);
             let workers = 1 + seed as usize % 2;
-            let checkpoints = run(epochs.clone(), vec![None; epochs.len()], workers, Arc::default());
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().copied());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "seed {seed}, epoch {epoch}");
-            }
+            each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"));
         }
     }
 
