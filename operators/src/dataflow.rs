@@ -149,9 +149,9 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     let keys_as_ingested = judged.keys_as_ingested;
     let mut rejected_rows = judged.rejected;
     let (mut reasons, mut details) = (judged.reasons, judged.details);
-    // Only a stream restart needs the coordinates here.
-    let coordinates = match &context.curated_from {
-        Some(_) => Some(Positions::of(raw)?),
+    // Only a stream restart needs the coordinates here: the offsets curated holds already.
+    let resumed = match &context.curated_from {
+        Some(from) => Some((from, Positions::of(raw)?)),
         None => None,
     };
     let mut kept = Vec::with_capacity(judged.accepted.len());
@@ -164,8 +164,7 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
             details.push(late_update_detail(&pipeline.partitioning.column, *day));
             continue;
         }
-        if let Some(from) = &context.curated_from
-            && let Some(coordinates) = &coordinates
+        if let Some((from, coordinates)) = &resumed
             && let position = coordinates.get(row as usize)
             && position.offset < from.get(&position.partition).copied().unwrap_or(0)
         {

@@ -8,7 +8,8 @@
 //! entries, release): 50–53 ms against 67–79 ms for `sort_unstable` over one vector
 //! (benches/README.md).
 //!
-//! Semantics: the buckets, read in order, hold every pushed item, sorted by `order`, provided
+//! Semantics: the buckets, read in order, hold every pushed item (items of equal `order` once),
+//! sorted by `order`, provided
 //! `order` sorts by the key first (the bucket is the key's leading bits, so every item of a
 //! bucket sorts before every item of the next). A key's items always share a bucket, so per-key
 //! groups never straddle two. Keys that are not spread (all with the same leading bits) land in
@@ -44,12 +45,12 @@ impl<T> KeyBuckets<T> {
         self.buckets[bucket(key, self.shift)].push(item);
     }
 
-    /// The buckets in key order, each sorted by `order` (which must sort by the key first) and
-    /// with consecutive items that `same` finds equal reduced to the first.
-    pub fn sorted<K: Ord>(mut self, order: impl Fn(&T) -> K + Copy, same: impl Fn(&mut T, &mut T) -> bool + Copy) -> Vec<Vec<T>> {
+    /// The buckets in key order, each sorted by `order` (which must sort by the key first), with
+    /// items of equal `order` reduced to one.
+    pub fn sorted<K: Ord>(mut self, order: impl Fn(&T) -> K + Copy) -> Vec<Vec<T>> {
         for bucket in &mut self.buckets {
             bucket.sort_unstable_by_key(order);
-            bucket.dedup_by(same);
+            bucket.dedup_by(|a, b| order(a) == order(b));
         }
         self.buckets
     }
@@ -72,7 +73,7 @@ mod tests {
         for item in items {
             buckets.push(item.0, *item);
         }
-        let sorted = buckets.sorted(|item| *item, |a, b| a == b);
+        let sorted = buckets.sorted(|item| *item);
         assert!(sorted.iter().flatten().collect::<Vec<_>>().windows(2).all(|pair| pair[0] < pair[1]), "not ascending");
         sorted.into_iter().flatten().collect()
     }
@@ -105,7 +106,7 @@ mod tests {
         for item in &items {
             buckets.push(item.0, *item);
         }
-        let sorted = buckets.sorted(|item| *item, |a, b| a == b);
+        let sorted = buckets.sorted(|item| *item);
         assert!(sorted.len() > 1 && sorted.iter().skip(1).all(Vec::is_empty));
         assert_eq!(sorted.into_iter().flatten().collect::<Vec<_>>(), oracle(&items));
     }
@@ -119,6 +120,6 @@ mod tests {
         let mut buckets = KeyBuckets::for_keys(0, std::iter::empty());
         buckets.push(u128::MAX, 2);
         buckets.push(0, 1);
-        assert_eq!(buckets.sorted(|item| *item, |a, b| a == b).concat(), vec![1, 2]);
+        assert_eq!(buckets.sorted(|item| *item).concat(), vec![1, 2]);
     }
 }

@@ -225,8 +225,8 @@ pub fn upsert<'scope>(
                         }
                     }
                 }
-                // The same record twice is one candidate.
-                let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot), |a, b| (a.0, a.1) == (b.0, b.1));
+                // The same record twice (same key and slot) is one candidate.
+                let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot));
                 // A key's candidates share a bucket, so grouping within buckets groups by key.
                 let groups = || epoch.iter().flat_map(|bucket| bucket.chunk_by(|a, b| a.0 == b.0));
                 let (mut cursor, storage) = state.cursor();
