@@ -380,15 +380,13 @@ fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
     if peers == 1 {
         return Ok(vec![UpsertInput::Rows { owner: 0, candidates }]);
     }
-    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); peers];
-    for (row, key) in candidates.keys.iter().enumerate() {
-        rows[(route(*key) % peers as u64) as usize].push(row as u32);
-    }
-    rows.into_iter()
+    Ok(candidates
+        .split(peers, |key| (route(key) % peers as u64) as usize)?
+        .into_iter()
         .enumerate()
-        .filter(|(_, rows)| !rows.is_empty())
-        .map(|(owner, rows)| Ok(UpsertInput::Rows { owner: owner as u64, candidates: candidates.share(&rows)? }))
-        .collect()
+        .filter(|(_, share)| !share.is_empty())
+        .map(|(owner, candidates)| UpsertInput::Rows { owner: owner as u64, candidates })
+        .collect())
 }
 
 /// Where the dataflow's output goes: the same for every worker of a run.

@@ -14,6 +14,7 @@
 //!                                  exchange(partition) → curated writer: data files, position deletes
 //! ```
 
+pub mod canonical_uuid;
 pub mod catalog;
 pub mod catalog_server;
 pub mod checks;

@@ -123,6 +123,35 @@ impl Candidates {
         })
     }
 
+    /// The candidates split into `parts` shares, each candidate to the share `part_of` its key
+    /// names, in their order; like [`Candidates::share`], the shares refer to this one's batches.
+    /// One pass over the candidates, where a share per part would make one pass each.
+    pub fn split(&self, parts: usize, part_of: impl Fn(u128) -> usize) -> Result<Vec<Candidates>> {
+        let expected = self.len() / parts.max(1) + self.len() / 16;
+        let mut shares: Vec<(Vec<u128>, Vec<Slot>, Vec<u32>)> =
+            (0..parts).map(|_| (Vec::with_capacity(expected), Vec::with_capacity(expected), Vec::with_capacity(expected))).collect();
+        for (index, (&key, slot)) in self.keys.iter().zip(&self.slots).enumerate() {
+            let part = part_of(key);
+            let Some((keys, slots, rows)) = shares.get_mut(part) else {
+                return Err(Error::Internal(format!("share {part} of {parts}")));
+            };
+            keys.push(key);
+            slots.push(*slot);
+            rows.push(self.row_of(index));
+        }
+        Ok(shares
+            .into_iter()
+            .map(|(keys, slots, rows)| Candidates {
+                rows: self.rows.clone(),
+                ingested: self.ingested.clone(),
+                keys,
+                slots,
+                selection: Some(rows),
+                encoded: Default::default(),
+            })
+            .collect())
+    }
+
     /// The row of `rows` and `ingested` that candidate `index` (of `keys` and `slots`) is.
     pub fn row_of(&self, index: usize) -> u32 {
         match &self.selection {
@@ -413,6 +442,11 @@ impl KeyMaker {
             let text = columns[0].as_string_opt::<i32>().ok_or_else(|| Error::User(format!("key column {} is not a string", self.columns[0])))?;
             for row in 0..rows {
                 let raw = if text.is_valid(row) { text.value(row) } else { "" };
+                // Nearly every key arrives in canonical form, which needs no other look.
+                if let Some(key) = crate::canonical_uuid::parse(raw.as_bytes()) {
+                    keys.values.push(key);
+                    continue;
+                }
                 let value = raw.trim();
                 if value.is_empty() {
                     keys.problem(row, KeyProblem::Missing(self.columns[0].clone()));
@@ -497,8 +531,8 @@ pub fn uuid_text(keys: &[u128]) -> Result<StringArray> {
         return Err(Error::Internal(format!("{} keys do not fit one string column", keys.len())));
     }
     let mut text = vec![0u8; keys.len() * LENGTH];
-    for (key, out) in keys.iter().zip(text.chunks_exact_mut(LENGTH)) {
-        uuid::Uuid::from_u128(*key).hyphenated().encode_lower(out);
+    for (key, out) in keys.iter().zip(text.as_chunks_mut::<LENGTH>().0) {
+        crate::canonical_uuid::print(*key, out);
     }
     let offsets = arrow::buffer::OffsetBuffer::<i32>::from_lengths(std::iter::repeat_n(LENGTH, keys.len()));
     // SAFETY: the text is ASCII (hex digits and hyphens) and every offset falls between two values.
@@ -1028,6 +1062,13 @@ mod tests {
         assert_eq!((again.keys.as_slice(), again.row_of(0)), (&[1][..], 1), "a share of a share refers to the first batch");
         assert_eq!(share.rows.num_rows(), 4, "the batch is shared, not copied");
         assert!(candidates.share(&[4]).is_err(), "a candidate past the end is refused, not a panic");
+        let halves = share.split(2, |key| (key % 2) as usize).unwrap();
+        assert_eq!(halves.iter().map(|h| (h.keys.clone(), h.len())).collect::<Vec<_>>(), [(vec![], 0), (vec![3, 1], 2)]);
+        assert_eq!((halves[1].row_of(0), halves[1].row_of(1), halves[1].slots.as_slice()), (3, 1, share.slots.as_slice()));
+        let thirds = candidates.split(3, |key| (key % 3) as usize).unwrap();
+        assert_eq!(thirds.iter().map(|t| t.keys.clone()).collect::<Vec<_>>(), [vec![0, 3], vec![1], vec![2]]);
+        assert_eq!((thirds[0].row_of(1), thirds[0].rows.num_rows()), (3, 4), "a split refers to the batch too");
+        assert!(candidates.split(2, |key| key as usize).is_err(), "a share past the last is refused, not a panic");
         let wire = serde_json::to_string(&share).unwrap();
         assert_eq!(serde_json::to_string(&share).unwrap(), wire, "the size pass and the write pass send the same bytes");
         let back: Candidates = serde_json::from_str(&wire).unwrap();
