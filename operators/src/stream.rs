@@ -495,7 +495,7 @@ impl RawRows {
                             runs.iter().map(|run| batches[run.batch].slice(run.first, run.rows)).collect()
                         } else {
                             let rows: Vec<(usize, usize)> = runs.iter().flat_map(|run| (run.first..run.first + run.rows).map(|row| (run.batch, row))).collect();
-                            vec![arrow::compute::interleave_record_batch(&sources, &rows).context(|| "gathering the epoch's raw rows by day".into())?]
+                            vec![crate::records::interleave_rows(&sources, &rows)?]
                         };
                         days.push((day, batches));
                         runs.clear();

@@ -454,6 +454,6 @@ fn sorted_by_key(mut rows: NewRows) -> crate::Result<(Vec<u128>, RecordBatch)> {
         return Err(crate::Error::Internal("no rows to write".into()));
     }
     let indices: Vec<(usize, usize)> = order.iter().map(|(_, part, row)| (*part, *row)).collect();
-    let gathered = arrow::compute::interleave_record_batch(&batches, &indices).context(|| "gathering a partition's rows in key order".into())?;
+    let gathered = crate::records::interleave_rows(&batches, &indices)?;
     Ok((order.into_iter().map(|(key, _, _)| key).collect(), gathered))
 }

@@ -388,14 +388,14 @@ fn gather(
     let mut inserts = Vec::with_capacity(inserted.len());
     for (day, entries) in inserted {
         let indices: Vec<(usize, usize)> = entries.iter().map(|(_, batch, row)| (*batch as usize, *row as usize)).collect();
-        let batch = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering the epoch's new rows".into())?;
+        let batch = crate::records::interleave_rows(&rows, &indices)?;
         inserts.push(UpsertChange::Insert { day, keys: entries.iter().map(|(key, _, _)| *key).collect(), rows: Batch::new(batch) });
     }
     if late.is_empty() {
         return Ok((inserts, None));
     }
     let indices: Vec<(usize, usize)> = late.iter().map(|(_, batch, row, _)| (*batch as usize, *row as usize)).collect();
-    let late_rows = arrow::compute::interleave_record_batch(&rows, &indices).context(|| "gathering late updates".into())?;
+    let late_rows = crate::records::interleave_rows(&rows, &indices)?;
     // Each batch kept its own columns as ingested (those where some row differs): the late
     // updates get the union, null where a batch kept none.
     let ingested = ingested_of(batches, &indices)?;
