@@ -201,6 +201,10 @@ pub fn interleave_rows(batches: &[&RecordBatch], indices: &[(usize, usize)]) -> 
         return Err(Error::Internal("interleaving rows of no batches".into()));
     };
     let schema = first.schema();
+    if let Some(other) = batches.iter().find(|batch| batch.num_columns() != schema.fields().len()) {
+        // arrow's interleave would panic.
+        return Err(Error::Internal(format!("interleaving rows of {} and {} columns", schema.fields().len(), other.num_columns())));
+    }
     if let Some(&(batch, row)) = indices.iter().find(|&&(batch, row)| batches.get(batch).is_none_or(|b| row >= b.num_rows())) {
         // arrow's interleave would panic.
         return Err(Error::Internal(format!("row {row} of batch {batch} of {} batches", batches.len())));
@@ -986,6 +990,7 @@ mod tests {
         assert!(interleave_rows(&[&one], &[(0, 3)]).is_err(), "a row past the end is an error, not a panic");
         assert!(interleave_rows(&[&one], &[(1, 0)]).is_err(), "so is a batch past the last");
         assert!(interleave_rows(&[], &[]).is_err());
+        assert!(interleave_rows(&[&one, &one.project(&[0, 1]).unwrap()], &[(1, 0)]).is_err(), "batches of other shapes are an error, not a panic");
     }
 
     #[test]
