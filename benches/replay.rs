@@ -142,11 +142,9 @@ fn rules_and_upsert(c: &mut Criterion) {
                         .collect();
                     let candidates = operators::records::Candidates::new(rows.clone(), rows, judged.keys, slots);
                     // The exchange brings each key to its owner.
-                    for owner in 0..peers as u64 {
-                        let mine: Vec<u32> = (0..candidates.keys.len() as u32)
-                            .filter(|i| operators::upsert::route(candidates.keys[*i as usize]) % peers as u64 == owner)
-                            .collect();
-                        input.send(operators::upsert::UpsertInput::Rows { owner, candidates: candidates.share(&mine).unwrap() });
+                    let shares = candidates.split(peers, |key| (operators::upsert::route(key) % peers as u64) as usize).unwrap();
+                    for (owner, candidates) in shares.into_iter().enumerate() {
+                        input.send(operators::upsert::UpsertInput::Rows { owner: owner as u64, candidates });
                     }
                 }
                 input.close();

@@ -87,7 +87,7 @@ pub struct Candidates {
     pub slots: Vec<Slot>,
     /// The row of `rows` and `ingested` each candidate is, when they are not all of them in order:
     /// a worker's share of a batch refers to the batch, which the workers of one process share,
-    /// instead of copying its rows ([`Candidates::share`]).
+    /// instead of copying its rows ([`Candidates::split`]).
     selection: Option<Vec<u32>>,
     /// `rows` and `ingested` (their selected rows) as sent to another process.
     encoded: [EncodedOnce; 2],
@@ -106,26 +106,10 @@ impl Candidates {
         self.keys.is_empty()
     }
 
-    /// The candidates at `indices`, in that order, sharing this one's batches: only keys, slots and
-    /// row numbers are copied. The rows themselves are copied only if the share is sent to another
-    /// process, and then only the selected ones.
-    pub fn share(&self, indices: &[u32]) -> Result<Candidates> {
-        if let Some(&past) = indices.iter().find(|&&i| i as usize >= self.len()) {
-            return Err(Error::Internal(format!("candidate {past} of {}", self.len())));
-        }
-        Ok(Candidates {
-            rows: self.rows.clone(),
-            ingested: self.ingested.clone(),
-            keys: indices.iter().map(|&i| self.keys[i as usize]).collect(),
-            slots: indices.iter().map(|&i| self.slots[i as usize]).collect(),
-            selection: Some(indices.iter().map(|&i| self.row_of(i as usize)).collect()),
-            encoded: Default::default(),
-        })
-    }
-
     /// The candidates split into `parts` shares, each candidate to the share `part_of` its key
-    /// names, in their order; like [`Candidates::share`], the shares refer to this one's batches.
-    /// One pass over the candidates, where a share per part would make one pass each.
+    /// names, in their order, in one pass. The shares refer to this one's batches: only keys,
+    /// slots and row numbers are copied. The rows themselves are copied only if a share is sent to
+    /// another process, and then only its own.
     pub fn split(&self, parts: usize, part_of: impl Fn(u128) -> usize) -> Result<Vec<Candidates>> {
         let expected = self.len() / parts.max(1) + self.len() / 16;
         let mut shares: Vec<(Vec<u128>, Vec<Slot>, Vec<u32>)> =
@@ -1133,26 +1117,26 @@ mod tests {
         let ingested = batch(vec![("as_ingested", Arc::new(StringArray::from(vec![None, Some("b"), None, Some("d")])) as ArrayRef)]);
         let slot = |order| Slot { position: IngestPosition { ingestion_ts_ms: 5, partition: 1, offset: order }, origin: Origin::Input, order, day: 3, fingerprint: 0 };
         let candidates = Candidates::new(rows.clone(), ingested, vec![0, 1, 2, 3], (10..14).map(slot).collect());
-        let share = candidates.share(&[3, 1]).unwrap();
-        let again = share.share(&[1]).unwrap();
-        assert_eq!((share.keys.as_slice(), share.row_of(0), share.row_of(1)), (&[3, 1][..], 3, 1));
+        let [evens, share]: [Candidates; 2] = candidates.split(2, |key| (key % 2) as usize).unwrap().try_into().unwrap();
+        let [again, _]: [Candidates; 2] = share.split(2, |key| usize::from(key == 3)).unwrap().try_into().unwrap();
+        assert_eq!((share.keys.as_slice(), share.row_of(0), share.row_of(1)), (&[1, 3][..], 1, 3));
+        assert_eq!((evens.keys.as_slice(), evens.row_of(1)), (&[0, 2][..], 2));
         assert_eq!((again.keys.as_slice(), again.row_of(0)), (&[1][..], 1), "a share of a share refers to the first batch");
         assert_eq!(share.rows.num_rows(), 4, "the batch is shared, not copied");
-        assert!(candidates.share(&[4]).is_err(), "a candidate past the end is refused, not a panic");
-        let halves = share.split(2, |key| (key % 2) as usize).unwrap();
-        assert_eq!(halves.iter().map(|h| (h.keys.clone(), h.len())).collect::<Vec<_>>(), [(vec![], 0), (vec![3, 1], 2)]);
-        assert_eq!((halves[1].row_of(0), halves[1].row_of(1), halves[1].slots.as_slice()), (3, 1, share.slots.as_slice()));
+        assert_eq!(share.slots, [slot(11), slot(13)]);
         let thirds = candidates.split(3, |key| (key % 3) as usize).unwrap();
         assert_eq!(thirds.iter().map(|t| t.keys.clone()).collect::<Vec<_>>(), [vec![0, 3], vec![1], vec![2]]);
         assert_eq!((thirds[0].row_of(1), thirds[0].rows.num_rows()), (3, 4), "a split refers to the batch too");
+        let halves = again.split(2, |key| (key % 2) as usize).unwrap();
+        assert_eq!(halves.iter().map(|h| h.len()).collect::<Vec<_>>(), [0, 1], "an empty share is kept, in its place");
         assert!(candidates.split(2, |key| key as usize).is_err(), "a share past the last is refused, not a panic");
         let wire = serde_json::to_string(&share).unwrap();
         assert_eq!(serde_json::to_string(&share).unwrap(), wire, "the size pass and the write pass send the same bytes");
         let back: Candidates = serde_json::from_str(&wire).unwrap();
         let seq = |b: &RecordBatch| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
-        assert_eq!((seq(&back.rows), back.row_of(1)), (vec![13, 11], 1));
-        assert_eq!(back.keys, [3, 1]);
-        assert_eq!(back.ingested.column(0).as_string::<i32>().iter().collect::<Vec<_>>(), [Some("d"), Some("b")]);
+        assert_eq!((seq(&back.rows), back.row_of(1)), (vec![11, 13], 1));
+        assert_eq!(back.keys, [1, 3]);
+        assert_eq!(back.ingested.column(0).as_string::<i32>().iter().collect::<Vec<_>>(), [Some("b"), Some("d")]);
         assert_eq!(back.slots, share.slots);
     }
 }
