@@ -141,10 +141,9 @@ fn rules_and_upsert(c: &mut Criterion) {
                         })
                         .collect();
                     let candidates = operators::records::Candidates::new(rows.clone(), rows, judged.keys, slots);
-                    // The exchange brings each key to its owner.
-                    let shares = candidates.split(peers, |key| (operators::upsert::route(key) % peers as u64) as usize).unwrap();
-                    for (owner, candidates) in shares.into_iter().enumerate() {
-                        input.send(operators::upsert::UpsertInput::Rows { owner: owner as u64, candidates });
+                    // The exchange brings each key to its owner, as the engine's rules stage routes it.
+                    for share in operators::dataflow::by_owner(candidates, peers).unwrap() {
+                        input.send(share);
                     }
                 }
                 input.close();

@@ -375,8 +375,9 @@ fn plugin_rejections(rejected: &[(u32, String)], ingested: &RecordBatch, context
     Ok(Some(rejected_batch(&context.rejected_schema, &take(ingested, &rows)?, reasons, details)?))
 }
 
-/// `candidates` split by the worker owning each key (shares of the same batches, not copies).
-fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
+/// `candidates` split by the worker owning each key (shares of the same batches, not copies),
+/// as the rules stage sends them to the upsert; workers owning none of them get nothing.
+pub fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>> {
     if peers == 1 {
         return Ok(vec![UpsertInput::Rows { owner: 0, candidates }]);
     }
