@@ -390,10 +390,12 @@ impl Evaluation {
                     let strings = values.as_string_opt::<i32>();
                     let formatter = ArrayFormatter::try_new(values.as_ref(), &FormatOptions::default()).context(ctx)?;
                     // Room for the kind of value the column starts with: a key holds one kind.
-                    let uuid_at = |row: usize| strings.is_some_and(|s| s.is_valid(row) && crate::canonical_uuid::parse(s.value(row).as_bytes()).is_some());
-                    match values.is_empty() || !uuid_at(0) {
-                        true => state.seen.reserve(values.len()),
-                        false => state.seen_uuids.reserve(values.len()),
+                    let starts_with_uuid =
+                        strings.is_some_and(|s| !s.is_empty() && s.is_valid(0) && crate::canonical_uuid::parse(s.value(0).as_bytes()).is_some());
+                    if starts_with_uuid {
+                        state.seen_uuids.reserve(values.len());
+                    } else {
+                        state.seen.reserve(values.len());
                     }
                     for row in 0..values.len() {
                         let text;
