@@ -250,7 +250,9 @@ pub fn upsert<'scope>(
                 let keys = groups().count() + expiring.len();
                 let mut changes = Changes::with_capacity(keys, 2 * keys);
                 let mut frozen_lookup = frozen.lookup();
-                let mut freezing = Freezing { keys: Vec::new(), days: Vec::new(), changes: &mut changes, held: &mut held, time, frozen_before };
+                // Nearly every expiring key freezes: room for all of them up front, not by doubling.
+                let (freezing_keys, freezing_days) = (Vec::with_capacity(expiring.len()), Vec::with_capacity(expiring.len()));
+                let mut freezing = Freezing { keys: freezing_keys, days: freezing_days, changes: &mut changes, held: &mut held, time, frozen_before };
                 for group in groups() {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
@@ -453,11 +455,14 @@ where
 /// later record is ingested on the settled day or after, so it would be a late update for them.
 /// Keys whose row moved on since are among them; [`Freezing`] looks at the row they have now.
 fn expired(frozen_before: i32, live_days: &mut BTreeMap<i32, Vec<u128>>) -> Vec<u128> {
-    let mut expired: Vec<u128> = Vec::new();
+    let mut expired: Vec<u128> = Vec::with_capacity(live_days.range(..frozen_before).map(|(_, keys)| keys.len()).sum());
     while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
         expired.append(&mut entry.remove());
     }
-    expired.sort_unstable();
+    // Each day's keys are one ascending run per epoch that placed rows in it (the pass walks keys
+    // in order): a stable sort finds those runs and merges them, where an unstable sort would
+    // order every key from scratch.
+    expired.sort();
     expired.dedup();
     expired
 }
