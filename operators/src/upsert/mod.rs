@@ -248,7 +248,7 @@ pub fn upsert<'scope>(
                 let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
                 // Per key at most a retraction and an insertion; an expiring key only a retraction.
                 let keys = groups().count() + expiring.len();
-                let mut changes = Changes::with_capacity(keys, 2 * keys);
+                let mut changes = Changes::with_capacity(keys);
                 let mut frozen_lookup = frozen.lookup();
                 // Nearly every expiring key freezes: room for all of them up front, not by doubling.
                 let (freezing_keys, freezing_days) = (Vec::with_capacity(expiring.len()), Vec::with_capacity(expiring.len()));
@@ -478,9 +478,16 @@ struct Changes {
 impl Changes {
     const CHUNK: usize = 4096;
 
-    /// Room for `keys` keys and `updates` slot changes.
-    fn with_capacity(keys: usize, updates: usize) -> Self {
-        Changes { chunk: Vec::with_capacity(Self::CHUNK), builder: UpsertBuilder::with_capacity(keys, updates, updates) }
+    /// Room for the changes of `keys` keys. A key changes by one slot (a new key, a freezing one)
+    /// or by two (an update: the old slot out, the new one in); in an event stream most keys are
+    /// new, so there is room for one slot a key and an eighth more, which the builder's lists
+    /// outgrow (by doubling) only in an epoch where more keys than that are updates. A batch keeps
+    /// whatever room it was given for as long as the spine holds it, so room for two slots a key
+    /// (~48 bytes a key never used in an epoch of new keys) showed as state in `make bench-state`.
+    /// Equal (time, diff) pairs in a row are stored once, so updates need a fraction of that.
+    fn with_capacity(keys: usize) -> Self {
+        let slots = keys + keys / 8;
+        Changes { chunk: Vec::with_capacity(Self::CHUNK), builder: UpsertBuilder::with_capacity(keys, slots, slots / 8) }
     }
 
     fn push(&mut self, update: ((u128, Slot), u64, isize)) {
