@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use arrow::array::RecordBatch;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::ord_neu::{OrdValSpine, RcOrdValBuilder};
-use differential_dataflow::trace::{Builder, Cursor, Description, Trace, TraceReader};
+use differential_dataflow::trace::{Builder, Cursor, Description, Navigable, Trace, TraceReader};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
@@ -229,7 +229,7 @@ pub fn upsert<'scope>(
                 let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot));
                 // A key's candidates share a bucket, so grouping within buckets groups by key.
                 let groups = || epoch.iter().flat_map(|bucket| bucket.chunk_by(|a, b| a.0 == b.0));
-                let (mut cursor, storage) = state.cursor();
+                let mut slots = SlotReader::new(&mut state);
                 let mut out_of_order = 0u64;
                 // Counted here and added once per epoch: the counters are shared by every worker,
                 // and an atomic add per key would bounce their cache line between the cores.
@@ -256,7 +256,7 @@ pub fn upsert<'scope>(
                 for group in groups() {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
-                        freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
+                        freezing.untouched(quiet, slots.get(quiet));
                     }
                     let expires = expiring.next_if(|expired| *expired == key).is_some();
                     if let Some(frozen_day) = frozen_lookup.get(key) {
@@ -268,7 +268,7 @@ pub fn upsert<'scope>(
                         }
                         continue;
                     }
-                    let current = current_slot(&mut cursor, &storage, key);
+                    let current = slots.get(key);
                     // A seed preceded by re-processed records is a replay run again, not disorder.
                     if let Some(slot) = current.as_ref().filter(|slot| slot.origin == Origin::Input)
                         && group[0].1.position < slot.position
@@ -333,7 +333,7 @@ pub fn upsert<'scope>(
                     }
                 }
                 for quiet in expiring {
-                    freezing.untouched(quiet, current_slot(&mut cursor, &storage, quiet));
+                    freezing.untouched(quiet, slots.get(quiet));
                 }
                 let Freezing { keys: newly_frozen, days: frozen_days, .. } = freezing;
                 drop(frozen_lookup);
@@ -429,26 +429,46 @@ fn ingested_of(batches: &[Candidates], indices: &[(usize, usize)]) -> crate::Res
     RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options).context(|| "late updates as ingested".into())
 }
 
-/// The key's slot in the arrangement (its value with a positive count). Keys must be asked in
-/// ascending order of one cursor: the cursor only moves forward.
-fn current_slot<C>(cursor: &mut C, storage: &C::Storage, key: u128) -> Option<Slot>
-where
-    C: for<'a> Cursor<Key<'a> = &'a u128, Val<'a> = &'a Slot, DiffGat<'a> = &'a isize>,
-{
-    cursor.seek_key(storage, &key);
-    if cursor.get_key(storage) != Some(&key) {
-        return None;
+/// Reads keys' current slots (the value with a positive count), keys asked in ascending order.
+///
+/// One cursor per batch of the spine, each moving forward only. The spine's own cursor (a
+/// `CursorList`) re-ranks every batch's current key, and then value, after each step, to present
+/// one merged order; a lookup only needs one key's values in each batch, with their counts
+/// summed across batches (a later batch may retract a slot an earlier one holds).
+struct SlotReader {
+    batches: Vec<<UpsertSpine as TraceReader>::Batch>,
+    cursors: Vec<<<UpsertSpine as TraceReader>::Batch as Navigable>::Cursor>,
+    /// The asked key's values and their summed counts.
+    counts: Vec<(Slot, isize)>,
+}
+
+impl SlotReader {
+    fn new(state: &mut TraceAgent<UpsertSpine>) -> SlotReader {
+        let (_, batches) = state.cursor();
+        let cursors = batches.iter().map(Navigable::cursor).collect();
+        SlotReader { batches, cursors, counts: Vec::new() }
     }
-    let mut current = None;
-    while let Some(row) = cursor.get_val(storage) {
-        let mut count = 0;
-        cursor.map_times(storage, |_, diff| count += *diff);
-        if count > 0 {
-            current = Some(*row);
+
+    /// The key's slot. Keys must be asked in ascending order: the cursors only move forward.
+    fn get(&mut self, key: u128) -> Option<Slot> {
+        self.counts.clear();
+        for (cursor, batch) in self.cursors.iter_mut().zip(&self.batches) {
+            cursor.seek_key(batch, &key);
+            if cursor.get_key(batch) != Some(&key) {
+                continue;
+            }
+            while let Some(slot) = cursor.get_val(batch) {
+                let mut count = 0;
+                cursor.map_times(batch, |_, diff| count += *diff);
+                match self.counts.iter_mut().find(|(seen, _)| seen == slot) {
+                    Some((_, total)) => *total += count,
+                    None => self.counts.push((*slot, count)),
+                }
+                cursor.step_val(batch);
+            }
         }
-        cursor.step_val(storage);
+        self.counts.iter().filter(|(_, count)| *count > 0).map(|(slot, _)| *slot).max()
     }
-    current
 }
 
 /// The keys whose row entered a partition before `frozen_before`, sorted and each once: every
