@@ -13,8 +13,9 @@
 //! The arrangement (`OrdValSpine<key, Slot>`) holds exactly one [`Slot`] per key: order value,
 //! ingestion position, partition and a fingerprint of the row, never the row itself (it lives in
 //! the epoch's batch until written, then in its data file; the curated writer knows where).
-//! Each epoch costs a sort of its own candidates and one forward pass of one cursor: a seek per
-//! key it holds and per expiring key it does not. Slots whose partition day falls behind the
+//! Each epoch costs a sort of its own candidates and one forward pass over the arrangement (a
+//! cursor per batch of its spine, `SlotReader`): a seek per key it holds and per expiring key
+//! it does not. Slots whose partition day falls behind the
 //! settled ingestion date (see [`crate::sink::EpochMeta`]) by more than the lateness leave the
 //! arrangement in that same pass, as their partition does the curated writer's memory: every
 //! later record of such a key would be a late update, and it still is, because the key stays
