@@ -14,12 +14,12 @@
 //! ingestion position, partition and a fingerprint of the row, never the row itself (it lives in
 //! the epoch's batch until written, then in its data file; the curated writer knows where).
 //! Each epoch costs a sort of its own candidates and one forward pass over the arrangement (a
-//! cursor per batch of its spine, `SlotReader`): a seek per key it holds and per expiring key
-//! it does not. Slots whose partition day falls behind the
-//! settled ingestion date (see [`crate::sink::EpochMeta`]) by more than the lateness leave the
-//! arrangement in that same pass, as their partition does the curated writer's memory: every
-//! later record of such a key would be a late update, and it still is, because the key stays
-//! behind with its day (20 bytes in [`frozen`]'s sorted runs instead of a slot).
+//! cursor per batch of its spine, `SlotReader`): a seek per key it holds and per expiring key it
+//! does not. Slots whose partition day falls behind the settled ingestion date (see
+//! [`crate::sink::EpochMeta`]) by more than the lateness leave the arrangement in that same pass,
+//! as their partition does the curated writer's memory: every later record of such a key would be
+//! a late update, and it still is, because the key stays behind with its day (20 bytes in
+//! [`frozen`]'s sorted runs instead of a slot).
 //!
 //! Semantics, per key, folding candidates in ingestion order ([`Slot`]'s `Ord`):
 //! - The winner is the candidate with the greatest `(order value, ingestion position, origin)`:
@@ -230,7 +230,7 @@ pub fn upsert<'scope>(
                 let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot));
                 // A key's candidates share a bucket, so grouping within buckets groups by key.
                 let groups = || epoch.iter().flat_map(|bucket| bucket.chunk_by(|a, b| a.0 == b.0));
-                let mut slots = SlotReader::new(&mut state);
+                let mut slots = SlotReader::new(&state);
                 let mut out_of_order = 0u64;
                 // Counted here and added once per epoch: the counters are shared by every worker,
                 // and an atomic add per key would bounce their cache line between the cores.
@@ -252,8 +252,8 @@ pub fn upsert<'scope>(
                 let mut changes = Changes::with_capacity(keys);
                 let mut frozen_lookup = frozen.lookup();
                 // Nearly every expiring key freezes: room for all of them up front, not by doubling.
-                let (freezing_keys, freezing_days) = (Vec::with_capacity(expiring.len()), Vec::with_capacity(expiring.len()));
-                let mut freezing = Freezing { keys: freezing_keys, days: freezing_days, changes: &mut changes, held: &mut held, time, frozen_before };
+                let (keys, days) = (Vec::with_capacity(expiring.len()), Vec::with_capacity(expiring.len()));
+                let mut freezing = Freezing { keys, days, changes: &mut changes, held: &mut held, time, frozen_before };
                 for group in groups() {
                     let key = group[0].0;
                     while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
@@ -444,8 +444,9 @@ struct SlotReader {
 }
 
 impl SlotReader {
-    fn new(state: &mut TraceAgent<UpsertSpine>) -> SlotReader {
-        let (_, batches) = state.cursor();
+    fn new(state: &TraceAgent<UpsertSpine>) -> SlotReader {
+        let mut batches = Vec::new();
+        state.map_batches(|batch| batches.push(batch.clone()));
         let cursors = batches.iter().map(Navigable::cursor).collect();
         SlotReader { batches, cursors, counts: Vec::new() }
     }
