@@ -1,25 +1,26 @@
-//! The upsert: the latest row per key, held in a differential arrangement.
+//! The upsert: the latest row per key, held in a differential arrangement cut by partition day.
 //!
 //! ```text
 //!  Candidates batches ── exchange(owner of their keys) ──► per epoch, once the frontier passes it:
 //!  (+ seeds: key, Slot)    sort the epoch's (key, slot, row) by key, then ingestion order
-//!     per key: current slot (arrangement cursor) + the epoch's candidates ─ fold ─► winner, late
-//!     one batch (-old slot, +winner per changed key) into the arrangement
+//!     per key: current slot (a cursor per batch of every live day) + the epoch's candidates ─ fold ─► winner, late
+//!     per changed day a batch (-old slot in the old row's day, +winner in its own) into that day's spine
+//!     days behind the settled date by more than the lateness: their spines leave whole, keys to `frozen`
 //!        │ per partition: the keys whose row leaves it, the new rows (gathered from the epoch's
 //!        │ batches into one batch per partition); late updates, as ingested
 //!        ▼
 //! ```
 //!
-//! The arrangement (`OrdValSpine<key, Slot>`) holds exactly one [`Slot`] per key: order value,
-//! ingestion position, partition and a fingerprint of the row, never the row itself (it lives in
-//! the epoch's batch until written, then in its data file; the curated writer knows where).
-//! Each epoch costs a sort of its own candidates and one forward pass over the arrangement (a
-//! cursor per batch of its spine, `SlotReader`): a seek per key it holds and per expiring key it
-//! does not. Slots whose partition day falls behind the settled ingestion date (see
-//! [`crate::sink::EpochMeta`]) by more than the lateness leave the arrangement in that same pass,
-//! as their partition does the curated writer's memory: every later record of such a key would be
-//! a late update, and it still is, because the key stays behind with its day (20 bytes in
-//! [`frozen`]'s sorted runs instead of a slot).
+//! The arrangement (module `live_days`: an `OrdValSpine<key, Slot>` per live partition day) holds
+//! exactly one [`Slot`] per key: order value, ingestion position, partition and a fingerprint of
+//! the row, never the row itself (it lives in the epoch's batch until written, then in its data
+//! file; the curated writer knows where). Each epoch costs a sort of its own candidates and one
+//! forward pass over the arrangement, a seek per key of the epoch in every batch of every live
+//! day. Partitions whose day falls behind the settled ingestion date (see
+//! [`crate::sink::EpochMeta`]) by more than the lateness leave the arrangement after that pass, as
+//! they leave the curated writer's memory: their day's spine is read once in key order and dropped.
+//! Every later record of such a key would be a late update, and it still is, because the key stays
+//! behind with its day (20 bytes in [`frozen`]'s sorted runs instead of a slot).
 //!
 //! Semantics, per key, folding candidates in ingestion order ([`Slot`]'s `Ord`):
 //! - The winner is the candidate with the greatest `(order value, ingestion position, origin)`:
@@ -52,14 +53,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use arrow::array::RecordBatch;
-use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::ord_neu::{OrdValSpine, RcOrdValBuilder};
-use differential_dataflow::trace::{Builder, Cursor, Description, Navigable, Trace, TraceReader};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::progress::Antichain;
 
 use crate::error::Context;
 use crate::model::Origin;
@@ -69,8 +67,10 @@ use crate::stash::EpochStash;
 
 mod frozen;
 mod key_buckets;
+mod live_days;
 use frozen::FrozenKeys;
 use key_buckets::KeyBuckets;
+use live_days::{DayChanges, LiveDays};
 
 /// The arrangement of current slots.
 pub type UpsertSpine = OrdValSpine<u128, Slot, u64, isize>;
@@ -184,14 +184,10 @@ pub fn upsert<'scope>(
     });
     input.unary_frontier(exchange, "Upsert", move |_capability, info| {
         let logger = scope.worker().logger_for::<differential_dataflow::logging::DifferentialEventBuilder>("differential/arrange").map(Into::into);
-        let activator = Some(scope.activator_for(Rc::clone(&info.address)));
-        let (mut state, mut writer) = TraceAgent::new(UpsertSpine::new(info.clone(), logger.clone(), activator), info, logger);
+        let activator = scope.activator_for(Rc::clone(&info.address));
+        let mut live = LiveDays::new(info, logger, activator);
         let mut pending: EpochStash<UpsertInput> = EpochStash::default();
-        // The arrangement's upper: each completed epoch's batch starts where the last one ended.
-        let mut lower = Antichain::from_elem(0u64);
-        // Keys by the day their row entered with (entries of rows that moved on since are
-        // skipped when the day freezes), and the keys whose row sits in a frozen partition.
-        let mut live_days: BTreeMap<i32, Vec<u128>> = BTreeMap::new();
+        // The keys whose row sits in a frozen partition, each with its day.
         let mut frozen = FrozenKeys::default();
         move |(input, frontier), output| {
             input.for_each_time(|time, data| pending.stash(&time, data));
@@ -211,14 +207,24 @@ pub fn upsert<'scope>(
                     UpsertInput::Seed { key, .. } => std::slice::from_ref(key),
                 });
                 let mut epoch: KeyBuckets<(u128, Slot, Source)> = KeyBuckets::for_keys(total.sum(), keys.copied());
+                // Per day, the candidates rated on it: what sizes the day's batch.
+                let mut per_day: Vec<(i32, usize)> = Vec::new();
+                let mut count_day = |day: i32| match per_day.iter_mut().find(|(d, _)| *d == day) {
+                    Some((_, count)) => *count += 1,
+                    None => per_day.push((day, 1)),
+                };
                 for item in arrived.into_iter().flatten() {
                     match item {
-                        UpsertInput::Seed { key, slot } => epoch.push(key, (key, slot, Source::Seed)),
+                        UpsertInput::Seed { key, slot } => {
+                            count_day(slot.day);
+                            epoch.push(key, (key, slot, Source::Seed));
+                        }
                         UpsertInput::Rows { mut candidates, .. } => {
                             let index = batches.len() as u32;
                             // Keys and slots move into the epoch's list; only the rows wait on.
                             let (keys, slots) = (std::mem::take(&mut candidates.keys), std::mem::take(&mut candidates.slots));
                             for (row, (key, slot)) in keys.into_iter().zip(slots).enumerate() {
+                                count_day(slot.day);
                                 epoch.push(key, (key, slot, Source::Row(index, candidates.row_of(row))));
                             }
                             batches.push(candidates);
@@ -230,36 +236,22 @@ pub fn upsert<'scope>(
                 let epoch = epoch.sorted(|(key, slot, _)| (*key, *slot));
                 // A key's candidates share a bucket, so grouping within buckets groups by key.
                 let groups = || epoch.iter().flat_map(|bucket| bucket.chunk_by(|a, b| a.0 == b.0));
-                let mut slots = SlotReader::new(&state);
+                let mut slots = live.reader();
                 let mut out_of_order = 0u64;
                 // Counted here and added once per epoch: the counters are shared by every worker,
                 // and an atomic add per key would bounce their cache line between the cores.
                 let (mut inserted_keys, mut updated_keys, mut moved_keys) = (0u64, 0u64, 0u64);
-                // Slots the batch adds to the arrangement: a key without a slot gains one.
+                // Slots the arrangement gains with this epoch (negative when more leave).
                 let mut held = 0i64;
                 let mut removed: Vec<(i32, u128)> = Vec::new();
                 // Per partition: (key, batch, row) of the new rows.
                 let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
                 // (key, batch, row, frozen day) of the late updates.
                 let mut late: Vec<(u128, u32, u32, i32)> = Vec::new();
-                // Rows in partitions before `frozen_before` freeze with this epoch. The keys whose row
-                // may be in one, sorted, are met in the same pass (and with the same cursor) as the
-                // epoch's own keys.
-                let frozen_before = settled_day(time).map(|settled| settled - lateness_days);
-                let mut expiring = frozen_before.map(|before| expired(before, &mut live_days)).unwrap_or_default().into_iter().peekable();
-                // Per key at most a retraction and an insertion; an expiring key only a retraction.
-                let keys = groups().count() + expiring.len();
-                let mut changes = Changes::with_capacity(keys);
+                let mut changes = DayChanges::new(per_day);
                 let mut frozen_lookup = frozen.lookup();
-                // Nearly every expiring key freezes: room for all of them up front, not by doubling.
-                let (keys, days) = (Vec::with_capacity(expiring.len()), Vec::with_capacity(expiring.len()));
-                let mut freezing = Freezing { keys, days, changes: &mut changes, held: &mut held, time, frozen_before };
                 for group in groups() {
                     let key = group[0].0;
-                    while let Some(quiet) = expiring.next_if(|expired| *expired < key) {
-                        freezing.untouched(quiet, slots.get(quiet));
-                    }
-                    let expires = expiring.next_if(|expired| *expired == key).is_some();
                     if let Some(frozen_day) = frozen_lookup.get(key) {
                         // The row left with its partition: every later record is late for it.
                         for (_, _, source) in group {
@@ -284,9 +276,6 @@ pub fn upsert<'scope>(
                         }
                     }
                     let Some((winner, source)) = winner.filter(|(_, source)| *source != Source::Current) else {
-                        if expires {
-                            freezing.untouched(key, current);
-                        }
                         continue;
                     };
                     let mut winner = *winner;
@@ -316,29 +305,30 @@ pub fn upsert<'scope>(
                             inserted.entry(winner.day).or_default().push((key, batch, row));
                         }
                     }
-                    // A new row in a partition that freezes with this epoch is written, but its slot
-                    // leaves at once: only the key and its day stay behind.
-                    let freezes_now = freezing.freezes(&winner);
-                    if freezes_now {
-                        freezing.freeze(key, winner.day);
-                    } else {
-                        live_days.entry(winner.day).or_default().push(key);
-                    }
-                    // The batch wants (key, slot) order: the winner may sort before the old slot.
-                    let new = Some(((key, winner), time, 1)).filter(|_| !freezes_now);
-                    let old = current.map(|slot| ((key, slot), time, -1));
-                    *freezing.held += i64::from(new.is_some()) - i64::from(old.is_some());
-                    let (first, second) = if old.as_ref().is_some_and(|old| new.as_ref().is_some_and(|new| new.0 < old.0)) { (new, old) } else { (old, new) };
-                    for update in first.into_iter().chain(second) {
-                        freezing.changes.push(update);
+                    // The old slot leaves its day's spine, the winner enters its own; within one
+                    // day's batch in (key, slot) order, and the winner may sort before the old slot.
+                    let new = (winner.day, ((key, winner), time, 1));
+                    let old = current.map(|slot| (slot.day, ((key, slot), time, -1)));
+                    held += 1 - i64::from(old.is_some());
+                    let (first, second) = match old {
+                        Some(old) if new.1.0 < old.1.0 => (Some(new), Some(old)),
+                        old => (old, Some(new)),
+                    };
+                    for (day, update) in first.into_iter().chain(second) {
+                        changes.push(day, update);
                     }
                 }
-                for quiet in expiring {
-                    freezing.untouched(quiet, slots.get(quiet));
+                drop((frozen_lookup, slots));
+                live.insert(changes, time);
+                // Rows in partitions before `frozen_before` freeze with this epoch: their days'
+                // spines leave whole, and only their keys stay behind, each with its day.
+                if let Some(frozen_before) = settled_day(time).map(|settled| settled - lateness_days) {
+                    for (day, keys) in live.take_before(frozen_before) {
+                        held -= keys.len() as i64;
+                        let days = vec![day; keys.len()];
+                        frozen.extend_sorted(keys, days);
+                    }
                 }
-                let Freezing { keys: newly_frozen, days: frozen_days, .. } = freezing;
-                drop(frozen_lookup);
-                frozen.extend_sorted(newly_frozen, frozen_days);
                 // Memory is what bounds an epoch's size: every list is freed as soon as it is done.
                 drop(epoch);
                 let mut session = output.session(&capability);
@@ -367,15 +357,8 @@ pub fn upsert<'scope>(
                 counters.inserted.fetch_add(inserted_keys, Relaxed);
                 counters.updated.fetch_add(updated_keys, Relaxed);
                 counters.moved.fetch_add(moved_keys, Relaxed);
-                let upper = Antichain::from_elem(time + 1);
-                let description = Description::new(std::mem::replace(&mut lower, upper.clone()), upper, Antichain::from_elem(0));
-                writer.insert(changes.done(description), Some(time));
             }
-            writer.seal(frontier.frontier().to_owned());
-            lower = frontier.frontier().to_owned();
-            state.set_logical_compaction(frontier.frontier());
-            state.set_physical_compaction(frontier.frontier());
-            writer.exert();
+            live.compact(frontier.frontier());
         }
     })
 }
@@ -428,140 +411,6 @@ fn ingested_of(batches: &[Candidates], indices: &[(usize, usize)]) -> crate::Res
     }
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len()));
     RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options).context(|| "late updates as ingested".into())
-}
-
-/// Reads keys' current slots (the value with a positive count), keys asked in ascending order.
-///
-/// One cursor per batch of the spine, each moving forward only. The spine's own cursor (a
-/// `CursorList`) re-ranks every batch's current key, and then value, after each step, to present
-/// one merged order; a lookup only needs one key's values in each batch, with their counts
-/// summed across batches (a later batch may retract a slot an earlier one holds).
-struct SlotReader {
-    batches: Vec<<UpsertSpine as TraceReader>::Batch>,
-    cursors: Vec<<<UpsertSpine as TraceReader>::Batch as Navigable>::Cursor>,
-    /// The asked key's values and their summed counts.
-    counts: Vec<(Slot, isize)>,
-}
-
-impl SlotReader {
-    fn new(state: &TraceAgent<UpsertSpine>) -> SlotReader {
-        let mut batches = Vec::new();
-        state.map_batches(|batch| batches.push(batch.clone()));
-        let cursors = batches.iter().map(Navigable::cursor).collect();
-        SlotReader { batches, cursors, counts: Vec::new() }
-    }
-
-    /// The key's slot. Keys must be asked in ascending order: the cursors only move forward.
-    fn get(&mut self, key: u128) -> Option<Slot> {
-        self.counts.clear();
-        for (cursor, batch) in self.cursors.iter_mut().zip(&self.batches) {
-            cursor.seek_key(batch, &key);
-            if cursor.get_key(batch) != Some(&key) {
-                continue;
-            }
-            while let Some(slot) = cursor.get_val(batch) {
-                let mut count = 0;
-                cursor.map_times(batch, |_, diff| count += *diff);
-                match self.counts.iter_mut().find(|(seen, _)| seen == slot) {
-                    Some((_, total)) => *total += count,
-                    None => self.counts.push((*slot, count)),
-                }
-                cursor.step_val(batch);
-            }
-        }
-        self.counts.iter().filter(|(_, count)| *count > 0).map(|(slot, _)| *slot).max()
-    }
-}
-
-/// The keys whose row entered a partition before `frozen_before`, sorted and each once: every
-/// later record is ingested on the settled day or after, so it would be a late update for them.
-/// Keys whose row moved on since are among them; [`Freezing`] looks at the row they have now.
-fn expired(frozen_before: i32, live_days: &mut BTreeMap<i32, Vec<u128>>) -> Vec<u128> {
-    let mut expired: Vec<u128> = Vec::with_capacity(live_days.range(..frozen_before).map(|(_, keys)| keys.len()).sum());
-    while let Some(entry) = live_days.first_entry().filter(|entry| *entry.key() < frozen_before) {
-        expired.append(&mut entry.remove());
-    }
-    // Each day's keys are one ascending run per epoch that placed rows in it (the pass walks keys
-    // in order): a stable sort finds those runs and merges them, where an unstable sort would
-    // order every key from scratch.
-    expired.sort();
-    expired.dedup();
-    expired
-}
-
-/// The epoch's changes to the arrangement, made by the pass in (key, slot) order and handed to the
-/// batch builder in chunks as they come: a list of the whole epoch's changes beside the builder's
-/// own copy of them was the pass's largest allocation.
-struct Changes {
-    chunk: Vec<((u128, Slot), u64, isize)>,
-    builder: UpsertBuilder,
-}
-
-impl Changes {
-    const CHUNK: usize = 4096;
-
-    /// Room for the changes of `keys` keys. A key changes by one slot (a new key, a freezing one)
-    /// or by two (an update: the old slot out, the new one in); in an event stream most keys are
-    /// new, so there is room for one slot a key and an eighth more, which the builder's lists
-    /// outgrow (by doubling) only in an epoch where more keys than that are updates. A batch keeps
-    /// whatever room it was given for as long as the spine holds it, so room for two slots a key
-    /// (~48 bytes a key never used in an epoch of new keys) showed as state in `make bench-state`.
-    /// Equal (time, diff) pairs in a row are stored once, so updates need a fraction of that.
-    fn with_capacity(keys: usize) -> Self {
-        let slots = keys + keys / 8;
-        Changes { chunk: Vec::with_capacity(Self::CHUNK), builder: UpsertBuilder::with_capacity(keys, slots, slots / 8) }
-    }
-
-    fn push(&mut self, update: ((u128, Slot), u64, isize)) {
-        self.chunk.push(update);
-        if self.chunk.len() == Self::CHUNK {
-            self.builder.push(&mut self.chunk);
-        }
-    }
-
-    fn done(mut self, description: Description<u64>) -> <UpsertBuilder as Builder>::Output {
-        self.builder.push(&mut self.chunk);
-        self.builder.done(description)
-    }
-}
-
-/// Freezing within the epoch's pass. A row whose partition is before `frozen_before` freezes: its
-/// slot leaves the arrangement (a retraction in the epoch's batch at its place in key order, or a
-/// new slot never inserted) and its key joins the [`FrozenKeys`] with the day (a key and a day
-/// instead of a slot), so a later record of it is still rejected as a late update rather than
-/// starting a second row. The pass meets expired keys in key order, so freezing costs a cursor
-/// seek per expired key the epoch did not touch, no second pass over the batch, and the keys it
-/// collects are already sorted for the frozen set.
-struct Freezing<'a> {
-    /// The keys freezing with this epoch, ascending, and their days.
-    keys: Vec<u128>,
-    days: Vec<i32>,
-    changes: &'a mut Changes,
-    /// Slots the arrangement gains with this epoch (negative when more leave).
-    held: &'a mut i64,
-    time: u64,
-    /// `None`: nothing freezes with this epoch.
-    frozen_before: Option<i32>,
-}
-
-impl Freezing<'_> {
-    fn freezes(&self, slot: &Slot) -> bool {
-        self.frozen_before.is_some_and(|before| slot.day < before)
-    }
-
-    fn freeze(&mut self, key: u128, day: i32) {
-        self.keys.push(key);
-        self.days.push(day);
-    }
-
-    /// An expired key whose slot this epoch leaves as it is (`current`).
-    fn untouched(&mut self, key: u128, current: Option<Slot>) {
-        if let Some(slot) = current.filter(|slot| self.freezes(slot)) {
-            self.freeze(key, slot.day);
-            self.changes.push(((key, slot), self.time, -1));
-            *self.held -= 1;
-        }
-    }
 }
 
 #[cfg(test)]
