@@ -99,7 +99,7 @@ impl Lookup<'_> {
 
 /// The first index at or after `from` whose key is `>= key`: galloping, so a lookup costs the
 /// logarithm of how far it moves, not of the run's length.
-fn first_at_least(keys: &[u128], from: usize, key: u128) -> usize {
+pub(super) fn first_at_least(keys: &[u128], from: usize, key: u128) -> usize {
     let from = from.min(keys.len());
     let rest = &keys[from..];
     let mut bound = 1;

@@ -40,6 +40,7 @@ use timely::progress::Antichain;
 use timely::progress::frontier::AntichainRef;
 use timely::scheduling::Activator;
 
+use super::frozen::first_at_least;
 use super::{UpsertBuilder, UpsertSpine};
 use crate::records::Slot;
 
@@ -74,7 +75,8 @@ impl LiveDays {
             day.spine.map_batches(|batch| batches.push(batch.clone()));
         }
         let cursors = batches.iter().map(Navigable::cursor).collect();
-        SlotReader { batches, cursors, counts: Vec::new() }
+        let next = vec![0; batches.len()];
+        SlotReader { batches, cursors, next, counts: Vec::new() }
     }
 
     /// Adds epoch `time`'s changes: one batch per day they touch.
@@ -201,26 +203,34 @@ impl DayChanges {
 
 /// Reads keys' current slots (the value with a positive count), keys asked in ascending order.
 ///
-/// One cursor per batch of every day's spine, each moving forward only. A spine's own cursor (a
-/// `CursorList`) re-ranks every batch's current key, and then value, after each step, to present
-/// one merged order; a lookup only needs one key's values in each batch, with their counts
-/// summed across batches (a later batch may retract a slot an earlier one holds).
+/// One forward position per batch of every day's spine. A key is looked for in a batch's sorted
+/// key list by galloping from where the last key left off (in an event stream most keys asked are
+/// new, so most batches do not hold them, and differential's cursor would also place itself on
+/// the values of whatever key it lands on); only a batch that holds the key is read through its
+/// cursor, for the key's values and their counts. Counts are summed across batches: a later batch
+/// may retract a slot an earlier one holds. (A spine's own cursor, a `CursorList`, re-ranks every
+/// batch's current key and value after each step to present one merged order, which a lookup of
+/// one key does not need.)
 pub struct SlotReader {
     batches: Vec<<UpsertSpine as TraceReader>::Batch>,
     cursors: Vec<<<UpsertSpine as TraceReader>::Batch as Navigable>::Cursor>,
+    /// Per batch, the index of the first key not below the last key asked.
+    next: Vec<usize>,
     /// The asked key's values and their summed counts.
     counts: Vec<(Slot, isize)>,
 }
 
 impl SlotReader {
-    /// The key's slot. Keys must be asked in ascending order: the cursors only move forward.
+    /// The key's slot. Keys must be asked in ascending order: the positions only move forward.
     pub fn get(&mut self, key: u128) -> Option<Slot> {
         self.counts.clear();
-        for (cursor, batch) in self.cursors.iter_mut().zip(&self.batches) {
-            cursor.seek_key(batch, &key);
-            if cursor.get_key(batch) != Some(&key) {
+        for ((cursor, batch), next) in self.cursors.iter_mut().zip(&self.batches).zip(&mut self.next) {
+            let keys = &batch.storage.keys;
+            *next = first_at_least(keys, *next, key);
+            if keys.get(*next) != Some(&key) {
                 continue;
             }
+            cursor.seek_key(batch, &key);
             while let Some(slot) = cursor.get_val(batch) {
                 let mut count = 0;
                 cursor.map_times(batch, |_, diff| count += *diff);
