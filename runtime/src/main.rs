@@ -18,15 +18,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///   2 s; 2 s still returned memory between back-to-back epochs: 4M records, 5 alternated pairs,
 ///   2 s gave 424–455k page faults and 11.3–13.3 CPU-s, 5 s 320–350k and 10.5–12.9 CPU-s, for
 ///   40–130 MB more peak resident memory (10 s: no fewer faults than 5 s).
-/// - The replay keeps it 0.5 s: its epochs are seconds long, so that still covers most reuse
-///   within one, while the peak holds less freed memory. 10M events, alternated: 2 s gave max RSS
-///   2050–2142 MiB; 1 s 1935–1989 MiB (and 2085 MiB once in `make bench-peers`, over the 2 GB
-///   goal); 0.5 s 1828–1889 MiB, wall about 3% longer (medians 13.98 against 13.6 s).
+/// - The replay keeps it 2 s: its epochs are seconds long, so freed memory is reused within and
+///   across them. It kept 0.5 s while the 2 GB goal of a 10M replay bound (10M events,
+///   alternated: 2 s gave max RSS 2050–2142 MiB; 1 s 1935–1989 MiB; 0.5 s 1828–1889 MiB, wall about
+///   3% longer). Since the upsert's arrangement is cut by partition day, the same replay peaks at
+///   ~1.3–1.4 GB: 2 s took 7.32 s at 1407 MiB against 0.5 s's 7.67 s at 1339 MiB in one
+///   `make bench-peers` session, and 8.1 s against 8.8 s (means of 3 pairs) on 12M events.
 ///
 /// Figures in benches/README.md. `MIMALLOC_PURGE_DELAY` in the environment overrides both.
 fn purge_delay_ms(mode: Option<Mode>) -> std::ffi::c_long {
     match mode {
-        Some(Mode::Replay) => 500,
+        Some(Mode::Replay) => 2000,
         Some(Mode::Stream) | None => 5000,
     }
 }
