@@ -13,7 +13,7 @@ RUNTIME := $(or $(CARGO_TARGET_DIR),target)/release/runtime
 PLUGIN_DIR := plugins/lib
 PLUGINS := ratings-approval ratings-blocklist
 
-.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down s3-up s3-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-movies bench-s3 bench-cluster clean
+.PHONY: help setup build plugins demo demo-replay demo-movies kafka-up kafka-down s3-up s3-down test chaos bench bench-replay bench-stream bench-peers bench-floor bench-state bench-epochs bench-movies bench-s3 bench-cluster clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -107,6 +107,9 @@ bench-s3: build plugins ## The warehouse on the local S3 server against local di
 
 bench-cluster: build plugins ## One process x 2 workers against 2 processes x 1 worker on this machine: replay and stream throughput, bytes exchanged per record
 	bash benches/cluster.sh
+
+bench-epochs: build plugins ## Epoch time against state: 12M events over 12 days replayed in three 4M-event epochs, 3 runs; epoch seconds, last / first and its median
+	bash benches/epochs.sh
 
 bench-state: ## Bytes per live key of the upsert state and the curated writer's row index (counting allocator)
 	$(CARGO) bench -p ratings-benches --bench state_bytes
