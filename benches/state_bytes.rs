@@ -1,12 +1,13 @@
 //! Bytes per live key of the engine's per-key state, measured with a counting allocator (not
 //! estimated from struct sizes):
-//! - the upsert: its arrangement of [`Slot`]s plus its keys-by-day index (what freezing walks);
+//! - the upsert: its arrangement of [`Slot`]s, a spine per live partition day;
 //! - the curated writer: where each live key's row sits (its files' sorted keys, a live flag each).
 //!
 //! `EPOCHS` epochs of `KEYS_PER_EPOCH` new keys each (days spread over ten, none frozen) go
 //! through the upsert operator on one timely worker. After each epoch, once the arrangement has
-//! no merge left to do, the bench prints the heap the state holds per live key, and the peak heap
-//! during the epoch (the epoch's own candidates, sorted copy and the spine's merges included).
+//! no merge left to do (a day's spine finishes a merge it began between epochs), the bench prints
+//! the heap the state holds per live key, and the peak heap during the epoch (the epoch's own
+//! candidates, sorted copy and the spines' merges included).
 //!
 //!     cargo bench -p ratings-benches --bench state_bytes   (make bench-state)
 
