@@ -21,6 +21,11 @@
 //! engine is for, a day's rows arrive within an epoch or two, so a day's spine holds a batch or two.
 //!
 //! Edge cases:
+//! - With `lateness = "off"` nothing ever freezes, so cutting by day would only make lookups
+//!   visit more batches (and more every day the engine runs): all days then share one spine.
+//! - A lookup visits every live day's spine. With a lateness, the live days are the window plus
+//!   any partitions ahead of the settled date, a handful for a day transform; a graph partitioned
+//!   by `identity` of a column that is not a date has as many spines as live partition values.
 //! - A key has at most one current slot over all days: a row that moves to another partition is
 //!   retracted from its old day's spine in the epoch that inserts it into the new day's. A lookup
 //!   sums a slot's counts over every batch it appears in, so that retraction and the insertion it
@@ -56,7 +61,10 @@ struct DaySpine {
 
 /// The current slots of the live partitions, a spine per partition day.
 pub struct LiveDays {
+    /// By partition day; all under [`ONE_SPINE`] when days do not freeze.
     days: BTreeMap<i32, DaySpine>,
+    /// Whether days freeze, and so have a spine each.
+    cut_by_day: bool,
     /// What a new day's spine is made with: the operator's, as one spine for all days had.
     info: OperatorInfo,
     logger: Option<Logger>,
@@ -64,8 +72,19 @@ pub struct LiveDays {
 }
 
 impl LiveDays {
-    pub fn new(info: OperatorInfo, logger: Option<Logger>, activator: Activator) -> LiveDays {
-        LiveDays { days: BTreeMap::new(), info, logger, activator }
+    /// `cut_by_day`: whether partitions ever freeze (a lateness is set).
+    pub fn new(info: OperatorInfo, logger: Option<Logger>, activator: Activator, cut_by_day: bool) -> LiveDays {
+        LiveDays { days: BTreeMap::new(), cut_by_day, info, logger, activator }
+    }
+
+    /// A list for an epoch's changes; `candidates`: per day, how many of the epoch's candidates
+    /// are rated on it.
+    pub fn changes(&self, candidates: Vec<(i32, usize)>) -> DayChanges {
+        let candidates = match self.cut_by_day {
+            true => candidates,
+            false => vec![(ONE_SPINE, candidates.iter().map(|(_, count)| count).sum())],
+        };
+        DayChanges { days: Vec::new(), candidates, cut_by_day: self.cut_by_day }
     }
 
     /// A reader of the current slots as they are now (later inserts are not seen by it).
@@ -97,6 +116,9 @@ impl LiveDays {
     /// Removes the days before `before` (they freeze) and returns each with its keys that have a
     /// slot in it, ascending.
     pub fn take_before(&mut self, before: i32) -> Vec<(i32, Vec<u128>)> {
+        if !self.cut_by_day {
+            return Vec::new();
+        }
         let later = self.days.split_off(&before);
         let frozen = std::mem::replace(&mut self.days, later);
         frozen.into_iter().map(|(day, mut spine)| (day, spine.keys_with_a_slot())).collect()
@@ -163,17 +185,18 @@ pub struct DayChanges {
     days: Vec<(i32, Vec<Update>, UpsertBuilder)>,
     /// Per day, the epoch's candidates rated on it: the most slots the day can gain.
     candidates: Vec<(i32, usize)>,
+    /// Whether each day has a spine; if not, every change goes to [`ONE_SPINE`].
+    cut_by_day: bool,
 }
+
+/// Where every day's slots live when days do not freeze.
+const ONE_SPINE: i32 = 0;
 
 impl DayChanges {
     const CHUNK: usize = 4096;
 
-    /// `candidates`: per day, how many of the epoch's candidates are rated on it.
-    pub fn new(candidates: Vec<(i32, usize)>) -> DayChanges {
-        DayChanges { days: Vec::new(), candidates }
-    }
-
     pub fn push(&mut self, day: i32, update: Update) {
+        let day = if self.cut_by_day { day } else { ONE_SPINE };
         let index = match self.days.iter().rposition(|(d, _, _)| *d == day) {
             Some(index) => index,
             None => {

@@ -70,7 +70,7 @@ mod key_buckets;
 mod live_days;
 use frozen::FrozenKeys;
 use key_buckets::KeyBuckets;
-use live_days::{DayChanges, LiveDays};
+use live_days::LiveDays;
 
 /// The arrangement of current slots.
 pub type UpsertSpine = OrdValSpine<u128, Slot, u64, isize>;
@@ -185,7 +185,7 @@ pub fn upsert<'scope>(
     input.unary_frontier(exchange, "Upsert", move |_capability, info| {
         let logger = scope.worker().logger_for::<differential_dataflow::logging::DifferentialEventBuilder>("differential/arrange").map(Into::into);
         let activator = scope.activator_for(Rc::clone(&info.address));
-        let mut live = LiveDays::new(info, logger, activator);
+        let mut live = LiveDays::new(info, logger, activator, lateness_days < crate::rules::Rules::LATENESS_OFF);
         let mut pending: EpochStash<UpsertInput> = EpochStash::default();
         // The keys whose row sits in a frozen partition, each with its day.
         let mut frozen = FrozenKeys::default();
@@ -248,7 +248,7 @@ pub fn upsert<'scope>(
                 let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
                 // (key, batch, row, frozen day) of the late updates.
                 let mut late: Vec<(u128, u32, u32, i32)> = Vec::new();
-                let mut changes = DayChanges::new(per_day);
+                let mut changes = live.changes(per_day);
                 let mut frozen_lookup = frozen.lookup();
                 for group in groups() {
                     let key = group[0].0;
@@ -495,6 +495,11 @@ mod tests {
     /// and returns after each epoch the rows its changes add up to and the late updates so far.
     /// `settled[t]`: the settled ingestion day after epoch `t` (`None`: nothing freezes).
     fn run(epochs: Vec<Vec<Record>>, settled: Vec<Option<i32>>, workers: usize, counters: Arc<UpsertCounters>) -> Vec<Checkpoint> {
+        run_with_lateness(epochs, settled, workers, counters, 5)
+    }
+
+    /// [`run`] with a lateness of `lateness` days.
+    fn run_with_lateness(epochs: Vec<Vec<Record>>, settled: Vec<Option<i32>>, workers: usize, counters: Arc<UpsertCounters>, lateness: i32) -> Vec<Checkpoint> {
         let count = epochs.len();
         // Epoch 0's rows are the table's: the operator reports no change for them.
         let seeds: BTreeMap<u128, (i32, i64)> = epochs[0].iter().map(|(key, slot)| (*key, (slot.day, slot.position.offset))).collect();
@@ -506,7 +511,7 @@ mod tests {
             let probe = ProbeHandle::new();
             let mut input = InputHandle::new();
             worker.dataflow::<u64, _, _>(|scope| {
-                upsert(input.to_stream(scope), 5, 1, move |epoch| settled.get(epoch as usize).copied().flatten(), counters, failure)
+                upsert(input.to_stream(scope), lateness, 1, move |epoch| settled.get(epoch as usize).copied().flatten(), counters, failure)
                     .inspect_time(move |time, change| sink.lock().unwrap().push((*time, change.clone())))
                     .probe_with(&probe);
             });
@@ -634,6 +639,29 @@ mod tests {
             let live = current.values().filter(|(day, _)| *day >= frozen_before).count();
             assert!(live < current.len(), "seed {seed}: no row froze");
             assert_eq!(counters.held.load(Relaxed), live as i64, "seed {seed}: slots held after freezing");
+        }
+    }
+
+    #[test]
+    fn with_lateness_off_nothing_freezes_and_every_row_stays_held() {
+        for seed in 0..4u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut epochs: Vec<Vec<Record>> = vec![Vec::new()];
+            epochs.extend((0..6).map(|epoch| (0..40).map(|i| random_record(&mut rng, epoch * 40 + i)).collect::<Vec<_>>()));
+            let settled = settled_days(&epochs);
+            let lateness = crate::rules::Rules::LATENESS_OFF;
+            let counters = Arc::new(UpsertCounters::default());
+            let checkpoints = run_with_lateness(epochs.clone(), settled, 1 + seed as usize % 2, counters.clone(), lateness);
+            let mut prefix = Vec::new();
+            for (epoch, batch) in epochs.iter().enumerate() {
+                prefix.extend(batch.iter().copied());
+                assert_eq!(checkpoints[epoch], oracle(&prefix, lateness), "seed {seed}, epoch {epoch}");
+            }
+            let (current, late) = oracle(&epochs.concat(), lateness);
+            assert!(late.is_empty(), "seed {seed}: no record is late without a lateness");
+            assert_eq!(counters.held.load(Relaxed), current.len() as i64, "seed {seed}: every row stays held");
+            let days: BTreeSet<i32> = current.values().map(|(day, _)| *day).collect();
+            assert!(days.len() >= 3, "seed {seed}: rows over several days");
         }
     }
 
