@@ -12,7 +12,8 @@ use operators::rest_catalog::{RestAuth, RestSettings};
 use operators::storage::{S3Credentials, S3Warehouse, Secret, Warehouse};
 use operators::checks::{Check, CheckKind, Checks, Policy, TextPattern};
 use operators::commit::CommitOptions;
-use operators::pipeline::Pipeline;
+use iceberg::spec::{PrimitiveType, Type};
+use operators::pipeline::{PartitionTransform, Pipeline};
 use operators::pipeline::stages::{Stage, arrow_type_of, time_unit_of};
 use operators::rules::Rules;
 use operators::rules::chain::RuleChain;
@@ -565,6 +566,18 @@ impl Graph {
             "off" => None,
             text => Some(parse_duration("maintenance.schedule", text)?),
         };
+        let partitioning = &pipeline.partitioning;
+        if lateness_days != Rules::LATENESS_OFF && partitioning.transform == PartitionTransform::Identity {
+            let partition_type = pipeline.curated.iter().find(|(name, _)| *name == partitioning.column).map(|(_, ty)| ty);
+            if !matches!(partition_type, Some(Type::Primitive(PrimitiveType::Date))) {
+                return Err(format!(
+                    "upsert.lateness: the curated partitions are identity({}), {}, not days: a lateness freezes partitions whose day is \
+                     that many days before the ingestion date; partition by day(...) or by a date column, or set lateness = \"off\"",
+                    partitioning.column,
+                    partition_type.map_or_else(|| "a column curated does not list".to_string(), |ty| format!("a {ty} column"))
+                ));
+            }
+        }
         let rules = Rules::new(pipeline.clone(), lateness_days);
         Ok(Graph {
             checks,
@@ -1055,6 +1068,10 @@ mod tests {
             (GOOD.replace("lateness = \"5d\"", ""), "missing field `lateness`"),
             (GOOD.replace("name = \"ratings\"", "name = \"ratings\"\nkind = \"batch\""), "pipeline.kind (\"batch\"): this key is gone"),
             (GOOD.replace("lateness = \"5d\"", "lateness = \"36h\""), "upsert.lateness: expected whole days such as \"5d\" or \"off\""),
+            (
+                GOOD.replace("\"day(rating_timestamp, seconds) as rating_date\"", "\"identity(rating_timestamp)\"").replace(", \"rating_date\"]", "]"),
+                "upsert.lateness: the curated partitions are identity(rating_timestamp), a long column, not days",
+            ),
             (GOOD.replace("key = \"event_id\"", "key = \"user\""), "upsert.key: no event column \"user\""),
             (GOOD.replace("[rules]\n#", "[rules]\nfuture_tolerance = \"1h\"\n#"), "rules.future_tolerance: declared as a validation rule now"),
             (GOOD.replace("tolerance = \"1h\"", "tolerance = \"soon\""), "validate[5].tolerance: expected a duration"),
