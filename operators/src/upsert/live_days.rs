@@ -2,10 +2,10 @@
 //! partition, holding the slots of the rows in it.
 //!
 //! ```text
-//!  epoch t's pass ── get(key), keys ascending ──► SlotReader: a forward cursor per batch of every day
+//!  epoch t's pass ── get(key), keys ascending ──► SlotReader: a forward position per batch of every day
 //!        │ per changed key: (key, old slot, -1) into the old row's day, (key, winner, +1) into the winner's
 //!        ▼
-//!  DayChanges ── a batch per changed day,  , [its spine's upper, t + 1) ──► spines: day → OrdValSpine
+//!  DayChanges ── a batch per changed day, [its spine's upper, t + 1) ──► spines: day → OrdValSpine
 //!                                                                             │ days before frozen_before
 //!                                                                             ▼
 //!                                          read once in key order, dropped ──► frozen keys (sorted)

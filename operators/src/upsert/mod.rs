@@ -582,20 +582,22 @@ mod tests {
             .collect()
     }
 
-    /// Runs `epochs` through the upsert (lateness 5 days) and asserts after each epoch that its
-    /// rows and late updates are the oracle's over every record so far; returns those checkpoints.
+    /// Runs `epochs` through the upsert (lateness `lateness` days) and asserts after each epoch that
+    /// its rows and late updates are the oracle's over every record so far; returns those
+    /// checkpoints.
     fn each_epoch_matches_the_oracle(
         epochs: &[Vec<Record>],
         settled: Vec<Option<i32>>,
         workers: usize,
         counters: Arc<UpsertCounters>,
         what: &str,
+        lateness: i32,
     ) -> Vec<Checkpoint> {
-        let checkpoints = run(epochs.to_vec(), settled, workers, counters);
+        let checkpoints = run_with_lateness(epochs.to_vec(), settled, workers, counters, lateness);
         let mut prefix = Vec::new();
         for (epoch, batch) in epochs.iter().enumerate() {
             prefix.extend(batch.iter().copied());
-            assert_eq!(checkpoints[epoch], oracle(&prefix, 5), "{what}, epoch {epoch}");
+            assert_eq!(checkpoints[epoch], oracle(&prefix, lateness), "{what}, epoch {epoch}");
         }
         checkpoints
     }
@@ -610,7 +612,7 @@ mod tests {
             let again: Vec<_> = epochs[2].iter().take(5).copied().collect();
             epochs[2].extend(again);
             let workers = 1 + seed as usize % 2;
-            let checkpoints = each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"));
+            let checkpoints = each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"), 5);
             assert!(!checkpoints.last().unwrap().1.is_empty(), "seed {seed}: no late update exercised");
 
             // Slots freeze (leave the arrangement) once the settled day passes their day by the
@@ -633,7 +635,7 @@ mod tests {
             epochs[1].extend(quiet);
             let settled = settled_days(&epochs);
             let counters = Arc::new(UpsertCounters::default());
-            each_epoch_matches_the_oracle(&epochs, settled.clone(), workers, counters.clone(), &format!("frozen: seed {seed}"));
+            each_epoch_matches_the_oracle(&epochs, settled.clone(), workers, counters.clone(), &format!("frozen: seed {seed}"), 5);
             let frozen_before = settled.last().copied().flatten().unwrap() - 5;
             let (current, _) = oracle(&epochs.concat(), 5);
             let live = current.values().filter(|(day, _)| *day >= frozen_before).count();
@@ -651,12 +653,7 @@ mod tests {
             let settled = settled_days(&epochs);
             let lateness = crate::rules::Rules::LATENESS_OFF;
             let counters = Arc::new(UpsertCounters::default());
-            let checkpoints = run_with_lateness(epochs.clone(), settled, 1 + seed as usize % 2, counters.clone(), lateness);
-            let mut prefix = Vec::new();
-            for (epoch, batch) in epochs.iter().enumerate() {
-                prefix.extend(batch.iter().copied());
-                assert_eq!(checkpoints[epoch], oracle(&prefix, lateness), "seed {seed}, epoch {epoch}");
-            }
+            each_epoch_matches_the_oracle(&epochs, settled, 1 + seed as usize % 2, counters.clone(), &format!("seed {seed}"), lateness);
             let (current, late) = oracle(&epochs.concat(), lateness);
             assert!(late.is_empty(), "seed {seed}: no record is late without a lateness");
             assert_eq!(counters.held.load(Relaxed), current.len() as i64, "seed {seed}: every row stays held");
@@ -679,7 +676,7 @@ mod tests {
             let again: Vec<_> = epochs[2].iter().take(50).copied().collect();
             epochs[2].extend(again);
             let workers = 1 + seed as usize % 2;
-            each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"));
+            each_epoch_matches_the_oracle(&epochs, vec![None; epochs.len()], workers, Arc::default(), &format!("seed {seed}"), 5);
         }
     }
 
