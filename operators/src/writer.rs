@@ -600,6 +600,18 @@ mod tests {
         assert!(encodings["event_id"].contains(&Encoding::PLAIN), "{encodings:?}");
         let read = super::read_parquet(&table, files[0].file_path()).await.unwrap();
         assert_eq!(arrow::compute::concat_batches(&rows.schema(), &read).unwrap(), rows);
+        // A graph's `tables.without_dictionary` column: no dictionary, delta like the distinct ones.
+        let mut pipeline = crate::test_fixture::ratings_pipeline();
+        pipeline.without_dictionary = vec!["user_id".into()];
+        let undictionaried = crate::catalog::parse_table_ident("curated.ids_without_dictionary").unwrap();
+        let table = f.lakehouse.ensure_table(&undictionaried, &pipeline.curated_layout().unwrap()).await.unwrap();
+        let files = super::write_partition(&table, 0, [rows.clone()], 1 << 27, "t").await.unwrap();
+        let encodings = encodings_of(&table, files[0].file_path()).await;
+        assert!(encodings["user_id"].contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY), "{encodings:?}");
+        assert!(!encodings["user_id"].contains(&Encoding::RLE_DICTIONARY), "{encodings:?}");
+        assert!(encodings["movie_id"].contains(&Encoding::RLE_DICTIONARY), "{encodings:?}");
+        let read = super::read_parquet(&table, files[0].file_path()).await.unwrap();
+        assert_eq!(arrow::compute::concat_batches(&rows.schema(), &read).unwrap(), rows);
     }
 
     #[test]

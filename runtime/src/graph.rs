@@ -316,6 +316,10 @@ pub struct TablesSection {
     /// `delta` or `plain`: how the columns holding a distinct value per row (key, order,
     /// ingestion time, offset) are encoded in the tables `init` creates (absent: `delta`).
     pub distinct_encoding: Option<String>,
+    /// More columns written without a Parquet dictionary, encoded like the distinct ones, in the
+    /// tables `init` creates (absent: none).
+    #[serde(default)]
+    pub without_dictionary: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +490,7 @@ impl Graph {
             pipeline.distinct_encoding =
                 operators::writer::DistinctEncoding::parse(encoding).map_err(|e| format!("tables.distinct_encoding: {e}"))?;
         }
+        pipeline.without_dictionary = without_dictionary(&pipeline, file.tables.without_dictionary)?;
         let pipeline = Arc::new(pipeline);
         let mut properties = std::collections::BTreeMap::new();
         for (key, value) in file.source.kafka {
@@ -662,6 +667,25 @@ impl<'a> Lake<'a> {
 /// `NAME` from the environment or a file (e.g. `"sasl.password_env" = "KAFKA_PASSWORD"`); a
 /// password or secret written in the graph itself is refused, so graphs can be shared and logged.
 /// `None`: `key` is an ordinary setting.
+/// `tables.without_dictionary`, each name checked to be a column of the raw, curated or rejected
+/// table (a name no table has is a typo the writer would ignore without a word).
+fn without_dictionary(pipeline: &Pipeline, names: Vec<String>) -> Result<Vec<String>, String> {
+    let layouts = [pipeline.raw_layout(), pipeline.curated_layout(), pipeline.rejected_layout()]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tables: {e}"))?;
+    let has = |name: &str| layouts.iter().any(|layout| layout.schema.field_by_name(name).is_some());
+    for name in &names {
+        if !has(name) {
+            let mut columns: Vec<&str> = layouts.iter().flat_map(|l| l.schema.as_struct().fields().iter().map(|f| f.name.as_str())).collect();
+            columns.sort_unstable();
+            columns.dedup();
+            return Err(format!("tables.without_dictionary: no table has a column {name:?}; the tables' columns are {}", columns.join(", ")));
+        }
+    }
+    Ok(names)
+}
+
 fn kafka_secret(key: &str, value: &toml::Value, folder: &Path) -> Result<Option<(String, String)>, String> {
     let named = |value: &toml::Value| {
         value.as_str().map(str::to_string).ok_or_else(|| format!("source.kafka.{key}: expected a string"))
@@ -971,6 +995,23 @@ mod tests {
         assert_eq!(graph.pipeline.curated_layout().unwrap().distinct_encoding, DistinctEncoding::Plain);
         let message = load(&with("rle")).unwrap_err().to_string();
         assert!(message.contains("tables.distinct_encoding: unknown encoding \"rle\": expected delta or plain"), "{message}");
+    }
+
+    #[test]
+    fn columns_without_a_dictionary_join_the_distinct_ones_in_every_table_and_a_typo_is_refused() {
+        let shipped = GOOD.lines().find(|line| line.starts_with("without_dictionary =")).expect("the shipped graph states it");
+        let with = |columns: &str| GOOD.replace(shipped, &format!("without_dictionary = {columns}"));
+        let distinct = ["event_id", "rating_timestamp", "ingestion_ts_ms", "source_offset"];
+        let graph = load(&with("[]")).unwrap();
+        assert_eq!(graph.pipeline.plain_columns(), distinct);
+        let graph = load(&with("[\"movie_id\", \"source_topic\", \"event_id\"]")).unwrap();
+        let expected: Vec<&str> = distinct.into_iter().chain(["movie_id", "source_topic"]).collect();
+        for layout in [graph.pipeline.raw_layout(), graph.pipeline.curated_layout(), graph.pipeline.rejected_layout()] {
+            assert_eq!(layout.unwrap().plain_columns, expected);
+        }
+        let message = load(&with("[\"movie\"]")).unwrap_err().to_string();
+        assert!(message.contains("tables.without_dictionary: no table has a column \"movie\"; the tables' columns are "), "{message}");
+        assert!(message.contains("movie_id"), "{message}");
     }
 
     #[test]

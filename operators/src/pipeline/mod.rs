@@ -328,6 +328,11 @@ pub struct Pipeline {
     /// How the tables' distinct columns ([`Pipeline::plain_columns`]) are encoded when `init`
     /// creates them (then the table's own property rules: [`crate::writer::table_distinct_encoding`]).
     pub distinct_encoding: crate::writer::DistinctEncoding,
+    /// Columns the graph writes without a dictionary besides the distinct ones
+    /// (`tables.without_dictionary`): a column of many short values that zstd compresses about
+    /// as well as a dictionary does, where building the dictionary (a hash and a compare per row)
+    /// costs more than it saves.
+    pub without_dictionary: Vec<String>,
 }
 
 impl Pipeline {
@@ -502,6 +507,7 @@ impl Pipeline {
             working,
             compression: crate::writer::default_compression(),
             distinct_encoding: crate::writer::DistinctEncoding::Delta,
+            without_dictionary: Vec::new(),
         })
     }
 
@@ -531,12 +537,14 @@ impl Pipeline {
         layout(declared.chain(lineage).collect(), &self.key, &self.partitioning.column, &self.plain_columns(), self.compression, self.distinct_encoding, "curated")
     }
 
-    /// Columns nearly every row holds a different value of: the key, the order, ingestion times
-    /// and offsets. Written without a Parquet dictionary.
+    /// The columns written without a Parquet dictionary: those nearly every row holds a
+    /// different value of (the key, the order, ingestion times and offsets), then the graph's
+    /// [`Pipeline::without_dictionary`].
     pub fn plain_columns(&self) -> Vec<String> {
         let mut columns = self.key.clone();
         columns.push(self.order_by.clone());
         columns.extend(["ingestion_ts_ms", "source_offset"].map(String::from));
+        columns.extend(self.without_dictionary.iter().filter(|name| !columns.contains(name)).cloned().collect::<Vec<_>>());
         columns
     }
 }
