@@ -663,10 +663,6 @@ impl<'a> Lake<'a> {
     }
 }
 
-/// A `[source.kafka]` secret: `NAME_env = "VARIABLE"` or `NAME_file = "path"` give librdkafka's
-/// `NAME` from the environment or a file (e.g. `"sasl.password_env" = "KAFKA_PASSWORD"`); a
-/// password or secret written in the graph itself is refused, so graphs can be shared and logged.
-/// `None`: `key` is an ordinary setting.
 /// `tables.without_dictionary`, each name checked to be a column of the raw, curated or rejected
 /// table (a name no table has is a typo the writer would ignore without a word).
 fn without_dictionary(pipeline: &Pipeline, names: Vec<String>) -> Result<Vec<String>, String> {
@@ -686,6 +682,10 @@ fn without_dictionary(pipeline: &Pipeline, names: Vec<String>) -> Result<Vec<Str
     Ok(names)
 }
 
+/// A `[source.kafka]` secret: `NAME_env = "VARIABLE"` or `NAME_file = "path"` give librdkafka's
+/// `NAME` from the environment or a file (e.g. `"sasl.password_env" = "KAFKA_PASSWORD"`); a
+/// password or secret written in the graph itself is refused, so graphs can be shared and logged.
+/// `None`: `key` is an ordinary setting.
 fn kafka_secret(key: &str, value: &toml::Value, folder: &Path) -> Result<Option<(String, String)>, String> {
     let named = |value: &toml::Value| {
         value.as_str().map(str::to_string).ok_or_else(|| format!("source.kafka.{key}: expected a string"))

@@ -544,7 +544,11 @@ impl Pipeline {
         let mut columns = self.key.clone();
         columns.push(self.order_by.clone());
         columns.extend(["ingestion_ts_ms", "source_offset"].map(String::from));
-        columns.extend(self.without_dictionary.iter().filter(|name| !columns.contains(name)).cloned().collect::<Vec<_>>());
+        for name in &self.without_dictionary {
+            if !columns.contains(name) {
+                columns.push(name.clone());
+            }
+        }
         columns
     }
 }
