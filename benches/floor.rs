@@ -20,6 +20,8 @@
 //! - `stream_floor_1m/{raw,curated}_parquet_arrow_writer`: the same columns through arrow-rs's
 //!   `ArrowWriter` alone (same properties, local files), without the Iceberg data-file writer.
 //!
+//! Each Parquet bench deletes the files of a round once it is written (benches/README.md says why).
+//!
 //! The raw and curated columns are also left as Arrow IPC files in `target/floor-columns/` (with
 //! the properties the engine writes them with) so `benches/floor_pyarrow.py` can time pyarrow's
 //! C++ writer on exactly the same columns (`make bench-floor` runs both).
@@ -138,13 +140,29 @@ fn floor(c: &mut Criterion) {
     let (raw_properties, curated_properties) = (parquet_properties(&raw), parquet_properties(&curated));
     export_columns(&root, "raw", &raw_batches, &raw);
     export_columns(&root, "curated", &by_day, &curated);
+    // Every writer deletes what it wrote once a round is written, so the next round's files fill
+    // page-cache pages freed a moment before, whoever writes them. The engine's writer names files
+    // anew each round; without this its files took fresh pages the VM's balloon had given back to
+    // the host while ArrowWriter's truncated its own, and the kernel's copy into the page cache
+    // was 671 of its 4,296 samples against 25 of 3,794 (benches/README.md).
     let arrow_writer = |batches: &[(i32, RecordBatch)], properties: &WriterProperties| {
         for (day, batch) in batches {
-            let file = std::fs::File::create(dir.path().join(format!("arrow-writer-{day}.parquet"))).unwrap();
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties.clone())).unwrap();
+            let path = dir.path().join(format!("arrow-writer-{day}.parquet"));
+            let mut writer = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), Some(properties.clone())).unwrap();
             writer.write(batch).unwrap();
             writer.close().unwrap();
+            std::fs::remove_file(path).unwrap();
         }
+    };
+    let engine_writer = |table: &iceberg::table::Table, batches: &[(i32, RecordBatch)]| {
+        runtime.block_on(async {
+            for (day, batch) in batches {
+                for file in write_partition(table, *day, [batch.clone()], 128 << 20, "floor").await.unwrap() {
+                    let location = file.file_path();
+                    std::fs::remove_file(location.strip_prefix("file://").unwrap_or(location)).unwrap();
+                }
+            }
+        })
     };
 
     let mut group = c.benchmark_group("stream_floor_1m");
@@ -169,26 +187,10 @@ fn floor(c: &mut Criterion) {
             rows + decoder.flush().unwrap().map_or(0, |batch| batch.num_rows())
         })
     });
-    group.bench_function("raw_parquet", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                for (day, batch) in &raw_batches {
-                    write_partition(&raw, *day, [batch.clone()], 128 << 20, "floor").await.unwrap();
-                }
-            })
-        })
-    });
+    group.bench_function("raw_parquet", |b| b.iter(|| engine_writer(&raw, &raw_batches)));
     group.bench_function("raw_parquet_arrow_writer", |b| b.iter(|| arrow_writer(&raw_batches, &raw_properties)));
     group.bench_function("rules", |b| b.iter(|| raw_batches.iter().map(|(_, batch)| rules.judge(batch).unwrap().accepted.len()).sum::<usize>()));
-    group.bench_function("curated_parquet", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                for (day, batch) in &by_day {
-                    write_partition(&curated, *day, [batch.clone()], 128 << 20, "floor").await.unwrap();
-                }
-            })
-        })
-    });
+    group.bench_function("curated_parquet", |b| b.iter(|| engine_writer(&curated, &by_day)));
     group.bench_function("curated_parquet_arrow_writer", |b| b.iter(|| arrow_writer(&by_day, &curated_properties)));
     group.finish();
 }

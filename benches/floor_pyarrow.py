@@ -53,6 +53,9 @@ def write(tables, plain, delta, out: Path) -> int:
         pq.write_table(table, path, compression="zstd", compression_level=1, use_dictionary=dictionary,
                        column_encoding=encodings or None)
         size += path.stat().st_size
+        # As `benches/floor.rs` does after each round: the next round's file fills page-cache
+        # pages freed a moment before, as the Rust writers' files do.
+        path.unlink()
     return size
 
 

