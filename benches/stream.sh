@@ -13,7 +13,7 @@
 # 4. Freshness: a second topic is produced at RATE events/s for 30 s with send-time timestamps
 #    while the stream runs with the graph's commit interval; p50/p99 of (raw snapshot commit time -
 #    Kafka timestamp) over every row.
-# Steps 2 and 3 also print the CPU time (user + system) of the client process and of the broker
+# Steps 2 and 3 also print the CPU time (user + system, and each alone) of the client process and of the broker
 # during it: on a machine whose cores the broker shares, that is the budget the ceiling leaves.
 #
 # Usage: [STREAM_RUNS=N] bash benches/stream.sh [EVENTS] [WORKERS] [RATE] [INTERVAL]
