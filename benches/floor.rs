@@ -158,8 +158,7 @@ fn floor(c: &mut Criterion) {
         runtime.block_on(async {
             for (day, batch) in batches {
                 for file in write_partition(table, *day, [batch.clone()], 128 << 20, "floor").await.unwrap() {
-                    let location = file.file_path();
-                    std::fs::remove_file(location.strip_prefix("file://").unwrap_or(location)).unwrap();
+                    table.file_io().delete(file.file_path()).await.unwrap();
                 }
             }
         })
