@@ -56,7 +56,7 @@ use crate::metrics::Metrics;
 use crate::model::{KeyMap, Origin, RejectReason, format_date};
 use crate::pipeline::LINEAGE;
 use crate::reader::read_tasks;
-use crate::records::{Batch, Candidates, PrintedKey, Slot, fingerprinted_columns, fingerprints, order_values, Positions, rejected_batch, take_rows as take, uuid_text};
+use crate::records::{Batch, Candidates, PrintedKey, Shares, Slot, fingerprinted_columns, fingerprints, order_values, Positions, rejected_batch, take_rows as take, uuid_text};
 use crate::rules::Rules;
 use crate::rules::chain::RuleChain;
 use crate::sink::committer::{CommitMode, CommitStats, Committer, Fences};
@@ -224,7 +224,9 @@ fn judge(raw: &RecordBatch, context: &RulesContext) -> Result<Judged> {
     Ok(Judged { rejected, working, ingested, unchanged, keys, orders, days })
 }
 
-/// The candidates of the rows the plugin chain kept, in the curated table's columns.
+/// The candidates of the rows the plugin chain kept, in the curated table's columns, dealt to the
+/// `peers` workers by the owner of their keys (shares of one batch; empty shares included).
+#[allow(clippy::too_many_arguments)]
 fn candidates(
     applied: crate::rules::chain::Applied,
     ingested: &RecordBatch,
@@ -233,7 +235,8 @@ fn candidates(
     orders: &[i64],
     days: &[i32],
     context: &RulesContext,
-) -> Result<Candidates> {
+    peers: usize,
+) -> Result<Vec<Candidates>> {
     let schema = &context.curated_schema;
     let rows = applied.batch;
     let mut columns = Vec::with_capacity(schema.fields().len());
@@ -258,16 +261,18 @@ fn candidates(
         }
         false => None,
     };
-    // Sized up front: collecting through `Result` cannot know the length, and grew this list of
-    // an epoch's rows by doubling (copies, fresh pages).
-    let mut slots = Vec::with_capacity(kept.len());
+    // Each slot goes straight to its key's owner: sized up front (growing these lists of an
+    // epoch's rows by doubling costs copies and fresh pages), written once.
+    let mut shares = Shares::new(peers, kept.len());
     for (i, &row) in kept.iter().enumerate() {
         let order = match &cast_orders {
             Some(cast) => cast[i].ok_or_else(|| Error::Internal(format!("a stage made the order {} null", context.rules.pipeline.order_by)))?,
             None => orders[row as usize],
         };
         // No fingerprint yet: only a record meeting its reloaded row needs one (the upsert's doc).
-        slots.push(Slot { position: positions.get(i), origin: Origin::Input, order, day: days[row as usize], fingerprint: 0 });
+        let slot = Slot { position: positions.get(i), origin: Origin::Input, order, day: days[row as usize], fingerprint: 0 };
+        let key = keys[row as usize];
+        shares.push(owner(key, peers), key, slot, i as u32)?;
     }
     let as_ingested = |name: &str| unchanged.contains(name) && !applied.written.contains(name);
     let ingested = differences(ingested, kept, &rows, &context.topic, as_ingested)?;
@@ -275,7 +280,7 @@ fn candidates(
         Some(printed) => printed.strip(rows),
         None => rows,
     };
-    Ok(Candidates::new(rows, ingested, kept.iter().map(|&row| keys[row as usize]).collect(), slots))
+    Ok(shares.finish(&rows, &ingested))
 }
 
 /// What `ingested` (the rows as ingested: event columns, coordinates), cut to the `kept` rows,
@@ -381,13 +386,22 @@ pub fn by_owner(candidates: Candidates, peers: usize) -> Result<Vec<UpsertInput>
     if peers == 1 {
         return Ok(vec![UpsertInput::Rows { owner: 0, candidates }]);
     }
-    Ok(candidates
-        .split(peers, |key| (route(key) % peers as u64) as usize)?
+    Ok(upsert_inputs(candidates.split(peers, |key| owner(key, peers))?))
+}
+
+/// The worker of `peers` owning `key`.
+fn owner(key: u128, peers: usize) -> usize {
+    (route(key) % peers as u64) as usize
+}
+
+/// Shares (in worker order) as the upsert's input: workers owning none of them get nothing.
+fn upsert_inputs(shares: Vec<Candidates>) -> Vec<UpsertInput> {
+    shares
         .into_iter()
         .enumerate()
         .filter(|(_, share)| !share.is_empty())
         .map(|(owner, candidates)| UpsertInput::Rows { owner: owner as u64, candidates })
-        .collect())
+        .collect()
 }
 
 /// Where the dataflow's output goes: the same for every worker of a run.
@@ -661,9 +675,9 @@ fn rules_step(batch: &RecordBatch, chain: &mut crate::rules::chain::ChainInstanc
     if let Some(rejected) = plugin_rejections(&applied.rejected, &judged.ingested, context)? {
         out.push(Err(SinkMessage::Rejected(Batch::new(rejected))));
     }
-    let candidates = candidates(applied, &judged.ingested, &judged.unchanged, &judged.keys, &judged.orders, &judged.days, context)?;
-    context.accepted.fetch_add(candidates.len() as u64, Ordering::Relaxed);
-    out.extend(by_owner(candidates, peers)?.into_iter().map(Ok));
+    let shares = candidates(applied, &judged.ingested, &judged.unchanged, &judged.keys, &judged.orders, &judged.days, context, peers)?;
+    context.accepted.fetch_add(shares.iter().map(Candidates::len).sum::<usize>() as u64, Ordering::Relaxed);
+    out.extend(upsert_inputs(shares).into_iter().map(Ok));
     Ok(out)
 }
 

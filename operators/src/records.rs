@@ -111,29 +111,11 @@ impl Candidates {
     /// slots and row numbers are copied. The rows themselves are copied only if a share is sent to
     /// another process, and then only its own.
     pub fn split(&self, parts: usize, part_of: impl Fn(u128) -> usize) -> Result<Vec<Candidates>> {
-        let expected = self.len() / parts.max(1) + self.len() / 16;
-        let mut shares: Vec<(Vec<u128>, Vec<Slot>, Vec<u32>)> =
-            (0..parts).map(|_| (Vec::with_capacity(expected), Vec::with_capacity(expected), Vec::with_capacity(expected))).collect();
+        let mut shares = Shares::new(parts, self.len());
         for (index, (&key, slot)) in self.keys.iter().zip(&self.slots).enumerate() {
-            let part = part_of(key);
-            let Some((keys, slots, rows)) = shares.get_mut(part) else {
-                return Err(Error::Internal(format!("share {part} of {parts}")));
-            };
-            keys.push(key);
-            slots.push(*slot);
-            rows.push(self.row_of(index));
+            shares.push(part_of(key), key, *slot, self.row_of(index))?;
         }
-        Ok(shares
-            .into_iter()
-            .map(|(keys, slots, rows)| Candidates {
-                rows: self.rows.clone(),
-                ingested: self.ingested.clone(),
-                keys,
-                slots,
-                selection: Some(rows),
-                encoded: Default::default(),
-            })
-            .collect())
+        Ok(shares.finish(&self.rows, &self.ingested))
     }
 
     /// The row of `rows` and `ingested` that candidate `index` (of `keys` and `slots`) is.
@@ -142,6 +124,52 @@ impl Candidates {
             Some(selection) => selection[index],
             None => index as u32,
         }
+    }
+}
+
+/// Candidates dealt into shares as they are made: per share the keys, the slots and the rows of
+/// the batch they are. The rules stage deals each candidate to the worker owning its key as it
+/// makes its slot, so an epoch's keys and slots are written once, not once whole and again split.
+pub struct Shares {
+    parts: Vec<(Vec<u128>, Vec<Slot>, Vec<u32>)>,
+}
+
+impl Shares {
+    /// `parts` empty shares, sized for `count` candidates spread evenly (plus some slack).
+    pub fn new(parts: usize, count: usize) -> Shares {
+        let expected = count / parts.max(1) + count / 16;
+        Shares { parts: (0..parts).map(|_| (Vec::with_capacity(expected), Vec::with_capacity(expected), Vec::with_capacity(expected))).collect() }
+    }
+
+    /// Candidate `key` with `slot`, row `row` of the batch, into share `part`.
+    pub fn push(&mut self, part: usize, key: u128, slot: Slot, row: u32) -> Result<()> {
+        let parts = self.parts.len();
+        let Some((keys, slots, rows)) = self.parts.get_mut(part) else {
+            return Err(Error::Internal(format!("share {part} of {parts}")));
+        };
+        keys.push(key);
+        slots.push(slot);
+        rows.push(row);
+        Ok(())
+    }
+
+    /// The shares, in order (empty ones too), each referring to `rows` and `ingested`: a share
+    /// that is every row in order is the batch itself.
+    pub fn finish(self, rows: &RecordBatch, ingested: &RecordBatch) -> Vec<Candidates> {
+        self.parts
+            .into_iter()
+            .map(|(keys, slots, selected)| {
+                let whole = selected.len() == rows.num_rows() && selected.iter().enumerate().all(|(i, &row)| row as usize == i);
+                Candidates {
+                    rows: rows.clone(),
+                    ingested: ingested.clone(),
+                    keys,
+                    slots,
+                    selection: (!whole).then_some(selected),
+                    encoded: Default::default(),
+                }
+            })
+            .collect()
     }
 }
 
