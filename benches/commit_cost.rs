@@ -25,9 +25,6 @@ use operators::schema::arrow_schema;
 use operators::sample::{curated_to_batch, raw_to_batch};
 use operators::writer::write_partition;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The epoch's ingestion date, 2025-06-10; the big table's rows are rated in the 40 days before.
 const DAY: i32 = 20_249;
 const TABLE_DAYS: i32 = 40;

@@ -46,9 +46,6 @@ use operators::writer::write_partition;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const EVENTS: u64 = 1_000_000;
 const START_DAY: i32 = 20_209; // 2025-05-01
 

@@ -12,9 +12,6 @@ use ratings_approval::Approval;
 use ratings_plugin_sdk::Rule;
 use ratings_plugin_sdk::arrow_array::{ArrayRef, Float32Array, RecordBatch};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const ROWS: usize = 64 * 1024;
 
 fn plugin_call(c: &mut Criterion) {

@@ -17,10 +17,6 @@ use operators::generate::{GenerateSettings, Generator};
 use operators::replay::{ProgressSink, ReplaySettings, replay};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-// The allocator the runtime binary ships with, so the figures are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const EVENTS: u64 = 1_000_000;
 const START_DAY: i32 = 20_209; // 2025-05-01
 

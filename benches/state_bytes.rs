@@ -33,14 +33,14 @@ struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static PEAK: AtomicIsize = AtomicIsize::new(0);
-static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static INNER: std::alloc::System = std::alloc::System;
 
 fn grew(by: isize) {
     let now = LIVE.fetch_add(by, Relaxed) + by;
     PEAK.fetch_max(now, Relaxed);
 }
 
-// SAFETY: every call is forwarded to mimalloc unchanged; the counters only observe sizes.
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters only observe sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         grew(layout.size() as isize);
