@@ -5,11 +5,11 @@ use runtime::cli::Cli;
 
 // The engine runs on the system allocator (glibc's malloc on Linux). mimalloc v3, which it ran on
 // before with a purge delay tuned per mode, cost more on the columnar engine in alternated runs on
-// the 2-core VM of 2026-12-03: a 10M-event replay took ~12% more CPU and ~100 MB more resident
-// memory, a 2M-record stream ~3% more CPU and ~120 MB more (benches/README.md, "The system
-// allocator"). The engine's large, short-lived buffers are columns and Parquet pages now; glibc
-// maps the largest and raises its mapping threshold to the sizes it sees freed, so the rest are
-// reused from its heap.
+// the 2-core VM of 2026-12-03: 13 pairs of 10M-event replays, median 1.9 CPU-s (~12%) more and
+// 100–150 MB more resident memory; 13 pairs of 2M-record streams, median 0.17 CPU-s (~3.5%) more
+// and ~100 MB more (benches/README.md, "The system allocator"). The engine's large, short-lived
+// buffers are columns and Parquet pages now: glibc serves the largest from fresh mappings and
+// raises its mapping threshold to the sizes it sees freed, so the next epoch's reuse its heap.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     operators::source::kafka::confluent::bound_avro_allocations();
