@@ -9,7 +9,8 @@ use runtime::cli::Cli;
 // 100–150 MB more resident memory; 13 pairs of 2M-record streams, median 0.17 CPU-s (~3.5%) more
 // and ~100 MB more (benches/README.md, "The system allocator"). The engine's large, short-lived
 // buffers are columns and Parquet pages now: glibc serves the largest from fresh mappings and
-// raises its mapping threshold to the sizes it sees freed, so the next epoch's reuse its heap.
+// raises its mapping threshold to the sizes it sees freed, so later epochs' buffers of those sizes
+// come from its heap and reuse its pages.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     operators::source::kafka::confluent::bound_avro_allocations();
