@@ -313,8 +313,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 // waits for the next record.
                 let in_flight = probe.less_than(&epoch);
                 let wait = if in_flight { Duration::ZERO } else { IDLE_POLL };
-                // Drain what the consumer has buffered, then look at the clock and the dataflow again.
-                let batch = (epoch_share - meta.records).min(256);
+                // Drain what the consumer has buffered, then look at the clock and the dataflow
+                // again; never past a full batch, which is what the columns have room for.
+                let batch = (epoch_share - meta.records).min(READ_BATCH).min((STREAM_BATCH_ROWS - unsent) as u64);
                 let drained = source.read(wait, batch, &mut meta, &mut columns, &shared.failure);
                 // Rows enter the dataflow in batches of up to STREAM_BATCH_ROWS, or as soon as the
                 // consumer has nothing more buffered: every batch costs the rules a fixed amount.
@@ -416,6 +417,9 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
 
 /// The most rows the stream sends into the dataflow as one batch.
 const STREAM_BATCH_ROWS: usize = 16_384;
+
+/// The most records one read takes from the consumer before the loop looks at the clock again.
+const READ_BATCH: u64 = 256;
 
 /// Sends the rows read so far into the dataflow, keeping those the raw table lacks for it.
 fn send_rows(columns: &mut RawColumns, raw_rows: &mut RawRows, raw_from: &Offsets, input: &mut dataflow::Input, failure: &crate::sink::Failure) {

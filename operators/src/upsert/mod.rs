@@ -244,8 +244,13 @@ pub fn upsert<'scope>(
                 // Slots the arrangement gains with this epoch (negative when more leave).
                 let mut held = 0i64;
                 let mut removed: Vec<(i32, u128)> = Vec::new();
-                // Per partition: (key, batch, row) of the new rows.
-                let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = BTreeMap::new();
+                // Per partition: (key, batch, row) of the new rows, with room for every candidate
+                // of the day (a list grown by doubling costs copies and fresh pages; room never
+                // written costs no memory). Epoch 0 (the seeds) inserts nothing.
+                let mut inserted: BTreeMap<i32, Vec<(u128, u32, u32)>> = match time {
+                    0 => BTreeMap::new(),
+                    _ => per_day.iter().map(|(day, count)| (*day, Vec::with_capacity(*count))).collect(),
+                };
                 // (key, batch, row, frozen day) of the late updates.
                 let mut late: Vec<(u128, u32, u32, i32)> = Vec::new();
                 let mut changes = live.changes(per_day);
@@ -372,7 +377,7 @@ fn gather(
 ) -> crate::Result<(Vec<UpsertChange>, Option<UpsertChange>)> {
     let rows: Vec<&RecordBatch> = batches.iter().map(|c| &c.rows).collect();
     let mut inserts = Vec::with_capacity(inserted.len());
-    for (day, entries) in inserted {
+    for (day, entries) in inserted.into_iter().filter(|(_, entries)| !entries.is_empty()) {
         let indices: Vec<(usize, usize)> = entries.iter().map(|(_, batch, row)| (*batch as usize, *row as usize)).collect();
         let batch = crate::records::interleave_rows(&rows, &indices)?;
         inserts.push(UpsertChange::Insert { day, keys: entries.iter().map(|(key, _, _)| *key).collect(), rows: Batch::new(batch) });

@@ -57,11 +57,13 @@ pub struct Coordinates<'a> {
 struct Values<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
     nulls: NullBufferBuilder,
+    /// The rows a batch is expected to reach: every batch's buffer is reserved for this many.
+    capacity: usize,
 }
 
 impl<T: ArrowPrimitiveType> Values<T> {
     fn new(rows: usize) -> Self {
-        Values { values: Vec::with_capacity(rows), nulls: NullBufferBuilder::new(rows) }
+        Values { values: Vec::with_capacity(rows), nulls: NullBufferBuilder::new(rows), capacity: rows }
     }
 
     fn push(&mut self, value: T::Native) {
@@ -80,9 +82,15 @@ impl<T: ArrowPrimitiveType> Values<T> {
     }
 
     fn finish(&mut self) -> ArrayRef {
+        Arc::new(self.finish_typed())
+    }
+
+    fn finish_typed(&mut self) -> PrimitiveArray<T> {
         let rows = self.values.len();
-        let values = std::mem::replace(&mut self.values, Vec::with_capacity(rows));
-        Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(values), self.nulls.finish()))
+        // A buffer sized for the last batch would double (a copy, and twice the fresh pages) in
+        // the next one whenever it is a row longer.
+        let values = std::mem::replace(&mut self.values, Vec::with_capacity(rows.max(self.capacity)));
+        PrimitiveArray::<T>::new(ScalarBuffer::from(values), self.nulls.finish())
     }
 }
 
@@ -90,11 +98,12 @@ impl<T: ArrowPrimitiveType> Values<T> {
 struct Flags {
     values: BooleanBufferBuilder,
     nulls: NullBufferBuilder,
+    capacity: usize,
 }
 
 impl Flags {
     fn new(rows: usize) -> Self {
-        Flags { values: BooleanBufferBuilder::new(rows), nulls: NullBufferBuilder::new(rows) }
+        Flags { values: BooleanBufferBuilder::new(rows), nulls: NullBufferBuilder::new(rows), capacity: rows }
     }
 
     fn push(&mut self, value: bool) {
@@ -113,7 +122,9 @@ impl Flags {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(BooleanArray::new(self.values.finish(), self.nulls.finish()))
+        // Arrow's builder starts again with no room at all.
+        let values = std::mem::replace(&mut self.values, BooleanBufferBuilder::new(self.capacity)).finish();
+        Arc::new(BooleanArray::new(values, self.nulls.finish()))
     }
 }
 
@@ -122,13 +133,15 @@ struct Bytes<O: OffsetSizeTrait> {
     offsets: Vec<O>,
     data: Vec<u8>,
     nulls: NullBufferBuilder,
+    /// The rows a batch is expected to reach (see [`Values::capacity`]).
+    capacity: usize,
 }
 
 impl<O: OffsetSizeTrait> Bytes<O> {
     fn new(rows: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(O::usize_as(0));
-        Bytes { offsets, data: Vec::with_capacity(rows * 16), nulls: NullBufferBuilder::new(rows) }
+        Bytes { offsets, data: Vec::with_capacity(rows * 16), nulls: NullBufferBuilder::new(rows), capacity: rows }
     }
 
     fn rows(&self) -> usize {
@@ -155,13 +168,21 @@ impl<O: OffsetSizeTrait> Bytes<O> {
         self.nulls.truncate(rows);
     }
 
-    /// The offsets, data and validity so far; the buffers start again empty, sized like these.
+    /// The offsets, data and validity so far; the buffers start again empty, with room for a
+    /// batch of `capacity` rows as long on average as these plus a quarter: a buffer that
+    /// overflows doubles (a copy and twice the fresh pages), while room never written costs no
+    /// memory.
     fn take(&mut self) -> (OffsetBuffer<O>, arrow::buffer::Buffer, Option<arrow::buffer::NullBuffer>) {
+        let rows = self.rows();
         let mut offsets = Vec::with_capacity(self.offsets.capacity());
         offsets.push(O::usize_as(0));
         let offsets = std::mem::replace(&mut self.offsets, offsets);
         let bytes = self.data.len();
-        let data = std::mem::replace(&mut self.data, Vec::with_capacity(bytes));
+        let room = match rows {
+            0 => self.data.capacity(),
+            rows => bytes.div_ceil(rows) * rows.max(self.capacity) / 4 * 5,
+        };
+        let data = std::mem::replace(&mut self.data, Vec::with_capacity(room));
         // Offsets start at 0 and only grow (`push` appends the data's new end, `push_null` repeats
         // the last), so they are valid for the data.
         (OffsetBuffer::new(ScalarBuffer::from(offsets)), data.into(), self.nulls.finish())
@@ -334,9 +355,9 @@ pub struct RawColumns {
     /// The topic of the rows so far, as runs of (topic, rows): a consumer reads one topic, so this
     /// is one run, where a string per row cost a copy and three appends per record.
     topics: Vec<(Box<str>, usize)>,
-    partition: Int32Builder,
-    offset: Int64Builder,
-    ingestion_ts_ms: Int64Builder,
+    partition: Values<Int32Type>,
+    offset: Values<Int64Type>,
+    ingestion_ts_ms: Values<Int64Type>,
     /// The undecodable records among them: their row, reason, detail and bytes.
     undecodable: Vec<(usize, Undecodable)>,
 }
@@ -356,9 +377,9 @@ impl RawColumns {
             schema: schema.clone(),
             events,
             topics: Vec::new(),
-            partition: Int32Builder::with_capacity(rows),
-            offset: Int64Builder::with_capacity(rows),
-            ingestion_ts_ms: Int64Builder::with_capacity(rows),
+            partition: Values::new(rows),
+            offset: Values::new(rows),
+            ingestion_ts_ms: Values::new(rows),
             undecodable: Vec::new(),
         })
     }
@@ -368,9 +389,9 @@ impl RawColumns {
             Some((topic, rows)) if **topic == *at.topic => *rows += 1,
             _ => self.topics.push((at.topic.into(), 1)),
         }
-        self.partition.append_value(at.partition);
-        self.offset.append_value(at.offset);
-        self.ingestion_ts_ms.append_value(at.ingestion_ts_ms);
+        self.partition.push(at.partition);
+        self.offset.push(at.offset);
+        self.ingestion_ts_ms.push(at.ingestion_ts_ms);
     }
 
     /// One record read by `plan` (made for the reader schema these columns follow) straight into
@@ -435,9 +456,9 @@ impl RawColumns {
         let undecodable = self.undecodable_columns();
         let mut columns: Vec<ArrayRef> = self.events.iter_mut().map(EventColumn::finish).collect();
         columns.push(Arc::new(topic_column(std::mem::take(&mut self.topics))));
-        columns.push(Arc::new(self.partition.finish()));
-        columns.push(Arc::new(self.offset.finish()));
-        let ingestion_ts_ms = self.ingestion_ts_ms.finish();
+        columns.push(self.partition.finish());
+        columns.push(self.offset.finish());
+        let ingestion_ts_ms = self.ingestion_ts_ms.finish_typed();
         // The date of each ingestion time, in one pass over the column instead of per record.
         let ingestion_date: Date32Array = arrow::compute::unary(&ingestion_ts_ms, day_of_millis);
         columns.push(Arc::new(ingestion_ts_ms));
@@ -455,7 +476,7 @@ impl RawColumns {
 
     /// Rows appended since the last batch (each appends its coordinates once).
     fn rows(&self) -> usize {
-        self.offset.len()
+        self.offset.values.len()
     }
 
     /// `decode_error`, `decode_detail` and `payload` of the rows so far: null but for the
