@@ -440,8 +440,8 @@ impl Evaluation {
                 }
             }
             // A value seen by two workers is a duplicate too: `finish` judges all of them at once.
-            mine.seen.extend(theirs.seen);
-            mine.seen_uuids.extend(theirs.seen_uuids);
+            append_to_larger(&mut mine.seen, theirs.seen);
+            append_to_larger(&mut mine.seen_uuids, theirs.seen_uuids);
             mine.newest = match (mine.newest, theirs.newest) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -512,6 +512,16 @@ impl Evaluation {
             .collect();
         Report { rows: self.rows, quarantined: self.quarantined, results }
     }
+}
+
+/// Appends `theirs` to `mine`, or `mine` to `theirs` when that list is the longer: the longer one
+/// keeps its place, and only the shorter is copied (a million values per worker in an epoch).
+/// Order does not matter to [`duplicates`].
+fn append_to_larger(mine: &mut Vec<u128>, mut theirs: Vec<u128>) {
+    if theirs.len() > mine.len() {
+        std::mem::swap(mine, &mut theirs);
+    }
+    mine.extend(theirs);
 }
 
 /// How many of `fingerprints` repeat an earlier one (a value seen `n` times counts `n - 1`); up to
