@@ -315,7 +315,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 let wait = if in_flight { Duration::ZERO } else { IDLE_POLL };
                 // Drain what the consumer has buffered, then look at the clock and the dataflow
                 // again; never past a full batch, which is what the columns have room for.
-                let batch = (epoch_share - meta.records).min(READ_BATCH).min((STREAM_BATCH_ROWS - unsent) as u64);
+                let batch = (epoch_share - meta.records).min(READ_BATCH).min(STREAM_BATCH_ROWS.saturating_sub(unsent).max(1) as u64);
                 let drained = source.read(wait, batch, &mut meta, &mut columns, &shared.failure);
                 // Rows enter the dataflow in batches of up to STREAM_BATCH_ROWS, or as soon as the
                 // consumer has nothing more buffered: every batch costs the rules a fixed amount.
