@@ -339,7 +339,7 @@ pub fn stream(settings: StreamSettings) -> Result<StreamSummary> {
                 if drained == 0 && in_flight {
                     since_step = 0;
                     worker.step_or_park(Some(Duration::from_millis(1)));
-                } else if drained < 256 || since_step >= 4096 {
+                } else if drained < READ_BATCH || since_step >= 4096 {
                     since_step = 0;
                     worker.step();
                 }
